@@ -1,0 +1,1 @@
+"""The operator CLI against the orchestrator's admin API."""

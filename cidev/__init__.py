@@ -1,0 +1,1 @@
+"""The developer CLI: validate, inspect and run KDL workflows locally."""

@@ -1,0 +1,1 @@
+"""Shared library of Solstice CI: workflow model, message schemas, config, logging, broker."""

@@ -1,0 +1,153 @@
+"""Every message that crosses RabbitMQ (or the in-process queue), defined once.
+
+Messages are versioned JSON. `decode` refuses an unknown `schema_version` or a malformed body
+with `MessageError`, which consumers turn into a dead-letter with the reason in a header.
+"""
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timezone
+from enum import Enum
+from typing import Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from common.errors import SolsticeError
+
+SCHEMA_VERSION = 1
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class MessageError(SolsticeError):
+    """A message body that cannot be processed (malformed, wrong type, unknown version)."""
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+    schema_version: Literal[1] = SCHEMA_VERSION
+
+
+class EventKind(str, Enum):
+    PUSH = "push"
+    PULL_REQUEST = "pull_request"
+    TAG = "tag"
+    MANUAL = "manual"
+
+
+class Repo(BaseModel):
+    """Where the code lives, as the forge names it."""
+
+    model_config = ConfigDict(frozen=True)
+    forge: Literal["forgejo", "gitea", "github", "local"]
+    owner: str
+    name: str
+    clone_url: str
+    default_branch: str = "main"
+    api_url: str = ""  # base of the forge's API, for status reporting
+    installation_id: int | None = None  # GitHub App installation
+
+    @property
+    def full_name(self) -> str:
+        return f"{self.owner}/{self.name}"
+
+
+class RunRequest(_Message):
+    """A forge event (or a manual trigger) asking for one workflow run at one commit."""
+
+    type: Literal["run_request"] = "run_request"
+    request_id: str  # idempotency key: the forge's delivery id, or a UUID
+    repo: Repo
+    commit_sha: str
+    ref: str  # refs/heads/main, refs/tags/v1, refs/pull/7/head
+    event: EventKind
+    branch: str | None = None
+    tag: str | None = None
+    pull_request: int | None = None
+    base_branch: str | None = None
+    workflow_path: str = ".solstice/workflow.kdl"
+    workflow_source: str  # the KDL text, fetched by the integration at the right commit
+    trusted: bool = True  # False for forks / authors without write access: no secrets
+    needs_approval: bool = False
+    priority: int = 0  # higher runs first; default-branch pushes get more than PRs
+    requested_at: datetime = Field(default_factory=utcnow)
+
+
+class JobRequest(_Message):
+    """One job of a run, ready to start, routed by its `runs_on` label."""
+
+    type: Literal["job_request"] = "job_request"
+    run_id: uuid.UUID
+    job_id: uuid.UUID
+    job_key: str
+    runs_on: str
+    attempt: int = 1
+    priority: int = 0
+
+
+class JobState(str, Enum):
+    QUEUED = "queued"
+    PROVISIONING = "provisioning"
+    RUNNING = "running"
+    SUCCESS = "success"
+    FAILURE = "failure"
+    ERROR = "error"
+    CANCELLED = "cancelled"
+    TIMED_OUT = "timed_out"
+    SKIPPED = "skipped"
+    AWAITING_APPROVAL = "awaiting_approval"
+
+    @property
+    def final(self) -> bool:
+        return self in FINAL_JOB_STATES
+
+
+FINAL_JOB_STATES = frozenset({JobState.SUCCESS, JobState.FAILURE, JobState.ERROR,
+                              JobState.CANCELLED, JobState.TIMED_OUT, JobState.SKIPPED})
+
+
+class JobEvent(_Message):
+    """A job changed state; integrations turn these into commit statuses / check runs."""
+
+    type: Literal["job_event"] = "job_event"
+    event_id: uuid.UUID = Field(default_factory=uuid.uuid4)
+    run_id: uuid.UUID
+    job_id: uuid.UUID
+    job_key: str
+    workflow_name: str
+    state: JobState
+    sequence: int  # per job, increasing: consumers drop an event older than one they applied
+    repo: Repo
+    commit_sha: str
+    request_id: str
+    description: str = ""
+    log_url: str = ""
+    failing_step: str | None = None
+    log_tail: str = ""  # masked; the last lines of the failing step
+    occurred_at: datetime = Field(default_factory=utcnow)
+
+    @property
+    def routing_key(self) -> str:
+        return f"job.{self.state.value}"
+
+
+M = TypeVar("M", bound=_Message)
+
+
+def encode(message: _Message) -> bytes:
+    return message.model_dump_json().encode()
+
+
+def decode(body: bytes, model: type[M]) -> M:
+    """Parse `body` as `model`, or raise `MessageError` saying why not."""
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "body"
+        if any(e["loc"][:1] == ("schema_version",) for e in exc.errors()):
+            raise MessageError(f"unsupported schema_version for {model.__name__} "
+                               f"(this build reads {SCHEMA_VERSION})") from exc
+        raise MessageError(f"malformed {model.__name__}: {where}: {first['msg']}") from exc

@@ -1,0 +1,74 @@
+"""The one logging and tracing setup.
+
+Services log structured lines (logfmt: `ts=... level=info logger=... msg="..." key=value`) to
+stderr and emit OpenTelemetry spans: to the console exporter by default, to OTLP/gRPC when
+`OTEL_EXPORTER_OTLP_ENDPOINT` is set. CLIs pass `console_spans=False` so spans do not drown
+their output (set `SOLSTICE_TRACE_CONSOLE=1` to see them anyway).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+
+_RESERVED = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
+_configured = False
+
+
+def _quote(value: Any) -> str:
+    text = str(value)
+    if not text or any(c in text for c in ' ="\n\t'):
+        return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+    return text
+
+
+class LogfmtFormatter(logging.Formatter):
+    """One line per record; `extra={...}` fields become `key=value` pairs."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        parts = [f"ts={ts}.{int(record.msecs):03d}Z", f"level={record.levelname.lower()}",
+                 f"logger={record.name}", f"msg={_quote(record.getMessage())}"]
+        span = trace.get_current_span().get_span_context()
+        if span.is_valid:
+            parts.append(f"trace_id={span.trace_id:032x}")
+        parts += [f"{k}={_quote(v)}" for k, v in record.__dict__.items() if k not in _RESERVED]
+        if record.exc_info:
+            parts.append(f"exc={_quote(self.formatException(record.exc_info))}")
+        return " ".join(parts)
+
+
+def setup_observability(service: str, *, level: str = "info", console_spans: bool = True) -> None:
+    """Configure logging and the OpenTelemetry SDK once per process."""
+    global _configured
+    if _configured:
+        return
+    _configured = True
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(LogfmtFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    for noisy in ("aiormq", "aio_pika", "asyncio", "httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+
+    provider = TracerProvider(resource=Resource.create({"service.name": service}))
+    if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    elif console_spans or os.environ.get("SOLSTICE_TRACE_CONSOLE") == "1":
+        provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter(out=sys.stderr)))
+    trace.set_tracer_provider(provider)
+
+
+def tracer(name: str) -> trace.Tracer:
+    """The tracer for a module; spans are no-ops until `setup_observability` ran."""
+    return trace.get_tracer(name)

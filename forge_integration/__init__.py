@@ -1,0 +1,1 @@
+"""Forgejo/Gitea webhooks in, commit statuses out (solstice-forge-integration)."""

@@ -1,0 +1,1 @@
+"""GitHub App webhooks in, check runs out (solstice-github-integration)."""

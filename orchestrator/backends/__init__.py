@@ -1,0 +1,1 @@
+"""VM backends, one module each behind the `VMBackend` interface in `base`."""

@@ -1,0 +1,1 @@
+"""The runner agent inside the VM (solstice-runner)."""

@@ -1,0 +1,11 @@
+"""Entry point of `solstice-runner`."""
+import sys
+
+
+def main() -> int:
+    print("solstice-runner: not built yet in this version of Solstice CI", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
