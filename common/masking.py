@@ -1,0 +1,123 @@
+"""Secret masking: every secret value becomes `***` before a log line leaves the machine.
+
+The runner masks at the source and the orchestrator masks again as a second line of defence,
+both with `SecretMasker`. Masking works on bytes (logs are bytes, not always UTF-8) with one
+compiled alternation of the secret values, longest first, so at any position the longest
+secret wins and masking 1M lines costs one C-level `re.sub` per block.
+
+Rules, chosen on purpose:
+- A multi-line secret (a PEM key) is masked line by line: each non-empty line of the value,
+  stripped of surrounding whitespace, is a secret of its own. Programs print such values with
+  their own indentation or line endings, so matching the whole value at once would miss them.
+- Values (or lines of values) shorter than `MIN_SECRET_LENGTH` bytes are not masked. Masking
+  a 1-2 byte value would replace that byte pair in every line (`a` -> `***` everywhere), which
+  wrecks the log and still reveals the value through the pattern of asterisks; such a value
+  protects nothing. `SecretMasker.too_short` counts them so callers can warn (without the value).
+- Output is only emitted when no secret can straddle the emit point: `LineMasker` holds a
+  partial line until its newline arrives, so a secret split across two pipe reads is masked.
+  A line longer than `max_line` is emitted early except for its last `longest secret - 1`
+  bytes, which is still exact: the result equals masking the whole stream at once.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+MIN_SECRET_LENGTH = 3
+MASK = b"***"
+
+
+def secret_pieces(values: Iterable[str | bytes]) -> tuple[list[bytes], int]:
+    """The byte strings to mask for `values`, and how many non-empty pieces were too short."""
+    pieces: set[bytes] = set()
+    too_short = 0
+    for value in values:
+        raw = value.encode() if isinstance(value, str) else value
+        for line in raw.splitlines():
+            line = line.strip()
+            if not line:
+                continue
+            if len(line) < MIN_SECRET_LENGTH:
+                too_short += 1
+            else:
+                pieces.add(line)
+    return sorted(pieces, key=lambda p: (-len(p), p)), too_short
+
+
+class SecretMasker:
+    """Replaces every secret value with `***`; stateless and shareable between streams."""
+
+    def __init__(self, values: Iterable[str | bytes] = ()) -> None:
+        pieces, self.too_short = secret_pieces(values)
+        self.max_len = len(pieces[0]) if pieces else 0
+        self._pattern = re.compile(b"|".join(re.escape(p) for p in pieces)) if pieces else None
+
+    def __bool__(self) -> bool:
+        return self._pattern is not None
+
+    def mask(self, data: bytes) -> bytes:
+        """Mask a complete piece of output (no more bytes of it will follow)."""
+        return self._pattern.sub(MASK, data) if self._pattern is not None else data
+
+    def mask_text(self, text: str) -> str:
+        """Mask a string (for lines the runner or orchestrator writes itself)."""
+        if self._pattern is None:
+            return text
+        return self.mask(text.encode()).decode(errors="replace")
+
+    def line_masker(self, max_line: int = 65536) -> LineMasker:
+        """A streaming masker for one output stream (one per pipe)."""
+        return LineMasker(self, max_line)
+
+    def _mask_prefix(self, data: bytes, keep: int) -> tuple[bytes, int]:
+        """Mask the part of `data` that no future byte can change; return it and its length.
+
+        Matches starting before `len(data) - keep` are complete in `data` (no secret is longer
+        than `keep + 1`), so they are final; a match that starts there and runs past the cut
+        moves the cut to its end, exactly as masking the whole stream would.
+        """
+        cut = len(data) - keep
+        if cut <= 0:
+            return b"", 0
+        if self._pattern is None:
+            return data[:cut], cut
+        out: list[bytes] = []
+        pos = 0
+        for match in self._pattern.finditer(data):
+            if match.start() >= cut:
+                break
+            out.append(data[pos:match.start()])
+            out.append(MASK)
+            pos = match.end()
+        cut = max(cut, pos)
+        out.append(data[pos:cut])
+        return b"".join(out), cut
+
+
+class LineMasker:
+    """Masks one byte stream that arrives in arbitrary pieces.
+
+    `feed` returns masked whole lines as soon as their newline arrived (and the safe head of
+    an over-long line); `finish` returns the rest at end of stream.
+    """
+
+    def __init__(self, masker: SecretMasker, max_line: int) -> None:
+        self._masker = masker
+        self._max_line = max(max_line, masker.max_len)
+        self._held = b""
+
+    def feed(self, data: bytes) -> bytes:
+        data = self._held + data if self._held else data
+        end = data.rfind(b"\n") + 1
+        head = self._masker.mask(data[:end]) if end else b""
+        rest = data[end:]
+        if len(rest) > self._max_line:
+            safe, cut = self._masker._mask_prefix(rest, max(self._masker.max_len - 1, 0))
+            head += safe
+            rest = rest[cut:]
+        self._held = rest
+        return head
+
+    def finish(self) -> bytes:
+        data, self._held = self._held, b""
+        return self._masker.mask(data)
