@@ -1,0 +1,121 @@
+"""GitHub App authentication: the App's JWT and cached installation access tokens.
+
+A GitHub App proves who it is with a short JWT signed by its private key (RS256), and uses
+that JWT only to mint installation access tokens, which then authorise every repository call.
+Installation tokens live one hour; `AppAuth` caches one per installation and mints a new one
+a margin before GitHub's `expires_at`, so a request never goes out with a token about to lapse.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+import httpx
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from common.errors import ConfigError
+from github_integration.errors import GitHubApiError
+
+# GitHub rejects a JWT whose exp lies more than 10 minutes ahead of its clock, and advises
+# back-dating iat by 60 s against clock drift; exp = iat + 600 s keeps both rules.
+JWT_BACKDATE = 60
+JWT_LIFETIME = 600
+# Mint a fresh installation token this long before the old one expires: long enough for a
+# slow request (or a retried outbox delivery) started with the old token to finish in time.
+DEFAULT_REFRESH_MARGIN = 300.0
+
+
+def load_private_key(pem: str | bytes) -> rsa.RSAPrivateKey:
+    """Parse the App's PEM private key, or raise `ConfigError` saying what is wrong."""
+    data = pem.encode() if isinstance(pem, str) else pem
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError("the GitHub App private key is not a readable PEM private key",
+                          hint="download a new key from the App's settings page "
+                               "(it starts with -----BEGIN RSA PRIVATE KEY-----)") from exc
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise ConfigError("the GitHub App private key is not an RSA key",
+                          hint="GitHub App keys are RSA; download one from the App's settings")
+    return key
+
+
+@dataclass(frozen=True)
+class InstallationToken:
+    """An installation access token and when GitHub said it expires (epoch seconds)."""
+
+    token: str
+    expires_at: float
+
+
+class AppAuth:
+    """Mints the App JWT and installation tokens for one GitHub App.
+
+    `http` is an `httpx.AsyncClient` whose `base_url` is the GitHub API root. `clock` returns
+    epoch seconds; tests pass their own to move time without sleeping.
+    """
+
+    def __init__(self, app_id: int | str, private_key: rsa.RSAPrivateKey, http: httpx.AsyncClient,
+                 *, refresh_margin: float = DEFAULT_REFRESH_MARGIN,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.app_id = str(app_id)
+        self._key = private_key
+        self._http = http
+        self._refresh_margin = refresh_margin
+        self._clock = clock
+        self._tokens: dict[int, InstallationToken] = {}
+        self._locks: dict[int, asyncio.Lock] = {}
+
+    def app_jwt(self) -> str:
+        """A fresh RS256 JWT identifying the App (iat 60 s ago, exp 9 min ahead)."""
+        iat = int(self._clock()) - JWT_BACKDATE
+        return jwt.encode({"iat": iat, "exp": iat + JWT_LIFETIME, "iss": self.app_id},
+                          self._key, algorithm="RS256")
+
+    def app_headers(self) -> dict[str, str]:
+        """Headers authenticating a request as the App itself."""
+        return {"Authorization": f"Bearer {self.app_jwt()}"}
+
+    async def installation_token(self, installation_id: int) -> str:
+        """A token for `installation_id`, from the cache unless it is near its expiry."""
+        cached = self._tokens.get(installation_id)
+        if cached and self._fresh(cached):
+            return cached.token
+        # One mint per installation at a time: concurrent callers wait for it and share it.
+        lock = self._locks.setdefault(installation_id, asyncio.Lock())
+        async with lock:
+            cached = self._tokens.get(installation_id)
+            if cached and self._fresh(cached):
+                return cached.token
+            minted = await self._mint(installation_id)
+            self._tokens[installation_id] = minted
+            return minted.token
+
+    def invalidate(self, installation_id: int) -> None:
+        """Forget the cached token (GitHub refused it, or the installation went away)."""
+        self._tokens.pop(installation_id, None)
+
+    def _fresh(self, token: InstallationToken) -> bool:
+        return token.expires_at - self._refresh_margin > self._clock()
+
+    async def _mint(self, installation_id: int) -> InstallationToken:
+        what = f"installation token for installation {installation_id}"
+        try:
+            response = await self._http.post(f"/app/installations/{installation_id}/access_tokens",
+                                             headers=self.app_headers())
+        except httpx.TransportError as exc:
+            raise GitHubApiError.unreachable(what, exc) from exc
+        if response.status_code != 201:
+            raise GitHubApiError.from_response(what, response)
+        body = response.json()
+        try:
+            expires_at = datetime.fromisoformat(body["expires_at"].replace("Z", "+00:00"))
+            return InstallationToken(token=body["token"], expires_at=expires_at.timestamp())
+        except (KeyError, TypeError, ValueError) as exc:
+            raise GitHubApiError(f"GitHub {what}: malformed answer ({exc!r})",
+                                 status=response.status_code, retryable=True) from exc

@@ -1,0 +1,270 @@
+"""GitHub webhook bodies -> what Solstice should do about them.
+
+`classify` reads one delivery (the `X-GitHub-Event` name and the parsed JSON body) and returns
+- `Ignored(reason)`: answered 200, nothing published (a closed PR, a deleted branch, a ping);
+- `RunTrigger`: a commit to build, with what the fork policy needs to decide trust;
+- `JobRerun`: someone pressed "Re-run" on one of our check runs;
+or raises `PayloadError` (answered 400) for an event Solstice does not handle or a body that
+lacks what its event must carry. Only the fields used are modelled; GitHub adds fields freely.
+"""
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from common.errors import SolsticeError
+from common.messages import EventKind
+
+ZERO_SHA = "0" * 40
+PULL_REQUEST_ACTIONS = frozenset({"opened", "synchronize", "reopened"})
+CHECK_SUITE_ACTIONS = frozenset({"requested", "rerequested"})
+# Delivered to every GitHub App whatever it subscribes to, so they cannot be refused with 400.
+APP_LIFECYCLE_EVENTS = frozenset({"installation", "installation_repositories",
+                                  "installation_target", "github_app_authorization"})
+HANDLED_EVENTS = ("push", "pull_request", "check_suite", "check_run", "ping")
+
+
+class PayloadError(SolsticeError):
+    """A delivery Solstice cannot act on; the webhook is answered 400 with this message."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class _Account(_Model):
+    login: str
+
+
+class _Repository(_Model):
+    id: int
+    name: str
+    full_name: str
+    owner: _Account
+    clone_url: str
+    default_branch: str = "main"
+
+
+class _Installation(_Model):
+    id: int
+
+
+class _Delivery(_Model):
+    repository: _Repository
+    installation: _Installation | None = None
+
+
+class _Push(_Delivery):
+    ref: str
+    after: str
+    deleted: bool = False
+
+
+class _PullRequestRef(_Model):
+    ref: str
+    sha: str
+    repo: _Repository | None  # None when the fork was deleted
+
+
+class _PullRequest(_Model):
+    number: int
+    head: _PullRequestRef
+    base: _PullRequestRef
+    user: _Account
+
+
+class _PullRequestEvent(_Delivery):
+    action: str
+    pull_request: _PullRequest
+
+
+class _CheckSuite(_Model):
+    head_sha: str
+    head_branch: str | None = None
+
+
+class _CheckSuiteEvent(_Delivery):
+    action: str
+    check_suite: _CheckSuite
+
+
+class _CheckRun(_Model):
+    id: int
+    name: str
+    head_sha: str
+    external_id: str | None = None
+
+
+class _CheckRunEvent(_Delivery):
+    action: str
+    check_run: _CheckRun
+
+
+@dataclass(frozen=True)
+class Ignored:
+    """Nothing to do; answered 200 with `reason`."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class RepoRef:
+    """The repository a delivery is about, as the App addresses it."""
+
+    repo_id: int
+    owner: str
+    name: str
+    clone_url: str
+    default_branch: str
+    installation_id: int | None  # absent when a repository webhook, not the App, sent it
+
+
+@dataclass(frozen=True)
+class RunTrigger:
+    """A commit to build, and what the fork policy needs to decide how far to trust it.
+
+    `author` is the pull request's author, whose permission on the repository decides trust;
+    None for branch and tag pushes (a pusher has write access by definition). `fork` is a
+    pull request from another repository. `request_id` is the run's idempotency key.
+    """
+
+    repo: RepoRef
+    event: EventKind
+    commit_sha: str
+    ref: str
+    request_id: str
+    branch: str | None = None
+    tag: str | None = None
+    pull_request: int | None = None
+    base_branch: str | None = None
+    author: str | None = None
+    fork: bool = False
+
+
+@dataclass(frozen=True)
+class JobRerun:
+    """A re-run of one job, asked for from the check run Solstice created for it."""
+
+    repo: RepoRef
+    request_id: str
+    commit_sha: str
+    run_id: uuid.UUID
+    job_key: str
+
+
+Outcome = Ignored | RunTrigger | JobRerun
+
+
+def _parse(model: type[_Model], event: str, payload: dict[str, Any]) -> Any:
+    try:
+        return model.model_validate(payload)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "body"
+        raise PayloadError(f"malformed {event} payload: {where}: {first['msg']}",
+                           hint="GitHub sends this field; was the body altered on the way?") from exc
+
+
+def _repo(delivery: _Delivery) -> RepoRef:
+    r = delivery.repository
+    return RepoRef(repo_id=r.id, owner=r.owner.login, name=r.name, clone_url=r.clone_url,
+                   default_branch=r.default_branch,
+                   installation_id=delivery.installation.id if delivery.installation else None)
+
+
+def commit_request_id(repo: RepoRef, ref: str, sha: str) -> str:
+    """The run key of "this commit on this ref": a push and the check suite GitHub opens
+    for the same push share it, so the orchestrator records one run for the two deliveries."""
+    return f"github/{repo.repo_id}/{ref}@{sha}"
+
+
+def parse_external_id(value: str | None) -> tuple[uuid.UUID, str] | None:
+    """`(run_id, job_key)` from a check run's `external_id`, None if Solstice did not write it."""
+    run, sep, job_key = (value or "").partition("/")
+    if not sep or not job_key:
+        return None
+    try:
+        return uuid.UUID(run), job_key
+    except ValueError:
+        return None
+
+
+def _push(payload: dict[str, Any]) -> Outcome:
+    push = _parse(_Push, "push", payload)
+    if push.deleted or push.after == ZERO_SHA:
+        return Ignored(f"push deletes {push.ref}; nothing to build")
+    repo = _repo(push)
+    request_id = commit_request_id(repo, push.ref, push.after)
+    if push.ref.startswith("refs/heads/"):
+        return RunTrigger(repo, EventKind.PUSH, push.after, push.ref, request_id,
+                          branch=push.ref.removeprefix("refs/heads/"))
+    if push.ref.startswith("refs/tags/"):
+        return RunTrigger(repo, EventKind.TAG, push.after, push.ref, request_id,
+                          tag=push.ref.removeprefix("refs/tags/"))
+    return Ignored(f"push to {push.ref} is neither a branch nor a tag")
+
+
+def _pull_request(payload: dict[str, Any], delivery_id: str) -> Outcome:
+    action = payload.get("action")
+    if action not in PULL_REQUEST_ACTIONS:
+        return Ignored(f"pull_request action {action!r} does not start runs")
+    event = _parse(_PullRequestEvent, "pull_request", payload)
+    pr = event.pull_request
+    fork = pr.head.repo is None or pr.head.repo.id != event.repository.id
+    return RunTrigger(_repo(event), EventKind.PULL_REQUEST, pr.head.sha,
+                      f"refs/pull/{pr.number}/head", delivery_id, branch=pr.head.ref,
+                      pull_request=pr.number, base_branch=pr.base.ref, author=pr.user.login,
+                      fork=fork)
+
+
+def _check_suite(payload: dict[str, Any], delivery_id: str) -> Outcome:
+    action = payload.get("action")
+    if action not in CHECK_SUITE_ACTIONS:
+        return Ignored(f"check_suite action {action!r} does not start runs")
+    event = _parse(_CheckSuiteEvent, "check_suite", payload)
+    suite = event.check_suite
+    if not suite.head_branch:
+        return Ignored("check suite is not on a branch; its push event starts the run")
+    # GitHub opens check suites only for pushes to this repository (not to forks), so the
+    # head branch was written by someone with write access: trusted, like a push.
+    repo = _repo(event)
+    ref = f"refs/heads/{suite.head_branch}"
+    request_id = (commit_request_id(repo, ref, suite.head_sha) if action == "requested"
+                  else delivery_id)
+    return RunTrigger(repo, EventKind.PUSH, suite.head_sha, ref, request_id,
+                      branch=suite.head_branch)
+
+
+def _check_run(payload: dict[str, Any], delivery_id: str) -> Outcome:
+    action = payload.get("action")
+    if action != "rerequested":
+        return Ignored(f"check_run action {action!r} needs nothing from Solstice")
+    event = _parse(_CheckRunEvent, "check_run", payload)
+    job = parse_external_id(event.check_run.external_id)
+    if job is None:
+        return Ignored(f"check run {event.check_run.name!r} was not created by Solstice")
+    return JobRerun(_repo(event), delivery_id, event.check_run.head_sha, *job)
+
+
+def classify(event: str, payload: Any, delivery_id: str) -> Outcome:
+    """What to do about one delivery of `event` with body `payload` (parsed JSON)."""
+    if not isinstance(payload, dict):
+        raise PayloadError(f"{event} payload is not a JSON object")
+    if event == "ping":
+        return Ignored("pong")
+    if event in APP_LIFECYCLE_EVENTS:
+        return Ignored(f"{event} event: nothing to build")
+    if event == "push":
+        return _push(payload)
+    if event == "pull_request":
+        return _pull_request(payload, delivery_id)
+    if event == "check_suite":
+        return _check_suite(payload, delivery_id)
+    if event == "check_run":
+        return _check_run(payload, delivery_id)
+    raise PayloadError(f"unsupported event {event!r}",
+                       hint=f"Solstice acts on {', '.join(HANDLED_EVENTS)}; "
+                            "unsubscribe the App from the others")

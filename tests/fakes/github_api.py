@@ -1,0 +1,415 @@
+"""A fake GitHub REST API on a real loopback HTTP server, for the GitHub App integration's tests.
+
+It implements the endpoints the integration uses, with GitHub's documented rules:
+- `POST /app/installations/{id}/access_tokens` and `GET /repos/{o}/{r}/installation` need the
+  App's RS256 JWT (checked against the App's public key: `iss` = App ID, `iat` not in the
+  future, `exp` at most 10 minutes ahead of `iat` and not passed); tokens expire after
+  `token_lifetime` seconds of the fake's clock;
+- repository endpoints need a live installation token of the installation owning the repo;
+- `POST`/`PATCH .../check-runs` validate the body: documented fields only, `status` and
+  `conclusion` values, `conclusion` required with `status: completed` or `completed_at`,
+  `output.title`/`summary` required, summary and text at most 65,535 characters, at most 50
+  annotations per request, each annotation's required fields and levels. PATCH appends
+  annotations, as GitHub does. Invalid bodies get 422 and change nothing;
+- `GET .../contents/{path}?ref=` serves files from memory, base64 as GitHub does;
+- `GET .../collaborators/{user}/permission`.
+
+`fail(times, status=...)` answers the next matching requests with an error status, and
+`fail(times, delay=...)` holds them that long (for client timeouts).
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import itertools
+import secrets
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import jwt
+import uvicorn
+from cryptography.hazmat.primitives.asymmetric import rsa
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.base import BaseHTTPMiddleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+STATUSES = {"queued", "in_progress", "completed"}
+CONCLUSIONS = {"action_required", "cancelled", "failure", "neutral", "success", "skipped",
+               "timed_out"}
+ANNOTATION_LEVELS = {"notice", "warning", "failure"}
+TEXT_LIMIT = 65535
+ANNOTATIONS_PER_REQUEST = 50
+CHECK_RUN_FIELDS = {"name", "head_sha", "details_url", "external_id", "status", "started_at",
+                    "conclusion", "completed_at", "output", "actions"}
+OUTPUT_FIELDS = {"title", "summary", "text", "annotations", "images"}
+ANNOTATION_FIELDS = {"path", "start_line", "end_line", "start_column", "end_column",
+                     "annotation_level", "message", "title", "raw_details"}
+
+
+class Invalid(Exception):
+    """A request body GitHub would refuse with 422."""
+
+
+@dataclass
+class FakeRepo:
+    owner: str
+    name: str
+    installation_id: int
+    files: dict[tuple[str, str], str] = field(default_factory=dict)  # (ref, path) -> text
+    branches: dict[str, str] = field(default_factory=dict)  # branch -> sha
+    permissions: dict[str, str] = field(default_factory=dict)  # login -> admin/write/read
+
+
+@dataclass
+class CheckRun:
+    id: int
+    owner: str
+    repo: str
+    name: str
+    head_sha: str
+    status: str = "queued"
+    conclusion: str | None = None
+    details_url: str | None = None
+    external_id: str | None = None
+    started_at: str | None = None
+    completed_at: str | None = None
+    output: dict[str, Any] = field(default_factory=dict)
+    annotations: list[dict[str, Any]] = field(default_factory=list)
+    history: list[dict[str, Any]] = field(default_factory=list)  # every accepted body, in order
+
+
+@dataclass
+class _Fault:
+    status: int
+    delay: float
+    path_contains: str
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"message": message,
+                         "documentation_url": "https://docs.github.com/rest"}, status)
+
+
+def _iso(value: Any, name: str) -> None:
+    if not isinstance(value, str):
+        raise Invalid(f"{name} must be an ISO 8601 timestamp")
+    try:
+        datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise Invalid(f"{name} is not an ISO 8601 timestamp: {value!r}") from exc
+
+
+def _validate_annotation(index: int, annotation: Any) -> None:
+    where = f"output.annotations[{index}]"
+    if not isinstance(annotation, dict):
+        raise Invalid(f"{where} must be an object")
+    unknown = set(annotation) - ANNOTATION_FIELDS
+    if unknown:
+        raise Invalid(f"{where} has unknown fields {sorted(unknown)}")
+    for name in ("path", "message", "annotation_level"):
+        if not isinstance(annotation.get(name), str) or not annotation[name]:
+            raise Invalid(f"{where}.{name} is required")
+    for name in ("start_line", "end_line"):
+        if not isinstance(annotation.get(name), int) or annotation[name] < 1:
+            raise Invalid(f"{where}.{name} is required and must be a positive integer")
+    if annotation["end_line"] < annotation["start_line"]:
+        raise Invalid(f"{where}.end_line is before start_line")
+    if annotation["annotation_level"] not in ANNOTATION_LEVELS:
+        raise Invalid(f"{where}.annotation_level must be one of {sorted(ANNOTATION_LEVELS)}")
+    if ("start_column" in annotation or "end_column" in annotation) \
+            and annotation["start_line"] != annotation["end_line"]:
+        raise Invalid(f"{where}: columns are only allowed when start_line equals end_line")
+    for name in ("message", "raw_details"):
+        if len(annotation.get(name) or "") > TEXT_LIMIT:
+            raise Invalid(f"{where}.{name} is longer than {TEXT_LIMIT} characters")
+
+
+def validate_check_run_body(body: Any, *, create: bool) -> None:
+    """Raise `Invalid` for a body GitHub's check-runs endpoints would refuse."""
+    if not isinstance(body, dict):
+        raise Invalid("body must be a JSON object")
+    unknown = set(body) - CHECK_RUN_FIELDS
+    if unknown:
+        raise Invalid(f"unknown fields {sorted(unknown)}")
+    if create:
+        for name in ("name", "head_sha"):
+            if not isinstance(body.get(name), str) or not body[name]:
+                raise Invalid(f"{name} is required")
+    if "status" in body and body["status"] not in STATUSES:
+        raise Invalid(f"status must be one of {sorted(STATUSES)}")
+    if "conclusion" in body and body["conclusion"] not in CONCLUSIONS:
+        raise Invalid(f"conclusion must be one of {sorted(CONCLUSIONS)}")
+    if (body.get("status") == "completed" or "completed_at" in body) and "conclusion" not in body:
+        raise Invalid("conclusion is required when status is completed or completed_at is given")
+    for name in ("started_at", "completed_at"):
+        if name in body:
+            _iso(body[name], name)
+    for name in ("details_url", "external_id", "name"):
+        if name in body and not isinstance(body[name], str):
+            raise Invalid(f"{name} must be a string")
+    if "details_url" in body and not body["details_url"].startswith(("http://", "https://")):
+        raise Invalid("details_url must be an http(s) URL")
+    if "output" in body:
+        output = body["output"]
+        if not isinstance(output, dict):
+            raise Invalid("output must be an object")
+        unknown = set(output) - OUTPUT_FIELDS
+        if unknown:
+            raise Invalid(f"output has unknown fields {sorted(unknown)}")
+        for name in ("title", "summary"):
+            if not isinstance(output.get(name), str) or not output[name]:
+                raise Invalid(f"output.{name} is required")
+        for name in ("summary", "text"):
+            if len(output.get(name) or "") > TEXT_LIMIT:
+                raise Invalid(f"output.{name} is longer than {TEXT_LIMIT} characters")
+        annotations = output.get("annotations", [])
+        if not isinstance(annotations, list):
+            raise Invalid("output.annotations must be an array")
+        if len(annotations) > ANNOTATIONS_PER_REQUEST:
+            raise Invalid(f"at most {ANNOTATIONS_PER_REQUEST} annotations per request")
+        for index, annotation in enumerate(annotations):
+            _validate_annotation(index, annotation)
+
+
+class FakeGitHub:
+    """The fake GitHub API. Use as `async with FakeGitHub(...) as gh:`; `gh.url` is its root."""
+
+    def __init__(self, app_id: int, public_key: rsa.RSAPublicKey, *,
+                 token_lifetime: float = 3600.0, clock: Callable[[], float] = time.time) -> None:
+        self.app_id = app_id
+        self.public_key = public_key
+        self.token_lifetime = token_lifetime
+        self.clock = clock
+        self.repos: dict[str, FakeRepo] = {}
+        self.check_runs: dict[int, CheckRun] = {}
+        self.tokens: dict[str, tuple[int, float]] = {}  # token -> (installation, expires_at)
+        self.tokens_issued = 0
+        self.requests: list[tuple[str, str]] = []  # (method, path) of every request received
+        self._ids = itertools.count(1000)
+        self._faults: list[_Fault] = []
+        self._stopping = asyncio.Event()
+        self._server: uvicorn.Server | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.url = ""
+
+    # ---- set-up helpers for tests -------------------------------------------------------
+
+    def add_repo(self, owner: str, name: str, *, installation_id: int,
+                 files: dict[tuple[str, str], str] | None = None,
+                 branches: dict[str, str] | None = None,
+                 permissions: dict[str, str] | None = None) -> FakeRepo:
+        repo = FakeRepo(owner, name, installation_id, dict(files or {}), dict(branches or {}),
+                        dict(permissions or {}))
+        self.repos[f"{owner}/{name}".lower()] = repo
+        return repo
+
+    def fail(self, times: int = 1, *, status: int = 500, delay: float = 0.0,
+             path_contains: str = "") -> None:
+        """Answer the next `times` requests whose path contains `path_contains` with `status`
+        (after holding them `delay` seconds; a delay alone, with status 0, answers normally)."""
+        self._faults += [_Fault(status, delay, path_contains) for _ in range(times)]
+
+    def runs_named(self, name: str) -> list[CheckRun]:
+        return [run for run in self.check_runs.values() if run.name == name]
+
+    # ---- server lifecycle -----------------------------------------------------------------
+
+    async def __aenter__(self) -> "FakeGitHub":
+        app = Starlette(routes=[
+            Route("/app/installations/{installation_id:int}/access_tokens", self._access_token,
+                  methods=["POST"]),
+            Route("/repos/{owner}/{repo}/installation", self._repo_installation, methods=["GET"]),
+            Route("/repos/{owner}/{repo}/contents/{path:path}", self._contents, methods=["GET"]),
+            Route("/repos/{owner}/{repo}/collaborators/{user}/permission", self._permission,
+                  methods=["GET"]),
+            Route("/repos/{owner}/{repo}/check-runs", self._create_check_run, methods=["POST"]),
+            Route("/repos/{owner}/{repo}/check-runs/{check_run_id:int}", self._update_check_run,
+                  methods=["PATCH"]),
+        ], middleware=[Middleware(BaseHTTPMiddleware, dispatch=self._inject_faults)])
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        self._server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off",
+                                                     access_log=False))
+        self._task = asyncio.create_task(self._server.serve(sockets=[sock]))
+        while not self._server.started:
+            if self._task.done():
+                await self._task
+            await asyncio.sleep(0.01)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._stopping.set()
+        assert self._server is not None and self._task is not None
+        self._server.should_exit = True
+        await self._task
+
+    # ---- middleware and auth --------------------------------------------------------------
+
+    async def _inject_faults(self, request: Request, call_next: Any) -> Any:
+        self.requests.append((request.method, request.url.path))
+        fault = next((f for f in self._faults if f.path_contains in request.url.path), None)
+        if fault is None:
+            return await call_next(request)
+        self._faults.remove(fault)
+        if fault.delay:
+            try:
+                await asyncio.wait_for(self._stopping.wait(), fault.delay)
+            except TimeoutError:
+                pass
+        if fault.status:
+            return _error(fault.status, "Server Error (injected)")
+        return await call_next(request)
+
+    def _app_jwt_problem(self, request: Request) -> str | None:
+        header = request.headers.get("authorization", "")
+        if not header.startswith("Bearer "):
+            return "A JSON web token could not be decoded"
+        try:
+            claims = jwt.decode(header[7:], self.public_key, algorithms=["RS256"],
+                                options={"require": ["iat", "exp", "iss"], "verify_exp": False,
+                                         "verify_iat": False})
+        except jwt.InvalidTokenError as exc:
+            return f"A JSON web token could not be decoded ({exc})"
+        now = self.clock()
+        if str(claims["iss"]) != str(self.app_id):
+            return "'Issuer' claim ('iss') must be the App ID"
+        if claims["iat"] > now + 5:
+            return "'Issued at' claim ('iat') must be an Integer representing a time in the past"
+        if claims["exp"] - claims["iat"] > 600 or claims["exp"] > now + 600:
+            return "'Expiration time' claim ('exp') is too far in the future"
+        if claims["exp"] <= now:
+            return "'Expiration time' claim ('exp') must be a numeric value representing the future time"
+        return None
+
+    def _repo_for(self, request: Request) -> FakeRepo | JSONResponse:
+        """The repo of the path if the request's installation token may use it, else an error."""
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        grant = self.tokens.get(token) if scheme.lower() in ("token", "bearer") else None
+        if grant is None or grant[1] <= self.clock():
+            return _error(401, "Bad credentials")
+        key = f"{request.path_params['owner']}/{request.path_params['repo']}".lower()
+        repo = self.repos.get(key)
+        if repo is None or repo.installation_id != grant[0]:
+            return _error(404, "Not Found")
+        return repo
+
+    # ---- endpoints --------------------------------------------------------------------------
+
+    async def _access_token(self, request: Request) -> JSONResponse:
+        problem = self._app_jwt_problem(request)
+        if problem:
+            return _error(401, problem)
+        installation_id = request.path_params["installation_id"]
+        if not any(r.installation_id == installation_id for r in self.repos.values()):
+            return _error(404, "Not Found")
+        token = "ghs_" + secrets.token_hex(18)
+        expires_at = self.clock() + self.token_lifetime
+        self.tokens[token] = (installation_id, expires_at)
+        self.tokens_issued += 1
+        stamp = datetime.fromtimestamp(expires_at, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return JSONResponse({"token": token, "expires_at": stamp,
+                             "permissions": {"checks": "write", "contents": "read",
+                                             "metadata": "read"},
+                             "repository_selection": "selected"}, 201)
+
+    async def _repo_installation(self, request: Request) -> JSONResponse:
+        problem = self._app_jwt_problem(request)
+        if problem:
+            return _error(401, problem)
+        key = f"{request.path_params['owner']}/{request.path_params['repo']}".lower()
+        repo = self.repos.get(key)
+        if repo is None:
+            return _error(404, "Not Found")
+        return JSONResponse({"id": repo.installation_id, "app_id": self.app_id,
+                             "account": {"login": repo.owner}})
+
+    async def _contents(self, request: Request) -> JSONResponse:
+        repo = self._repo_for(request)
+        if isinstance(repo, JSONResponse):
+            return repo
+        ref = request.query_params.get("ref") or "main"
+        sha = repo.branches.get(ref, ref)
+        path = request.path_params["path"]
+        text = repo.files.get((sha, path))
+        if text is None:
+            return _error(404, "Not Found")
+        raw = text.encode()
+        encoded = base64.encodebytes(raw).decode()  # wrapped in lines, as GitHub sends it
+        return JSONResponse({"type": "file", "encoding": "base64", "size": len(raw),
+                             "name": path.rsplit("/", 1)[-1], "path": path,
+                             "content": encoded, "sha": secrets.token_hex(20)})
+
+    async def _permission(self, request: Request) -> JSONResponse:
+        repo = self._repo_for(request)
+        if isinstance(repo, JSONResponse):
+            return repo
+        user = request.path_params["user"]
+        permission = repo.permissions.get(user, "read")
+        return JSONResponse({"permission": permission, "role_name": permission,
+                             "user": {"login": user}})
+
+    async def _body(self, request: Request, *, create: bool) -> dict[str, Any] | JSONResponse:
+        try:
+            body = await request.json()
+        except ValueError:
+            return _error(400, "Problems parsing JSON")
+        try:
+            validate_check_run_body(body, create=create)
+        except Invalid as exc:
+            return JSONResponse({"message": "Invalid request.", "errors": [str(exc)]}, 422)
+        return body
+
+    def _apply(self, run: CheckRun, body: dict[str, Any]) -> None:
+        for name in ("name", "details_url", "external_id", "started_at", "completed_at",
+                     "status"):
+            if name in body:
+                setattr(run, name, body[name])
+        if "conclusion" in body:
+            run.conclusion = body["conclusion"]
+            run.status = "completed"
+        if "output" in body:
+            output = dict(body["output"])
+            run.annotations += output.pop("annotations", [])
+            run.output = output
+        run.history.append(body)
+
+    def _as_json(self, run: CheckRun) -> dict[str, Any]:
+        return {"id": run.id, "name": run.name, "head_sha": run.head_sha, "status": run.status,
+                "conclusion": run.conclusion, "details_url": run.details_url,
+                "external_id": run.external_id,
+                "output": {**run.output, "annotations_count": len(run.annotations)}}
+
+    async def _create_check_run(self, request: Request) -> JSONResponse:
+        repo = self._repo_for(request)
+        if isinstance(repo, JSONResponse):
+            return repo
+        body = await self._body(request, create=True)
+        if isinstance(body, JSONResponse):
+            return body
+        run = CheckRun(next(self._ids), repo.owner, repo.name, body["name"], body["head_sha"])
+        self._apply(run, body)
+        self.check_runs[run.id] = run
+        return JSONResponse(self._as_json(run), 201)
+
+    async def _update_check_run(self, request: Request) -> JSONResponse:
+        repo = self._repo_for(request)
+        if isinstance(repo, JSONResponse):
+            return repo
+        run = self.check_runs.get(request.path_params["check_run_id"])
+        if run is None or (run.owner, run.repo) != (repo.owner, repo.name):
+            return _error(404, "Not Found")
+        body = await self._body(request, create=False)
+        if isinstance(body, JSONResponse):
+            return body
+        self._apply(run, body)
+        return JSONResponse(self._as_json(run))
