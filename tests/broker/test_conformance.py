@@ -143,7 +143,7 @@ async def test_dead_letter_keeps_body_and_reason(broker: Broker) -> None:
 
 
 async def test_poison_message_is_dead_lettered_and_consumer_goes_on(
-        broker: Broker, publish_raw: RawPublish) -> None:
+        broker: Broker, publish_raw: RawPublish, caplog: pytest.LogCaptureFixture) -> None:
     """A handler that decodes raises MessageError on garbage; the consumer keeps working."""
     good: asyncio.Queue[JobRequest] = asyncio.Queue()
 
@@ -168,6 +168,8 @@ async def test_poison_message_is_dead_lettered_and_consumer_goes_on(
         await buried.ack()
     assert any("unsupported schema_version" in r for r in reasons)
     assert any("malformed JobRequest" in r for r in reasons)
+    logged = [r for r in caplog.records if r.getMessage() == "message dead-lettered"]
+    assert len(logged) == 2, "each poison message is logged exactly once"
 
 
 async def test_events_route_by_pattern(broker: Broker) -> None:
