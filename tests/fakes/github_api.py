@@ -90,6 +90,7 @@ class _Fault:
     status: int
     delay: float
     path_contains: str
+    after: int  # matching requests to let through first
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -211,10 +212,12 @@ class FakeGitHub:
         return repo
 
     def fail(self, times: int = 1, *, status: int = 500, delay: float = 0.0,
-             path_contains: str = "") -> None:
-        """Answer the next `times` requests whose path contains `path_contains` with `status`
-        (after holding them `delay` seconds; a delay alone, with status 0, answers normally)."""
-        self._faults += [_Fault(status, delay, path_contains) for _ in range(times)]
+             path_contains: str = "", after: int = 0) -> None:
+        """Answer `times` requests whose path contains `path_contains` with `status`, once
+        `after` such requests went through normally; hold each `delay` seconds first (with
+        status 0 the request is then answered normally, only late)."""
+        self._faults += [_Fault(status, delay, path_contains, after if i == 0 else 0)
+                         for i in range(times)]
 
     def runs_named(self, name: str) -> list[CheckRun]:
         return [run for run in self.check_runs.values() if run.name == name]
@@ -257,6 +260,9 @@ class FakeGitHub:
     async def _inject_faults(self, request: Request, call_next: Any) -> Any:
         self.requests.append((request.method, request.url.path))
         fault = next((f for f in self._faults if f.path_contains in request.url.path), None)
+        if fault is not None and fault.after:
+            fault.after -= 1
+            fault = None
         if fault is None:
             return await call_next(request)
         self._faults.remove(fault)
