@@ -54,6 +54,20 @@ class Repo(BaseModel):
         return f"{self.owner}/{self.name}"
 
 
+class RerunOf(BaseModel):
+    """Run one job of an earlier run again (GitHub's "Re-run" on the job's check run).
+
+    The orchestrator takes the workflow, trust and approval state from run `run_id`. The
+    integration cannot see them (a check run does not say whether its code came from a fork),
+    so it sends the request untrusted with the default branch's workflow: a consumer unaware
+    of this field runs nothing with more trust than a fork's pull request would get.
+    """
+
+    model_config = ConfigDict(frozen=True)
+    run_id: uuid.UUID
+    job_key: str
+
+
 class RunRequest(_Message):
     """A forge event (or a manual trigger) asking for one workflow run at one commit."""
 
@@ -72,6 +86,7 @@ class RunRequest(_Message):
     trusted: bool = True  # False for forks / authors without write access: no secrets
     needs_approval: bool = False
     priority: int = 0  # higher runs first; default-branch pushes get more than PRs
+    rerun_of: RerunOf | None = None
     requested_at: datetime = Field(default_factory=utcnow)
 
 
