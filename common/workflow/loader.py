@@ -1,0 +1,684 @@
+"""KDL text -> `Workflow`, checking every rule and collecting every problem before failing.
+
+The checks walk ckdl's tree and remember *where* a problem is as a path of child indices (plus
+an argument index or a property key). Only when there is something to report does
+`SourceMap` scan the text to turn those paths into line:col, so a valid file costs one ckdl
+parse and one walk.
+"""
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import ckdl
+
+from common.messages import EventKind
+from common.workflow.diagnostics import Diagnostic, WorkflowError
+from common.workflow.document import KdlSyntaxError, parse_kdl
+from common.workflow.expr import ExprError, parse_expr, variables
+from common.workflow.model import Job, Matrix, Resources, Step, Trigger, Workflow
+from common.workflow.plan import matrix_combinations
+from common.workflow.source import SourceMap
+from common.workflow.units import parse_duration, parse_size_mb
+
+DEFAULT_PATH = ".solstice/workflow.kdl"
+MAX_COMBINATIONS = 256
+EVENTS = tuple(kind.value for kind in EventKind)
+BRANCH_EVENTS = ("push", "pull_request")
+WORKFLOW_CHILDREN = ("on", "env", "job")
+JOB_CHILDREN = ("needs", "if", "resources", "env", "secrets", "matrix", "setup", "step", "artifacts")
+SINGLE_JOB_CHILDREN = ("if", "resources", "matrix", "setup")
+JOB_ID_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+AXIS_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
+TEMPLATE_RE = re.compile(r"\$\{\{(.*?)\}\}", re.DOTALL)
+MATRIX_REF_RE = re.compile(r"\s*matrix\.([A-Za-z_][A-Za-z0-9_-]*)\s*")
+MINIMAL = 'workflow { job id="build" runs_on="illumos" { step name="Build" run="make" } }'
+# Combinations beyond this are not materialised just to count what `exclude` leaves.
+_COUNT_LIMIT = 1 << 16
+
+# Other CI dialects' top-level names, and what they are in a Solstice workflow.
+_TOP_LEVEL_HINTS = {
+    "name": 'name the workflow with a property: workflow name="CI" { ... }',
+    "jobs": 'there is no `jobs` block: write each job as job id="..." runs_on="..." { step ... }'
+            " directly inside workflow { ... }",
+}
+
+Path = tuple[int, ...]
+
+
+@dataclass(slots=True)
+class _Pending:
+    """A problem found in the tree, not yet given a line and column."""
+
+    path: Path
+    arg: int | None
+    prop: str | None
+    inner: int | None
+    message: str
+    hint: str | None
+    job: str | None
+    step: str | None
+
+
+def _suggest(word: str, known: Iterable[str]) -> str:
+    close = difflib.get_close_matches(word, list(known), n=1, cutoff=0.6)
+    return f"did you mean {close[0]!r}? " if close else ""
+
+
+def _plain(value: Any) -> Any:
+    """A KDL value without its type annotation (`(u8)5` -> 5); annotations carry no meaning here."""
+    return value.value if isinstance(value, ckdl.Value) else value
+
+
+def _describe(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return f"the number {value}"
+    return repr(value)
+
+
+class _Checker:
+    """Walks the document, building the model and collecting `_Pending` problems."""
+
+    def __init__(self) -> None:
+        self.problems: list[_Pending] = []
+        self.job: str | None = None
+        self.step: str | None = None
+
+    def error(self, path: Path, message: str, hint: str | None = None, *, arg: int | None = None,
+              prop: str | None = None, inner: int | None = None) -> None:
+        self.problems.append(_Pending(path, arg, prop, inner, message, hint, self.job, self.step))
+
+    # -- generic shape checks ------------------------------------------------------------
+    def props(self, node: ckdl.Node, path: Path, allowed: tuple[str, ...], what: str) -> None:
+        for key in node.properties:
+            if key not in allowed:
+                known = ", ".join(allowed) if allowed else "none"
+                self.error(path, f"unknown property {key!r} on {what}",
+                           f"{_suggest(key, allowed)}properties of {what}: {known}", prop=key)
+
+    def no_args(self, node: ckdl.Node, path: Path, what: str, hint: str) -> None:
+        if node.args:
+            self.error(path, f"{what} takes no arguments (found {_describe(_plain(node.args[0]))})",
+                       hint, arg=0)
+
+    def no_children(self, node: ckdl.Node, path: Path, what: str, hint: str | None = None) -> None:
+        if node.children:
+            self.error(path, f"{what} takes no {{ ... }} block", hint or "remove the block")
+
+    def text(self, node: ckdl.Node, path: Path, key: str, what: str, *, required: bool = False,
+             hint: str | None = None) -> str | None:
+        """The string property `key`, reporting a missing or non-string value."""
+        if key not in node.properties:
+            if required:
+                self.error(path, f"{what} has no {key}", hint)
+            return None
+        value = _plain(node.properties[key])
+        if not isinstance(value, str):
+            self.error(path, f"{key} of {what} must be a string, not {_describe(value)}",
+                       f'quote it: {key}="{value}"', prop=key)
+            return None
+        if not value.strip() and required:
+            self.error(path, f"{key} of {what} is empty", hint, prop=key)
+            return None
+        return value
+
+    def string_args(self, node: ckdl.Node, path: Path, what: str) -> list[str]:
+        values = []
+        for index, raw in enumerate(node.args):
+            value = _plain(raw)
+            if isinstance(value, str) and value:
+                values.append(value)
+            else:
+                self.error(path, f"arguments of {what} must be non-empty strings, not {_describe(value)}",
+                           'quote each value: "..."', arg=index)
+        return values
+
+    def duration(self, node: ckdl.Node, path: Path, what: str) -> int | None:
+        if "timeout" not in node.properties:
+            return None
+        value = _plain(node.properties["timeout"])
+        seconds = parse_duration(value) if isinstance(value, str) else None
+        if seconds is None:
+            self.error(path, f"timeout of {what} is not a duration: {_describe(value)}",
+                       'write hours, minutes and seconds like "45m", "1h30m" or "90s"',
+                       prop="timeout", inner=0)
+        return seconds
+
+    def condition(self, text: str, path: Path, axes: tuple[str, ...] | None, *,
+                  arg: int | None = None, prop: str | None = None) -> None:
+        """Report an `if` that does not parse or names a matrix axis the job lacks."""
+        try:
+            tree = parse_expr(text)
+        except ExprError as exc:
+            self.error(path, f"condition does not parse: {exc.message}", exc.hint,
+                       arg=arg, prop=prop, inner=exc.offset)
+            return
+        for var in variables(tree):
+            if var.name.startswith("matrix."):
+                self.axis_ref(var.name[len("matrix."):], path, axes, arg=arg, prop=prop,
+                              inner=var.offset)
+
+    def axis_ref(self, axis: str, path: Path, axes: tuple[str, ...] | None, *,
+                 arg: int | None = None, prop: str | None = None, inner: int | None = None) -> None:
+        if axes is None:
+            self.error(path, f"matrix.{axis} is used but the job has no matrix",
+                       f"add matrix {{ {axis} \"a\" \"b\" }} to the job, or remove the reference",
+                       arg=arg, prop=prop, inner=inner)
+        elif axis not in axes:
+            self.error(path, f"unknown matrix axis {axis!r}",
+                       f"{_suggest(axis, axes)}the job's axes: {', '.join(axes)}",
+                       arg=arg, prop=prop, inner=inner)
+
+    def templates(self, value: str, path: Path, prop: str, axes: tuple[str, ...] | None) -> None:
+        """Check each `${{ ... }}` in a value; only `${{ matrix.AXIS }}` is substituted."""
+        if "${{" not in value:
+            return
+        for m in TEMPLATE_RE.finditer(value):
+            ref = MATRIX_REF_RE.fullmatch(m.group(1))
+            if ref is None:
+                self.error(path, f"unsupported substitution {m.group()!r}",
+                           "only ${{ matrix.AXIS }} is substituted; secrets and env reach steps"
+                           " as environment variables", prop=prop, inner=m.start())
+            else:
+                self.axis_ref(ref.group(1), path, axes, prop=prop, inner=m.start())
+        unclosed = value.rfind("${{")
+        if unclosed >= 0 and "}}" not in value[unclosed:]:
+            self.error(path, "`${{` is never closed", "write ${{ matrix.AXIS }}", prop=prop,
+                       inner=unclosed)
+
+    # -- the schema ----------------------------------------------------------------------
+    def document(self, doc: ckdl.Document) -> Workflow | None:
+        workflow_at: list[int] = []
+        for index, node in enumerate(doc.nodes):
+            if node.name == "workflow":
+                workflow_at.append(index)
+            elif node.name in WORKFLOW_CHILDREN or node.name in JOB_CHILDREN:
+                self.error((index,), f"`{node.name}` must be inside the `workflow` node",
+                           "move it into workflow { ... }" if node.name in WORKFLOW_CHILDREN
+                           else "move it into a job: workflow { job id=... runs_on=... { ... } }")
+            else:
+                self.error((index,), f"unknown top-level node `{node.name}`",
+                           _TOP_LEVEL_HINTS.get(node.name, f"{_suggest(node.name, ['workflow'])}"
+                                                "everything goes inside one `workflow { ... }` node"))
+        if not workflow_at:
+            what = "there is no `workflow` node" if doc.nodes else "the file is empty"
+            self.error((0,), what, f"a Solstice workflow looks like {MINIMAL}")
+            return None
+        for extra in workflow_at[1:]:
+            self.error((extra,), "a file holds one `workflow` node; this is a second one",
+                       "move its jobs into the first workflow node")
+        index = workflow_at[0]
+        return self.workflow(doc.nodes[index], (index,))
+
+    def workflow(self, node: ckdl.Node, path: Path) -> Workflow:
+        self.props(node, path, ("name", "fail_fast"), "workflow")
+        if node.args:
+            first = _plain(node.args[0])
+            self.no_args(node, path, "workflow",
+                         f'name the workflow with a property: workflow name="{first}" {{ ... }}')
+        name = self.text(node, path, "name", "workflow")
+        fail_fast = _plain(node.properties.get("fail_fast", False))
+        if not isinstance(fail_fast, bool):
+            self.error(path, f"fail_fast must be a boolean, not {_describe(fail_fast)}",
+                       "write fail_fast=#true (KDL 2) or fail_fast=true (KDL 1)", prop="fail_fast")
+            fail_fast = False
+        triggers: list[Trigger] = []
+        env: dict[str, str] = {}
+        jobs: list[Job] = []
+        job_nodes: list[tuple[Job, Path, ckdl.Node]] = []
+        for index, child in enumerate(node.children):
+            where = path + (index,)
+            if child.name == "on":
+                trigger = self.trigger(child, where)
+                if trigger is not None:
+                    triggers.append(trigger)
+            elif child.name == "env":
+                env.update(self.env(child, where, "workflow env"))
+            elif child.name == "job":
+                job = self.job_node(child, where)
+                if job is not None:
+                    jobs.append(job)
+                    job_nodes.append((job, where, child))
+            elif child.name in JOB_CHILDREN:
+                self.error(where, f"`{child.name}` belongs inside a job, not directly in the workflow",
+                           'put it in job id="..." runs_on="..." { ... }')
+            else:
+                self.error(where, f"unknown node `{child.name}` in workflow",
+                           f"{_suggest(child.name, WORKFLOW_CHILDREN)}the workflow holds"
+                           f" {', '.join(WORKFLOW_CHILDREN)}")
+        if not any(child.name == "job" for child in node.children):
+            self.error(path, "the workflow has no jobs",
+                       f'add a job: job id="build" runs_on="illumos" {{ step name="Build" run="make" }}')
+        self.dependencies(job_nodes)
+        return Workflow(name=name, jobs=tuple(jobs), fail_fast=fail_fast,
+                        triggers=tuple(triggers), env=env)
+
+    def trigger(self, node: ckdl.Node, path: Path) -> Trigger | None:
+        self.props(node, path, ("branches", "tags"), "on")
+        self.no_children(node, path, "on")
+        args = self.string_args(node, path, "on")
+        if not node.args:
+            self.error(path, "`on` needs the event it reacts to",
+                       f"write e.g. on \"push\" branches=\"main\"; events: {', '.join(EVENTS)}")
+            return None
+        event = args[0] if args and _plain(node.args[0]) == args[0] else None
+        if event is None:
+            return None
+        if event not in EVENTS:
+            self.error(path, f"unknown event {event!r}",
+                       f"{_suggest(event, EVENTS)}events: {', '.join(EVENTS)}", arg=0)
+            return None
+        patterns = args[1:]
+        branches: list[str] = []
+        tags: list[str] = []
+        branch_prop = self.text(node, path, "branches", "on")
+        tag_prop = self.text(node, path, "tags", "on")
+        if event in BRANCH_EVENTS:
+            branches = ([branch_prop] if branch_prop else []) + patterns
+            if tag_prop is not None:
+                self.error(path, f"tags= does not apply to {event} events",
+                           'filter tags with on "tag" "v*"', prop="tags")
+        elif event == "tag":
+            tags = ([tag_prop] if tag_prop else []) + patterns
+            if branch_prop is not None:
+                self.error(path, "branches= does not apply to tag events",
+                           'filter tag names instead: on "tag" "v*"', prop="branches")
+        else:
+            for key in ("branches", "tags"):
+                if key in node.properties:
+                    self.error(path, f"{key}= does not apply to {event} events",
+                               "remove it: a manual run is started on purpose", prop=key)
+            if patterns:
+                self.error(path, f"{event} events take no patterns",
+                           "remove the extra arguments", arg=1)
+        return Trigger(event=event, branches=tuple(branches), tags=tuple(tags))
+
+    def env(self, node: ckdl.Node, path: Path, what: str) -> dict[str, str]:
+        self.no_children(node, path, what)
+        self.no_args(node, path, what, 'write variables as properties: env NAME="value"')
+        values: dict[str, str] = {}
+        for key, raw in node.properties.items():
+            value = _plain(raw)
+            if not NAME_RE.fullmatch(key):
+                self.error(path, f"{key!r} is not a valid environment variable name",
+                           "use letters, digits and _ (not starting with a digit)", prop=key)
+            elif value is None or isinstance(value, float):
+                self.error(path, f"value of {key} must be a string, not {_describe(value)}",
+                           f'quote it: {key}="..."', prop=key)
+            elif isinstance(value, bool):
+                values[key] = "true" if value else "false"
+            else:
+                values[key] = str(value)
+        return values
+
+    def job_node(self, node: ckdl.Node, path: Path) -> Job | None:
+        self.job = None
+        self.step = None
+        job_id = self.text(node, path, "id", "job", required=True,
+                           hint='give the job an id: job id="build" runs_on="..." { ... }')
+        if job_id is not None and not JOB_ID_RE.fullmatch(job_id):
+            self.error(path, f"job id {job_id!r} has characters ids cannot use",
+                       "use letters, digits, _ . and - (ids appear in needs and in job keys)",
+                       prop="id")
+            job_id = None
+        self.job = job_id
+        self.props(node, path, ("id", "runs_on", "timeout"), "job")
+        if node.args:
+            first = _plain(node.args[0])
+            self.no_args(node, path, "job",
+                         f'write the id as a property: job id="{first}"' if "id" not in node.properties
+                         else "remove the arguments; a job's settings are properties and child nodes")
+        runs_on = self.text(node, path, "runs_on", "job", required=True,
+                            hint='say which machine label runs it: runs_on="illumos-stable"')
+        timeout = self.duration(node, path, "job")
+        by_name: dict[str, list[tuple[int, ckdl.Node]]] = {}
+        for index, child in enumerate(node.children):
+            if child.name in JOB_CHILDREN:
+                by_name.setdefault(child.name, []).append((index, child))
+            else:
+                close = _suggest(child.name, JOB_CHILDREN)
+                hint = (f"{close}a job holds {', '.join(JOB_CHILDREN)}" if close or child.name != "job"
+                        else "jobs cannot nest; declare it next to this one in the workflow")
+                self.error(path + (index,), f"unknown node `{child.name}` in job", hint)
+        for name in SINGLE_JOB_CHILDREN:
+            for index, _ in by_name.get(name, [])[1:]:
+                self.error(path + (index,), f"a job has at most one `{name}`",
+                           "merge them into one")
+
+        matrix = None
+        if "matrix" in by_name:
+            index, child = by_name["matrix"][0]
+            matrix = self.matrix(child, path + (index,))
+        axes = matrix.axis_names if matrix is not None else None
+        if "matrix" in by_name and matrix is None:
+            axes = self.declared_axes(by_name["matrix"][0][1])
+        if runs_on is not None:
+            self.templates(runs_on, path, "runs_on", axes)
+
+        if_expr = None
+        if "if" in by_name:
+            index, child = by_name["if"][0]
+            if_expr = self.if_node(child, path + (index,), axes)
+        resources = Resources()
+        if "resources" in by_name:
+            index, child = by_name["resources"][0]
+            resources = self.resources(child, path + (index,))
+        setup = None
+        if "setup" in by_name:
+            index, child = by_name["setup"][0]
+            setup = self.setup(child, path + (index,))
+        env: dict[str, str] = {}
+        secrets: list[str] = []
+        artifacts: list[str] = []
+        for index, child in by_name.get("env", []):
+            env.update(self.env(child, path + (index,), "job env"))
+        for index, child in by_name.get("secrets", []):
+            secrets.extend(self.names_node(child, path + (index,), "secrets", 'secrets "DEPLOY_KEY"'))
+        for index, child in by_name.get("artifacts", []):
+            artifacts.extend(self.list_node(child, path + (index,), "artifacts",
+                                            'artifacts "target/release/app" "out/**"'))
+        needs: list[str] = []
+        for index, child in by_name.get("needs", []):
+            needs.extend(self.list_node(child, path + (index,), "needs", 'needs "lint" "test"'))
+        steps = [self.step_node(child, path + (index,), position, axes)
+                 for position, (index, child) in enumerate(by_name.get("step", []), start=1)]
+        self.step = None
+        if not by_name.get("step"):
+            self.error(path, "the job has no steps",
+                       'add at least one: step name="Build" run="make"')
+        if job_id is None or runs_on is None or any(s is None for s in steps):
+            return None
+        return Job(id=job_id, runs_on=runs_on, steps=tuple(s for s in steps if s is not None),
+                   timeout=timeout, needs=tuple(dict.fromkeys(needs)), if_expr=if_expr,
+                   resources=resources, env=env, secrets=tuple(dict.fromkeys(secrets)),
+                   matrix=matrix, setup=setup, artifacts=tuple(artifacts))
+
+    def list_node(self, node: ckdl.Node, path: Path, what: str, example: str) -> list[str]:
+        self.props(node, path, (), what)
+        self.no_children(node, path, what)
+        if not node.args:
+            self.error(path, f"`{what}` lists nothing", f"write e.g. {example}")
+        return self.string_args(node, path, what)
+
+    def names_node(self, node: ckdl.Node, path: Path, what: str, example: str) -> list[str]:
+        names = self.list_node(node, path, what, example)
+        for index, name in enumerate(names):
+            if not NAME_RE.fullmatch(name):
+                self.error(path, f"{name!r} is not a valid {what} name",
+                           "use letters, digits and _ (they become environment variables)", arg=index)
+        return names
+
+    def if_node(self, node: ckdl.Node, path: Path, axes: tuple[str, ...] | None) -> str | None:
+        self.props(node, path, (), "if")
+        self.no_children(node, path, "if")
+        if len(node.args) != 1 or not isinstance(_plain(node.args[0]), str):
+            self.error(path, "`if` takes exactly one string: the condition",
+                       "write e.g. if \"branch == 'main' && event == 'push'\"")
+            return None
+        text = _plain(node.args[0])
+        self.condition(text, path, axes, arg=0)
+        return text
+
+    def resources(self, node: ckdl.Node, path: Path) -> Resources:
+        self.props(node, path, ("vcpus", "ram", "disk"), "resources")
+        self.no_args(node, path, "resources", 'write resources vcpus=4 ram="8G" disk="40G"')
+        self.no_children(node, path, "resources")
+        vcpus = _plain(node.properties.get("vcpus"))
+        if vcpus is not None and (isinstance(vcpus, bool) or not isinstance(vcpus, int) or vcpus < 1):
+            self.error(path, f"vcpus must be a whole number of at least 1, not {_describe(vcpus)}",
+                       "write e.g. vcpus=4", prop="vcpus")
+            vcpus = None
+        ram = self.size(node, path, "ram")
+        disk = self.size(node, path, "disk")
+        if disk is not None and disk % 1024:
+            self.error(path, "disk is sized in whole gigabytes", 'write e.g. disk="40G"', prop="disk")
+            disk = None
+        return Resources(vcpus=vcpus, ram_mb=ram, disk_gb=disk // 1024 if disk else None)
+
+    def size(self, node: ckdl.Node, path: Path, key: str) -> int | None:
+        if key not in node.properties:
+            return None
+        value = _plain(node.properties[key])
+        megabytes = parse_size_mb(value) if isinstance(value, str) else None
+        if megabytes is None:
+            self.error(path, f"{key} is not a size: {_describe(value)}",
+                       f'write a number with a unit: {key}="512M", {key}="8G"', prop=key)
+        return megabytes
+
+    def setup(self, node: ckdl.Node, path: Path) -> str | None:
+        self.props(node, path, ("path",), "setup")
+        self.no_children(node, path, "setup")
+        if node.args:
+            self.no_args(node, path, "setup", f'write setup path="{_plain(node.args[0])}"')
+        return self.text(node, path, "path", "setup", required=True,
+                         hint='name the script: setup path=".solstice/setup.sh"')
+
+    def declared_axes(self, node: ckdl.Node) -> tuple[str, ...]:
+        """Axis names of a matrix that has problems, so references to them are still checked."""
+        return tuple(c.name for c in node.children if c.name not in ("include", "exclude"))
+
+    def matrix(self, node: ckdl.Node, path: Path) -> Matrix | None:
+        before = len(self.problems)
+        self.props(node, path, (), "matrix")
+        self.no_args(node, path, "matrix", "declare axes inside: matrix { os \"omnios\" \"openindiana\" }")
+        axes: dict[str, tuple[str, ...]] = {}
+        filters: dict[str, list[tuple[int, ckdl.Node]]] = {"include": [], "exclude": []}
+        for index, child in enumerate(node.children):
+            where = path + (index,)
+            if child.name in filters:
+                filters[child.name].append((index, child))
+                continue
+            if not AXIS_RE.fullmatch(child.name):
+                self.error(where, f"matrix axis name {child.name!r} cannot be used in ${{{{ matrix.X }}}}",
+                           "use letters, digits, _ and -")
+            if child.name in axes:
+                self.error(where, f"matrix axis {child.name!r} is declared twice", "merge the values")
+            self.props(child, where, (), f"matrix axis {child.name!r}")
+            self.no_children(child, where, f"matrix axis {child.name!r}")
+            if not child.args:
+                self.error(where, f"matrix axis {child.name!r} has no values",
+                           f'list them: {child.name} "a" "b"')
+            values: list[str] = []
+            for arg_index, raw in enumerate(child.args):
+                value = _plain(raw)
+                if value is None or isinstance(value, float) or value == "":
+                    self.error(where, f"matrix value {_describe(value)} cannot be used",
+                               'write values as strings: "1.80"', arg=arg_index)
+                    continue
+                text = ("true" if value else "false") if isinstance(value, bool) else str(value)
+                if text in values:
+                    self.error(where, f"matrix axis {child.name!r} lists {text!r} twice",
+                               "remove the repeated value", arg=arg_index)
+                values.append(text)
+            axes[child.name] = tuple(values)
+        if not node.children:
+            self.error(path, "the matrix has no axes", 'add one: matrix { os "omnios" "openindiana" }')
+        excludes = [self.combination(c, path + (i,), axes, "exclude") for i, c in filters["exclude"]]
+        includes = [self.combination(c, path + (i,), axes, "include") for i, c in filters["include"]]
+        if len(self.problems) > before:
+            return None
+        matrix = Matrix(axes=tuple(axes.items()),
+                        exclude=tuple(e for e in excludes if e is not None),
+                        include=tuple(i for i in includes if i is not None))
+        self.combination_count(matrix, path)
+        return matrix
+
+    def combination(self, node: ckdl.Node, path: Path, axes: dict[str, tuple[str, ...]],
+                    kind: str) -> dict[str, str] | None:
+        before = len(self.problems)
+        self.no_children(node, path, kind)
+        self.no_args(node, path, kind, f'name axis values as properties: {kind} os="omnios"')
+        if not node.properties:
+            self.error(path, f"`{kind}` names no axis values", f'write e.g. {kind} os="omnios"')
+        values: dict[str, str] = {}
+        for key, raw in node.properties.items():
+            value = _plain(raw)
+            text = ("true" if value else "false") if isinstance(value, bool) else str(value)
+            if key not in axes:
+                self.error(path, f"{kind} names unknown matrix axis {key!r}",
+                           f"{_suggest(key, axes)}axes: {', '.join(axes) or 'none'}", prop=key)
+            elif kind == "exclude" and text not in axes[key]:
+                self.error(path, f"exclude {key}={text!r} matches nothing: the axis has no such value",
+                           f"{_suggest(text, axes[key])}values of {key}: {', '.join(axes[key])}",
+                           prop=key)
+            values[key] = text
+        missing = [axis for axis in axes if axis not in values]
+        if kind == "include" and missing:
+            self.error(path, f"include must give every axis a value; missing {', '.join(missing)}",
+                       f"add {' '.join(f'{a}=...' for a in missing)}")
+        if len(self.problems) > before:
+            return None
+        # Keep the axis order of the declaration, whatever order the properties were written in.
+        return {axis: values[axis] for axis in axes if axis in values}
+
+    def combination_count(self, matrix: Matrix, path: Path) -> None:
+        total = 1
+        for _, values in matrix.axes:
+            total *= len(values)
+        if total > _COUNT_LIMIT:
+            count = total
+        else:
+            count = len(matrix_combinations(matrix))
+        if count > MAX_COMBINATIONS:
+            self.error(path, f"the matrix makes {count} jobs; at most {MAX_COMBINATIONS} are allowed",
+                       "drop values, add exclude rules, or split the job")
+        elif count == 0:
+            self.error(path, "exclude rules remove every combination of the matrix",
+                       "loosen the exclude rules")
+
+    def step_node(self, node: ckdl.Node, path: Path, position: int,
+                  axes: tuple[str, ...] | None) -> Step | None:
+        raw_name = _plain(node.properties.get("name"))
+        self.step = raw_name if isinstance(raw_name, str) and raw_name else f"#{position}"
+        self.props(node, path, ("name", "run", "timeout", "if"), "step")
+        if node.args:
+            first = _plain(node.args[0])
+            if "name" not in node.properties and len(node.args) == 1:
+                hint = f'write the name as a property: step name="{first}" run="..."'
+            else:
+                hint = 'quote the whole command: run="cargo test --workspace"'
+            self.no_args(node, path, "step", hint)
+        if node.children:
+            nested = node.children[0]
+            hint = ('put the command on the step itself: step name="..." run="..."'
+                    if nested.name == "run" else "a step is one line: step name=\"...\" run=\"...\"")
+            self.error(path, "a step takes no { ... } block", hint)
+        name = self.text(node, path, "name", "step")
+        run = self.text(node, path, "run", "step", required=True,
+                        hint='add the command to execute: run="make test"')
+        timeout = self.duration(node, path, "step")
+        if_expr = self.text(node, path, "if", "step")
+        if if_expr is not None:
+            self.condition(if_expr, path, axes, prop="if")
+        if name is not None:
+            self.templates(name, path, "name", axes)
+        if run is None:
+            return None
+        self.templates(run, path, "run", axes)
+        if name is None:
+            first_line = run.strip().splitlines()[0] if run.strip() else run
+            name = first_line if len(first_line) <= 60 else first_line[:57] + "..."
+        return Step(name=name, run=run, timeout=timeout, if_expr=if_expr)
+
+    def dependencies(self, jobs: list[tuple[Job, Path, ckdl.Node]]) -> None:
+        """Unknown and duplicate ids, self-needs and cycles, once every job is known."""
+        self.step = None
+        first_at: dict[str, Path] = {}
+        for job, path, _ in jobs:
+            if job.id in first_at:
+                self.job = job.id
+                self.error(path, f"job id {job.id!r} is used twice", "give every job its own id",
+                           prop="id")
+            else:
+                first_at[job.id] = path
+        known = list(first_at)
+        edges: dict[str, list[str]] = {}
+        need_at: dict[tuple[str, str], tuple[Path, int]] = {}
+        for job, path, node in jobs:
+            self.job = job.id
+            for index, child in enumerate(node.children):
+                if child.name != "needs":
+                    continue
+                for arg, raw in enumerate(child.args):
+                    need = _plain(raw)
+                    if not isinstance(need, str):
+                        continue
+                    need_at.setdefault((job.id, need), (path + (index,), arg))
+                    if need == job.id:
+                        self.error(path + (index,), f"job {job.id!r} needs itself",
+                                   "remove it from needs", arg=arg)
+                    elif need not in first_at:
+                        self.error(path + (index,), f"needs unknown job {need!r}",
+                                   f"{_suggest(need, known)}jobs: {', '.join(known)}", arg=arg)
+                    else:
+                        edges.setdefault(job.id, []).append(need)
+        for cycle in _cycles(known, edges):
+            self.job = cycle[0]
+            where, arg = need_at[(cycle[0], cycle[1])]
+            self.error(where, "dependency cycle: " + " -> ".join(cycle),
+                       "remove one of these needs; a job cannot wait for itself", arg=arg)
+        self.job = None
+
+
+def _cycles(nodes: list[str], edges: dict[str, list[str]]) -> list[list[str]]:
+    """Each cycle closed by a back edge of an iterative depth-first search, spelled out."""
+    state: dict[str, int] = {}  # 1 = on the stack, 2 = done
+    cycles: list[list[str]] = []
+    for root in nodes:
+        if root in state:
+            continue
+        stack: list[tuple[str, int]] = [(root, 0)]
+        on_path: list[str] = [root]
+        state[root] = 1
+        while stack:
+            node, next_edge = stack[-1]
+            targets = edges.get(node, [])
+            if next_edge < len(targets):
+                stack[-1] = (node, next_edge + 1)
+                target = targets[next_edge]
+                if state.get(target) == 1:
+                    cycles.append(on_path[on_path.index(target):] + [target])
+                elif target not in state:
+                    state[target] = 1
+                    stack.append((target, 0))
+                    on_path.append(target)
+            else:
+                state[node] = 2
+                stack.pop()
+                on_path.pop()
+    return cycles
+
+
+def _locate(problems: list[_Pending], text: str, path: str) -> list[Diagnostic]:
+    source = SourceMap(text)
+    located = []
+    for p in problems:
+        line, col = source.position(source.offset(p.path, arg=p.arg, prop=p.prop, inner=p.inner))
+        located.append(Diagnostic(path=path, line=line, col=col, message=p.message, hint=p.hint,
+                                  job=p.job, step=p.step))
+    return sorted(located, key=lambda d: (d.line, d.col))
+
+
+def load_workflow(text: str, path: str = DEFAULT_PATH) -> Workflow:
+    """Parse and validate a workflow file's text; `path` names it in diagnostics.
+
+    Raises `WorkflowError` listing every problem (KDL syntax, or all schema problems at once).
+    """
+    try:
+        doc = parse_kdl(text)
+    except KdlSyntaxError as exc:
+        p = exc.problem
+        raise WorkflowError([Diagnostic(path, p.line, p.col, p.message, p.hint)], text) from None
+    checker = _Checker()
+    workflow = checker.document(doc)
+    if checker.problems or workflow is None:
+        raise WorkflowError(_locate(checker.problems, text, path), text)
+    return workflow

@@ -1,0 +1,143 @@
+"""From a validated `Workflow` to the jobs of one run: matrix expansion, order, triggers."""
+from __future__ import annotations
+
+import heapq
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from functools import lru_cache
+from itertools import product
+
+from common.workflow.expr import EvalContext
+from common.workflow.model import Job, Matrix, Step, Workflow
+
+_TEMPLATE_RE = re.compile(r"\$\{\{\s*matrix\.([A-Za-z_][A-Za-z0-9_-]*)\s*\}\}")
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedJob:
+    """One job of a run: a declared job, or one combination of a matrixed job.
+
+    `key` is stable across runs and unique in the workflow: the job id, plus the matrix values
+    in axis order for a matrixed job (`build[rust=stable,os=omnios]`). `runs_on` and the steps'
+    names and commands have `${{ matrix.X }}` substituted; `needs` holds keys, and needing a
+    matrixed job means needing every one of its combinations.
+    """
+
+    key: str
+    job: Job
+    runs_on: str
+    steps: tuple[Step, ...]
+    matrix: dict[str, str] = field(default_factory=dict)
+    needs: tuple[str, ...] = ()
+
+    def context(self, run: EvalContext) -> EvalContext:
+        """The run's `if` context with this job's matrix values, for its job and step `if`s."""
+        return replace(run, matrix=self.matrix)
+
+
+def matrix_combinations(matrix: Matrix) -> list[dict[str, str]]:
+    """Every combination in a stable order: the axes' product minus `exclude`, then `include`."""
+    names = matrix.axis_names
+    combos = []
+    for values in product(*(values for _, values in matrix.axes)):
+        combo = dict(zip(names, values))
+        if not any(all(combo[k] == v for k, v in rule.items()) for rule in matrix.exclude):
+            combos.append(combo)
+    for extra in matrix.include:
+        if extra not in combos:
+            combos.append(dict(extra))
+    return combos
+
+
+def job_key(job_id: str, matrix: dict[str, str]) -> str:
+    """`build` or `build[rust=stable,os=omnios]`."""
+    if not matrix:
+        return job_id
+    return f"{job_id}[{','.join(f'{k}={v}' for k, v in matrix.items())}]"
+
+
+def substitute(text: str, matrix: dict[str, str]) -> str:
+    """Replace each `${{ matrix.X }}` with the value of axis X."""
+    if "${{" not in text:
+        return text
+    return _TEMPLATE_RE.sub(lambda m: matrix[m.group(1)], text)
+
+
+def expand(workflow: Workflow) -> list[PlannedJob]:
+    """The jobs of a run, in declaration order (a matrixed job's combinations in matrix order)."""
+    combos = {job.id: matrix_combinations(job.matrix) if job.matrix else [{}] for job in workflow.jobs}
+    keys = {job_id: [job_key(job_id, c) for c in cs] for job_id, cs in combos.items()}
+    planned = []
+    for job in workflow.jobs:
+        needs = tuple(key for need in job.needs for key in keys[need])
+        for combo, key in zip(combos[job.id], keys[job.id]):
+            steps = tuple(
+                Step(name=substitute(s.name, combo), run=substitute(s.run, combo),
+                     timeout=s.timeout, if_expr=s.if_expr) if combo else s
+                for s in job.steps
+            )
+            planned.append(PlannedJob(key=key, job=job, runs_on=substitute(job.runs_on, combo),
+                                      steps=steps, matrix=combo, needs=needs))
+    return planned
+
+
+def topological_order(jobs: Sequence[PlannedJob]) -> list[PlannedJob]:
+    """`jobs` ordered so each comes after everything it needs; ties keep the given order.
+
+    Raises ValueError on a cycle or an unknown need, which `load_workflow` already rejects.
+    """
+    index = {job.key: i for i, job in enumerate(jobs)}
+    waiting = [0] * len(jobs)
+    dependents: list[list[int]] = [[] for _ in jobs]
+    for i, job in enumerate(jobs):
+        for need in job.needs:
+            if need not in index:
+                raise ValueError(f"{job.key} needs {need}, which is not among the jobs")
+            waiting[i] += 1
+            dependents[index[need]].append(i)
+    ready = [i for i, count in enumerate(waiting) if count == 0]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        i = heapq.heappop(ready)
+        order.append(jobs[i])
+        for j in dependents[i]:
+            waiting[j] -= 1
+            if waiting[j] == 0:
+                heapq.heappush(ready, j)
+    if len(order) != len(jobs):
+        raise ValueError("the jobs' needs form a cycle")
+    return order
+
+
+@lru_cache(maxsize=256)
+def _glob(pattern: str) -> re.Pattern[str]:
+    """`*` matches within one path segment, `**` across segments, `?` one character."""
+    parts = re.split(r"(\*\*|\*|\?)", pattern)
+    regex = "".join({"**": ".*", "*": "[^/]*", "?": "[^/]"}.get(p, re.escape(p)) for p in parts)
+    return re.compile(regex)
+
+
+def glob_matches(pattern: str, name: str) -> bool:
+    """Whether branch or tag `name` matches `pattern` (`release/*`, `v*`, `feature/**`)."""
+    return _glob(pattern).fullmatch(name) is not None
+
+
+def matches_trigger(workflow: Workflow, event: str, branch: str | None = None,
+                    tag: str | None = None) -> bool:
+    """Whether an event starts this workflow. No `on` at all means every event does.
+
+    `branch` is the pushed branch, or a pull request's target branch; `tag` the pushed tag.
+    """
+    if not workflow.triggers:
+        return True
+    for trigger in workflow.triggers:
+        if trigger.event != event:
+            continue
+        if trigger.branches and not (branch and any(glob_matches(p, branch) for p in trigger.branches)):
+            continue
+        if trigger.tags and not (tag and any(glob_matches(p, tag) for p in trigger.tags)):
+            continue
+        return True
+    return False
