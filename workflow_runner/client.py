@@ -54,7 +54,8 @@ def classify(exc: grpc.aio.AioRpcError, what: str) -> Exception:
     code = exc.code()
     if code == grpc.StatusCode.UNAUTHENTICATED:
         return RunnerAuthError(
-            f"the orchestrator refused this runner's token ({what}): {exc.details()}",
+            f"the orchestrator refused this runner's token (UNAUTHENTICATED on {what}: "
+            f"{exc.details()})",
             hint="the token is one-time and dies with the job; the job was probably "
                  "reassigned or ended. This runner stops.")
     if code in TRANSIENT_CODES:

@@ -81,7 +81,7 @@ async def _run(settings_args: dict[str, str | None], config: str | None) -> int:
     except BaseException as raised:  # task groups wrap what their tasks raised
         exc = _first_error(raised)
         if isinstance(exc, RunnerAuthError):
-            log.error("token refused, stopping: %s", exc.message, extra={"job_id": settings.job_id})
+            log.error("token refused, stopping: %s", exc, extra={"job_id": settings.job_id})
             return EXIT_UNAUTHENTICATED
         if isinstance(exc, (OrchestratorError, OrchestratorUnreachable)):
             log.error("could not report to the orchestrator: %s", exc)

@@ -132,6 +132,7 @@ class RecordingRunner(runner_pb2_grpc.RunnerServicer):
     async def Heartbeat(self, request_iterator, context):
         await self._auth(context)
         async for _ping in request_iterator:
+            await self._auth(context)  # a token may die while the job runs
             if self.cancel_reason:
                 yield runner_pb2.Control(action=runner_pb2.Control.CANCEL, reason=self.cancel_reason)
             else:
