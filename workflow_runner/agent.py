@@ -21,7 +21,7 @@ from workflow_runner.client import (OrchestratorError, OrchestratorUnreachable, 
 from workflow_runner.config import RunnerSettings
 from workflow_runner.heartbeat import Heartbeat
 from workflow_runner.job import JobExecution, Outcome
-from workflow_runner.logs import LogShipper
+from workflow_runner.logs import NO_STEP, LogShipper
 from workflow_runner.process import ProcessGroups
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ async def run_agent(settings: RunnerSettings) -> None:
                              chunk_bytes=settings.log_chunk_bytes,
                              memory_bytes=settings.log_memory_bytes)
         if masker.too_short:
-            shipper.system(-1, f"{masker.too_short} secret value(s) shorter than 3 characters "
+            shipper.system(NO_STEP, f"{masker.too_short} secret value(s) shorter than 3 characters "
                                "are not masked")
         heartbeat = Heartbeat(client, settings.heartbeat_seconds)
         groups = ProcessGroups(settings.kill_grace_seconds)
@@ -73,8 +73,8 @@ async def run_agent(settings: RunnerSettings) -> None:
                 tasks.create_task(heartbeat.run())
                 outcome = await _execute(job, workspace, client, shipper, heartbeat, masker,
                                          groups)
-                shipper.system(-1, f"job {OUTCOME_NAMES[outcome.outcome].removeprefix('JOB_').lower()}: "
-                                   f"{outcome.message}")
+                outcome_name = OUTCOME_NAMES[outcome.outcome].removeprefix("JOB_").lower()
+                shipper.system(NO_STEP, f"job {outcome_name}: {outcome.message}")
                 last_seq = await shipper.close()
                 await client.report_result(runner_pb2.JobResult(
                     job_id=job.job_id, outcome=outcome.outcome, message=outcome.message,

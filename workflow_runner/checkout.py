@@ -15,10 +15,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 from common.masking import SecretMasker
 from protos import runner_pb2
-from workflow_runner.logs import LogShipper
+from workflow_runner.logs import NO_STEP, LogShipper
 from workflow_runner.process import Ending, ProcessGroups
-
-CHECKOUT_STEP = -1
 
 
 @dataclass(frozen=True)
@@ -61,16 +59,16 @@ async def checkout(
     `masker` must already hold the checkout password, so git's own messages are masked too.
     """
     if spec.preloaded:
-        shipper.system(CHECKOUT_STEP, f"using the preloaded tree at {spec.commit or 'working copy'}")
+        shipper.system(NO_STEP, f"using the preloaded tree at {spec.commit or 'working copy'}")
         return CheckoutResult(Ending.EXITED)
     if not spec.repo_url or not spec.commit:
         return CheckoutResult(Ending.EXITED, "the job names no repository URL or commit to check out")
     env = git_env(base_env, spec)
-    shipper.system(CHECKOUT_STEP, f"checking out {redact_url(spec.repo_url)} at {spec.commit}")
+    shipper.system(NO_STEP, f"checking out {redact_url(spec.repo_url)} at {spec.commit}")
 
     async def git(*args: str) -> tuple[Ending, int]:
         finished = await groups.run(["git", *args], cwd=workspace, env=env,
-                                    step_index=CHECKOUT_STEP, shipper=shipper, masker=masker,
+                                    step_index=NO_STEP, shipper=shipper, masker=masker,
                                     deadline=deadline, cancel=cancel)
         return finished.ending, finished.exit_code
 
@@ -79,7 +77,7 @@ async def checkout(
         ending, code = await git("fetch", "-q", "--depth", "1", "--no-tags", spec.repo_url,
                                  spec.commit)
         if ending is Ending.EXITED and code != 0 and spec.ref:
-            shipper.system(CHECKOUT_STEP, f"the server refused the commit id; fetching {spec.ref}")
+            shipper.system(NO_STEP, f"the server refused the commit id; fetching {spec.ref}")
             ending, code = await git("fetch", "-q", "--no-tags", spec.repo_url, spec.ref)
     if ending is Ending.EXITED and code == 0:
         ending, code = await git("-c", "advice.detachedHead=false", "checkout", "-q",

@@ -12,6 +12,7 @@ import grpc
 
 from protos import runner_pb2
 from workflow_runner.client import RunnerClient, classify
+from workflow_runner.logs import NO_STEP
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +23,7 @@ class Heartbeat:
     def __init__(self, client: RunnerClient, interval: float) -> None:
         self._client = client
         self._interval = interval
-        self.current_step = -1
+        self.current_step = NO_STEP
         self.cancelled = asyncio.Event()
         self.cancel_reason = ""
         self._stopped = asyncio.Event()

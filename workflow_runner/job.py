@@ -20,10 +20,10 @@ from common.masking import SecretMasker
 from common.observability import tracer
 from protos import runner_pb2
 from workflow_runner import artifacts
-from workflow_runner.checkout import CHECKOUT_STEP, checkout
+from workflow_runner.checkout import checkout
 from workflow_runner.client import OrchestratorError, RunnerClient
 from workflow_runner.heartbeat import Heartbeat
-from workflow_runner.logs import LogShipper, now_ms
+from workflow_runner.logs import NO_STEP, LogShipper, now_ms
 from workflow_runner.process import Ending, Finished, ProcessGroups
 
 log = logging.getLogger(__name__)
@@ -94,7 +94,7 @@ class JobExecution:
         if not result.ok:
             outcome = (self._ended(result.ending, "checkout") if result.ending is not Ending.EXITED
                        else Outcome(runner_pb2.JOB_ERROR, result.error))
-            self.shipper.system(CHECKOUT_STEP, outcome.message)
+            self.shipper.system(NO_STEP, outcome.message)
             await self._skip(job.steps)
             return outcome
         env = step_env(job, self.workspace, self.inherited_env)
@@ -116,12 +116,12 @@ class JobExecution:
             outcome = Outcome(runner_pb2.JOB_FAILURE,
                               f"setup script {self.job.setup_script!r} is not a file in the "
                               "repository")
-            self.shipper.system(CHECKOUT_STEP, outcome.message)
+            self.shipper.system(NO_STEP, outcome.message)
             return outcome
-        self.shipper.system(CHECKOUT_STEP, f"running setup script {script}")
+        self.shipper.system(NO_STEP, f"running setup script {script}")
         argv = shell_argv(". " + shlex.quote(f"./{script}"))
         with _tracer.start_as_current_span("setup"):
-            finished = await self._run(argv, env, CHECKOUT_STEP, self.deadline)
+            finished = await self._run(argv, env, NO_STEP, self.deadline)
         if finished.ending is not Ending.EXITED:
             outcome = self._ended(finished.ending, "the setup script")
         elif finished.exit_code != 0:
@@ -129,7 +129,7 @@ class JobExecution:
                               f"setup script {script} failed with exit code {finished.exit_code}")
         else:
             return None
-        self.shipper.system(CHECKOUT_STEP, outcome.message)
+        self.shipper.system(NO_STEP, outcome.message)
         return outcome
 
     async def _step(self, step: runner_pb2.StepSpec, env: dict[str, str]) -> Outcome | None:
@@ -202,16 +202,16 @@ class JobExecution:
             return outcome
         collected = artifacts.collect(self.workspace, list(self.job.artifact_patterns))
         for problem in collected.problems:
-            self.shipper.system(CHECKOUT_STEP, problem)
+            self.shipper.system(NO_STEP, problem)
         if not collected.files:
-            self.shipper.system(CHECKOUT_STEP, "no files match the artifact patterns")
+            self.shipper.system(NO_STEP, "no files match the artifact patterns")
             return outcome
         try:
             with _tracer.start_as_current_span("artifacts"):
                 ack = await artifacts.upload(self.client, self.workspace, collected.files)
         except (OrchestratorError, OSError) as exc:
-            self.shipper.system(CHECKOUT_STEP, f"artifact upload failed: {exc}")
+            self.shipper.system(NO_STEP, f"artifact upload failed: {exc}")
             return outcome or Outcome(runner_pb2.JOB_ERROR, f"artifact upload failed: {exc}")
-        self.shipper.system(CHECKOUT_STEP, f"uploaded {ack.files} artifact files "
+        self.shipper.system(NO_STEP, f"uploaded {ack.files} artifact files "
                                            f"({ack.bytes} bytes)")
         return outcome

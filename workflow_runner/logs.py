@@ -30,6 +30,8 @@ from workflow_runner.client import OrchestratorError, RunnerClient, TransientRpc
 
 log = logging.getLogger(__name__)
 
+# step_index of lines that belong to no step: checkout, setup, artifacts, the result.
+NO_STEP = -1
 ROTATE_BYTES = 4 * 1024 * 1024
 ROTATE_SECONDS = 2.0
 WRITE_TIMEOUT = 30.0
@@ -140,6 +142,9 @@ class LogShipper:
         self._pending.clear()
         self._pending_size = 0
         if self._spill.count or self._mem_bytes > self._memory_limit:
+            if not self._spill.count:
+                log.warning("unacknowledged logs exceed %d bytes in memory; spilling to a "
+                            "temporary file", self._memory_limit)
             self._spill.push(chunk)
         else:
             self._mem.append(chunk)

@@ -5,14 +5,15 @@ so a timeout or a cancel reaches every process it started: SIGTERM to the group,
 whatever is left after the grace period. Output is read from two pipes as it comes, masked per
 stream and handed to the `LogShipper`.
 
-A background process a step leaves behind keeps its pipes open; its output is still shipped
-under that step until the job ends, when `ProcessGroups.kill_all` stops it.
+A background process a step leaves behind stays in the step's group; its output is still
+shipped under that step until the job ends, when `ProcessGroups.kill_all` stops it. A process
+that leaves the group on purpose (`setsid`, a daemon) is out of reach, as on any CI runner;
+the VM's destruction ends it.
 """
 from __future__ import annotations
 
 import asyncio
 import enum
-import logging
 import os
 import signal
 import time
@@ -23,8 +24,6 @@ from pathlib import Path
 from common.masking import SecretMasker
 from protos import runner_pb2
 from workflow_runner.logs import LogShipper
-
-log = logging.getLogger(__name__)
 
 READ_SIZE = 65536
 # After the main process exited, wait this long for its pipes to close before moving on.
@@ -99,7 +98,11 @@ class ProcessGroups:
         except asyncio.CancelledError:
             await asyncio.shield(self.terminate(proc.pid))
             raise
-        code = proc.returncode if proc.returncode is not None else -signal.SIGKILL
+        # Forget groups with no process left: only a live group pins its id, so a stale
+        # id could later name somebody else's group.
+        self._groups = [pgid for pgid in self._groups if _signal_group(pgid, 0)]
+        code = proc.returncode
+        assert code is not None
         return Finished(ending, code if code >= 0 else 128 - code,
                         int((time.monotonic() - started) * 1000))
 

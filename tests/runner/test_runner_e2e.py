@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from protos import runner_pb2
-from tests.runner.double import TOKEN, make_job, sha256
+from tests.runner.double import TOKEN, alive, make_job, sha256
 
 
 async def test_success_streams_output_and_reports(serve, tmp_path):
@@ -50,15 +50,6 @@ async def test_pipefail_is_on(serve, tmp_path):
     code, stderr = await harness.run_runner(tmp_path / "ws")
     assert code == 0, stderr
     assert harness.servicer.result.outcome == runner_pb2.JOB_FAILURE
-
-
-def alive(pid: int) -> bool:
-    """True while `pid` runs (a zombie waiting for its reaper counts as gone)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return False
-    return state not in ("Z", "X")
 
 
 async def test_step_timeout_kills_the_whole_process_group(serve, tmp_path):
@@ -293,3 +284,21 @@ async def test_setup_script_runs_before_steps_and_its_failure_fails_the_job(serv
     assert "setup script setup.sh failed with exit code 1" in s.result.message
     assert s.states() == {0: ["STEP_SKIPPED"]}
     assert b"not here" not in s.output()
+
+
+async def test_output_produced_while_the_orchestrator_is_away_spills_and_arrives(serve, tmp_path):
+    """With a 64 KiB memory budget, 1 MB produced during an outage goes through the spill
+    file and still arrives whole and in order."""
+    harness = await serve(make_job(("burst", "echo first; sleep 0.5; seq 1 150000; sleep 0.5; echo last")))
+    s = harness.servicer
+    proc = await harness.start_runner(tmp_path / "ws", SOLSTICE_LOG_MEMORY_BYTES="65536")
+    await s.wait_until(lambda: b"first" in s.output(0))
+    await harness.stop()
+    await asyncio.sleep(1.2)
+    await harness.start()
+    async with asyncio.timeout(15):
+        _, stderr = await proc.communicate()
+    assert proc.returncode == 0, stderr
+    expected = b"first\n" + b"".join(b"%d\n" % i for i in range(1, 150001)) + b"last\n"
+    assert s.output(0) == expected
+    assert [c.seq for c in s.chunks] == list(range(1, s.last_seq + 1))
