@@ -8,6 +8,7 @@ the machine, so the reaper can destroy what no live job claims.
 from __future__ import annotations
 
 import abc
+import asyncio
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -82,6 +83,18 @@ class VMBackend(abc.ABC):
     @abc.abstractmethod
     async def destroy_by_name(self, name: str) -> None:
         """Destroy a leftover found by `leftovers` (idempotent)."""
+
+    async def wait_exit(self, vm: VM) -> str:
+        """Return a reason once the machine stopped by itself (e.g. the runner crashed).
+
+        Backends that cannot watch their machines keep the default, which never returns: the
+        orchestrator then notices a dead runner by its missing heartbeats.
+        """
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    async def close(self) -> None:
+        """Release what the backend holds for itself (not the jobs' machines)."""
 
     async def console_log(self, vm: VM) -> str:
         """The machine's console output so far, for the job's infrastructure log."""

@@ -1,0 +1,132 @@
+"""The in-process API of an orchestrator: submit runs, watch them, wait for their summary.
+
+`cidev run` drives a standalone orchestrator through it; an admin service can wrap the same
+calls later. Every answer comes from Postgres; `watch` streams the live updates of this process.
+"""
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from common.messages import JobState, RunRequest
+from orchestrator.db import Database
+from orchestrator.effects import Effects
+from orchestrator.intake import Intake
+from orchestrator.store import Store
+from orchestrator.updates import Hub, RunUpdate, Watch
+
+FINAL_RUN_STATES = frozenset({"success", "failure", "error", "cancelled", "skipped"})
+
+
+@dataclass(frozen=True)
+class StepSummary:
+    index: int
+    name: str
+    state: str
+    exit_code: int | None
+    duration_ms: int | None
+
+
+@dataclass(frozen=True)
+class JobSummary:
+    job_id: uuid.UUID
+    key: str
+    runs_on: str
+    state: JobState
+    message: str
+    attempt: int
+    queued_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    steps: list[StepSummary] = field(default_factory=list)
+
+    @property
+    def duration_s(self) -> float | None:
+        if self.started_at is None or self.finished_at is None:
+            return None
+        return (self.finished_at - self.started_at).total_seconds()
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    run_id: uuid.UUID
+    state: str
+    message: str
+    workflow_name: str
+    created_at: datetime
+    finished_at: datetime | None
+    jobs: list[JobSummary] = field(default_factory=list)
+
+    @property
+    def final(self) -> bool:
+        return self.state in FINAL_RUN_STATES
+
+    @property
+    def succeeded(self) -> bool:
+        return self.state == "success"
+
+
+async def load_summary(db: Database, run_id: uuid.UUID) -> RunSummary | None:
+    async with db.pool.acquire() as conn:
+        run = await conn.fetchrow("SELECT * FROM runs WHERE id = $1", run_id)
+        if run is None:
+            return None
+        jobs = await conn.fetch("SELECT * FROM jobs WHERE run_id = $1 ORDER BY created_at, key",
+                                run_id)
+        steps = await conn.fetch(
+            "SELECT s.* FROM steps s JOIN jobs j ON j.id = s.job_id WHERE j.run_id = $1"
+            " ORDER BY s.job_id, s.index", run_id)
+    by_job: dict[uuid.UUID, list[StepSummary]] = {}
+    for s in steps:
+        by_job.setdefault(s["job_id"], []).append(StepSummary(
+            s["index"], s["name"], s["state"], s["exit_code"], s["duration_ms"]))
+    return RunSummary(
+        run_id=run["id"], state=run["state"], message=run["message"],
+        workflow_name=run["workflow_name"], created_at=run["created_at"],
+        finished_at=run["finished_at"],
+        jobs=[JobSummary(job_id=j["id"], key=j["key"], runs_on=j["runs_on"],
+                         state=JobState(j["state"]), message=j["message"], attempt=j["attempt"],
+                         queued_at=j["created_at"], started_at=j["started_at"],
+                         finished_at=j["finished_at"], steps=by_job.get(j["id"], []))
+              for j in jobs])
+
+
+class OrchestratorAPI:
+    def __init__(self, *, db: Database, intake: Intake, store: Store, hub: Hub,
+                 effects: Effects) -> None:
+        self.db = db
+        self.intake = intake
+        self.store = store
+        self.hub = hub
+        self.effects = effects
+
+    async def submit(self, request: RunRequest) -> uuid.UUID:
+        """Record and plan a run (idempotent on `request.request_id`); return its id."""
+        return await self.intake.accept(request)
+
+    def watch(self, run_id: uuid.UUID | None = None,
+              kinds: tuple[type, ...] | None = None) -> Watch:
+        """Live updates from now on; subscribe before `submit` to miss nothing of a new run."""
+        return self.hub.watch(run_id, kinds)
+
+    async def summary(self, run_id: uuid.UUID) -> RunSummary | None:
+        return await load_summary(self.db, run_id)
+
+    async def wait(self, run_id: uuid.UUID) -> RunSummary:
+        """Block until the run ended; its summary."""
+        with self.hub.watch(run_id, kinds=(RunUpdate,)) as watch:
+            summary = await load_summary(self.db, run_id)
+            if summary is None:
+                raise KeyError(run_id)
+            while not summary.final:
+                await watch.queue.get()
+                summary = await load_summary(self.db, run_id)
+                assert summary is not None
+            return summary
+
+    async def cancel_run(self, run_id: uuid.UUID, reason: str = "cancelled") -> None:
+        self.effects.apply(await self.store.cancel_run(run_id, reason))
+
+    async def cancel_job(self, job_id: uuid.UUID, reason: str = "cancelled") -> None:
+        self.effects.apply(await self.store.cancel_job(job_id, reason))

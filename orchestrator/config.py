@@ -1,0 +1,80 @@
+"""The orchestrator's settings: `[orchestrator]` in the TOML file, `SOLSTICE_ORCHESTRATOR__*`,
+then flags (see `common.config.load_config`).
+
+`database_url` and `amqp_url` unset mean the standalone mode: an embedded PostgreSQL under
+`state_dir` and the in-process broker.
+"""
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field, field_validator
+
+from orchestrator.db.embedded import default_state_dir
+
+
+def parse_capacity(value: Any) -> dict[str, int]:
+    """`"illumos-stable=4,ubuntu-22.04=2"` (flag / env form) or a TOML table, as a dict."""
+    if isinstance(value, dict):
+        pairs = value.items()
+    elif isinstance(value, str):
+        pairs = []
+        for part in filter(None, (p.strip() for p in value.split(","))):
+            label, sep, slots = part.partition("=")
+            if not sep or not label.strip():
+                raise ValueError(f"capacity entry {part!r} is not LABEL=SLOTS")
+            pairs.append((label.strip(), slots.strip()))
+    else:
+        raise ValueError("capacity must be LABEL=SLOTS,... or a table")
+    capacity = {}
+    for label, slots in pairs:
+        try:
+            number = int(slots)
+        except (TypeError, ValueError):
+            raise ValueError(f"capacity of {label!r} must be a whole number, not {slots!r}") from None
+        if number < 1:
+            raise ValueError(f"capacity of {label!r} must be at least 1")
+        capacity[label] = number
+    return capacity
+
+
+class OrchestratorConfig(BaseModel):
+    """Every setting of `solstice-orchestrator`; defaults suit one machine."""
+
+    host_name: str = Field(default_factory=socket.gethostname)
+    state_dir: Path = Field(default_factory=default_state_dir)
+    database_url: str | None = None  # unset: embedded PostgreSQL under state_dir
+    amqp_url: str | None = None      # unset: the in-process broker
+    broker_prefix: str = "solstice"
+    # Where the Runner gRPC service listens, and the address runners are told to dial.
+    grpc_listen: str = "127.0.0.1:50051"
+    grpc_advertise: str | None = None
+    backend: str = "local"
+    # The local backend runs jobs without any isolation; it must be asked for by name.
+    allow_local_backend: bool = False
+    capacity: dict[str, int] = Field(default_factory=lambda: {"local": 2})
+    default_job_timeout: int = Field(default=3600, gt=0)
+    # Seconds past a job's own timeout before the orchestrator ends it regardless.
+    timeout_grace: float = Field(default=30.0, ge=0)
+    # The runner must fetch its job this soon after its machine started.
+    boot_timeout: float = Field(default=300.0, gt=0)
+    # A runner silent this long (no heartbeat, log or report) is dead: the job ends `error`.
+    heartbeat_timeout: float = Field(default=30.0, gt=0)
+    # After a cancel, how long the runner has to stop its step and report.
+    cancel_grace: float = Field(default=15.0, ge=0)
+    # A host's lease on a running job; renewed every third of it.
+    lease_ttl: float = Field(default=60.0, gt=1)
+    # ReportResult waits this long for the log chunks the runner says it sent.
+    log_drain_timeout: float = Field(default=10.0, ge=0)
+    log_level: str = "info"
+
+    @field_validator("capacity", mode="before")
+    @classmethod
+    def _capacity(cls, value: Any) -> dict[str, int]:
+        return parse_capacity(value)
+
+    @property
+    def advertise_url(self) -> str:
+        return self.grpc_advertise or self.grpc_listen

@@ -1,0 +1,66 @@
+"""A thin wrapper over an asyncpg pool: JSON codecs, transactions and LISTEN."""
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+import asyncpg
+
+from common.errors import SolsticeError
+from common.retry import Backoff, retry_async
+
+log = logging.getLogger(__name__)
+
+
+class DatabaseError(SolsticeError):
+    """The database cannot be reached or refused us."""
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    for kind in ("json", "jsonb"):
+        await conn.set_type_codec(kind, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+class Database:
+    """The orchestrator's connection pool. Create with `Database.connect(dsn)`."""
+
+    def __init__(self, pool: asyncpg.Pool, dsn: str) -> None:
+        self.pool = pool
+        self.dsn = dsn
+        self._listeners: list[asyncpg.Connection] = []
+
+    @classmethod
+    async def connect(cls, dsn: str, *, min_size: int = 2, max_size: int = 10,
+                      attempts: int = 10) -> "Database":
+        """Open a pool, retrying while the server starts (`attempts` tries with backoff)."""
+        async def create() -> asyncpg.Pool:
+            return await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size,
+                                             init=_init_connection)
+        try:
+            pool = await retry_async(create, retry_on=(OSError, asyncpg.CannotConnectNowError),
+                                     attempts=attempts, backoff=Backoff(initial=0.2, maximum=3),
+                                     describe="connecting to PostgreSQL")
+        except (OSError, asyncpg.PostgresError) as exc:
+            raise DatabaseError(f"cannot connect to PostgreSQL: {exc}",
+                                hint="check --database-url and that the server is running") from exc
+        return cls(pool, dsn)
+
+    async def close(self) -> None:
+        for conn in self._listeners:
+            await conn.close()
+        self._listeners.clear()
+        await self.pool.close()
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[asyncpg.Connection]:
+        """A connection inside a transaction, committed when the block ends without error."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            yield conn
+
+    async def listen(self, channel: str, callback: Callable[[str], None]) -> None:
+        """Call `callback(payload)` for every NOTIFY on `channel`, on a dedicated connection."""
+        conn = await asyncpg.connect(self.dsn)
+        await conn.add_listener(channel, lambda _c, _pid, _ch, payload: callback(payload))
+        self._listeners.append(conn)

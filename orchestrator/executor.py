@@ -1,0 +1,325 @@
+"""Job execution on this host: take JobRequests per label, lease, run the machine, supervise.
+
+For each label the host serves, a `LabelWorker` consumes JobRequests with prefetch = capacity
+and never runs more than `capacity` jobs. A delivery is acked right after the job's lease
+committed: from then on Postgres (the lease and its renewals) is the truth, so a job may run
+for hours without holding an unacked message past RabbitMQ's `consumer_timeout`. Because acked
+jobs no longer count against prefetch, a full worker pauses its subscription and resumes when a
+slot frees.
+
+A leased job: mint a one-time token (only its hash is stored), provision and start the machine
+with the runner bootstrap, then wait for the first of: the runner's result, the boot timeout,
+silence past the heartbeat timeout, the machine stopping by itself, the job timeout (+ grace),
+a cancel not honoured within its grace, or the lease lost to another host. Whatever happened,
+the machine is destroyed (shielded from cancellation) before the result is recorded.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+
+from common.broker import Broker, Delivery, Subscription
+from common.masking import SecretMasker
+from common.messages import JobRequest, JobState, decode
+from common.observability import tracer
+from orchestrator import tokens
+from orchestrator.backends.base import (
+    VM,
+    BackendError,
+    Resources,
+    RunnerBootstrap,
+    VMBackend,
+    VMSpec,
+)
+from orchestrator.config import OrchestratorConfig
+from orchestrator.effects import Effects
+from orchestrator.sessions import JobSession, Sessions
+from orchestrator.store import Lease, Store
+
+log = logging.getLogger(__name__)
+_tracer = tracer(__name__)
+
+# How often the supervisor re-checks its clocks when nothing else wakes it.
+SUPERVISE_TICK = 1.0
+CONSOLE_TAIL_LINES = 10
+Outcome = tuple[JobState, str]
+
+
+class LeaseLost(Exception):
+    """Another host owns the job now; this host must stop writing about it."""
+
+
+def host_prefix(host_name: str) -> str:
+    """`solstice-<host>`: names this host's machines so its reaper finds only its own."""
+    return "solstice-" + (re.sub(r"[^a-z0-9]+", "-", host_name.lower()).strip("-") or "host")
+
+
+class LabelWorker:
+    """Consumes one label's queue, keeping at most `capacity` jobs running."""
+
+    def __init__(self, label: str, capacity: int, broker: Broker,
+                 take: Callable[[Delivery, Callable[[], None]], Awaitable[bool]]) -> None:
+        self.label = label
+        self.capacity = capacity
+        self.broker = broker
+        self._take = take
+        self.active = 0
+        self._subscription: Subscription | None = None
+        self._running = False
+        self._changed = asyncio.Event()
+        self._control: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._running = True
+        await self._sync()
+        self._control = asyncio.create_task(self._loop(), name=f"worker-{self.label}")
+
+    async def stop(self) -> None:
+        """Stop taking jobs (running ones go on)."""
+        self._running = False
+        if self._control is not None:
+            self._control.cancel()
+            await asyncio.gather(self._control, return_exceptions=True)
+        await self._sync()
+
+    async def _loop(self) -> None:
+        while True:
+            await self._changed.wait()
+            self._changed.clear()
+            await self._sync()
+
+    async def _sync(self) -> None:
+        """Subscribed exactly while running with a free slot."""
+        want = self._running and self.active < self.capacity
+        if want and self._subscription is None:
+            self._subscription = await self.broker.consume_jobs(
+                self.label, self._handle, prefetch=self.capacity)
+        elif not want and self._subscription is not None:
+            subscription, self._subscription = self._subscription, None
+            await subscription.cancel()
+
+    def _release(self) -> None:
+        self.active -= 1
+        self._changed.set()
+
+    async def _handle(self, delivery: Delivery) -> None:
+        if not self._running or self.active >= self.capacity:
+            await delivery.requeue()
+            self._changed.set()
+            return
+        self.active += 1
+        if self.active >= self.capacity:
+            self._changed.set()
+        started = False
+        try:
+            started = await self._take(delivery, self._release)
+        finally:
+            if not started:
+                self._release()
+
+
+class Executor:
+    """Runs this host's share of the jobs; see the module docstring."""
+
+    def __init__(self, *, config: OrchestratorConfig, store: Store, broker: Broker,
+                 backend: VMBackend, sessions: Sessions, effects: Effects,
+                 secrets: Mapping[str, str], advertise_url: str) -> None:
+        self.config = config
+        self.store = store
+        self.broker = broker
+        self.backend = backend
+        self.sessions = sessions
+        self.effects = effects
+        self.secrets = secrets
+        self.advertise_url = advertise_url
+        self.prefix = host_prefix(config.host_name)
+        self.workers = [LabelWorker(label, slots, broker, self._take)
+                        for label, slots in config.capacity.items()]
+        self._jobs: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        for worker in self.workers:
+            await worker.start()
+
+    async def stop(self, grace: float = 0.0) -> None:
+        """Stop taking jobs; give running ones `grace` seconds, then end them `error`."""
+        for worker in self.workers:
+            await worker.stop()
+        if self._jobs and grace > 0:
+            await asyncio.wait(set(self._jobs), timeout=grace)
+        for task in set(self._jobs):
+            task.cancel()
+        await asyncio.gather(*self._jobs, return_exceptions=True)
+
+    @property
+    def running(self) -> int:
+        return len(self._jobs)
+
+    async def _take(self, delivery: Delivery, release: Callable[[], None]) -> bool:
+        """Lease the job of `delivery` and start it; False if there is nothing to run."""
+        request = decode(delivery.body, JobRequest)
+        token, token_hash = tokens.mint()
+        lease, changes = await self.store.lease(
+            request.job_id, ttl=self.config.lease_ttl, token_hash=token_hash,
+            token_ttl=self.config.boot_timeout)
+        await delivery.ack()
+        self.effects.apply(changes)
+        if lease is None:
+            log.info("job request for a job not queued here; ignored",
+                     extra={"job_id": str(request.job_id), "redelivered": delivery.redelivered})
+            return False
+        task = asyncio.create_task(self._run(lease, token_hash, token),
+                                   name=f"job-{lease.key}")
+        self._jobs.add(task)
+
+        def done(finished: asyncio.Task[None]) -> None:
+            self._jobs.discard(finished)
+            release()
+
+        task.add_done_callback(done)
+        return True
+
+    def _job_secrets(self, lease: Lease) -> tuple[dict[str, str], str | None]:
+        """The secret values the job may have, or a problem to fail it with."""
+        if not lease.trusted:
+            return {}, None
+        names = lease.spec.get("secrets", [])
+        missing = [n for n in names if n not in self.secrets]
+        if missing:
+            return {}, (f"secret(s) {', '.join(missing)} are not configured on this orchestrator"
+                        " (for `cidev run`, pass --secret NAME)")
+        return {n: self.secrets[n] for n in names}, None
+
+    async def _run(self, lease: Lease, token_hash: bytes, token: str) -> None:
+        secrets, problem = self._job_secrets(lease)
+        preloaded = lease.repo.forge == "local" and self.backend.name == "local"
+        session = JobSession(
+            job_id=lease.job_id, run_id=lease.run_id, key=lease.key, attempt=lease.attempt,
+            token_hash=token_hash, spec=lease.spec, repo=lease.repo,
+            commit_sha=lease.commit_sha, ref=lease.ref, secrets=secrets, preloaded=preloaded,
+            masker=SecretMasker([*secrets.values(), token]))
+        self.sessions.add(session)
+        name = f"{self.prefix}-{lease.job_id.hex[:12]}-{lease.attempt}"
+        vm: VM | None = None
+        outcome: Outcome | None = None
+        with _tracer.start_as_current_span(
+                "job", attributes={"job.id": str(lease.job_id), "job.key": lease.key,
+                                   "job.attempt": lease.attempt}):
+            try:
+                if problem is not None:
+                    outcome = (JobState.FAILURE, problem)
+                else:
+                    resources = lease.spec.get("resources", {})
+                    spec = VMSpec(
+                        name=name, job_id=str(lease.job_id), label=lease.runs_on,
+                        image=lease.runs_on,
+                        resources=Resources(**{k: v for k, v in resources.items() if v}),
+                        source_dir=Path(lease.repo.clone_url.removeprefix("file://"))
+                        if preloaded else None)
+                    vm = await self.backend.provision(spec)
+                    await self.backend.start(vm, RunnerBootstrap(
+                        orchestrator_url=self.advertise_url, job_id=str(lease.job_id),
+                        token=token))
+                    outcome = await self._supervise(lease, session, vm)
+            except BackendError as exc:
+                outcome = (JobState.ERROR, f"infrastructure fault: {exc.message}")
+            except LeaseLost:
+                log.warning("lease lost; another host owns the job now",
+                            extra={"job_id": str(lease.job_id), "attempt": lease.attempt})
+            except asyncio.CancelledError:
+                outcome = (JobState.ERROR, "the orchestrator stopped while the job was running")
+                raise
+            except Exception as exc:
+                log.exception("job supervision failed", extra={"job_id": str(lease.job_id)})
+                outcome = (JobState.ERROR, f"orchestrator fault: {exc}")
+            finally:
+                await asyncio.shield(self._end(lease, session, name, vm, outcome))
+
+    async def _end(self, lease: Lease, session: JobSession, name: str, vm: VM | None,
+                   outcome: Outcome | None) -> None:
+        """Kill the token, destroy the machine, then record the result and release dependents."""
+        self.sessions.remove(session)
+        try:
+            if vm is not None:
+                await self.backend.destroy(vm)
+            else:
+                await self.backend.destroy_by_name(name)
+        except Exception:
+            log.exception("destroying the job's machine failed; the reaper will retry",
+                          extra={"machine": name})
+        if outcome is None:
+            return
+        state, message = outcome
+        changes = await self.store.finish(lease.job_id, lease.attempt, state, message)
+        if changes is None:
+            log.warning("result refused: the attempt is no longer this host's",
+                        extra={"job_id": str(lease.job_id), "attempt": lease.attempt})
+            return
+        self.effects.apply(changes)
+        log.info("job finished", extra={"job_id": str(lease.job_id), "key": lease.key,
+                                        "state": state.value})
+
+    async def _supervise(self, lease: Lease, session: JobSession, vm: VM) -> Outcome:
+        loop = asyncio.get_running_loop()
+        config = self.config
+        boot_deadline = loop.time() + config.boot_timeout
+        next_renewal = loop.time() + config.lease_ttl / 3
+        exited = asyncio.ensure_future(self.backend.wait_exit(vm))
+        cancelled = asyncio.ensure_future(session.cancel.wait())
+        started = asyncio.ensure_future(session.started.wait())
+        try:
+            while True:
+                if session.result.done():
+                    return session.result.result()
+                now = loop.time()
+                if exited.done():
+                    await asyncio.sleep(0)  # a result sent just before the exit is processed
+                    if session.result.done():
+                        return session.result.result()
+                    return JobState.ERROR, await self._died(vm, session, exited.result())
+                if not session.started.is_set():
+                    if now > boot_deadline:
+                        return JobState.ERROR, (f"the runner did not call in within "
+                                                f"{config.boot_timeout:g} s of the machine start")
+                else:
+                    silent = time.monotonic() - session.last_seen
+                    if silent > config.heartbeat_timeout:
+                        return JobState.ERROR, (f"the runner stopped responding (nothing heard "
+                                                f"for {silent:.0f} s)")
+                    limit = lease.spec["timeout"] + config.timeout_grace
+                    if time.monotonic() - session.started_at > limit:
+                        return JobState.TIMED_OUT, (f"job exceeded its timeout of "
+                                                    f"{lease.spec['timeout']} s")
+                if session.cancel.is_set() and \
+                        time.monotonic() - session.cancel_at > config.cancel_grace:
+                    return JobState.CANCELLED, session.cancel_reason
+                if now >= next_renewal:
+                    next_renewal = now + config.lease_ttl / 3
+                    cancel = await self.store.renew_lease(lease.job_id, lease.attempt,
+                                                          config.lease_ttl)
+                    if cancel is None:
+                        raise LeaseLost()
+                    if cancel:
+                        session.request_cancel("cancelled")
+                wake = {session.result, exited}
+                if not cancelled.done():
+                    wake.add(cancelled)
+                if not started.done():
+                    wake.add(started)
+                await asyncio.wait(wake, timeout=SUPERVISE_TICK,
+                                   return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in (exited, cancelled, started):
+                waiter.cancel()
+
+    async def _died(self, vm: VM, session: JobSession, reason: str) -> str:
+        """The message for a machine that stopped before its runner reported a result."""
+        console = session.masker.mask_text(await self.backend.console_log(vm)).strip().splitlines()
+        tail = "\n".join(console[-CONSOLE_TAIL_LINES:])
+        message = f"{reason} before reporting a result"
+        return f"{message}; last console lines:\n{tail}" if tail else message
+

@@ -1,0 +1,139 @@
+"""Run intake: a RunRequest becomes a run, its jobs, and JobRequests for the jobs ready now.
+
+All in one transaction with the outbox, idempotent on the request id: a redelivered request
+finds its run and changes nothing. A workflow that does not validate still becomes a run, ended
+`failure` with every diagnostic, plus a JobEvent for a pseudo-job `workflow` so the forge shows
+why; nothing is dropped silently.
+"""
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+
+from common.messages import JobEvent, JobState, RunRequest
+from common.workflow import (
+    EvalContext,
+    PlannedJob,
+    Workflow,
+    WorkflowError,
+    evaluate_if,
+    expand,
+    load_workflow,
+    matches_trigger,
+)
+from orchestrator.db import Database
+from orchestrator.effects import Effects
+from orchestrator.store import Changes, add_outbox, insert_job, notify_outbox, settle
+
+log = logging.getLogger(__name__)
+
+WORKFLOW_JOB_KEY = "workflow"
+
+
+def job_spec(workflow: Workflow, planned: PlannedJob, ctx: EvalContext,
+             default_timeout: int) -> dict[str, Any]:
+    """What the runner and the backend need of a planned job, stored as the job's `spec`."""
+    job = planned.job
+    job_ctx = planned.context(ctx)
+    return {
+        "name": job.id,
+        "key": planned.key,
+        "runs_on": planned.runs_on,
+        "matrix": planned.matrix,
+        "env": {**workflow.env, **job.env},
+        "secrets": list(job.secrets),
+        "setup": job.setup,
+        "artifacts": list(job.artifacts),
+        "timeout": job.timeout or default_timeout,
+        "resources": {"vcpus": job.resources.vcpus, "ram_mb": job.resources.ram_mb,
+                      "disk_gb": job.resources.disk_gb},
+        "steps": [{"name": s.name, "run": s.run, "timeout": s.timeout,
+                   "enabled": evaluate_if(s.if_expr, job_ctx)} for s in planned.steps],
+    }
+
+
+def run_context(request: RunRequest) -> EvalContext:
+    return EvalContext(event=request.event.value, branch=request.branch, tag=request.tag,
+                       ref=request.ref, repo=request.repo.full_name)
+
+
+class Intake:
+    def __init__(self, db: Database, effects: Effects, *, default_job_timeout: int) -> None:
+        self.db = db
+        self.effects = effects
+        self.default_job_timeout = default_job_timeout
+
+    async def accept(self, request: RunRequest) -> uuid.UUID:
+        """Record the run of `request` (once) and plan its jobs; return the run id."""
+        workflow: Workflow | None = None
+        problem: WorkflowError | None = None
+        try:
+            workflow = load_workflow(request.workflow_source, request.workflow_path)
+        except WorkflowError as exc:
+            problem = exc
+        changes = Changes()
+        async with self.db.transaction() as conn:
+            run_id = await conn.fetchval(
+                "INSERT INTO runs (id, request_id, repo, commit_sha, ref, event, workflow_path,"
+                " workflow_name, trusted, priority, fail_fast, request)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+                " ON CONFLICT (request_id) DO NOTHING RETURNING id",
+                uuid.uuid4(), request.request_id, request.repo.model_dump(mode="json"),
+                request.commit_sha, request.ref, request.event.value, request.workflow_path,
+                (workflow.name or "") if workflow else "", request.trusted, request.priority,
+                bool(workflow and workflow.fail_fast),
+                request.model_dump(mode="json", exclude={"workflow_source"}))
+            if run_id is None:
+                existing = await conn.fetchval("SELECT id FROM runs WHERE request_id = $1",
+                                               request.request_id)
+                log.info("run request already recorded", extra={"request_id": request.request_id,
+                                                                "run_id": str(existing)})
+                return existing
+            if problem is not None:
+                await self._invalid(conn, run_id, request, problem, changes)
+            elif not matches_trigger(workflow, request.event.value, request.branch, request.tag):
+                message = f"the workflow does not run on {request.event.value} of {request.ref}"
+                await conn.execute("UPDATE runs SET state = 'skipped', message = $2,"
+                                   " finished_at = now() WHERE id = $1", run_id, message)
+                changes.run_finished = (run_id, "skipped", message)
+            else:
+                await self._plan(conn, run_id, request, workflow, changes)
+                await settle(conn, run_id, changes)
+            await notify_outbox(conn)
+        self.effects.apply(changes)
+        log.info("run recorded", extra={"run_id": str(run_id), "request_id": request.request_id,
+                                        "jobs": len(changes.jobs)})
+        return run_id
+
+    async def _plan(self, conn: Any, run_id: uuid.UUID, request: RunRequest,
+                    workflow: Workflow, changes: Changes) -> None:
+        ctx = run_context(request)
+        for planned in expand(workflow):
+            runs = evaluate_if(planned.job.if_expr, planned.context(ctx))
+            spec = job_spec(workflow, planned, ctx, self.default_job_timeout)
+            await insert_job(
+                conn, job_id=uuid.uuid4(), run_id=run_id, key=planned.key, name=planned.job.id,
+                runs_on=planned.runs_on, needs=list(planned.needs), spec=spec,
+                timeout_seconds=spec["timeout"],
+                state=JobState.QUEUED if runs else JobState.SKIPPED,
+                message="" if runs else f"skipped: `if {planned.job.if_expr}` is false",
+                steps=[s.name for s in planned.steps], changes=changes)
+
+    async def _invalid(self, conn: Any, run_id: uuid.UUID, request: RunRequest,
+                       problem: WorkflowError, changes: Changes) -> None:
+        diagnostics = [d.to_dict() for d in problem.diagnostics]
+        message = str(problem)
+        await conn.execute(
+            "UPDATE runs SET state = 'failure', message = $2, diagnostics = $3,"
+            " finished_at = now() WHERE id = $1", run_id, message, diagnostics)
+        await add_outbox(conn, JobEvent(
+            run_id=run_id, job_id=uuid.uuid4(), job_key=WORKFLOW_JOB_KEY, workflow_name="",
+            state=JobState.FAILURE, sequence=1, repo=request.repo,
+            commit_sha=request.commit_sha, request_id=request.request_id,
+            description=f"{request.workflow_path} is not a valid workflow",
+            log_tail=message))
+        changes.run_finished = (run_id, "failure", message)
+        log.warning("run request with an invalid workflow",
+                    extra={"request_id": request.request_id,
+                           "problems": len(problem.diagnostics)})

@@ -1,0 +1,93 @@
+"""The outbox relay: publishes what transactions wrote to `outbox`, then marks it published.
+
+Woken by NOTIFY (sent in the same transaction as the rows, so it arrives at commit) and by a
+slow sweep as a safety net. Rows are claimed with FOR UPDATE SKIP LOCKED, so several hosts
+relay one database without publishing a row twice at once; a crash between publish and mark
+publishes it again, which consumers absorb (job requests are idempotent by lease, events carry
+per-job sequence numbers).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import timedelta
+
+import asyncpg
+
+from common.broker import Broker
+from common.messages import JobEvent, JobRequest
+from common.retry import Backoff, retry_async
+from orchestrator.db import Database
+from orchestrator.store import OUTBOX_CHANNEL
+
+log = logging.getLogger(__name__)
+
+BATCH = 200
+SWEEP_SECONDS = 5.0
+# Published rows are kept this long for inspection, then deleted by the sweep.
+KEEP_PUBLISHED = timedelta(hours=1)
+TRANSIENT = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
+             asyncpg.CannotConnectNowError)
+
+
+class OutboxRelay:
+    def __init__(self, db: Database, broker: Broker) -> None:
+        self.db = db
+        self.broker = broker
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self.db.listen(OUTBOX_CHANNEL, lambda _payload: self._wake.set())
+        self._task = asyncio.create_task(self._loop(), name="outbox-relay")
+        self._wake.set()
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    def kick(self) -> None:
+        self._wake.set()
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), SWEEP_SECONDS)
+            except TimeoutError:
+                await self._prune()
+            self._wake.clear()
+            try:
+                while await retry_async(self.relay_once, retry_on=TRANSIENT,
+                                        backoff=Backoff(initial=0.1, maximum=5),
+                                        describe="relaying the outbox") == BATCH:
+                    pass
+            except Exception:
+                # A broker fault: the rows stay unpublished and the next wake retries them.
+                log.exception("outbox relay failed; retrying shortly")
+                await asyncio.sleep(1)
+                self._wake.set()
+
+    async def relay_once(self) -> int:
+        """Publish up to BATCH unpublished rows in id order; return how many."""
+        async with self.db.transaction() as conn:
+            rows = await conn.fetch(
+                "SELECT id, kind, payload FROM outbox WHERE published_at IS NULL"
+                " ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED", BATCH)
+            for row in rows:
+                if row["kind"] == "job_request":
+                    await self.broker.publish_job(JobRequest.model_validate(row["payload"]))
+                else:
+                    await self.broker.publish_event(JobEvent.model_validate(row["payload"]))
+            if rows:
+                await conn.execute("UPDATE outbox SET published_at = now() WHERE id = ANY($1)",
+                                   [r["id"] for r in rows])
+        return len(rows)
+
+    async def _prune(self) -> None:
+        try:
+            await self.db.pool.execute(
+                "DELETE FROM outbox WHERE published_at < now() - $1", KEEP_PUBLISHED)
+        except TRANSIENT:
+            log.warning("could not prune the outbox; will try again")

@@ -1,0 +1,234 @@
+"""The Runner gRPC service: what the agent inside a job's machine calls.
+
+Authentication: GetJob carries the job's one-time token in the request; it is valid once, for
+this job and attempt, before it expires, and only while this host holds the job's lease
+(checked in one conditional UPDATE). Every other call carries the same token as
+`authorization: Bearer <token>` metadata and is accepted only while the job's session is open
+on this host. Anything else gets UNAUTHENTICATED and nothing more.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from datetime import datetime, timezone
+from pathlib import PurePosixPath
+from typing import Any
+
+import grpc
+
+from common.broker import Broker
+from common.messages import JobState
+from orchestrator import tokens
+from orchestrator.effects import Effects
+from orchestrator.logstore import LogStore
+from orchestrator.sessions import JobSession, Sessions
+from orchestrator.store import Store
+from orchestrator.updates import Hub, LogUpdate, StepUpdate
+from protos import runner_pb2, runner_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+STEP_STATES = {
+    runner_pb2.STEP_PENDING: "pending", runner_pb2.STEP_RUNNING: "running",
+    runner_pb2.STEP_SUCCESS: "success", runner_pb2.STEP_FAILURE: "failure",
+    runner_pb2.STEP_SKIPPED: "skipped", runner_pb2.STEP_CANCELLED: "cancelled",
+    runner_pb2.STEP_TIMED_OUT: "timed_out",
+}
+OUTCOMES = {
+    runner_pb2.JOB_SUCCESS: JobState.SUCCESS, runner_pb2.JOB_FAILURE: JobState.FAILURE,
+    runner_pb2.JOB_ERROR: JobState.ERROR, runner_pb2.JOB_CANCELLED: JobState.CANCELLED,
+    runner_pb2.JOB_TIMED_OUT: JobState.TIMED_OUT,
+}
+REFUSED = "invalid job token (wrong, already used, expired, or the job ended)"
+MAX_ARTIFACT_BYTES = 512 * 1024 * 1024
+
+
+def build_job(session: JobSession) -> runner_pb2.Job:
+    """The `Job` message for a runner, from the planned spec stored at intake."""
+    spec = session.spec
+    return runner_pb2.Job(
+        job_id=str(session.job_id), run_id=str(session.run_id), job_key=session.key,
+        attempt=session.attempt,
+        checkout=runner_pb2.Checkout(repo_url=session.repo.clone_url, commit=session.commit_sha,
+                                     ref=session.ref, preloaded=session.preloaded),
+        env=spec["env"], secrets=session.secrets, setup_script=spec.get("setup") or "",
+        steps=[runner_pb2.StepSpec(index=i, name=s["name"], run=s["run"],
+                                   timeout_seconds=s.get("timeout") or 0, enabled=s["enabled"])
+               for i, s in enumerate(spec["steps"])],
+        timeout_seconds=spec["timeout"], artifact_patterns=spec.get("artifacts", []),
+        matrix=spec.get("matrix", {}))
+
+
+def _bearer(context: grpc.aio.ServicerContext) -> str | None:
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization" and isinstance(value, str) and value.startswith("Bearer "):
+            return value[len("Bearer "):]
+    return None
+
+
+class RunnerService(runner_pb2_grpc.RunnerServicer):
+    def __init__(self, *, store: Store, sessions: Sessions, logs: LogStore, hub: Hub,
+                 effects: Effects, broker: Broker, log_drain_timeout: float) -> None:
+        self.store = store
+        self.sessions = sessions
+        self.logs = logs
+        self.hub = hub
+        self.effects = effects
+        self.broker = broker
+        self.log_drain_timeout = log_drain_timeout
+
+    async def _session(self, context: grpc.aio.ServicerContext, job_id: str) -> JobSession:
+        """The open session the bearer token belongs to; aborts UNAUTHENTICATED otherwise."""
+        token = _bearer(context)
+        session = self.sessions.by_token(tokens.digest(token)) if token else None
+        if session is None or not session.started.is_set() or (
+                job_id and job_id != str(session.job_id)):
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, REFUSED)
+        assert session is not None
+        session.touch()
+        return session
+
+    async def GetJob(self, request: runner_pb2.GetJobRequest,
+                     context: grpc.aio.ServicerContext) -> runner_pb2.Job:
+        token_hash = tokens.digest(request.token)
+        session = self.sessions.by_token(token_hash)
+        if session is None or request.job_id != str(session.job_id):
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, REFUSED)
+        assert session is not None
+        started, changes = await self.store.claim_token(session.job_id, token_hash)
+        if started is None or started.attempt != session.attempt:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, REFUSED)
+        session.mark_started()
+        self.effects.apply(changes)
+        log.info("runner fetched its job", extra={"job_id": request.job_id,
+                                                  "attempt": session.attempt})
+        return build_job(session)
+
+    async def StreamLogs(self, request_iterator: Any,
+                         context: grpc.aio.ServicerContext) -> runner_pb2.LogAck:
+        session = await self._session(context, "")
+        job_id = str(session.job_id)
+        async for chunk in request_iterator:
+            if chunk.job_id != job_id:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                    "a log chunk names another job than the token's")
+            if chunk.seq < 1:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "log seq starts at 1")
+            if not session.accept_seq(chunk.seq):
+                continue
+            data = session.masker.mask(chunk.data)
+            ts = datetime.fromtimestamp(chunk.timestamp_unix_ms / 1000, timezone.utc)
+            self.logs.add((session.job_id, session.attempt, chunk.seq, chunk.step_index,
+                           chunk.stream, ts, data))
+            if self.hub.watching_logs:
+                self.hub.publish(LogUpdate(session.run_id, session.job_id, session.key,
+                                           chunk.step_index, chunk.stream, data))
+            await self.broker.publish_log(job_id, data)
+        session.touch()
+        await self.logs.sync()
+        async with session.logs_progress:
+            session.logs_progress.notify_all()
+        return runner_pb2.LogAck(last_seq=session.contiguous)
+
+    async def ReportStep(self, request: runner_pb2.StepReport,
+                         context: grpc.aio.ServicerContext) -> runner_pb2.Ack:
+        session = await self._session(context, request.job_id)
+        state = STEP_STATES.get(request.state)
+        if state is None or state == "pending":
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"step state {request.state} cannot be reported")
+        assert state is not None
+        final = state != "running"
+        name = await self.store.record_step(
+            session.job_id, session.attempt, request.step_index, state,
+            request.exit_code if final else None, request.duration_ms if final else None)
+        if name is None:
+            # A retried report that already landed, or one for a step that does not exist.
+            log.warning("step report refused", extra={"job_id": request.job_id,
+                                                      "step": request.step_index, "state": state})
+            return runner_pb2.Ack()
+        self.hub.publish(StepUpdate(session.run_id, session.job_id, session.key,
+                                    request.step_index, name, state,
+                                    request.exit_code if final else None,
+                                    request.duration_ms if final else None))
+        return runner_pb2.Ack()
+
+    async def ReportResult(self, request: runner_pb2.JobResult,
+                           context: grpc.aio.ServicerContext) -> runner_pb2.Ack:
+        session = await self._session(context, request.job_id)
+        state = OUTCOMES.get(request.outcome)
+        message = request.message
+        if state is None:
+            state, message = JobState.ERROR, f"the runner reported no outcome ({message})"
+        try:
+            async with session.logs_progress:
+                await asyncio.wait_for(session.logs_progress.wait_for(
+                    lambda: session.contiguous >= request.last_log_seq), self.log_drain_timeout)
+        except TimeoutError:
+            log.warning("result reported before all its logs arrived",
+                        extra={"job_id": request.job_id, "have": session.contiguous,
+                               "expected": request.last_log_seq})
+        session.set_result(state, message)
+        return runner_pb2.Ack()
+
+    async def Heartbeat(self, request_iterator: Any,
+                        context: grpc.aio.ServicerContext) -> None:
+        session = await self._session(context, "")
+        cancelled = asyncio.ensure_future(session.cancel.wait())
+        told = False
+        try:
+            while True:
+                ping = asyncio.ensure_future(context.read())
+                await asyncio.wait({ping, cancelled}, return_when=asyncio.FIRST_COMPLETED)
+                if session.cancel.is_set() and not told:
+                    told = True
+                    await context.write(runner_pb2.Control(action=runner_pb2.Control.CANCEL,
+                                                           reason=session.cancel_reason))
+                message = await ping
+                if message is grpc.aio.EOF:
+                    return
+                session.touch()
+                if not session.cancel.is_set():
+                    await context.write(runner_pb2.Control(action=runner_pb2.Control.CONTINUE))
+        finally:
+            cancelled.cancel()
+
+    async def UploadArtifact(self, request_iterator: Any,
+                             context: grpc.aio.ServicerContext) -> runner_pb2.ArtifactAck:
+        session = await self._session(context, "")
+        files = 0
+        total = 0
+        path: str | None = None
+        parts: list[bytes] = []
+        digest = hashlib.sha256()
+        async for chunk in request_iterator:
+            if chunk.job_id != str(session.job_id):
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                    "an artifact chunk names another job than the token's")
+            if path is None:
+                path = chunk.path
+                pure = PurePosixPath(path)
+                if not path or pure.is_absolute() or ".." in pure.parts:
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                        f"artifact path {path!r} is not relative to the workspace")
+            parts.append(chunk.data)
+            digest.update(chunk.data)
+            total += len(chunk.data)
+            if total > MAX_ARTIFACT_BYTES:
+                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                    f"artifacts of one job are limited to {MAX_ARTIFACT_BYTES} bytes")
+            session.touch()
+            if not chunk.last:
+                continue
+            data = b"".join(parts)
+            if digest.hexdigest() != chunk.sha256 or len(data) != chunk.size:
+                await context.abort(grpc.StatusCode.DATA_LOSS,
+                                    f"artifact {path!r} arrived damaged (size or sha256 differ)")
+            if not await self.store.save_artifact(session.job_id, session.attempt, path,
+                                                  chunk.sha256, data):
+                await context.abort(grpc.StatusCode.UNAUTHENTICATED, REFUSED)
+            files += 1
+            path, parts, digest = None, [], hashlib.sha256()
+        return runner_pb2.ArtifactAck(files=files, bytes=total)
+

@@ -1,0 +1,105 @@
+"""One orchestrator host, assembled: Postgres, a broker, the Runner gRPC server, run intake,
+the outbox relay, the log store and the executor. The same class serves the standalone mode
+(embedded Postgres, in-process broker) and the multi-host mode (URLs); see `standalone`."""
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+import grpc
+
+from common.broker import Broker, Delivery, Subscription
+from common.messages import RunRequest, decode
+from orchestrator.api import OrchestratorAPI
+from orchestrator.backends.base import VMBackend
+from orchestrator.config import OrchestratorConfig
+from orchestrator.db import Database
+from orchestrator.effects import Effects
+from orchestrator.executor import Executor
+from orchestrator.intake import Intake
+from orchestrator.logstore import LogStore
+from orchestrator.outbox import OutboxRelay
+from orchestrator.rpc import RunnerService
+from orchestrator.sessions import Sessions
+from orchestrator.store import Store
+from orchestrator.updates import Hub
+from protos import runner_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+GRPC_OPTIONS = [("grpc.max_receive_message_length", 16 * 1024 * 1024)]
+
+
+def advertised(listen: str, port: int, advertise: str | None) -> str:
+    """The address runners dial: the configured one, else the listen address with its port."""
+    if advertise:
+        return advertise
+    host = listen.rsplit(":", 1)[0]
+    if host in ("0.0.0.0", "[::]", ""):
+        host = "127.0.0.1"
+    return f"{host}:{port}"
+
+
+class Orchestrator:
+    """Start with `await start()`, stop with `await stop()`; `api` is the in-process API."""
+
+    def __init__(self, config: OrchestratorConfig, *, db: Database, broker: Broker,
+                 backend: VMBackend, secrets: Mapping[str, str] | None = None) -> None:
+        self.config = config
+        self.db = db
+        self.broker = broker
+        self.backend = backend
+        self.hub = Hub()
+        self.sessions = Sessions()
+        self.effects = Effects(self.hub, self.sessions)
+        self.store = Store(db, config.host_name)
+        self.logs = LogStore(db)
+        self.intake = Intake(db, self.effects, default_job_timeout=config.default_job_timeout)
+        self.relay = OutboxRelay(db, broker)
+        self.api = OrchestratorAPI(db=db, intake=self.intake, store=self.store, hub=self.hub,
+                                   effects=self.effects)
+        self.secrets = dict(secrets or {})
+        self.server: grpc.aio.Server | None = None
+        self.executor: Executor | None = None
+        self._runs: Subscription | None = None
+        self.grpc_url = ""
+
+    async def start(self) -> None:
+        self.logs.start()
+        self.server = grpc.aio.server(options=GRPC_OPTIONS)
+        runner_pb2_grpc.add_RunnerServicer_to_server(RunnerService(
+            store=self.store, sessions=self.sessions, logs=self.logs, hub=self.hub,
+            effects=self.effects, broker=self.broker,
+            log_drain_timeout=self.config.log_drain_timeout), self.server)
+        port = self.server.add_insecure_port(self.config.grpc_listen)
+        await self.server.start()
+        self.grpc_url = advertised(self.config.grpc_listen, port, self.config.grpc_advertise)
+        await self.relay.start()
+        self.executor = Executor(config=self.config, store=self.store, broker=self.broker,
+                                 backend=self.backend, sessions=self.sessions,
+                                 effects=self.effects, secrets=self.secrets,
+                                 advertise_url=self.grpc_url)
+        await self.executor.start()
+        self._runs = await self.broker.consume_runs(self._on_run)
+        log.info("orchestrator started", extra={"host": self.config.host_name,
+                                                "grpc": self.grpc_url,
+                                                "backend": self.backend.name,
+                                                "capacity": self.config.capacity})
+
+    async def _on_run(self, delivery: Delivery) -> None:
+        request = decode(delivery.body, RunRequest)
+        await self.intake.accept(request)
+        await delivery.ack()
+
+    async def stop(self, grace: float = 0.0) -> None:
+        """Stop taking work; give running jobs `grace` seconds, end the rest; close down."""
+        if self._runs is not None:
+            await self._runs.cancel()
+        if self.executor is not None:
+            await self.executor.stop(grace)
+        await self.relay.close()
+        if self.server is not None:
+            await self.server.stop(1.0)
+        await self.logs.close()
+        await self.backend.close()
+        log.info("orchestrator stopped", extra={"host": self.config.host_name})

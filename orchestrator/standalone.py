@@ -1,0 +1,65 @@
+"""Bring an orchestrator up from its config: standalone (embedded PostgreSQL via `pgserver`
+and the in-process broker) unless `database_url` / `amqp_url` name real servers.
+
+    async with running(config, backend=LocalBackend(root)) as orchestrator:
+        run_id = await orchestrator.api.submit(request)
+        summary = await orchestrator.api.wait(run_id)
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Mapping
+from contextlib import AsyncExitStack, asynccontextmanager
+
+from common.broker import open_broker
+from orchestrator.backends.base import VMBackend
+from orchestrator.config import OrchestratorConfig
+from orchestrator.db import Database, migrate
+from orchestrator.db.embedded import EmbeddedPostgres
+from orchestrator.service import Orchestrator
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_DATABASE = "solstice"
+
+
+@asynccontextmanager
+async def database(config: OrchestratorConfig, *, embedded_name: str = EMBEDDED_DATABASE,
+                   drop_after: bool = False) -> AsyncIterator[Database]:
+    """A migrated database: `config.database_url`, else `embedded_name` in the embedded server
+    under `config.state_dir` (dropped on exit when `drop_after`)."""
+    async with AsyncExitStack() as stack:
+        if config.database_url:
+            dsn = config.database_url
+        else:
+            server = EmbeddedPostgres(config.state_dir / "pgdata")
+            await server.start()
+            stack.push_async_callback(server.stop)
+            dsn = await server.create_database(embedded_name)
+            if drop_after:
+                stack.push_async_callback(server.drop_database, embedded_name)
+        db = await Database.connect(dsn)
+        stack.push_async_callback(db.close)
+        async with db.pool.acquire() as conn:
+            await migrate(conn)
+        yield db
+
+
+@asynccontextmanager
+async def running(config: OrchestratorConfig, *, backend: VMBackend,
+                  secrets: Mapping[str, str] | None = None,
+                  embedded_name: str = EMBEDDED_DATABASE, drop_after: bool = False,
+                  grace: float = 0.0) -> AsyncIterator[Orchestrator]:
+    """A started orchestrator on `config`'s database and broker; stopped (jobs given `grace`
+    seconds) and everything released on exit."""
+    async with AsyncExitStack() as stack:
+        db = await stack.enter_async_context(
+            database(config, embedded_name=embedded_name, drop_after=drop_after))
+        broker = open_broker(config.amqp_url, config.broker_prefix)
+        await broker.connect()
+        stack.push_async_callback(broker.close)
+        orchestrator = Orchestrator(config, db=db, broker=broker, backend=backend,
+                                    secrets=secrets)
+        stack.push_async_callback(orchestrator.stop, grace)
+        await orchestrator.start()
+        yield orchestrator

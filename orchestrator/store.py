@@ -1,0 +1,404 @@
+"""Every state change of runs and jobs, as SQL. Postgres is the truth; this is how it changes.
+
+Each transition is one conditional UPDATE (`WHERE state = ANY(...) AND attempt = $n ...`): a
+writer whose view is stale (a host that lost its lease, a late runner report) changes nothing
+and is told so. Messages caused by a change (JobRequests for released jobs, JobEvents) are
+written to the outbox in the same transaction; `outbox.OutboxRelay` publishes them.
+
+DAG settlement takes the run row's lock first, so two jobs of one run ending at once cannot
+both miss that a common dependent is now ready.
+"""
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import asyncpg
+
+from common.messages import (
+    FINAL_JOB_STATES,
+    JobEvent,
+    JobRequest,
+    JobState,
+    Repo,
+)
+from orchestrator.db import Database
+
+OUTBOX_CHANNEL = "solstice_outbox"
+ACTIVE = [JobState.PROVISIONING.value, JobState.RUNNING.value]
+FINAL = [s.value for s in FINAL_JOB_STATES]
+# A failed job of a fail_fast workflow cancels the rest of the run.
+FAILED = {JobState.FAILURE, JobState.TIMED_OUT, JobState.ERROR}
+LOG_TAIL_LINES = 20
+
+
+@dataclass
+class Changes:
+    """What one transaction did, for the in-process watchers once it committed."""
+
+    jobs: list[tuple[uuid.UUID, uuid.UUID, str, JobState, str]] = field(default_factory=list)
+    cancel: list[uuid.UUID] = field(default_factory=list)  # running jobs told to stop
+    cancel_reason: str = ""
+    run_finished: tuple[uuid.UUID, str, str] | None = None
+
+    def merge(self, other: "Changes") -> None:
+        self.jobs += other.jobs
+        self.cancel += other.cancel
+        self.cancel_reason = other.cancel_reason or self.cancel_reason
+        self.run_finished = other.run_finished or self.run_finished
+
+
+@dataclass(frozen=True)
+class Lease:
+    """This host's claim on a job: valid while `attempt` is the job's attempt."""
+
+    job_id: uuid.UUID
+    run_id: uuid.UUID
+    key: str
+    runs_on: str
+    attempt: int
+    spec: dict[str, Any]
+    repo: Repo
+    commit_sha: str
+    ref: str
+    trusted: bool
+
+
+async def notify_outbox(conn: asyncpg.Connection) -> None:
+    await conn.execute("SELECT pg_notify($1, '')", OUTBOX_CHANNEL)
+
+
+async def add_outbox(conn: asyncpg.Connection, message: JobRequest | JobEvent) -> None:
+    await conn.execute("INSERT INTO outbox (kind, payload) VALUES ($1, $2)",
+                       message.type, message.model_dump(mode="json"))
+
+
+async def _emit(conn: asyncpg.Connection, row: asyncpg.Record, changes: Changes,
+                *, failing_step: str | None = None, log_tail: str = "") -> None:
+    """Outbox a JobEvent for `row` (a jobs row joined with its run, after the transition)."""
+    state = JobState(row["state"])
+    await add_outbox(conn, JobEvent(
+        run_id=row["run_id"], job_id=row["id"], job_key=row["key"],
+        workflow_name=row["workflow_name"], state=state, sequence=row["event_seq"],
+        repo=Repo.model_validate(row["repo"]), commit_sha=row["commit_sha"],
+        request_id=row["request_id"], description=row["message"],
+        failing_step=failing_step, log_tail=log_tail))
+    changes.jobs.append((row["run_id"], row["id"], row["key"], state, row["message"]))
+
+
+# The columns `_emit` needs, from an UPDATE ... FROM runs r.
+_EVENT_COLUMNS = ("jobs.id, jobs.run_id, jobs.key, jobs.state, jobs.message, jobs.event_seq,"
+                  " r.workflow_name, r.repo, r.commit_sha, r.request_id")
+
+
+async def _transition(conn: asyncpg.Connection, job_id: uuid.UUID, to: JobState,
+                      from_states: list[str], message: str, changes: Changes,
+                      extra: str = "") -> asyncpg.Record | None:
+    """Move one job to `to` if it is in `from_states`; emit its event. None if refused."""
+    row = await conn.fetchrow(
+        f"UPDATE jobs SET state = $2, message = $3, event_seq = event_seq + 1 {extra}"
+        f" FROM runs r WHERE jobs.id = $1 AND r.id = jobs.run_id AND jobs.state = ANY($4)"
+        f" RETURNING {_EVENT_COLUMNS}",
+        job_id, to.value, message, from_states)
+    if row is not None:
+        await _emit(conn, row, changes)
+    return row
+
+
+async def insert_job(conn: asyncpg.Connection, *, job_id: uuid.UUID, run_id: uuid.UUID,
+                     key: str, name: str, runs_on: str, needs: list[str], spec: dict[str, Any],
+                     timeout_seconds: int, state: JobState, message: str,
+                     steps: list[str], changes: Changes) -> None:
+    """A new job (queued, or skipped when its `if` is false) with its pending steps."""
+    await conn.execute(
+        "INSERT INTO jobs (id, run_id, key, name, runs_on, needs, spec, timeout_seconds,"
+        " state, message, event_seq, finished_at)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 1,"
+        " CASE WHEN $9 = 'skipped' THEN now() END)",
+        job_id, run_id, key, name, runs_on, needs, spec, timeout_seconds, state.value, message)
+    await conn.executemany(
+        "INSERT INTO steps (job_id, index, name, state) VALUES ($1, $2, $3, $4)",
+        [(job_id, i, step, "skipped" if state == JobState.SKIPPED else "pending")
+         for i, step in enumerate(steps)])
+    row = await conn.fetchrow(
+        f"SELECT {_EVENT_COLUMNS} FROM jobs JOIN runs r ON r.id = jobs.run_id WHERE jobs.id = $1",
+        job_id)
+    await _emit(conn, row, changes)
+
+
+async def lock_run(conn: asyncpg.Connection, run_id: uuid.UUID) -> asyncpg.Record:
+    return await conn.fetchrow("SELECT * FROM runs WHERE id = $1 FOR UPDATE", run_id)
+
+
+async def settle(conn: asyncpg.Connection, run_id: uuid.UUID, changes: Changes) -> None:
+    """Release jobs whose needs all succeeded; skip those with a need that did not.
+
+    Call with the run row locked. Skips cascade, so it loops until nothing changes.
+    """
+    priority = await conn.fetchval("SELECT priority FROM runs WHERE id = $1", run_id)
+    while True:
+        jobs = await conn.fetch(
+            "SELECT id, key, runs_on, needs, state, released, attempt FROM jobs"
+            " WHERE run_id = $1", run_id)
+        state_of = {j["key"]: JobState(j["state"]) for j in jobs}
+        changed = False
+        for job in jobs:
+            if job["state"] != JobState.QUEUED.value or job["released"]:
+                continue
+            needs = [state_of.get(n, JobState.SKIPPED) for n in job["needs"]]
+            if all(s == JobState.SUCCESS for s in needs):
+                await conn.execute("UPDATE jobs SET released = true WHERE id = $1", job["id"])
+                await add_outbox(conn, JobRequest(
+                    run_id=run_id, job_id=job["id"], job_key=job["key"],
+                    runs_on=job["runs_on"], attempt=job["attempt"] + 1,
+                    priority=priority))
+                changed = True
+            elif any(s.final and s != JobState.SUCCESS for s in needs):
+                failed = [n for n in job["needs"] if state_of.get(n) != JobState.SUCCESS
+                          and state_of.get(n, JobState.SKIPPED).final]
+                await _transition(conn, job["id"], JobState.SKIPPED, [JobState.QUEUED.value],
+                                  f"skipped: needed {', '.join(failed)}, which did not succeed",
+                                  changes, extra=", finished_at = now()")
+                await conn.execute("UPDATE steps SET state = 'skipped' WHERE job_id = $1",
+                                   job["id"])
+                changed = True
+        if not changed:
+            break
+    await _finish_run_if_done(conn, run_id, changes)
+
+
+async def _finish_run_if_done(conn: asyncpg.Connection, run_id: uuid.UUID,
+                              changes: Changes) -> None:
+    states = [JobState(r["state"]) for r in
+              await conn.fetch("SELECT state FROM jobs WHERE run_id = $1", run_id)]
+    if not all(s.final for s in states):
+        return
+    if any(s in (JobState.FAILURE, JobState.TIMED_OUT) for s in states):
+        outcome = "failure"
+    elif JobState.ERROR in states:
+        outcome = "error"
+    elif JobState.CANCELLED in states:
+        outcome = "cancelled"
+    else:
+        outcome = "success"
+    ok = sum(s == JobState.SUCCESS for s in states)
+    message = f"{ok} of {len(states)} jobs succeeded"
+    row = await conn.fetchrow(
+        "UPDATE runs SET state = $2, message = $3, finished_at = now()"
+        " WHERE id = $1 AND finished_at IS NULL RETURNING id", run_id, outcome, message)
+    if row is not None:
+        changes.run_finished = (run_id, outcome, message)
+
+
+@dataclass(frozen=True)
+class StartedJob:
+    """A job whose runner just fetched it with a valid token."""
+
+    job_id: uuid.UUID
+    run_id: uuid.UUID
+    key: str
+    attempt: int
+    spec: dict[str, Any]
+    repo: Repo
+    commit_sha: str
+    ref: str
+
+
+class Store:
+    """The transitions, each in its own transaction on `db`, on behalf of host `host`."""
+
+    def __init__(self, db: Database, host: str) -> None:
+        self.db = db
+        self.host = host
+
+    async def lease(self, job_id: uuid.UUID, *, ttl: float, token_hash: bytes,
+                    token_ttl: float) -> tuple[Lease | None, Changes]:
+        """queued → provisioning for this host with attempt + 1, if the job is still queued.
+
+        Refused (None) for a job that is running elsewhere, final, cancelled, or not released.
+        """
+        changes = Changes()
+        async with self.db.transaction() as conn:
+            row = await conn.fetchrow(
+                "UPDATE jobs SET state = 'provisioning', message = '', event_seq = event_seq + 1,"
+                " attempt = jobs.attempt + 1, lease_host = $2, lease_expires_at = now() + $3,"
+                " token_hash = $4, token_used = false, token_expires_at = now() + $5,"
+                " leased_at = now(), started_at = NULL"
+                " FROM runs r WHERE jobs.id = $1 AND r.id = jobs.run_id AND jobs.state = 'queued'"
+                " AND jobs.released AND NOT jobs.cancel_requested"
+                f" RETURNING {_EVENT_COLUMNS}, jobs.runs_on, jobs.attempt, jobs.spec, r.ref,"
+                " r.trusted",
+                job_id, self.host, timedelta(seconds=ttl), token_hash,
+                timedelta(seconds=token_ttl))
+            if row is None:
+                return None, changes
+            await _emit(conn, row, changes)
+            await conn.execute(
+                "UPDATE steps SET state = 'pending', exit_code = NULL, duration_ms = NULL,"
+                " started_at = NULL, finished_at = NULL WHERE job_id = $1", job_id)
+            await notify_outbox(conn)
+        # Separate statement: taking the run's lock while holding the job's could deadlock
+        # with a settlement (which locks run, then jobs).
+        await self.db.pool.execute("UPDATE runs SET state = 'running' WHERE id = $1"
+                                   " AND state = 'queued'", row["run_id"])
+        return Lease(job_id=row["id"], run_id=row["run_id"], key=row["key"],
+                     runs_on=row["runs_on"], attempt=row["attempt"], spec=row["spec"],
+                     repo=Repo.model_validate(row["repo"]), commit_sha=row["commit_sha"],
+                     ref=row["ref"], trusted=row["trusted"]), changes
+
+    async def claim_token(self, job_id: uuid.UUID, token_hash: bytes
+                          ) -> tuple[StartedJob | None, Changes]:
+        """provisioning → running when the runner presents the job's unused, unexpired token."""
+        changes = Changes()
+        async with self.db.transaction() as conn:
+            row = await conn.fetchrow(
+                "UPDATE jobs SET state = 'running', token_used = true, started_at = now(),"
+                " event_seq = event_seq + 1"
+                " FROM runs r WHERE jobs.id = $1 AND r.id = jobs.run_id"
+                " AND jobs.state = 'provisioning' AND jobs.token_hash = $2"
+                " AND NOT jobs.token_used AND jobs.token_expires_at > now()"
+                " AND jobs.lease_host = $3"
+                f" RETURNING {_EVENT_COLUMNS}, jobs.attempt, jobs.spec, r.ref",
+                job_id, token_hash, self.host)
+            if row is None:
+                return None, changes
+            await _emit(conn, row, changes)
+            await notify_outbox(conn)
+        return StartedJob(job_id=row["id"], run_id=row["run_id"], key=row["key"],
+                          attempt=row["attempt"], spec=row["spec"],
+                          repo=Repo.model_validate(row["repo"]),
+                          commit_sha=row["commit_sha"], ref=row["ref"]), changes
+
+    async def renew_lease(self, job_id: uuid.UUID, attempt: int, ttl: float) -> bool | None:
+        """Extend this host's lease. None: the lease is lost; else whether a cancel is asked."""
+        return await self.db.pool.fetchval(
+            "UPDATE jobs SET lease_expires_at = now() + $4 WHERE id = $1 AND attempt = $2"
+            " AND lease_host = $3 AND state = ANY($5) RETURNING cancel_requested",
+            job_id, attempt, self.host, timedelta(seconds=ttl), ACTIVE)
+
+    async def record_step(self, job_id: uuid.UUID, attempt: int, index: int, state: str,
+                          exit_code: int | None, duration_ms: int | None) -> str | None:
+        """A step started or finished; the step's name, or None if refused (stale or unknown)."""
+        started = state == "running"
+        return await self.db.pool.fetchval(
+            "UPDATE steps SET state = $4, exit_code = $5, duration_ms = $6,"
+            " started_at = CASE WHEN $7 THEN now() ELSE steps.started_at END,"
+            " finished_at = CASE WHEN $7 THEN NULL ELSE now() END"
+            " FROM jobs WHERE steps.job_id = $1 AND steps.index = $3 AND jobs.id = steps.job_id"
+            " AND jobs.attempt = $2 AND jobs.lease_host = $8 AND jobs.state = 'running'"
+            " AND steps.state = ANY($9) RETURNING steps.name",
+            job_id, attempt, index, state, exit_code, duration_ms, started, self.host,
+            ["pending"] if started else ["pending", "running"])
+
+    async def save_artifact(self, job_id: uuid.UUID, attempt: int, path: str, sha256: str,
+                            data: bytes) -> bool:
+        """Store one uploaded file of a running job; False if the attempt is not ours."""
+        return bool(await self.db.pool.fetchval(
+            "INSERT INTO artifacts (job_id, path, size, sha256, data)"
+            " SELECT id, $3, $4, $5, $6 FROM jobs WHERE id = $1 AND attempt = $2"
+            " AND lease_host = $7 AND state = 'running'"
+            " ON CONFLICT (job_id, path) DO UPDATE"
+            " SET size = $4, sha256 = $5, data = $6, created_at = now() RETURNING true",
+            job_id, attempt, path, len(data), sha256, data, self.host))
+
+    async def finish(self, job_id: uuid.UUID, attempt: int, state: JobState,
+                     message: str) -> Changes | None:
+        """End this host's attempt of a job; release or skip its dependents; maybe end the run.
+
+        None when refused: the attempt is not ours any more (lease lost) or already ended.
+        """
+        changes = Changes()
+        async with self.db.transaction() as conn:
+            run_id = await conn.fetchval("SELECT run_id FROM jobs WHERE id = $1", job_id)
+            if run_id is None:
+                return None
+            run = await lock_run(conn, run_id)
+            row = await conn.fetchrow(
+                "UPDATE jobs SET state = $3, message = $4, event_seq = event_seq + 1,"
+                " finished_at = now(), token_hash = NULL, lease_expires_at = NULL"
+                " FROM runs r WHERE jobs.id = $1 AND r.id = jobs.run_id AND jobs.attempt = $2"
+                " AND jobs.lease_host = $5 AND jobs.state = ANY($6)"
+                f" RETURNING {_EVENT_COLUMNS}",
+                job_id, attempt, state.value, message, self.host, ACTIVE)
+            if row is None:
+                return None
+            leftover = {JobState.TIMED_OUT: "timed_out", JobState.CANCELLED: "cancelled",
+                        JobState.ERROR: "cancelled"}.get(state, "cancelled")
+            await conn.execute(
+                "UPDATE steps SET state = CASE WHEN state = 'running' THEN $2 ELSE 'skipped' END,"
+                " finished_at = now() WHERE job_id = $1 AND state IN ('pending', 'running')",
+                job_id, leftover)
+            failing_step, tail = await self._failure_context(conn, job_id, attempt, state)
+            await _emit(conn, row, changes, failing_step=failing_step, log_tail=tail)
+            if state in FAILED and run["fail_fast"]:
+                await self._cancel_rest(conn, run_id, "cancelled: another job failed and the"
+                                        " workflow is fail_fast", changes)
+            await settle(conn, run_id, changes)
+            await notify_outbox(conn)
+        return changes
+
+    async def _failure_context(self, conn: asyncpg.Connection, job_id: uuid.UUID,
+                               attempt: int, state: JobState) -> tuple[str | None, str]:
+        """The failing step's name and its last log lines, for the forge's status."""
+        if state not in (JobState.FAILURE, JobState.TIMED_OUT):
+            return None, ""
+        step = await conn.fetchrow(
+            "SELECT index, name FROM steps WHERE job_id = $1"
+            " AND state IN ('failure', 'timed_out') ORDER BY index LIMIT 1", job_id)
+        if step is None:
+            return None, ""
+        chunks = await conn.fetch(
+            "SELECT data FROM log_chunks WHERE job_id = $1 AND attempt = $2 AND step_index = $3"
+            " ORDER BY seq DESC LIMIT $4", job_id, attempt, step["index"], LOG_TAIL_LINES)
+        text = b"".join(bytes(c["data"]) for c in reversed(chunks)).decode(errors="replace")
+        return step["name"], "\n".join(text.splitlines()[-LOG_TAIL_LINES:])
+
+    async def _cancel_rest(self, conn: asyncpg.Connection, run_id: uuid.UUID, message: str,
+                           changes: Changes) -> None:
+        """Cancel every job of the run that has not ended (run row locked by the caller)."""
+        queued = await conn.fetch("SELECT id FROM jobs WHERE run_id = $1 AND state = 'queued'",
+                                  run_id)
+        for job in queued:
+            await _transition(conn, job["id"], JobState.CANCELLED, [JobState.QUEUED.value],
+                              message, changes, extra=", finished_at = now()")
+            await conn.execute("UPDATE steps SET state = 'skipped' WHERE job_id = $1", job["id"])
+        active = await conn.fetch(
+            "UPDATE jobs SET cancel_requested = true WHERE run_id = $1 AND state = ANY($2)"
+            " AND NOT cancel_requested RETURNING id", run_id, ACTIVE)
+        changes.cancel += [r["id"] for r in active]
+        changes.cancel_reason = message
+
+    async def cancel_run(self, run_id: uuid.UUID, message: str = "cancelled") -> Changes:
+        """Cancel the run's queued jobs now and ask its running ones to stop."""
+        changes = Changes()
+        async with self.db.transaction() as conn:
+            if await lock_run(conn, run_id) is None:
+                return changes
+            await self._cancel_rest(conn, run_id, message, changes)
+            await settle(conn, run_id, changes)
+            await notify_outbox(conn)
+        return changes
+
+    async def cancel_job(self, job_id: uuid.UUID, message: str = "cancelled") -> Changes:
+        """Cancel one job: at once if queued, else ask its runner to stop."""
+        changes = Changes()
+        async with self.db.transaction() as conn:
+            run_id = await conn.fetchval("SELECT run_id FROM jobs WHERE id = $1", job_id)
+            if run_id is None:
+                return changes
+            await lock_run(conn, run_id)
+            row = await _transition(conn, job_id, JobState.CANCELLED, [JobState.QUEUED.value],
+                                    message, changes, extra=", finished_at = now()")
+            if row is None:
+                if await conn.fetchval(
+                        "UPDATE jobs SET cancel_requested = true WHERE id = $1 AND state = ANY($2)"
+                        " RETURNING id", job_id, ACTIVE):
+                    changes.cancel.append(job_id)
+                    changes.cancel_reason = message
+            else:
+                await conn.execute("UPDATE steps SET state = 'skipped' WHERE job_id = $1", job_id)
+            await settle(conn, run_id, changes)
+            await notify_outbox(conn)
+        return changes

@@ -1,0 +1,104 @@
+"""An orchestrator per test: real Postgres (`pg_dsn`), the in-process broker, the real gRPC
+server on loopback, the local backend and the real runner process.
+
+Every test ends by checking that no job left a machine directory or a process behind.
+"""
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from common.messages import EventKind, Repo, RunRequest
+from orchestrator.api import RunSummary
+from orchestrator.backends.local import LocalBackend
+from orchestrator.config import OrchestratorConfig
+from orchestrator.service import Orchestrator
+from orchestrator.standalone import running
+
+
+def run_request(workflow: str, source: Path, **overrides: Any) -> RunRequest:
+    fields: dict[str, Any] = dict(
+        request_id=str(uuid.uuid4()),
+        repo=Repo(forge="local", owner="local", name=source.name, clone_url=f"file://{source}"),
+        commit_sha="0" * 40, ref="refs/heads/main", event=EventKind.PUSH, branch="main",
+        workflow_source=workflow)
+    fields.update(overrides)
+    return RunRequest(**fields)
+
+
+def job_processes(machines: Path) -> list[psutil.Process]:
+    """Processes working inside a job's machine directory."""
+    found = []
+    for proc in psutil.process_iter(["pid"]):
+        try:
+            if proc.cwd().startswith(str(machines)):
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
+
+
+@dataclass
+class Harness:
+    orchestrator: Orchestrator
+    backend: LocalBackend
+    source: Path
+    machines: Path
+
+    @property
+    def api(self):
+        return self.orchestrator.api
+
+    async def run(self, workflow: str, **overrides: Any) -> RunSummary:
+        run_id = await self.api.submit(run_request(workflow, self.source, **overrides))
+        return await self.api.wait(run_id)
+
+    async def logs(self, job_id: uuid.UUID) -> bytes:
+        rows = await self.orchestrator.db.pool.fetch(
+            "SELECT data FROM log_chunks WHERE job_id = $1 ORDER BY attempt, seq", job_id)
+        return b"".join(bytes(r["data"]) for r in rows)
+
+
+Factory = Callable[..., Awaitable[Harness]]
+
+
+@pytest.fixture
+async def orchestrator_factory(pg_dsn: str, tmp_path: Path) -> AsyncIterator[Factory]:
+    """`await make(**config_overrides, secrets={...})` -> a started Harness."""
+    contexts = []
+    machines = tmp_path / "machines"
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "hello.txt").write_text("hello from the source tree\n")
+
+    async def make(*, secrets: dict[str, str] | None = None, **overrides: Any) -> Harness:
+        values: dict[str, Any] = dict(
+            host_name=f"test-{uuid.uuid4().hex[:8]}", state_dir=tmp_path / "state",
+            database_url=pg_dsn, grpc_listen="127.0.0.1:0", capacity={"local": 4},
+            allow_local_backend=True, boot_timeout=30, heartbeat_timeout=10, cancel_grace=5,
+            timeout_grace=5)
+        values.update(overrides)
+        config = OrchestratorConfig(**values)
+        backend = LocalBackend(machines, warm=1)
+        context = running(config, backend=backend, secrets=secrets)
+        orchestrator = await context.__aenter__()
+        contexts.append(context)
+        return Harness(orchestrator, backend, source, machines)
+
+    yield make
+    for context in reversed(contexts):
+        await context.__aexit__(None, None, None)
+    leftovers = sorted(p.name for p in machines.iterdir()) if machines.exists() else []
+    assert leftovers == [], f"machine directories left behind: {leftovers}"
+    assert job_processes(machines) == [], "job processes left behind"
+
+
+@pytest.fixture
+async def harness(orchestrator_factory: Factory) -> Harness:
+    return await orchestrator_factory()
