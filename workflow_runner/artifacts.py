@@ -8,8 +8,9 @@ files again, so the orchestrator must replace a file it already has under the sa
 """
 from __future__ import annotations
 
+import asyncio
 import hashlib
-from collections.abc import AsyncIterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -46,7 +47,7 @@ def collect(workspace: Path, patterns: list[str]) -> Collected:
     return Collected(sorted(found), problems)
 
 
-async def _chunks(workspace: Path, files: list[Path], job_id: str) -> AsyncIterator[runner_pb2.ArtifactChunk]:
+def _chunks(workspace: Path, files: list[Path], job_id: str) -> Iterator[runner_pb2.ArtifactChunk]:
     for rel in files:
         digest = hashlib.sha256()
         size = 0
@@ -68,9 +69,23 @@ async def _chunks(workspace: Path, files: list[Path], job_id: str) -> AsyncItera
 
 
 async def upload(client: RunnerClient, workspace: Path, files: list[Path]) -> runner_pb2.ArtifactAck:
-    """Send `files`; retried as a whole on transient errors."""
+    """Send `files`; retried as a whole on transient errors. A file that cannot be read
+    raises `OSError` (the call is cancelled, nothing half-sent is kept)."""
     root = workspace.resolve()
-    return await client.with_retry(
-        lambda: client.stub.UploadArtifact(_chunks(root, files, client.job_id),
-                                           metadata=client.metadata),
-        "UploadArtifact")
+
+    async def send() -> runner_pb2.ArtifactAck:
+        # Written chunk by chunk rather than from a request iterator: grpc turns an
+        # iterator's exception into a bare cancellation, which would hide an unreadable file.
+        call = client.stub.UploadArtifact(metadata=client.metadata)
+        try:
+            for chunk in _chunks(root, files, client.job_id):
+                await call.write(chunk)
+            await call.done_writing()
+        except asyncio.InvalidStateError:
+            pass  # the server ended the call early; awaiting it tells how
+        except BaseException:
+            call.cancel()
+            raise
+        return await call
+
+    return await client.with_retry(send, "UploadArtifact")

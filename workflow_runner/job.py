@@ -141,10 +141,10 @@ class JobExecution:
         if self.heartbeat.cancelled.is_set():
             await self._report(step.index, runner_pb2.STEP_SKIPPED)
             return self._ended(Ending.CANCELLED, name)
+        await self._report(step.index, runner_pb2.STEP_RUNNING)
         loop = asyncio.get_running_loop()
         step_deadline = loop.time() + step.timeout_seconds if step.timeout_seconds else None
         deadline = min((d for d in (step_deadline, self.deadline) if d is not None), default=None)
-        await self._report(step.index, runner_pb2.STEP_RUNNING)
         self.heartbeat.current_step = step.index
         with _tracer.start_as_current_span(
                 "step", attributes={"step.index": step.index, "step.name": name}) as span:

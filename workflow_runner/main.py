@@ -67,7 +67,9 @@ async def _run(settings_args: dict[str, str | None], config: str | None) -> int:
     except ConfigError as exc:
         print(f"solstice-runner: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    setup_observability("solstice-runner", level=settings.log_level)
+    # The runner's stderr is the VM console, read by a human when a job ends `error`: spans
+    # go to OTLP when configured, to the console only with SOLSTICE_TRACE_CONSOLE=1.
+    setup_observability("solstice-runner", level=settings.log_level, console_spans=False)
     task = asyncio.current_task()
     assert task is not None
     loop = asyncio.get_running_loop()

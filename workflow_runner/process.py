@@ -88,7 +88,6 @@ class ProcessGroups:
             asyncio.create_task(_pump(proc.stderr, masker, shipper, step_index, runner_pb2.STDERR)),
         ]
         self._readers += readers
-        ending = Ending.EXITED
         try:
             ending = await _supervise(proc, deadline, cancel)
             if ending is not Ending.EXITED:
