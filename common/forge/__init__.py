@@ -1,0 +1,14 @@
+"""What the forge integrations (Forgejo/Gitea and GitHub) share. Import the submodules:
+
+- `signature`: HMAC-SHA256 webhook signatures, constant-time (`verify_forgejo`, `verify_github`);
+- `migrate`: numbered SQL migrations of the integrations' tables; `open_pool` connects and
+  applies them;
+- `deliveries`: `DeliveryLog`, the persisted set of handled webhook delivery ids;
+- `outbox`: `Outbox` + `OutboxWorker`, status updates kept in PostgreSQL until the forge
+  accepted them, in `sequence` order per job;
+- `policy`: `RunCandidate` -> `RunRequest` (fork/trust policy, workflow fetched at the right
+  ref, `on` trigger filtering) through a forge's `ForgeReader`;
+- `webhook`: the Starlette edge (`webhook_app`, `read_body`, `parse_json`, `answer`, `serve`,
+  `running`);
+- `errors`: `ForgeApiError` (with `retryable`) and `WebhookRejected` (with the HTTP status).
+"""

@@ -1,0 +1,132 @@
+"""The web edge both integrations share: a Starlette app served by uvicorn.
+
+- `read_body` reads the raw body (the signature covers those exact bytes), refusing more than
+  `MAX_BODY` bytes with 413;
+- `parse_json` turns a malformed body into a 400 with the parser's reason;
+- `webhook_app` builds the app: the routes given, `GET /healthz`, and the translation of
+  `WebhookRejected` (and any `SolsticeError`) raised by a handler into a JSON answer
+  `{"error": ..., "hint": ...}` with the right status, so handlers just raise;
+- `answer` is the JSON body of a handled webhook: `{"outcome": ..., "reason": ...}`;
+- `serve` runs an app until SIGTERM/SIGINT; `running` serves one in the background for tests
+  and benchmarks and yields its base URL.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from common.errors import SolsticeError
+from common.forge.errors import WebhookRejected
+
+log = logging.getLogger(__name__)
+
+# Forgejo caps webhook bodies far below this; GitHub at 25 MB (and then omits the payload).
+MAX_BODY = 25 * 1024 * 1024
+
+
+async def read_body(request: Request, limit: int = MAX_BODY) -> bytes:
+    """The raw request body, at most `limit` bytes (else 413 before reading the rest)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise WebhookRejected(413, f"body of {declared} bytes exceeds the {limit}-byte limit")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise WebhookRejected(413, f"body exceeds the {limit}-byte limit")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def parse_json(body: bytes) -> Any:
+    """The JSON document in `body`, or a 400 saying where it is malformed."""
+    try:
+        return json.loads(body)
+    except UnicodeDecodeError as exc:
+        raise WebhookRejected(400, f"body is not UTF-8 JSON: {exc.reason} at byte {exc.start}") from exc
+    except json.JSONDecodeError as exc:
+        raise WebhookRejected(400, f"body is not valid JSON: {exc.msg} at line {exc.lineno} "
+                                   f"column {exc.colno}") from exc
+
+
+def answer(outcome: str, reason: str = "", status: int = 200, **fields: Any) -> JSONResponse:
+    """The reply to a webhook that was handled: `outcome` is published, ignored, duplicate..."""
+    return JSONResponse({"outcome": outcome, "reason": reason, **fields}, status_code=status)
+
+
+async def _rejected(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, WebhookRejected)
+    log.info("webhook refused", extra={"path": request.url.path, "status": exc.status,
+                                       "reason": exc.message})
+    return JSONResponse({"error": exc.message, "hint": exc.hint}, status_code=exc.status)
+
+
+async def _solstice_error(request: Request, exc: Exception) -> Response:
+    # An error a handler did not map: the integration's own dependencies failed, which a
+    # retry of the webhook may get past, so the forge is told to retry.
+    assert isinstance(exc, SolsticeError)
+    log.error("webhook failed", extra={"path": request.url.path, "error": exc.message})
+    return JSONResponse({"error": exc.message, "hint": exc.hint}, status_code=503)
+
+
+async def _healthz(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+def webhook_app(routes: Sequence[BaseRoute], *,
+                lifespan: Callable[[Starlette], AbstractAsyncContextManager[None]] | None = None
+                ) -> Starlette:
+    """A Starlette app with `routes`, `GET /healthz` and the error answers described above."""
+    return Starlette(
+        routes=[*routes, Route("/healthz", _healthz, methods=["GET"])],
+        exception_handlers={WebhookRejected: _rejected, SolsticeError: _solstice_error},
+        lifespan=lifespan,
+    )
+
+
+def _config(app: Starlette, host: str, port: int) -> uvicorn.Config:
+    # log_config=None keeps the logfmt handlers of setup_observability.
+    return uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False,
+                          lifespan="on", timeout_graceful_shutdown=10)
+
+
+async def serve(app: Starlette, host: str, port: int) -> None:
+    """Serve `app` until SIGTERM or SIGINT, then finish the requests in flight."""
+    await uvicorn.Server(_config(app, host, port)).serve()
+
+
+class _BackgroundServer(uvicorn.Server):
+    # Signals belong to the process hosting the server (pytest, a benchmark), not to it.
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+@contextlib.asynccontextmanager
+async def running(app: Starlette, host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[str]:
+    """Serve `app` in a task of the current loop; yields `http://host:port` once it listens."""
+    server = _BackgroundServer(_config(app, host, port))
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()
+            raise RuntimeError("uvicorn exited before it started listening")
+        await asyncio.sleep(0.01)
+    bound = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://{host}:{bound}"
+    finally:
+        server.should_exit = True
+        await task
