@@ -88,7 +88,7 @@ def parse_annotations(log: str) -> list[dict[str, Any]]:
     return annotations
 
 
-def _fit(text: str, limit: int) -> str:
+def fit_text(text: str, limit: int = TEXT_LIMIT) -> str:
     """`text` cut to at most `limit` UTF-8 bytes (so also characters), whole characters only."""
     data = text.encode()
     if len(data) <= limit:
@@ -134,14 +134,14 @@ def _summary(event: JobEvent) -> str:
         parts.append(f"[Full log]({event.log_url})")
     head = "\n\n".join(parts)
     if not event.log_tail:
-        return _fit(head, TEXT_LIMIT)
+        return fit_text(head)
     # A fence longer than any backtick run in the log, so the log cannot close it early.
     fence = "`" * max(3, max((len(m) for m in re.findall(r"`+", event.log_tail)), default=0) + 1)
     opening = f"{head}\n\nEnd of the log:\n\n{fence}\n"
     closing = f"\n{fence}\n"
     room = TEXT_LIMIT - len(opening.encode()) - len(closing.encode())
     if room <= 0:
-        return _fit(head, TEXT_LIMIT)
+        return fit_text(head)
     return opening + _tail_fit(event.log_tail.rstrip("\n"), room) + closing
 
 

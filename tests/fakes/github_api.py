@@ -61,7 +61,9 @@ class Invalid(Exception):
 class FakeRepo:
     owner: str
     name: str
-    installation_id: int
+    # On GitHub one App has one installation per account; the octokit fixtures name two for
+    # the same repository, so the fake lets a repository belong to several.
+    installation_ids: set[int]
     files: dict[tuple[str, str], str] = field(default_factory=dict)  # (ref, path) -> text
     branches: dict[str, str] = field(default_factory=dict)  # branch -> sha
     permissions: dict[str, str] = field(default_factory=dict)  # login -> admin/write/read
@@ -202,12 +204,12 @@ class FakeGitHub:
 
     # ---- set-up helpers for tests -------------------------------------------------------
 
-    def add_repo(self, owner: str, name: str, *, installation_id: int,
+    def add_repo(self, owner: str, name: str, *, installation_ids: set[int],
                  files: dict[tuple[str, str], str] | None = None,
                  branches: dict[str, str] | None = None,
                  permissions: dict[str, str] | None = None) -> FakeRepo:
-        repo = FakeRepo(owner, name, installation_id, dict(files or {}), dict(branches or {}),
-                        dict(permissions or {}))
+        repo = FakeRepo(owner, name, set(installation_ids), dict(files or {}),
+                        dict(branches or {}), dict(permissions or {}))
         self.repos[f"{owner}/{name}".lower()] = repo
         return repo
 
@@ -305,7 +307,7 @@ class FakeGitHub:
             return _error(401, "Bad credentials")
         key = f"{request.path_params['owner']}/{request.path_params['repo']}".lower()
         repo = self.repos.get(key)
-        if repo is None or repo.installation_id != grant[0]:
+        if repo is None or grant[0] not in repo.installation_ids:
             return _error(404, "Not Found")
         return repo
 
@@ -316,7 +318,7 @@ class FakeGitHub:
         if problem:
             return _error(401, problem)
         installation_id = request.path_params["installation_id"]
-        if not any(r.installation_id == installation_id for r in self.repos.values()):
+        if not any(installation_id in r.installation_ids for r in self.repos.values()):
             return _error(404, "Not Found")
         token = "ghs_" + secrets.token_hex(18)
         expires_at = self.clock() + self.token_lifetime
@@ -336,7 +338,7 @@ class FakeGitHub:
         repo = self.repos.get(key)
         if repo is None:
             return _error(404, "Not Found")
-        return JSONResponse({"id": repo.installation_id, "app_id": self.app_id,
+        return JSONResponse({"id": min(repo.installation_ids), "app_id": self.app_id,
                              "account": {"login": repo.owner}})
 
     async def _contents(self, request: Request) -> JSONResponse:

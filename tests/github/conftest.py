@@ -40,7 +40,7 @@ def clock() -> Clock:
 @pytest.fixture
 async def fake_github(app_key: rsa.RSAPrivateKey, clock: Clock) -> AsyncIterator[FakeGitHub]:
     async with FakeGitHub(APP_ID, app_key.public_key(), clock=clock) as fake:
-        fake.add_repo(OWNER, REPO, installation_id=INSTALLATION)
+        fake.add_repo(OWNER, REPO, installation_ids={INSTALLATION})
         yield fake
 
 

@@ -1,0 +1,346 @@
+"""`POST /webhooks/github` with every octokit fixture body, signed right and wrong, and the
+answers that depend on GitHub, the broker and the fork policy."""
+from __future__ import annotations
+
+import asyncio
+import copy
+import hashlib
+import hmac
+import json
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+
+from common.broker import Broker
+from common.broker.memory import MemoryBroker
+from common.messages import EventKind, RunRequest, decode
+from github_integration.api import GitHubApi
+from github_integration.app import create_app, signature_valid
+from github_integration.auth import AppAuth
+from github_integration.deliveries import DeliveryLog
+from github_integration.intake import Intake, IntakeSettings
+from tests.fakes.github_api import FakeGitHub
+from tests.github.conftest import INSTALLATION
+
+FIXTURES = Path(__file__).resolve().parents[2] / ".." / "shared" / "fixtures" / "github"
+SECRET = b"webhook secret for tests"
+OWNER, REPO = "Codertocat", "Hello-World"
+WORKFLOW = """workflow name="ci" {
+    job id="build" runs_on="illumos" {
+        step name="Build" run="make"
+    }
+}
+"""
+BASE_WORKFLOW = WORKFLOW.replace('run="make"', 'run="make base"')
+FIXTURE_SHAS = ("f95f852bd8fca8fcc58a9a2d6c842781e32a215e",
+                "ec26c3e57ca3a959ca5aad62de7213c562f8c821",
+                "6113728f27ae82c7b1a177c8d03f9e96e0adf246")
+
+PUBLISHED = {
+    "push/with-new-branch.payload.json", "push/with-no-username-committer.payload.json",
+    "pull_request/opened.payload.json", "pull_request/opened.with-null-body.json",
+    "pull_request/opened.with-organization.payload.json", "pull_request/reopened.payload.json",
+    "pull_request/reopened.with-organization.payload.json",
+    "pull_request/synchronize.payload.json",
+    "check_suite/requested.payload.json",
+    "check_suite/requested.payload.with-email-with-special-characters.json",
+    "check_suite/requested.with-organization.payload.json",
+    "check_suite/rerequested.payload.json", "check_suite/rerequested.with-organization.payload.json",
+}
+REJECTED = {f"{event}/{name}" for event, names in {
+    "create": ("payload.json", "with-description.payload.json", "with-installation.payload.json",
+               "with-organization.payload.json"),
+    "delete": ("payload.json", "with-installation.payload.json", "with-organization.payload.json"),
+}.items() for name in names}
+
+
+def fixture_files() -> list[str]:
+    return sorted(str(p.relative_to(FIXTURES)) for p in FIXTURES.glob("*/*.json"))
+
+
+def expected_status(name: str) -> int:
+    return 202 if name in PUBLISHED else 400 if name in REJECTED else 200
+
+
+def sign(body: bytes, secret: bytes = SECRET) -> str:
+    return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
+
+
+@dataclass
+class Stack:
+    client: httpx.AsyncClient
+    fake: FakeGitHub
+    broker: Broker
+    runs: list[RunRequest]
+    pool: asyncpg.Pool
+
+    async def post(self, event: str, body: bytes | dict, *, delivery: str | None = None,
+                   signature: str | None = None) -> httpx.Response:
+        raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+        headers = {"X-GitHub-Event": event, "X-GitHub-Delivery": delivery or str(uuid.uuid4()),
+                   "X-Hub-Signature-256": signature or sign(raw),
+                   "Content-Type": "application/json"}
+        return await self.client.post("/webhooks/github", content=raw, headers=headers)
+
+    async def published(self, count: int) -> list[RunRequest]:
+        """The run requests consumed, once `count` arrived (or 2 s passed); a confirmed
+        publish reaches the in-process consumer within milliseconds, so anything beyond
+        `count` shows up in the short settle time."""
+        for _ in range(200):
+            if len(self.runs) >= count:
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)
+        return self.runs
+
+
+async def make_stack(pg_dsn: str, fake: FakeGitHub, app_key, broker: Broker,
+                     settings: IntakeSettings | None = None) -> tuple[Stack, httpx.AsyncClient]:
+    pool = await asyncpg.create_pool(pg_dsn, min_size=1, max_size=4)
+    deliveries = DeliveryLog(pool)
+    await deliveries.create_schema()
+    http = httpx.AsyncClient(base_url=fake.url, timeout=2.0)
+    auth = AppAuth(1, app_key, http)
+    api = GitHubApi(http, auth)
+    intake = Intake(api, broker, settings or IntakeSettings(api_url=fake.url))
+    app = create_app(secret=SECRET, intake=intake, deliveries=deliveries, auth=auth)
+    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test")
+    runs: list[RunRequest] = []
+
+    async def collect(delivery) -> None:
+        runs.append(decode(delivery.body, RunRequest))
+        await delivery.ack()
+
+    await broker.consume_runs(collect)
+    return Stack(client, fake, broker, runs, pool), http
+
+
+@pytest.fixture
+async def fake(app_key) -> AsyncIterator[FakeGitHub]:
+    async with FakeGitHub(1, app_key.public_key()) as gh:
+        files = {(sha, ".solstice/workflow.kdl"): WORKFLOW for sha in FIXTURE_SHAS}
+        files[("master", ".solstice/workflow.kdl")] = BASE_WORKFLOW
+        gh.add_repo(OWNER, REPO, installation_ids={1, 957387, INSTALLATION}, files=files,
+                    permissions={"Codertocat": "admin", "octocoders-linter[bot]": "write"})
+        yield gh
+
+
+@pytest.fixture
+async def stack(pg_dsn: str, fake: FakeGitHub, app_key) -> AsyncIterator[Stack]:
+    async with MemoryBroker(f"gh-{uuid.uuid4().hex[:8]}") as broker:
+        built, http = await make_stack(pg_dsn, fake, app_key, broker)
+        yield built
+        await built.client.aclose()
+        await http.aclose()
+        await built.pool.close()
+
+
+def load(name: str) -> dict:
+    return json.loads((FIXTURES / name).read_text())
+
+
+# ---- signatures -----------------------------------------------------------------------------
+
+def test_githubs_documented_signature_vector() -> None:
+    header = "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17"
+    assert signature_valid(b"It's a Secret to Everybody", b"Hello, World!", header)
+    assert not signature_valid(b"It's a Secret to Everybody", b"Hello, World?", header)
+    assert not signature_valid(b"It's a Secret to Everybody", b"Hello, World!", header[7:])
+    assert not signature_valid(b"It's a Secret to Everybody", b"Hello, World!", None)
+
+
+# ---- every fixture ---------------------------------------------------------------------------
+
+async def test_every_fixture_gets_its_documented_outcome(stack: Stack) -> None:
+    names = fixture_files()
+    assert len(names) == 66
+    for name in names:
+        raw = (FIXTURES / name).read_bytes()
+        response = await stack.post(name.split("/")[0], raw)
+        assert response.status_code == expected_status(name), (name, response.text)
+        assert response.json()["outcome"] in {"published", "ignored", "rejected"}
+    runs = await stack.published(len(PUBLISHED))
+    assert len(runs) == len(PUBLISHED)
+    push = next(r for r in runs if r.event is EventKind.PUSH and r.commit_sha == FIXTURE_SHAS[2])
+    assert push.branch == "master" and push.trusted and push.workflow_source == WORKFLOW
+    assert push.repo.installation_id == 1 and push.repo.forge == "github"
+    pr = next(r for r in runs if r.event is EventKind.PULL_REQUEST)
+    assert (pr.pull_request, pr.ref, pr.base_branch) == (2, "refs/pull/2/head", "master")
+    assert pr.trusted and pr.priority < push.priority
+    suites = {r.request_id for r in runs if r.commit_sha == FIXTURE_SHAS[0]}
+    assert len(suites) == 1  # the three `requested` suites are one commit on one ref: one key
+
+
+async def test_every_fixture_with_a_wrong_signature_gets_401(stack: Stack) -> None:
+    for name in fixture_files():
+        raw = (FIXTURES / name).read_bytes()
+        response = await stack.post(name.split("/")[0], raw, signature=sign(raw, b"wrong"))
+        assert response.status_code == 401, name
+        missing = await stack.client.post("/webhooks/github", content=raw, headers={
+            "X-GitHub-Event": name.split("/")[0], "X-GitHub-Delivery": "x"})
+        assert missing.status_code == 401, name
+    assert await stack.published(0) == []
+    assert stack.fake.requests == []  # nothing was even looked up
+
+
+# ---- bad input ---------------------------------------------------------------------------------
+
+async def test_bad_requests_get_400_with_a_reason(stack: Stack) -> None:
+    for event, body in [("push", b"{not json"), ("push", b"[1, 2]"), ("gollum", b"{}"),
+                        ("push", b'{"ref": "refs/heads/x"}')]:
+        response = await stack.post(event, body)
+        assert response.status_code == 400, (event, body)
+        assert response.json()["reason"]
+    raw = b"{}"
+    no_event = await stack.client.post("/webhooks/github", content=raw,
+                                       headers={"X-Hub-Signature-256": sign(raw)})
+    assert no_event.status_code == 400
+    partial = await stack.post("push", b'{"ref": "refs/heads/x", "after": "abc"}')
+    assert "malformed push payload: repository" in partial.json()["reason"]
+
+
+async def test_redelivery_publishes_nothing_new(stack: Stack) -> None:
+    raw = (FIXTURES / "pull_request/opened.payload.json").read_bytes()
+    first = await stack.post("pull_request", raw, delivery="d-1")
+    again = await stack.post("pull_request", raw, delivery="d-1")
+    assert (first.status_code, again.status_code) == (202, 200)
+    assert again.json()["outcome"] == "duplicate"
+    assert len(await stack.published(1)) == 1
+
+
+# ---- GitHub and broker failures ---------------------------------------------------------------
+
+async def test_github_down_gets_503_and_a_redelivery_works(stack: Stack) -> None:
+    raw = (FIXTURES / "pull_request/synchronize.payload.json").read_bytes()
+    stack.fake.fail(1, status=500, path_contains="/contents/")
+    assert (await stack.post("pull_request", raw, delivery="d-2")).status_code == 503
+    assert (await stack.post("pull_request", raw, delivery="d-2")).status_code == 202
+    assert len(await stack.published(1)) == 1
+
+
+async def test_broker_confirm_failure_gets_503(pg_dsn: str, fake: FakeGitHub, app_key,
+                                               amqp_url: str, broker_prefix: str) -> None:
+    import aio_pika
+
+    from common.broker.amqp import AmqpBroker
+
+    async with AmqpBroker(amqp_url, broker_prefix) as broker:
+        built, http = await make_stack(pg_dsn, fake, app_key, broker)
+        try:
+            connection = await aio_pika.connect(amqp_url)
+            async with connection:
+                channel = await connection.channel()
+                await channel.queue_delete(f"{broker_prefix}.runs")  # the publish is unroutable
+            raw = (FIXTURES / "push/with-new-branch.payload.json").read_bytes()
+            response = await built.post("push", raw, delivery="d-3")
+            assert response.status_code == 503 and response.json()["outcome"] == "retry"
+            await broker.connect()  # declares the topology again
+            await broker.consume_runs(lambda d: d.ack())
+            response = await built.post("push", raw, delivery="d-3")
+            assert response.status_code == 202  # the 503 did not record the delivery as seen
+        finally:
+            await built.client.aclose()
+            await http.aclose()
+            await built.pool.close()
+            async with await aio_pika.connect(amqp_url) as connection:
+                channel = await connection.channel()
+                for suffix in ("runs", "dead", "events", "logs"):
+                    await channel.queue_delete(f"{broker_prefix}.{suffix}")
+
+
+# ---- fork policy, triggers, re-runs, invalid workflows ------------------------------------------
+
+async def test_fork_pull_request_is_untrusted_with_the_base_workflow(stack: Stack) -> None:
+    body = load("pull_request/opened.payload.json")
+    body["pull_request"]["head"]["repo"]["id"] = 999
+    body["pull_request"]["head"]["repo"]["full_name"] = "mallory/Hello-World"
+    assert (await stack.post("pull_request", body)).status_code == 202
+    [run] = await stack.published(1)
+    assert not run.trusted and run.workflow_source == BASE_WORKFLOW
+    assert run.commit_sha == FIXTURE_SHAS[1]  # the PR's code is still what gets built
+
+
+async def test_author_without_write_access_is_untrusted(stack: Stack) -> None:
+    stack.fake.repos[f"{OWNER}/{REPO}".lower()].permissions["Codertocat"] = "read"
+    assert (await stack.post("pull_request", load("pull_request/opened.payload.json"))).status_code == 202
+    [run] = await stack.published(1)
+    assert not run.trusted and not run.needs_approval and run.workflow_source == BASE_WORKFLOW
+
+
+async def test_untrusted_run_waits_for_approval_where_configured(pg_dsn, fake, app_key) -> None:
+    fake.repos[f"{OWNER}/{REPO}".lower()].permissions["Codertocat"] = "none"
+    async with MemoryBroker(f"gh-{uuid.uuid4().hex[:8]}") as broker:
+        built, http = await make_stack(pg_dsn, fake, app_key, broker, IntakeSettings(
+            api_url=fake.url, require_approval=(f"{OWNER}/{REPO}",)))
+        try:
+            await built.post("pull_request", load("pull_request/opened.payload.json"))
+            [run] = await built.published(1)
+            assert not run.trusted and run.needs_approval
+        finally:
+            await built.client.aclose()
+            await http.aclose()
+            await built.pool.close()
+
+
+async def test_workflow_triggers_filter_events(stack: Stack) -> None:
+    only_main = WORKFLOW.replace('workflow name="ci" {', 'workflow name="ci" {\n    on "push" branches="main"')
+    stack.fake.repos[f"{OWNER}/{REPO}".lower()].files[(FIXTURE_SHAS[2], ".solstice/workflow.kdl")] = only_main
+    response = await stack.post("push", load("push/with-new-branch.payload.json"))
+    assert response.status_code == 200 and "on" in response.json()["reason"]
+    assert await stack.published(0) == []
+
+
+async def test_missing_workflow_is_ignored(stack: Stack) -> None:
+    stack.fake.repos[f"{OWNER}/{REPO}".lower()].files.clear()
+    response = await stack.post("push", load("push/with-new-branch.payload.json"))
+    assert response.status_code == 200 and "no .solstice/workflow.kdl" in response.json()["reason"]
+
+
+async def test_invalid_workflow_becomes_a_failed_check_run(stack: Stack) -> None:
+    stack.fake.repos[f"{OWNER}/{REPO}".lower()].files[(FIXTURE_SHAS[2], ".solstice/workflow.kdl")] = (
+        'workflow name="ci" {\n    job id="build" {\n    }\n}\n')
+    delivery = str(uuid.uuid4())
+    response = await stack.post("push", load("push/with-new-branch.payload.json"), delivery=delivery)
+    assert response.status_code == 200 and "invalid" in response.json()["reason"]
+    [check] = stack.fake.check_runs.values()
+    assert check.name == "solstice/workflow" and check.conclusion == "failure"
+    assert check.head_sha == FIXTURE_SHAS[2] and ".solstice/workflow.kdl" in check.output["summary"]
+    assert check.annotations and check.annotations[0]["path"] == ".solstice/workflow.kdl"
+    await stack.post("push", load("push/with-new-branch.payload.json"), delivery=delivery)
+    assert len(stack.fake.check_runs) == 1  # a redelivery reports nothing twice
+    assert await stack.published(0) == []
+
+
+async def test_check_run_rerequested_reruns_the_job(stack: Stack) -> None:
+    body = load("check_run/rerequested.payload.json")
+    run_id = uuid.uuid4()
+    body["check_run"]["external_id"] = f"{run_id}/build"
+    body["repository"] = load("push/with-new-branch.payload.json")["repository"]
+    body["installation"] = {"id": INSTALLATION}
+    assert (await stack.post("check_run", body)).status_code == 202
+    [run] = await stack.published(1)
+    assert run.rerun_of is not None and run.rerun_of.run_id == run_id
+    assert run.rerun_of.job_key == "build" and not run.trusted
+    assert run.workflow_source == BASE_WORKFLOW  # never the workflow of unknown provenance
+
+
+async def test_push_without_installation_looks_it_up(stack: Stack) -> None:
+    body = load("push/payload.json")
+    body |= {"ref": "refs/heads/master", "after": FIXTURE_SHAS[2], "deleted": False}
+    assert "installation" not in body
+    assert (await stack.post("push", body)).status_code == 202
+    [run] = await stack.published(1)
+    assert run.repo.installation_id == 1
+
+
+async def test_app_not_installed_is_rejected(stack: Stack) -> None:
+    body = load("push/payload.json")
+    body |= {"ref": "refs/heads/master", "after": FIXTURE_SHAS[2], "deleted": False}
+    body["repository"] = copy.deepcopy(body["repository"]) | {"name": "Other", "full_name": "Codertocat/Other"}
+    response = await stack.post("push", body)
+    assert response.status_code == 400 and "not installed" in response.json()["reason"]
