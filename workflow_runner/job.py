@@ -49,10 +49,15 @@ def shell_argv(command: str) -> list[str]:
     return [shutil.which("sh") or "/bin/sh", "-e", "-c", command]
 
 
+def base_env(inherited: Mapping[str, str]) -> dict[str, str]:
+    """The runner's own environment minus its bootstrap (`SOLSTICE_*`, the token above all)."""
+    return {k: v for k, v in inherited.items() if not k.startswith("SOLSTICE_")}
+
+
 def step_env(job: runner_pb2.Job, workspace: Path, inherited: Mapping[str, str]) -> dict[str, str]:
-    """The environment of every step: the runner's own (minus its bootstrap), the job's env,
-    its secrets, then the CI variables, which a job cannot override."""
-    env = {k: v for k, v in inherited.items() if not k.startswith("SOLSTICE_")}
+    """The environment of every step: `base_env`, the job's env, its secrets, then the CI
+    variables, which a job cannot override."""
+    env = base_env(inherited)
     env.update(job.env)
     env.update(job.secrets)
     env.update(CI="true", SOLSTICE_JOB_ID=job.job_id, SOLSTICE_RUN_ID=job.run_id,
@@ -86,9 +91,9 @@ class JobExecution:
 
     async def run(self) -> Outcome:
         job = self.job
-        base_env = {k: v for k, v in self.inherited_env.items() if not k.startswith("SOLSTICE_")}
         with _tracer.start_as_current_span("checkout"):
-            result = await checkout(job.checkout, self.workspace, base_env=base_env,
+            result = await checkout(job.checkout, self.workspace,
+                                    base_env=base_env(self.inherited_env),
                                     groups=self.groups, shipper=self.shipper, masker=self.masker,
                                     deadline=self.deadline, cancel=self.heartbeat.cancelled)
         if not result.ok:
@@ -106,8 +111,11 @@ class JobExecution:
             outcome = await self._step(step, env)
         if outcome is None or outcome.outcome != runner_pb2.JOB_CANCELLED:
             outcome = await self._artifacts(outcome)
-        return outcome or Outcome(runner_pb2.JOB_SUCCESS,
-                                  f"all {len(job.steps)} steps succeeded")
+        if outcome is None:
+            ran = sum(1 for step in job.steps if step.enabled)
+            outcome = Outcome(runner_pb2.JOB_SUCCESS, f"{ran} steps succeeded, "
+                                                      f"{len(job.steps) - ran} skipped")
+        return outcome
 
     async def _setup(self, env: dict[str, str]) -> Outcome | None:
         script = PurePosixPath(self.job.setup_script)
