@@ -66,6 +66,17 @@ class OrchestratorConfig(BaseModel):
     cancel_grace: float = Field(default=15.0, ge=0)
     # A host's lease on a running job; renewed every third of it.
     lease_ttl: float = Field(default=60.0, gt=1)
+    # Host registry: heartbeat period, and the silence after which other hosts take this
+    # host's jobs back (see orchestrator/hosts.py, orchestrator/reaper.py).
+    host_heartbeat_interval: float = Field(default=5.0, gt=0)
+    host_stale_after: float = Field(default=30.0, gt=0)
+    # How often the reaper looks for dead hosts' jobs and leftover machines.
+    reap_interval: float = Field(default=30.0, gt=0)
+    # Times a job is re-queued after its host died before it ends `error` (a failing step
+    # is never retried).
+    max_retries: int = Field(default=2, ge=0)
+    # On SIGTERM: how long running jobs may go on before they are handed back to the queue.
+    drain_timeout: float = Field(default=600.0, ge=0)
     # ReportResult waits this long for the log chunks the runner says it sent.
     log_drain_timeout: float = Field(default=10.0, ge=0)
     log_level: str = "info"

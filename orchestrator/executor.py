@@ -37,6 +37,7 @@ from orchestrator.backends.base import (
 )
 from orchestrator.config import OrchestratorConfig
 from orchestrator.effects import Effects
+from orchestrator.reaper import hand_back
 from orchestrator.sessions import JobSession, Sessions
 from orchestrator.store import Lease, Store
 
@@ -140,17 +141,24 @@ class Executor:
         self.workers = [LabelWorker(label, slots, broker, self._take)
                         for label, slots in config.capacity.items()]
         self._jobs: set[asyncio.Task[None]] = set()
+        self._hand_back = False
 
     async def start(self) -> None:
         for worker in self.workers:
             await worker.start()
 
-    async def stop(self, grace: float = 0.0) -> None:
-        """Stop taking jobs; give running ones `grace` seconds, then end them `error`."""
+    async def stop_taking(self) -> None:
+        """Stop consuming job requests; running jobs go on."""
         for worker in self.workers:
             await worker.stop()
+
+    async def stop(self, grace: float = 0.0, *, hand_back: bool = False) -> None:
+        """Stop taking jobs; give running ones `grace` seconds, then end them `error` (or,
+        with `hand_back`, re-queue them for another host: the drain on SIGTERM)."""
+        await self.stop_taking()
         if self._jobs and grace > 0:
             await asyncio.wait(set(self._jobs), timeout=grace)
+        self._hand_back = hand_back
         for task in set(self._jobs):
             task.cancel()
         await asyncio.gather(*self._jobs, return_exceptions=True)
@@ -231,7 +239,8 @@ class Executor:
                 log.warning("lease lost; another host owns the job now",
                             extra={"job_id": str(lease.job_id), "attempt": lease.attempt})
             except asyncio.CancelledError:
-                outcome = (JobState.ERROR, "the orchestrator stopped while the job was running")
+                if not self._hand_back:
+                    outcome = (JobState.ERROR, "the orchestrator stopped while the job was running")
                 raise
             except Exception as exc:
                 log.exception("job supervision failed", extra={"job_id": str(lease.job_id)})
@@ -252,6 +261,12 @@ class Executor:
             log.exception("destroying the job's machine failed; the reaper will retry",
                           extra={"machine": name})
         if outcome is None:
+            if self._hand_back:
+                _, changes = await hand_back(
+                    self.store.db, lease.job_id, lease.attempt, self.config.host_name,
+                    f"host {self.config.host_name} shut down before the job ended",
+                    max_retries=self.config.max_retries)
+                self.effects.apply(changes)
             return
         state, message = outcome
         changes = await self.store.finish(lease.job_id, lease.attempt, state, message)

@@ -3,6 +3,7 @@ the outbox relay, the log store and the executor. The same class serves the stan
 (embedded Postgres, in-process broker) and the multi-host mode (URLs); see `standalone`."""
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping
 
@@ -15,10 +16,12 @@ from orchestrator.backends.base import VMBackend
 from orchestrator.config import OrchestratorConfig
 from orchestrator.db import Database
 from orchestrator.effects import Effects
-from orchestrator.executor import Executor
+from orchestrator.executor import Executor, host_prefix
+from orchestrator.hosts import HostRegistry
 from orchestrator.intake import Intake
 from orchestrator.logstore import LogStore
 from orchestrator.outbox import OutboxRelay
+from orchestrator.reaper import Reaper
 from orchestrator.rpc import RunnerService
 from orchestrator.sessions import Sessions
 from orchestrator.store import Store
@@ -59,12 +62,26 @@ class Orchestrator:
         self.api = OrchestratorAPI(db=db, intake=self.intake, store=self.store, hub=self.hub,
                                    effects=self.effects)
         self.secrets = dict(secrets or {})
+        self.registry = HostRegistry(db, config.host_name, config.capacity,
+                                     interval=config.host_heartbeat_interval,
+                                     stale_after=config.host_stale_after)
+        self.reaper = Reaper(db=db, backend=backend, registry=self.registry,
+                             machine_prefix=host_prefix(config.host_name),
+                             apply=self.effects.apply, max_retries=config.max_retries,
+                             interval=config.reap_interval)
+        self._background: list[asyncio.Task[None]] = []
         self.server: grpc.aio.Server | None = None
         self.executor: Executor | None = None
         self._runs: Subscription | None = None
         self.grpc_url = ""
 
     async def start(self) -> None:
+        # Hold the host name and clear up after a previous life before taking any job.
+        await self.registry.register()
+        await self.reaper.at_start()
+        self._background = [
+            asyncio.create_task(self.registry.run(on_fenced=self._fenced), name="host-heartbeat"),
+            asyncio.create_task(self.reaper.run(), name="reaper")]
         self.logs.start()
         self.server = grpc.aio.server(options=GRPC_OPTIONS)
         runner_pb2_grpc.add_RunnerServicer_to_server(RunnerService(
@@ -91,12 +108,23 @@ class Orchestrator:
         await self.intake.accept(request)
         await delivery.ack()
 
-    async def stop(self, grace: float = 0.0) -> None:
-        """Stop taking work; give running jobs `grace` seconds, end the rest; close down."""
+    def _fenced(self) -> None:
+        """Another process took this host name over: our leases are void, take no more jobs."""
+        if self.executor is not None:
+            self._background.append(asyncio.create_task(self.executor.stop_taking()))
+
+    async def stop(self, grace: float = 0.0, *, hand_back: bool = False) -> None:
+        """Stop taking work; give running jobs `grace` seconds, then end them (`error`) or,
+        with `hand_back` (the drain on SIGTERM), re-queue them for other hosts; close down."""
+        await self.registry.set_state("draining")
         if self._runs is not None:
             await self._runs.cancel()
         if self.executor is not None:
-            await self.executor.stop(grace)
+            await self.executor.stop(grace, hand_back=hand_back)
+        for task in self._background:
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        await self.registry.set_state("stopped")
         await self.relay.close()
         if self.server is not None:
             await self.server.stop(1.0)
