@@ -139,7 +139,8 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                 f"step state {request.state} cannot be reported")
         assert state is not None
-        final = state != "running"
+        # Only a step that ran has an exit code and a duration.
+        final = state not in ("running", "skipped")
         name = await self.store.record_step(
             session.job_id, session.attempt, request.step_index, state,
             request.exit_code if final else None, request.duration_ms if final else None)

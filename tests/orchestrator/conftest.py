@@ -20,6 +20,7 @@ from orchestrator.backends.local import LocalBackend
 from orchestrator.config import OrchestratorConfig
 from orchestrator.service import Orchestrator
 from orchestrator.standalone import running
+from orchestrator.updates import StepUpdate
 
 
 def run_request(workflow: str, source: Path, **overrides: Any) -> RunRequest:
@@ -55,9 +56,18 @@ class Harness:
     def api(self):
         return self.orchestrator.api
 
+    async def submit(self, workflow: str, **overrides: Any) -> uuid.UUID:
+        return await self.api.submit(run_request(workflow, self.source, **overrides))
+
     async def run(self, workflow: str, **overrides: Any) -> RunSummary:
-        run_id = await self.api.submit(run_request(workflow, self.source, **overrides))
-        return await self.api.wait(run_id)
+        return await self.api.wait(await self.submit(workflow, **overrides))
+
+    async def wait_step(self, watch: Any, state: str, index: int = 0) -> StepUpdate:
+        """The next StepUpdate of `watch` reaching `state` for step `index`."""
+        async for update in watch:
+            if isinstance(update, StepUpdate) and update.index == index and update.state == state:
+                return update
+        raise AssertionError("watch ended")
 
     async def logs(self, job_id: uuid.UUID) -> bytes:
         rows = await self.orchestrator.db.pool.fetch(
@@ -77,7 +87,8 @@ async def orchestrator_factory(pg_dsn: str, tmp_path: Path) -> AsyncIterator[Fac
     source.mkdir()
     (source / "hello.txt").write_text("hello from the source tree\n")
 
-    async def make(*, secrets: dict[str, str] | None = None, **overrides: Any) -> Harness:
+    async def make(*, secrets: dict[str, str] | None = None,
+                   backend_class: type[LocalBackend] = LocalBackend, **overrides: Any) -> Harness:
         values: dict[str, Any] = dict(
             host_name=f"test-{uuid.uuid4().hex[:8]}", state_dir=tmp_path / "state",
             database_url=pg_dsn, grpc_listen="127.0.0.1:0", capacity={"local": 4},
@@ -85,7 +96,7 @@ async def orchestrator_factory(pg_dsn: str, tmp_path: Path) -> AsyncIterator[Fac
             timeout_grace=5)
         values.update(overrides)
         config = OrchestratorConfig(**values)
-        backend = LocalBackend(machines, warm=1)
+        backend = backend_class(machines, warm=1)
         context = running(config, backend=backend, secrets=secrets)
         orchestrator = await context.__aenter__()
         contexts.append(context)
