@@ -14,7 +14,8 @@ import tempfile
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from common.masking import SecretMasker
+from common.errors import SolsticeError
+from common.masking import MIN_SECRET_LENGTH, SecretMasker
 from protos import runner_pb2
 from workflow_runner.client import (OrchestratorError, OrchestratorUnreachable, RunnerAuthError,
                                     RunnerClient, make_channel)
@@ -41,12 +42,16 @@ def job_masker(job: runner_pb2.Job, token: str) -> SecretMasker:
 
 def make_workspace(settings: RunnerSettings) -> tuple[Path, bool]:
     """The workspace directory, and whether the runner created it (and so removes it)."""
-    if settings.workspace:
-        path = Path(settings.workspace)
-        path.mkdir(parents=True, exist_ok=True)
-        return path.resolve(), False
-    base = "/var/tmp" if os.path.isdir("/var/tmp") else None
-    return Path(tempfile.mkdtemp(prefix="solstice-job-", dir=base)), True
+    try:
+        if settings.workspace:
+            path = Path(settings.workspace)
+            path.mkdir(parents=True, exist_ok=True)
+            return path.resolve(), False
+        base = "/var/tmp" if os.path.isdir("/var/tmp") else None
+        return Path(tempfile.mkdtemp(prefix="solstice-job-", dir=base)), True
+    except OSError as exc:
+        raise SolsticeError(f"cannot create the workspace {settings.workspace or '/var/tmp/...'}: "
+                            f"{exc.strerror}") from exc
 
 
 async def run_agent(settings: RunnerSettings) -> None:
@@ -62,43 +67,41 @@ async def run_agent(settings: RunnerSettings) -> None:
                              chunk_bytes=settings.log_chunk_bytes,
                              memory_bytes=settings.log_memory_bytes)
         if masker.too_short:
-            shipper.system(NO_STEP, f"{masker.too_short} secret value(s) shorter than 3 characters "
-                               "are not masked")
+            shipper.system(NO_STEP, f"{masker.too_short} secret value(s) shorter than "
+                                    f"{MIN_SECRET_LENGTH} characters are not masked")
         heartbeat = Heartbeat(client, settings.heartbeat_seconds)
-        groups = ProcessGroups(settings.kill_grace_seconds)
-        workspace, created = make_workspace(settings)
-        try:
-            async with asyncio.TaskGroup() as tasks:
-                tasks.create_task(shipper.run())
-                tasks.create_task(heartbeat.run())
-                outcome = await _execute(job, workspace, client, shipper, heartbeat, masker,
-                                         groups)
-                outcome_name = OUTCOME_NAMES[outcome.outcome].removeprefix("JOB_").lower()
-                shipper.system(NO_STEP, f"job {outcome_name}: {outcome.message}")
-                last_seq = await shipper.close()
-                await client.report_result(runner_pb2.JobResult(
-                    job_id=job.job_id, outcome=outcome.outcome, message=outcome.message,
-                    last_log_seq=last_seq))
-                heartbeat.stop()
-        finally:
-            if created:
-                shutil.rmtree(workspace, ignore_errors=True)
-        log.info("result reported", extra={"outcome": OUTCOME_NAMES[outcome.outcome],
-                                           "last_log_seq": last_seq})
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(shipper.run())
+            tasks.create_task(heartbeat.run())
+            outcome = await _execute(job, settings, client, shipper, heartbeat, masker)
+            name = OUTCOME_NAMES[outcome.outcome]
+            shipper.system(NO_STEP, f"job {name.removeprefix('JOB_').lower()}: {outcome.message}")
+            last_seq = await shipper.close()
+            await client.report_result(runner_pb2.JobResult(
+                job_id=job.job_id, outcome=outcome.outcome, message=outcome.message,
+                last_log_seq=last_seq))
+            heartbeat.stop()
+        log.info("result reported", extra={"outcome": name, "last_log_seq": last_seq})
 
 
-async def _execute(job: runner_pb2.Job, workspace: Path, client: RunnerClient,
-                   shipper: LogShipper, heartbeat: Heartbeat, masker: SecretMasker,
-                   groups: ProcessGroups) -> Outcome:
-    """Run the job; an unexpected fault of the runner itself becomes an `error` outcome."""
+async def _execute(job: runner_pb2.Job, settings: RunnerSettings, client: RunnerClient,
+                   shipper: LogShipper, heartbeat: Heartbeat, masker: SecretMasker) -> Outcome:
+    """Run the job; a fault of the runner itself (no workspace, a bug) becomes `error`."""
+    groups = ProcessGroups(settings.kill_grace_seconds)
+    created = False
     try:
+        workspace, created = make_workspace(settings)
         return await JobExecution(job, workspace=workspace, client=client, shipper=shipper,
                                   heartbeat=heartbeat, masker=masker, groups=groups,
                                   inherited_env=os.environ).run()
     except FATAL:
         raise
+    except SolsticeError as exc:
+        return Outcome(runner_pb2.JOB_ERROR, str(exc))
     except Exception as exc:
         log.exception("the runner failed while running the job")
         return Outcome(runner_pb2.JOB_ERROR, f"the runner failed: {exc}")
     finally:
         await groups.kill_all()
+        if created:
+            shutil.rmtree(workspace, ignore_errors=True)

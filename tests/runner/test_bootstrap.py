@@ -6,9 +6,11 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from orchestrator.backends.base import RunnerBootstrap
 from orchestrator.backends.cloudinit import runner_toml
+from protos import runner_pb2
 from tests.runner.double import JOB_ID, TOKEN, alive, make_job
 from workflow_runner.config import load_settings
 
@@ -81,3 +83,23 @@ async def test_sigterm_kills_the_steps_and_exits_without_a_result(serve, tmp_pat
     assert s.result is None
     assert not alive(int((tmp_path / "ws" / "bg.pid").read_text()))
     assert s.states() == {0: ["STEP_RUNNING"]}
+
+
+async def test_default_workspace_is_a_fresh_temp_dir_removed_afterwards(serve, tmp_path):
+    harness = await serve(make_job(("where", "pwd; touch made-here")))
+    code, stderr = await harness.run_runner(tmp_path / "unused", SOLSTICE_WORKSPACE="")
+    assert code == 0, stderr
+    where = Path(harness.servicer.output(0).decode().strip())
+    assert where.parent == Path("/var/tmp") and where.name.startswith("solstice-job-")
+    assert not where.exists()
+
+
+async def test_a_workspace_that_cannot_be_made_is_an_error_outcome(serve, tmp_path):
+    (tmp_path / "file").write_text("not a directory")
+    harness = await serve(make_job(("never", "true")))
+    code, stderr = await harness.run_runner(tmp_path / "unused",
+                                            SOLSTICE_WORKSPACE=str(tmp_path / "file" / "ws"))
+    assert code == 0, stderr
+    result = harness.servicer.result
+    assert result.outcome == runner_pb2.JOB_ERROR
+    assert "cannot create the workspace" in result.message
