@@ -88,8 +88,9 @@ def fake_illumos(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Fa
     state_dir = tmp_path / "illumos-state"
     zone_root = tmp_path / "zones"
     zone_root.mkdir()
-    # The fakes are `#!/usr/bin/env python3` scripts: this interpreter's directory comes next
-    # on PATH so they (and the runner they boot) run in the test's environment.
+    # The fakes are `#!/usr/bin/env -S python3 -S` scripts (stdlib only; skipping site saves
+    # startup time): this interpreter's directory comes next on PATH so they, and the runner
+    # they boot, run with the test's Python.
     path = os.pathsep.join([str(FAKES_DIR), str(Path(sys.executable).parent), os.environ["PATH"]])
     monkeypatch.setenv("PATH", path)
     monkeypatch.setenv(fakeillumos.STATE_ENV, str(state_dir))
