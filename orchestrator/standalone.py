@@ -49,9 +49,9 @@ async def database(config: OrchestratorConfig, *, embedded_name: str = EMBEDDED_
 async def running(config: OrchestratorConfig, *, backend: VMBackend,
                   secrets: Mapping[str, str] | None = None,
                   embedded_name: str = EMBEDDED_DATABASE, drop_after: bool = False,
-                  grace: float = 0.0) -> AsyncIterator[Orchestrator]:
+                  grace: float = 0.0, hand_back: bool = False) -> AsyncIterator[Orchestrator]:
     """A started orchestrator on `config`'s database and broker; stopped (jobs given `grace`
-    seconds) and everything released on exit."""
+    seconds, then ended, or re-queued with `hand_back`) and everything released on exit."""
     async with AsyncExitStack() as stack:
         db = await stack.enter_async_context(
             database(config, embedded_name=embedded_name, drop_after=drop_after))
@@ -60,6 +60,6 @@ async def running(config: OrchestratorConfig, *, backend: VMBackend,
         stack.push_async_callback(broker.close)
         orchestrator = Orchestrator(config, db=db, broker=broker, backend=backend,
                                     secrets=secrets)
-        stack.push_async_callback(orchestrator.stop, grace)
+        stack.push_async_callback(orchestrator.stop, grace, hand_back=hand_back)
         await orchestrator.start()
         yield orchestrator
