@@ -12,7 +12,7 @@ from datetime import datetime
 from common.messages import JobState, RunRequest
 from orchestrator.db import Database
 from orchestrator.effects import Effects
-from orchestrator.intake import Intake
+from orchestrator.intake import Intake, RunOptions
 from orchestrator.store import Store
 from orchestrator.updates import Hub, RunUpdate, Watch
 
@@ -101,9 +101,9 @@ class OrchestratorAPI:
         self.hub = hub
         self.effects = effects
 
-    async def submit(self, request: RunRequest) -> uuid.UUID:
+    async def submit(self, request: RunRequest, options: RunOptions = RunOptions()) -> uuid.UUID:
         """Record and plan a run (idempotent on `request.request_id`); return its id."""
-        return await self.intake.accept(request)
+        return await self.intake.accept(request, options)
 
     def watch(self, run_id: uuid.UUID | None = None,
               kinds: tuple[type, ...] | None = None) -> Watch:

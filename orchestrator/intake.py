@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from common.messages import JobEvent, JobState, RunRequest
@@ -29,6 +30,27 @@ from orchestrator.store import Changes, add_outbox, insert_job, notify_outbox, s
 log = logging.getLogger(__name__)
 
 WORKFLOW_JOB_KEY = "workflow"
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How a run deviates from what its event would do (`cidev run` uses these)."""
+
+    only_jobs: frozenset[str] | None = None  # these job ids and what they need; None = all
+    ignore_triggers: bool = False
+
+
+def select_jobs(planned: list[PlannedJob], only: frozenset[str]) -> list[PlannedJob]:
+    """The planned jobs of the ids in `only`, plus everything they need, transitively."""
+    by_key = {p.key: p for p in planned}
+    keep = {p.key for p in planned if p.job.id in only}
+    todo = list(keep)
+    while todo:
+        for need in by_key[todo.pop()].needs:
+            if need not in keep:
+                keep.add(need)
+                todo.append(need)
+    return [p for p in planned if p.key in keep]
 
 
 def job_spec(workflow: Workflow, planned: PlannedJob, ctx: EvalContext,
@@ -64,7 +86,7 @@ class Intake:
         self.effects = effects
         self.default_job_timeout = default_job_timeout
 
-    async def accept(self, request: RunRequest) -> uuid.UUID:
+    async def accept(self, request: RunRequest, options: RunOptions = RunOptions()) -> uuid.UUID:
         """Record the run of `request` (once) and plan its jobs; return the run id."""
         workflow: Workflow | None = None
         problem: WorkflowError | None = None
@@ -92,13 +114,14 @@ class Intake:
                 return existing
             if problem is not None:
                 await self._invalid(conn, run_id, request, problem, changes)
-            elif not matches_trigger(workflow, request.event.value, request.branch, request.tag):
+            elif not options.ignore_triggers and not matches_trigger(
+                    workflow, request.event.value, request.branch, request.tag):
                 message = f"the workflow does not run on {request.event.value} of {request.ref}"
                 await conn.execute("UPDATE runs SET state = 'skipped', message = $2,"
                                    " finished_at = now() WHERE id = $1", run_id, message)
                 changes.run_finished = (run_id, "skipped", message)
             else:
-                await self._plan(conn, run_id, request, workflow, changes)
+                await self._plan(conn, run_id, request, workflow, options, changes)
                 await settle(conn, run_id, changes)
             await notify_outbox(conn)
         self.effects.apply(changes)
@@ -107,9 +130,12 @@ class Intake:
         return run_id
 
     async def _plan(self, conn: Any, run_id: uuid.UUID, request: RunRequest,
-                    workflow: Workflow, changes: Changes) -> None:
+                    workflow: Workflow, options: RunOptions, changes: Changes) -> None:
         ctx = run_context(request)
-        for planned in expand(workflow):
+        jobs = expand(workflow)
+        if options.only_jobs is not None:
+            jobs = select_jobs(jobs, options.only_jobs)
+        for planned in jobs:
             runs = evaluate_if(planned.job.if_expr, planned.context(ctx))
             spec = job_spec(workflow, planned, ctx, self.default_job_timeout)
             await insert_job(

@@ -82,6 +82,7 @@ class Orchestrator:
         self._background = [
             asyncio.create_task(self.registry.run(on_fenced=self._fenced), name="host-heartbeat"),
             asyncio.create_task(self.reaper.run(), name="reaper")]
+        await self.backend.prepare()
         self.logs.start()
         self.server = grpc.aio.server(options=GRPC_OPTIONS)
         runner_pb2_grpc.add_RunnerServicer_to_server(RunnerService(

@@ -93,6 +93,9 @@ class VMBackend(abc.ABC):
         await asyncio.Event().wait()
         raise AssertionError("unreachable")
 
+    async def prepare(self) -> None:
+        """Called once when the orchestrator starts, before the first job (warm caches, checks)."""
+
     async def close(self) -> None:
         """Release what the backend holds for itself (not the jobs' machines)."""
 

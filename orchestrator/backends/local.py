@@ -110,6 +110,12 @@ class LocalBackend(VMBackend):
         self._procs: dict[str, asyncio.subprocess.Process] = {}
         self._closed = False
 
+    async def prepare(self) -> None:
+        """Start the warm runners now, so the first job does not wait for Python to start."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        while self._pool.qsize() < self.warm:
+            self._refill()
+
     def _refill(self) -> None:
         if not self._closed:
             self._pool.put_nowait(asyncio.create_task(_WarmRunner.spawn(self.python, self.root)))
