@@ -1,4 +1,8 @@
-"""The GitHub REST calls the integration makes, authenticated as an App installation."""
+"""The GitHub REST calls the integration makes, authenticated as an App installation.
+
+`GitHubApi` is also the `ForgeReader` of the shared fork policy (`fetch_file`, `can_write`).
+Repository calls take a `Repo` whose `installation_id` names the installation to act as.
+"""
 from __future__ import annotations
 
 import base64
@@ -7,11 +11,13 @@ from typing import Any
 
 import httpx
 
+from common.messages import Repo
 from github_integration.auth import AppAuth
-from github_integration.errors import GitHubApiError
+from github_integration.errors import FORGE, GitHubApiError
 
 API_VERSION = "2022-11-28"
 USER_AGENT = "solstice-ci-github-integration"
+WRITE_PERMISSIONS = frozenset({"admin", "maintain", "write"})
 
 
 def make_http_client(api_url: str, *, timeout: float = 10.0) -> httpx.AsyncClient:
@@ -22,6 +28,12 @@ def make_http_client(api_url: str, *, timeout: float = 10.0) -> httpx.AsyncClien
         headers={"Accept": "application/vnd.github+json", "X-GitHub-Api-Version": API_VERSION,
                  "User-Agent": USER_AGENT},
     )
+
+
+def _installation(repo: Repo) -> int:
+    if repo.installation_id is None:
+        raise ValueError(f"{repo.full_name}: no GitHub App installation id to act as")
+    return repo.installation_id
 
 
 class GitHubApi:
@@ -36,15 +48,16 @@ class GitHubApi:
         try:
             return await self._http.request(method, url, headers=headers, **kwargs)
         except httpx.TransportError as exc:
-            raise GitHubApiError.unreachable(what, exc) from exc
+            raise GitHubApiError.unreachable(FORGE, what, exc) from exc
 
-    async def request(self, what: str, method: str, url: str, *, installation_id: int,
+    async def request(self, what: str, method: str, url: str, *, repo: Repo,
                       ok: tuple[int, ...] = (200,), **kwargs: Any) -> httpx.Response:
-        """Send one request as installation `installation_id`; raise `GitHubApiError` if not `ok`.
+        """Send one request as `repo`'s installation; raise `GitHubApiError` if not `ok`.
 
         A 401 means GitHub no longer honours the cached token (revoked, or clocks disagree on
         its expiry): the token is dropped and the request sent once more with a fresh one.
         """
+        installation_id = _installation(repo)
         for first in (True, False):
             token = await self.auth.installation_token(installation_id)
             response = await self._send(what, method, url, {"Authorization": f"token {token}"},
@@ -54,63 +67,58 @@ class GitHubApi:
                 continue
             break
         if response.status_code not in ok:
-            raise GitHubApiError.from_response(what, response)
+            raise GitHubApiError.from_response(FORGE, what, response)
         return response
 
-    async def repo_installation(self, owner: str, repo: str) -> int:
-        """The id of the App's installation on `owner/repo` (for webhooks that omit it)."""
-        what = f"installation lookup for {owner}/{repo}"
-        response = await self._send(what, "GET", f"/repos/{owner}/{repo}/installation",
+    async def repo_installation(self, owner: str, name: str) -> int:
+        """The id of the App's installation on `owner/name` (for webhooks that omit it)."""
+        what = f"installation lookup for {owner}/{name}"
+        response = await self._send(what, "GET", f"/repos/{owner}/{name}/installation",
                                     self.auth.app_headers())
         if response.status_code != 200:
-            raise GitHubApiError.from_response(what, response)
+            raise GitHubApiError.from_response(FORGE, what, response)
         return int(response.json()["id"])
 
-    async def file_at(self, owner: str, repo: str, path: str, ref: str, *,
-                      installation_id: int) -> str | None:
+    async def fetch_file(self, repo: Repo, path: str, ref: str) -> str | None:
         """The text of `path` at `ref` (a commit SHA or branch), or None if it does not exist."""
-        what = f"contents of {path} at {ref} in {owner}/{repo}"
+        what = f"contents of {path} at {ref} in {repo.full_name}"
         try:
-            response = await self.request(what, "GET", f"/repos/{owner}/{repo}/contents/{path}",
-                                          installation_id=installation_id, params={"ref": ref})
+            response = await self.request(what, "GET", f"/repos/{repo.full_name}/contents/{path}",
+                                          repo=repo, params={"ref": ref})
         except GitHubApiError as exc:
             if exc.not_found:
                 return None
             raise
         body = response.json()
         if not isinstance(body, dict) or body.get("type") != "file":
-            return None
+            return None  # a directory or a submodule of that name: no workflow file
         try:
-            return base64.b64decode(body.get("content", ""), validate=False).decode()
+            return base64.b64decode(body.get("content", "")).decode()
         except (binascii.Error, UnicodeDecodeError) as exc:
-            raise GitHubApiError(f"GitHub {what}: not UTF-8 text ({exc})", status=200,
+            raise GitHubApiError(f"{FORGE} {what}: not UTF-8 text ({exc})", status=200,
                                  retryable=False, hint=f"save {path} as UTF-8") from exc
 
-    async def permission(self, owner: str, repo: str, username: str, *,
-                         installation_id: int) -> str:
-        """`admin`, `write`, `read` or `none`: what `username` may do on `owner/repo`."""
-        what = f"permission of {username} on {owner}/{repo}"
+    async def can_write(self, repo: Repo, user: str) -> bool:
+        """Whether `user` has write, maintain or admin permission on `repo`."""
+        what = f"permission of {user} on {repo.full_name}"
         try:
             response = await self.request(
-                what, "GET", f"/repos/{owner}/{repo}/collaborators/{username}/permission",
-                installation_id=installation_id)
+                what, "GET", f"/repos/{repo.full_name}/collaborators/{user}/permission", repo=repo)
         except GitHubApiError as exc:
             if exc.not_found:
-                return "none"
+                return False  # not a user GitHub knows
             raise
-        return str(response.json().get("permission", "none"))
+        return response.json().get("permission") in WRITE_PERMISSIONS
 
-    async def create_check_run(self, owner: str, repo: str, body: dict[str, Any], *,
-                               installation_id: int) -> int:
+    async def create_check_run(self, repo: Repo, body: dict[str, Any]) -> int:
         """Create a check run; returns its id."""
-        response = await self.request(f"check run creation on {owner}/{repo}", "POST",
-                                      f"/repos/{owner}/{repo}/check-runs", json=body,
-                                      installation_id=installation_id, ok=(201,))
+        response = await self.request(f"check run creation on {repo.full_name}", "POST",
+                                      f"/repos/{repo.full_name}/check-runs", json=body, repo=repo,
+                                      ok=(201,))
         return int(response.json()["id"])
 
-    async def update_check_run(self, owner: str, repo: str, check_run_id: int,
-                               body: dict[str, Any], *, installation_id: int) -> None:
+    async def update_check_run(self, repo: Repo, check_run_id: int, body: dict[str, Any]) -> None:
         """Update check run `check_run_id` (annotations in `body` are appended by GitHub)."""
-        await self.request(f"check run {check_run_id} update on {owner}/{repo}", "PATCH",
-                           f"/repos/{owner}/{repo}/check-runs/{check_run_id}", json=body,
-                           installation_id=installation_id)
+        await self.request(f"check run {check_run_id} update on {repo.full_name}", "PATCH",
+                           f"/repos/{repo.full_name}/check-runs/{check_run_id}", json=body,
+                           repo=repo)

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from common.errors import ConfigError
-from github_integration.errors import GitHubApiError
+from github_integration.errors import FORGE, GitHubApiError
 
 # GitHub rejects a JWT whose exp lies more than 10 minutes ahead of its clock, and advises
 # back-dating iat by 60 s against clock drift; exp = iat + 600 s keeps both rules.
@@ -109,9 +109,9 @@ class AppAuth:
             response = await self._http.post(f"/app/installations/{installation_id}/access_tokens",
                                              headers=self.app_headers())
         except httpx.TransportError as exc:
-            raise GitHubApiError.unreachable(what, exc) from exc
+            raise GitHubApiError.unreachable(FORGE, what, exc) from exc
         if response.status_code != 201:
-            raise GitHubApiError.from_response(what, response)
+            raise GitHubApiError.from_response(FORGE, what, response)
         body = response.json()
         try:
             expires_at = datetime.fromisoformat(body["expires_at"].replace("Z", "+00:00"))

@@ -2,10 +2,13 @@
 
 `classify` reads one delivery (the `X-GitHub-Event` name and the parsed JSON body) and returns
 - `Ignored(reason)`: answered 200, nothing published (a closed PR, a deleted branch, a ping);
-- `RunTrigger`: a commit to build, with what the fork policy needs to decide trust;
+- `RunCandidate`: a commit to build, for the shared fork policy (`common.forge.policy`);
 - `JobRerun`: someone pressed "Re-run" on one of our check runs;
-or raises `PayloadError` (answered 400) for an event Solstice does not handle or a body that
-lacks what its event must carry. Only the fields used are modelled; GitHub adds fields freely.
+or raises `WebhookRejected` (400) for an event Solstice does not handle or a body that lacks
+what its event must carry. Only the fields used are modelled; GitHub adds fields freely.
+
+The `Repo` of a candidate carries the delivery's `installation.id`; a webhook sent by a
+repository hook rather than the App has none, and the intake looks it up.
 """
 from __future__ import annotations
 
@@ -15,8 +18,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from common.errors import SolsticeError
-from common.messages import EventKind
+from common.forge.errors import WebhookRejected
+from common.forge.policy import RunCandidate
+from common.messages import EventKind, Repo
 
 ZERO_SHA = "0" * 40
 PULL_REQUEST_ACTIONS = frozenset({"opened", "synchronize", "reopened"})
@@ -25,10 +29,6 @@ CHECK_SUITE_ACTIONS = frozenset({"requested", "rerequested"})
 APP_LIFECYCLE_EVENTS = frozenset({"installation", "installation_repositories",
                                   "installation_target", "github_app_authorization"})
 HANDLED_EVENTS = ("push", "pull_request", "check_suite", "check_run", "ping")
-
-
-class PayloadError(SolsticeError):
-    """A delivery Solstice cannot act on; the webhook is answered 400 with this message."""
 
 
 class _Model(BaseModel):
@@ -111,51 +111,17 @@ class Ignored:
 
 
 @dataclass(frozen=True)
-class RepoRef:
-    """The repository a delivery is about, as the App addresses it."""
-
-    repo_id: int
-    owner: str
-    name: str
-    clone_url: str
-    default_branch: str
-    installation_id: int | None  # absent when a repository webhook, not the App, sent it
-
-
-@dataclass(frozen=True)
-class RunTrigger:
-    """A commit to build, and what the fork policy needs to decide how far to trust it.
-
-    `author` is the pull request's author, whose permission on the repository decides trust;
-    None for branch and tag pushes (a pusher has write access by definition). `fork` is a
-    pull request from another repository. `request_id` is the run's idempotency key.
-    """
-
-    repo: RepoRef
-    event: EventKind
-    commit_sha: str
-    ref: str
-    request_id: str
-    branch: str | None = None
-    tag: str | None = None
-    pull_request: int | None = None
-    base_branch: str | None = None
-    author: str | None = None
-    fork: bool = False
-
-
-@dataclass(frozen=True)
 class JobRerun:
     """A re-run of one job, asked for from the check run Solstice created for it."""
 
-    repo: RepoRef
+    repo: Repo
     request_id: str
     commit_sha: str
     run_id: uuid.UUID
     job_key: str
 
 
-Outcome = Ignored | RunTrigger | JobRerun
+Outcome = Ignored | RunCandidate | JobRerun
 
 
 def _parse(model: type[_Model], event: str, payload: dict[str, Any]) -> Any:
@@ -164,21 +130,22 @@ def _parse(model: type[_Model], event: str, payload: dict[str, Any]) -> Any:
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "body"
-        raise PayloadError(f"malformed {event} payload: {where}: {first['msg']}",
-                           hint="GitHub sends this field; was the body altered on the way?") from exc
+        raise WebhookRejected(400, f"malformed {event} payload: {where}: {first['msg']}",
+                              hint="GitHub sends this field; was the body altered on the way?"
+                              ) from exc
 
 
-def _repo(delivery: _Delivery) -> RepoRef:
+def _repo(delivery: _Delivery, api_url: str) -> Repo:
     r = delivery.repository
-    return RepoRef(repo_id=r.id, owner=r.owner.login, name=r.name, clone_url=r.clone_url,
-                   default_branch=r.default_branch,
-                   installation_id=delivery.installation.id if delivery.installation else None)
+    return Repo(forge="github", owner=r.owner.login, name=r.name, clone_url=r.clone_url,
+                default_branch=r.default_branch, api_url=api_url,
+                installation_id=delivery.installation.id if delivery.installation else None)
 
 
-def commit_request_id(repo: RepoRef, ref: str, sha: str) -> str:
+def commit_request_id(delivery: _Delivery, ref: str, sha: str) -> str:
     """The run key of "this commit on this ref": a push and the check suite GitHub opens
     for the same push share it, so the orchestrator records one run for the two deliveries."""
-    return f"github/{repo.repo_id}/{ref}@{sha}"
+    return f"github/{delivery.repository.id}/{ref}@{sha}"
 
 
 def parse_external_id(value: str | None) -> tuple[uuid.UUID, str] | None:
@@ -192,35 +159,35 @@ def parse_external_id(value: str | None) -> tuple[uuid.UUID, str] | None:
         return None
 
 
-def _push(payload: dict[str, Any]) -> Outcome:
+def _push(payload: dict[str, Any], api_url: str) -> Outcome:
     push = _parse(_Push, "push", payload)
     if push.deleted or push.after == ZERO_SHA:
         return Ignored(f"push deletes {push.ref}; nothing to build")
-    repo = _repo(push)
-    request_id = commit_request_id(repo, push.ref, push.after)
+    repo = _repo(push, api_url)
+    request_id = commit_request_id(push, push.ref, push.after)
     if push.ref.startswith("refs/heads/"):
-        return RunTrigger(repo, EventKind.PUSH, push.after, push.ref, request_id,
-                          branch=push.ref.removeprefix("refs/heads/"))
+        return RunCandidate(repo, EventKind.PUSH, push.after, push.ref, request_id,
+                            branch=push.ref.removeprefix("refs/heads/"))
     if push.ref.startswith("refs/tags/"):
-        return RunTrigger(repo, EventKind.TAG, push.after, push.ref, request_id,
-                          tag=push.ref.removeprefix("refs/tags/"))
+        return RunCandidate(repo, EventKind.TAG, push.after, push.ref, request_id,
+                            tag=push.ref.removeprefix("refs/tags/"))
     return Ignored(f"push to {push.ref} is neither a branch nor a tag")
 
 
-def _pull_request(payload: dict[str, Any], delivery_id: str) -> Outcome:
+def _pull_request(payload: dict[str, Any], delivery_id: str, api_url: str) -> Outcome:
     action = payload.get("action")
     if action not in PULL_REQUEST_ACTIONS:
         return Ignored(f"pull_request action {action!r} does not start runs")
     event = _parse(_PullRequestEvent, "pull_request", payload)
     pr = event.pull_request
     fork = pr.head.repo is None or pr.head.repo.id != event.repository.id
-    return RunTrigger(_repo(event), EventKind.PULL_REQUEST, pr.head.sha,
-                      f"refs/pull/{pr.number}/head", delivery_id, branch=pr.head.ref,
-                      pull_request=pr.number, base_branch=pr.base.ref, author=pr.user.login,
-                      fork=fork)
+    return RunCandidate(_repo(event, api_url), EventKind.PULL_REQUEST, pr.head.sha,
+                        f"refs/pull/{pr.number}/head", delivery_id, branch=pr.head.ref,
+                        pull_request=pr.number, base_branch=pr.base.ref, author=pr.user.login,
+                        fork=fork)
 
 
-def _check_suite(payload: dict[str, Any], delivery_id: str) -> Outcome:
+def _check_suite(payload: dict[str, Any], delivery_id: str, api_url: str) -> Outcome:
     action = payload.get("action")
     if action not in CHECK_SUITE_ACTIONS:
         return Ignored(f"check_suite action {action!r} does not start runs")
@@ -230,15 +197,14 @@ def _check_suite(payload: dict[str, Any], delivery_id: str) -> Outcome:
         return Ignored("check suite is not on a branch; its push event starts the run")
     # GitHub opens check suites only for pushes to this repository (not to forks), so the
     # head branch was written by someone with write access: trusted, like a push.
-    repo = _repo(event)
     ref = f"refs/heads/{suite.head_branch}"
-    request_id = (commit_request_id(repo, ref, suite.head_sha) if action == "requested"
+    request_id = (commit_request_id(event, ref, suite.head_sha) if action == "requested"
                   else delivery_id)
-    return RunTrigger(repo, EventKind.PUSH, suite.head_sha, ref, request_id,
-                      branch=suite.head_branch)
+    return RunCandidate(_repo(event, api_url), EventKind.PUSH, suite.head_sha, ref, request_id,
+                        branch=suite.head_branch)
 
 
-def _check_run(payload: dict[str, Any], delivery_id: str) -> Outcome:
+def _check_run(payload: dict[str, Any], delivery_id: str, api_url: str) -> Outcome:
     action = payload.get("action")
     if action != "rerequested":
         return Ignored(f"check_run action {action!r} needs nothing from Solstice")
@@ -246,25 +212,28 @@ def _check_run(payload: dict[str, Any], delivery_id: str) -> Outcome:
     job = parse_external_id(event.check_run.external_id)
     if job is None:
         return Ignored(f"check run {event.check_run.name!r} was not created by Solstice")
-    return JobRerun(_repo(event), delivery_id, event.check_run.head_sha, *job)
+    return JobRerun(_repo(event, api_url), delivery_id, event.check_run.head_sha, *job)
 
 
-def classify(event: str, payload: Any, delivery_id: str) -> Outcome:
-    """What to do about one delivery of `event` with body `payload` (parsed JSON)."""
+def classify(event: str, payload: Any, delivery_id: str, *, api_url: str) -> Outcome:
+    """What to do about one delivery of `event` with body `payload` (parsed JSON).
+
+    `api_url` is the GitHub API root recorded in the run's `Repo` for reporting back.
+    """
     if not isinstance(payload, dict):
-        raise PayloadError(f"{event} payload is not a JSON object")
+        raise WebhookRejected(400, f"{event} payload is not a JSON object")
     if event == "ping":
         return Ignored("pong")
     if event in APP_LIFECYCLE_EVENTS:
         return Ignored(f"{event} event: nothing to build")
     if event == "push":
-        return _push(payload)
+        return _push(payload, api_url)
     if event == "pull_request":
-        return _pull_request(payload, delivery_id)
+        return _pull_request(payload, delivery_id, api_url)
     if event == "check_suite":
-        return _check_suite(payload, delivery_id)
+        return _check_suite(payload, delivery_id, api_url)
     if event == "check_run":
-        return _check_run(payload, delivery_id)
-    raise PayloadError(f"unsupported event {event!r}",
-                       hint=f"Solstice acts on {', '.join(HANDLED_EVENTS)}; "
-                            "unsubscribe the App from the others")
+        return _check_run(payload, delivery_id, api_url)
+    raise WebhookRejected(400, f"unsupported event {event!r}",
+                          hint=f"Solstice acts on {', '.join(HANDLED_EVENTS)}; "
+                               "unsubscribe the App from the others")

@@ -21,18 +21,6 @@ from github_integration.checks import check_run_requests
 
 log = logging.getLogger(__name__)
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS github_check_runs (
-    job_id uuid PRIMARY KEY,
-    check_run_id bigint NOT NULL,
-    completed boolean NOT NULL,
-    sequence integer NOT NULL,
-    batches_sent integer NOT NULL,
-    updated_at timestamptz NOT NULL DEFAULT now()
-)
-"""
-
-
 @dataclass(frozen=True)
 class CheckRunState:
     """The check run of a job: its id, whether it is completed, and the last event applied
@@ -45,16 +33,10 @@ class CheckRunState:
 
 
 class CheckRunStore:
-    """`github_check_runs`: job id -> its check run and delivery progress."""
+    """`github_check_runs` (see `github_integration/migrations`): job id -> its check run."""
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
-
-    async def create_schema(self) -> None:
-        """Create the table if missing (idempotent; safe with several instances starting)."""
-        async with self._pool.acquire() as conn, conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock(hashtext('github_check_runs'))")
-            await conn.execute(SCHEMA)
 
     async def get(self, job_id: uuid.UUID) -> CheckRunState | None:
         row = await self._pool.fetchrow(
@@ -80,18 +62,16 @@ class CheckRunReporter:
 
     async def deliver(self, event: JobEvent) -> None:
         """Apply `event`; raises `GitHubApiError` (see `.retryable`) if GitHub refused it."""
-        installation_id = event.repo.installation_id
-        if installation_id is None:
+        if event.repo.installation_id is None:
             log.warning("job event without a GitHub installation; no check run",
                         extra={"job_id": str(event.job_id), "repo": event.repo.full_name})
             return
         with tracer(__name__).start_as_current_span("github.check_run") as span:
             span.set_attribute("solstice.job_id", str(event.job_id))
             span.set_attribute("solstice.job_state", event.state.value)
-            await self._deliver(event, installation_id)
+            await self._deliver(event)
 
-    async def _deliver(self, event: JobEvent, installation_id: int) -> None:
-        owner, repo = event.repo.owner, event.repo.name
+    async def _deliver(self, event: JobEvent) -> None:
         known = await self._store.get(event.job_id)
         if known is not None and known.sequence > event.sequence:
             return  # older than what GitHub already shows
@@ -107,17 +87,14 @@ class CheckRunReporter:
             requests = check_run_requests(event, create=create)
             completed = "conclusion" in requests.first
             if create or known is None:
-                check_run_id = await self._api.create_check_run(
-                    owner, repo, requests.first, installation_id=installation_id)
+                check_run_id = await self._api.create_check_run(event.repo, requests.first)
             else:
                 check_run_id = known.check_run_id
-                await self._api.update_check_run(owner, repo, check_run_id, requests.first,
-                                                 installation_id=installation_id)
+                await self._api.update_check_run(event.repo, check_run_id, requests.first)
             state = CheckRunState(check_run_id, completed, event.sequence, 0)
             await self._store.put(event.job_id, state)
         for index in range(state.batches_sent, len(requests.more)):
-            await self._api.update_check_run(owner, repo, state.check_run_id,
-                                             requests.more[index],
-                                             installation_id=installation_id)
+            await self._api.update_check_run(event.repo, state.check_run_id,
+                                             requests.more[index])
             state = CheckRunState(state.check_run_id, state.completed, state.sequence, index + 1)
             await self._store.put(event.job_id, state)

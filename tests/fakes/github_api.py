@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import itertools
 import secrets
-import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,7 +31,6 @@ from datetime import datetime, timezone
 from typing import Any
 
 import jwt
-import uvicorn
 from cryptography.hazmat.primitives.asymmetric import rsa
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -39,6 +38,8 @@ from starlette.middleware.base import BaseHTTPMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
+
+from common.forge.webhook import running
 
 STATUSES = {"queued", "in_progress", "completed"}
 CONCLUSIONS = {"action_required", "cancelled", "failure", "neutral", "success", "skipped",
@@ -198,8 +199,7 @@ class FakeGitHub:
         self._ids = itertools.count(1000)
         self._faults: list[_Fault] = []
         self._stopping = asyncio.Event()
-        self._server: uvicorn.Server | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._serving: contextlib.AbstractAsyncContextManager[str] | None = None
         self.url = ""
 
     # ---- set-up helpers for tests -------------------------------------------------------
@@ -238,24 +238,14 @@ class FakeGitHub:
             Route("/repos/{owner}/{repo}/check-runs/{check_run_id:int}", self._update_check_run,
                   methods=["PATCH"]),
         ], middleware=[Middleware(BaseHTTPMiddleware, dispatch=self._inject_faults)])
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-        self._server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off",
-                                                     access_log=False))
-        self._task = asyncio.create_task(self._server.serve(sockets=[sock]))
-        while not self._server.started:
-            if self._task.done():
-                await self._task
-            await asyncio.sleep(0.01)
+        self._serving = running(app)
+        self.url = await self._serving.__aenter__()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        self._stopping.set()
-        assert self._server is not None and self._task is not None
-        self._server.should_exit = True
-        await self._task
+        self._stopping.set()  # held (delayed) requests answer now, so shutdown is quick
+        assert self._serving is not None
+        await self._serving.__aexit__(None, None, None)
 
     # ---- middleware and auth --------------------------------------------------------------
 

@@ -8,6 +8,7 @@ import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from common.messages import Repo
 from github_integration.api import GitHubApi, make_http_client
 from github_integration.auth import AppAuth
 from tests.fakes.github_api import FakeGitHub
@@ -15,6 +16,9 @@ from tests.fakes.github_api import FakeGitHub
 APP_ID = 4242
 INSTALLATION = 77
 OWNER, REPO = "Codertocat", "Hello-World"
+REPOSITORY = Repo(forge="github", owner=OWNER, name=REPO,
+                  clone_url=f"https://github.com/{OWNER}/{REPO}.git",
+                  installation_id=INSTALLATION)
 
 
 class Clock:

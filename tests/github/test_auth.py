@@ -13,7 +13,7 @@ from github_integration.api import GitHubApi, make_http_client
 from github_integration.auth import AppAuth, load_private_key
 from github_integration.errors import GitHubApiError
 from tests.fakes.github_api import FakeGitHub
-from tests.github.conftest import APP_ID, INSTALLATION, OWNER, REPO, Clock
+from tests.github.conftest import APP_ID, INSTALLATION, OWNER, REPO, REPOSITORY, Clock
 
 
 def test_jwt_claims_follow_githubs_rules(app_auth: AppAuth, app_key: rsa.RSAPrivateKey,
@@ -58,10 +58,9 @@ async def test_concurrent_callers_share_one_mint(app_auth: AppAuth,
 
 async def test_revoked_token_is_replaced_once(github_api: GitHubApi, fake_github: FakeGitHub) -> None:
     fake_github.repos[f"{OWNER}/{REPO}".lower()].files[("abc", "x.txt")] = "hi"
-    await github_api.file_at(OWNER, REPO, "x.txt", "abc", installation_id=INSTALLATION)
+    await github_api.fetch_file(REPOSITORY, "x.txt", "abc")
     fake_github.tokens.clear()  # GitHub forgot every token (revoked)
-    assert await github_api.file_at(OWNER, REPO, "x.txt", "abc",
-                                    installation_id=INSTALLATION) == "hi"
+    assert await github_api.fetch_file(REPOSITORY, "x.txt", "abc") == "hi"
     assert fake_github.tokens_issued == 2
 
 

@@ -4,10 +4,9 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 
-import asyncpg
 import pytest
 
-from common.messages import JobEvent, JobState, Repo
+from common.messages import JobEvent, JobState
 from github_integration.api import GitHubApi
 from github_integration.checks import (
     ANNOTATIONS_PER_REQUEST,
@@ -15,15 +14,13 @@ from github_integration.checks import (
     check_run_requests,
     parse_annotations,
 )
+from github_integration.db import open_database
 from github_integration.errors import GitHubApiError
 from github_integration.reporter import CheckRunReporter, CheckRunStore
 from tests.fakes.github_api import FakeGitHub, validate_check_run_body
-from tests.github.conftest import INSTALLATION, OWNER, REPO
+from tests.github.conftest import REPOSITORY
 
 SHA = "ec26c3e57ca3a959ca5aad62de7213c562f8c821"
-REPOSITORY = Repo(forge="github", owner=OWNER, name=REPO,
-                  clone_url=f"https://github.com/{OWNER}/{REPO}.git",
-                  installation_id=INSTALLATION)
 
 
 def job_event(state: JobState, sequence: int, *, job_id: uuid.UUID | None = None,
@@ -41,10 +38,8 @@ def diagnostics(count: int) -> str:
 
 @pytest.fixture
 async def reporter(pg_dsn: str, github_api: GitHubApi) -> AsyncIterator[CheckRunReporter]:
-    pool = await asyncpg.create_pool(pg_dsn, min_size=1, max_size=2)
-    store = CheckRunStore(pool)
-    await store.create_schema()
-    yield CheckRunReporter(github_api, store)
+    pool = await open_database(pg_dsn, min_size=1, max_size=2)
+    yield CheckRunReporter(github_api, CheckRunStore(pool))
     await pool.close()
 
 
@@ -219,6 +214,6 @@ async def test_fake_refuses_what_github_refuses(github_api: GitHubApi,
     ]
     for body in bad:
         with pytest.raises(GitHubApiError) as caught:
-            await github_api.create_check_run(OWNER, REPO, body, installation_id=INSTALLATION)
+            await github_api.create_check_run(REPOSITORY, body)
         assert caught.value.status == 422 and not caught.value.retryable
     assert fake_github.check_runs == {}

@@ -3,6 +3,7 @@ answers that depend on GitHub, the broker and the fork policy."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import hashlib
 import hmac
@@ -12,23 +13,24 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import asyncpg
 import httpx
 import pytest
 
 from common.broker import Broker
 from common.broker.memory import MemoryBroker
+from common.forge.signature import verify_github
 from common.messages import EventKind, RunRequest, decode
-from github_integration.api import GitHubApi
-from github_integration.app import create_app, signature_valid
-from github_integration.auth import AppAuth
-from github_integration.deliveries import DeliveryLog
-from github_integration.intake import Intake, IntakeSettings
+from common.retry import Backoff
+from github_integration.api import make_http_client
+from github_integration.app import create_app
+from github_integration.config import GitHubIntegrationConfig, RepoSettings
+from github_integration.db import open_database
+from github_integration.service import GitHubIntegration
 from tests.fakes.github_api import FakeGitHub
 from tests.github.conftest import INSTALLATION
 
 FIXTURES = Path(__file__).resolve().parents[2] / ".." / "shared" / "fixtures" / "github"
-SECRET = b"webhook secret for tests"
+SECRET = "webhook secret for tests"
 OWNER, REPO = "Codertocat", "Hello-World"
 WORKFLOW = """workflow name="ci" {
     job id="build" runs_on="illumos" {
@@ -67,8 +69,8 @@ def expected_status(name: str) -> int:
     return 202 if name in PUBLISHED else 400 if name in REJECTED else 200
 
 
-def sign(body: bytes, secret: bytes = SECRET) -> str:
-    return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
+def sign(body: bytes, secret: str = SECRET) -> str:
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
 @dataclass
@@ -76,8 +78,8 @@ class Stack:
     client: httpx.AsyncClient
     fake: FakeGitHub
     broker: Broker
+    service: GitHubIntegration
     runs: list[RunRequest]
-    pool: asyncpg.Pool
 
     async def post(self, event: str, body: bytes | dict, *, delivery: str | None = None,
                    signature: str | None = None) -> httpx.Response:
@@ -99,17 +101,18 @@ class Stack:
         return self.runs
 
 
-async def make_stack(pg_dsn: str, fake: FakeGitHub, app_key, broker: Broker,
-                     settings: IntakeSettings | None = None) -> tuple[Stack, httpx.AsyncClient]:
-    pool = await asyncpg.create_pool(pg_dsn, min_size=1, max_size=4)
-    deliveries = DeliveryLog(pool)
-    await deliveries.create_schema()
-    http = httpx.AsyncClient(base_url=fake.url, timeout=2.0)
-    auth = AppAuth(1, app_key, http)
-    api = GitHubApi(http, auth)
-    intake = Intake(api, broker, settings or IntakeSettings(api_url=fake.url))
-    app = create_app(secret=SECRET, intake=intake, deliveries=deliveries, auth=auth)
-    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test")
+@contextlib.asynccontextmanager
+async def running_stack(pg_dsn: str, fake: FakeGitHub, app_key, broker: Broker,
+                        **settings) -> AsyncIterator[Stack]:
+    """The integration on `broker`, talking to `fake`, with a consumer collecting run requests."""
+    pool = await open_database(pg_dsn, min_size=1, max_size=4)
+    config = GitHubIntegrationConfig(app_id=1, private_key_path=Path("unused.pem"),
+                                     webhook_secret=SECRET, api_url=fake.url,
+                                     events_queue=f"github-{uuid.uuid4().hex[:8]}", **settings)
+    http = make_http_client(fake.url, timeout=2.0)
+    service = GitHubIntegration(config, pool, broker, http, app_key,
+                                outbox_backoff=Backoff(initial=0.01, maximum=0.05),
+                                outbox_poll=0.05)
     runs: list[RunRequest] = []
 
     async def collect(delivery) -> None:
@@ -117,7 +120,16 @@ async def make_stack(pg_dsn: str, fake: FakeGitHub, app_key, broker: Broker,
         await delivery.ack()
 
     await broker.consume_runs(collect)
-    return Stack(client, fake, broker, runs, pool), http
+    await service.start()
+    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(service.webhook)),
+                               base_url="http://test")
+    try:
+        yield Stack(client, fake, broker, service, runs)
+    finally:
+        await client.aclose()
+        await service.stop()
+        await http.aclose()
+        await pool.close()
 
 
 @pytest.fixture
@@ -132,12 +144,18 @@ async def fake(app_key) -> AsyncIterator[FakeGitHub]:
 
 @pytest.fixture
 async def stack(pg_dsn: str, fake: FakeGitHub, app_key) -> AsyncIterator[Stack]:
-    async with MemoryBroker(f"gh-{uuid.uuid4().hex[:8]}") as broker:
-        built, http = await make_stack(pg_dsn, fake, app_key, broker)
+    async with MemoryBroker(f"gh-{uuid.uuid4().hex[:8]}") as broker, \
+            running_stack(pg_dsn, fake, app_key, broker) as built:
         yield built
-        await built.client.aclose()
-        await http.aclose()
-        await built.pool.close()
+
+
+async def until(condition, timeout: float = 5.0) -> None:
+    """Wait for `condition()` to hold (the outbox worker runs in the background)."""
+    for _ in range(int(timeout / 0.02)):
+        if condition():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("condition not met in time")
 
 
 def load(name: str) -> dict:
@@ -148,10 +166,11 @@ def load(name: str) -> dict:
 
 def test_githubs_documented_signature_vector() -> None:
     header = "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17"
-    assert signature_valid(b"It's a Secret to Everybody", b"Hello, World!", header)
-    assert not signature_valid(b"It's a Secret to Everybody", b"Hello, World?", header)
-    assert not signature_valid(b"It's a Secret to Everybody", b"Hello, World!", header[7:])
-    assert not signature_valid(b"It's a Secret to Everybody", b"Hello, World!", None)
+    secret = "It's a Secret to Everybody"
+    assert verify_github(secret, b"Hello, World!", header)
+    assert not verify_github(secret, b"Hello, World?", header)
+    assert not verify_github(secret, b"Hello, World!", header[7:])  # the bare digest
+    assert not verify_github(secret, b"Hello, World!", None)
 
 
 # ---- every fixture ---------------------------------------------------------------------------
@@ -163,7 +182,8 @@ async def test_every_fixture_gets_its_documented_outcome(stack: Stack) -> None:
         raw = (FIXTURES / name).read_bytes()
         response = await stack.post(name.split("/")[0], raw)
         assert response.status_code == expected_status(name), (name, response.text)
-        assert response.json()["outcome"] in {"published", "ignored", "rejected"}
+        answer = response.json()
+        assert answer["error"] if response.status_code == 400 else answer["outcome"], name
     runs = await stack.published(len(PUBLISHED))
     assert len(runs) == len(PUBLISHED)
     push = next(r for r in runs if r.event is EventKind.PUSH and r.commit_sha == FIXTURE_SHAS[2])
@@ -179,7 +199,7 @@ async def test_every_fixture_gets_its_documented_outcome(stack: Stack) -> None:
 async def test_every_fixture_with_a_wrong_signature_gets_401(stack: Stack) -> None:
     for name in fixture_files():
         raw = (FIXTURES / name).read_bytes()
-        response = await stack.post(name.split("/")[0], raw, signature=sign(raw, b"wrong"))
+        response = await stack.post(name.split("/")[0], raw, signature=sign(raw, "wrong"))
         assert response.status_code == 401, name
         missing = await stack.client.post("/webhooks/github", content=raw, headers={
             "X-GitHub-Event": name.split("/")[0], "X-GitHub-Delivery": "x"})
@@ -195,13 +215,13 @@ async def test_bad_requests_get_400_with_a_reason(stack: Stack) -> None:
                         ("push", b'{"ref": "refs/heads/x"}')]:
         response = await stack.post(event, body)
         assert response.status_code == 400, (event, body)
-        assert response.json()["reason"]
+        assert response.json()["error"]
     raw = b"{}"
     no_event = await stack.client.post("/webhooks/github", content=raw,
                                        headers={"X-Hub-Signature-256": sign(raw)})
     assert no_event.status_code == 400
     partial = await stack.post("push", b'{"ref": "refs/heads/x", "after": "abc"}')
-    assert "malformed push payload: repository" in partial.json()["reason"]
+    assert "malformed push payload: repository" in partial.json()["error"]
 
 
 async def test_redelivery_publishes_nothing_new(stack: Stack) -> None:
@@ -229,28 +249,24 @@ async def test_broker_confirm_failure_gets_503(pg_dsn: str, fake: FakeGitHub, ap
 
     from common.broker.amqp import AmqpBroker
 
-    async with AmqpBroker(amqp_url, broker_prefix) as broker:
-        built, http = await make_stack(pg_dsn, fake, app_key, broker)
-        try:
-            connection = await aio_pika.connect(amqp_url)
-            async with connection:
+    try:
+        async with AmqpBroker(amqp_url, broker_prefix) as broker, \
+                running_stack(pg_dsn, fake, app_key, broker) as built:
+            async with await aio_pika.connect(amqp_url) as connection:
                 channel = await connection.channel()
                 await channel.queue_delete(f"{broker_prefix}.runs")  # the publish is unroutable
             raw = (FIXTURES / "push/with-new-branch.payload.json").read_bytes()
             response = await built.post("push", raw, delivery="d-3")
-            assert response.status_code == 503 and response.json()["outcome"] == "retry"
+            assert response.status_code == 503 and "broker" in response.json()["error"]
             await broker.connect()  # declares the topology again
             await broker.consume_runs(lambda d: d.ack())
             response = await built.post("push", raw, delivery="d-3")
             assert response.status_code == 202  # the 503 did not record the delivery as seen
-        finally:
-            await built.client.aclose()
-            await http.aclose()
-            await built.pool.close()
-            async with await aio_pika.connect(amqp_url) as connection:
-                channel = await connection.channel()
-                for suffix in ("runs", "dead", "events", "logs"):
-                    await channel.queue_delete(f"{broker_prefix}.{suffix}")
+    finally:
+        async with await aio_pika.connect(amqp_url) as connection:
+            channel = await connection.channel()
+            for queue in ("runs", "dead"):
+                await channel.queue_delete(f"{broker_prefix}.{queue}")
 
 
 # ---- fork policy, triggers, re-runs, invalid workflows ------------------------------------------
@@ -274,17 +290,12 @@ async def test_author_without_write_access_is_untrusted(stack: Stack) -> None:
 
 async def test_untrusted_run_waits_for_approval_where_configured(pg_dsn, fake, app_key) -> None:
     fake.repos[f"{OWNER}/{REPO}".lower()].permissions["Codertocat"] = "none"
-    async with MemoryBroker(f"gh-{uuid.uuid4().hex[:8]}") as broker:
-        built, http = await make_stack(pg_dsn, fake, app_key, broker, IntakeSettings(
-            api_url=fake.url, require_approval=(f"{OWNER}/{REPO}",)))
-        try:
-            await built.post("pull_request", load("pull_request/opened.payload.json"))
-            [run] = await built.published(1)
-            assert not run.trusted and run.needs_approval
-        finally:
-            await built.client.aclose()
-            await http.aclose()
-            await built.pool.close()
+    repos = {f"{OWNER}/{REPO}": RepoSettings(approval_for_untrusted=True)}
+    async with MemoryBroker(f"gh-{uuid.uuid4().hex[:8]}") as broker, \
+            running_stack(pg_dsn, fake, app_key, broker, repos=repos) as built:
+        await built.post("pull_request", load("pull_request/opened.payload.json"))
+        [run] = await built.published(1)
+        assert not run.trusted and run.needs_approval
 
 
 async def test_workflow_triggers_filter_events(stack: Stack) -> None:
@@ -307,12 +318,15 @@ async def test_invalid_workflow_becomes_a_failed_check_run(stack: Stack) -> None
     delivery = str(uuid.uuid4())
     response = await stack.post("push", load("push/with-new-branch.payload.json"), delivery=delivery)
     assert response.status_code == 200 and "invalid" in response.json()["reason"]
+    await until(lambda: stack.fake.check_runs)
     [check] = stack.fake.check_runs.values()
     assert check.name == "solstice/workflow" and check.conclusion == "failure"
     assert check.head_sha == FIXTURE_SHAS[2] and ".solstice/workflow.kdl" in check.output["summary"]
     assert check.annotations and check.annotations[0]["path"] == ".solstice/workflow.kdl"
     await stack.post("push", load("push/with-new-branch.payload.json"), delivery=delivery)
-    assert len(stack.fake.check_runs) == 1  # a redelivery reports nothing twice
+    await stack.post("push", load("push/with-new-branch.payload.json"))  # a new delivery
+    await asyncio.sleep(0.3)
+    assert len(stack.fake.check_runs) == 1  # one failed check run per commit
     assert await stack.published(0) == []
 
 
@@ -343,4 +357,33 @@ async def test_app_not_installed_is_rejected(stack: Stack) -> None:
     body |= {"ref": "refs/heads/master", "after": FIXTURE_SHAS[2], "deleted": False}
     body["repository"] = copy.deepcopy(body["repository"]) | {"name": "Other", "full_name": "Codertocat/Other"}
     response = await stack.post("push", body)
-    assert response.status_code == 400 and "not installed" in response.json()["reason"]
+    assert response.status_code == 400 and "not installed" in response.json()["error"]
+
+
+# ---- job events back to GitHub as check runs, through the outbox ----------------------------
+
+def job_event(state, sequence: int, *, job_id: uuid.UUID, forge: str = "github", **fields):
+    from common.messages import JobEvent, Repo
+
+    repo = Repo(forge=forge, owner=OWNER, name=REPO, clone_url=f"https://github.com/{OWNER}/{REPO}.git",
+                installation_id=1)
+    return JobEvent(run_id=uuid.UUID(int=7), job_id=job_id, job_key="build", workflow_name="ci",
+                    state=state, sequence=sequence, repo=repo, commit_sha=FIXTURE_SHAS[2],
+                    request_id="r", log_url="https://ci.example/jobs/1", **fields)
+
+
+async def test_job_events_become_check_runs_despite_github_errors(stack: Stack) -> None:
+    from common.messages import JobState
+
+    job_id = uuid.uuid4()
+    stack.fake.fail(3, status=500, path_contains="/check-runs")  # refused, then retried
+    for sequence, state in enumerate([JobState.QUEUED, JobState.RUNNING, JobState.FAILURE]):
+        await stack.broker.publish_event(job_event(state, sequence, job_id=job_id,
+                                                   failing_step="make", log_tail="a.c:1:2: boom\n"))
+    await stack.broker.publish_event(job_event(JobState.SUCCESS, 0, job_id=uuid.uuid4(),
+                                               forge="forgejo"))  # not ours: dropped
+    await until(lambda: any(run.conclusion for run in stack.fake.check_runs.values()))
+    [run] = stack.fake.check_runs.values()
+    assert [body.get("status") for body in run.history] == ["queued", "in_progress", "completed"]
+    assert run.conclusion == "failure" and run.annotations[0]["path"] == "a.c"
+    assert await stack.service.outbox.counts() == {"delivered": 3}
