@@ -31,6 +31,8 @@ BRANCH_EVENTS = ("push", "pull_request")
 WORKFLOW_CHILDREN = ("on", "env", "job")
 JOB_CHILDREN = ("needs", "if", "resources", "env", "secrets", "matrix", "setup", "step", "artifacts")
 SINGLE_JOB_CHILDREN = ("if", "resources", "matrix", "setup")
+STEP_PROPERTIES = ("name", "run", "timeout", "if")
+_STEP_KEYS = frozenset(STEP_PROPERTIES)
 JOB_ID_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 AXIS_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
@@ -48,6 +50,7 @@ _TOP_LEVEL_HINTS = {
 }
 
 Path = tuple[int, ...]
+_MISSING = object()
 
 
 @dataclass(slots=True)
@@ -58,6 +61,7 @@ class _Pending:
     arg: int | None
     prop: str | None
     inner: int | None
+    at_value: bool
     message: str
     hint: str | None
     job: str | None
@@ -93,8 +97,10 @@ class _Checker:
         self.step: str | None = None
 
     def error(self, path: Path, message: str, hint: str | None = None, *, arg: int | None = None,
-              prop: str | None = None, inner: int | None = None) -> None:
-        self.problems.append(_Pending(path, arg, prop, inner, message, hint, self.job, self.step))
+              prop: str | None = None, inner: int | None = None, value: bool = False) -> None:
+        """Record a problem at a node, its `arg`-th argument, or its property `prop` (the key;
+        with `value`, the value; with `inner`, that many characters into a quoted value)."""
+        self.problems.append(_Pending(path, arg, prop, inner, value, message, hint, self.job, self.step))
 
     # -- generic shape checks ------------------------------------------------------------
     def props(self, node: ckdl.Node, path: Path, allowed: tuple[str, ...], what: str) -> None:
@@ -116,17 +122,20 @@ class _Checker:
     def text(self, node: ckdl.Node, path: Path, key: str, what: str, *, required: bool = False,
              hint: str | None = None) -> str | None:
         """The string property `key`, reporting a missing or non-string value."""
-        if key not in node.properties:
+        value = node.properties.get(key, _MISSING)
+        if type(value) is str and (value.strip() or not required):
+            return value
+        if value is _MISSING:
             if required:
                 self.error(path, f"{what} has no {key}", hint)
             return None
-        value = _plain(node.properties[key])
+        value = _plain(value)
         if not isinstance(value, str):
             self.error(path, f"{key} of {what} must be a string, not {_describe(value)}",
-                       f'quote it: {key}="{value}"', prop=key)
+                       f'quote it: {key}="{value}"', prop=key, value=True)
             return None
         if not value.strip() and required:
-            self.error(path, f"{key} of {what} is empty", hint, prop=key)
+            self.error(path, f"{key} of {what} is empty", hint, prop=key, value=True)
             return None
         return value
 
@@ -142,14 +151,15 @@ class _Checker:
         return values
 
     def duration(self, node: ckdl.Node, path: Path, what: str) -> int | None:
-        if "timeout" not in node.properties:
+        value = node.properties.get("timeout", _MISSING)
+        if value is _MISSING:
             return None
-        value = _plain(node.properties["timeout"])
+        value = _plain(value)
         seconds = parse_duration(value) if isinstance(value, str) else None
         if seconds is None:
             self.error(path, f"timeout of {what} is not a duration: {_describe(value)}",
                        'write hours, minutes and seconds like "45m", "1h30m" or "90s"',
-                       prop="timeout", inner=0)
+                       prop="timeout", value=True)
         return seconds
 
     def condition(self, text: str, path: Path, axes: tuple[str, ...] | None, *,
@@ -160,6 +170,8 @@ class _Checker:
         except ExprError as exc:
             self.error(path, f"condition does not parse: {exc.message}", exc.hint,
                        arg=arg, prop=prop, inner=exc.offset)
+            return
+        if "matrix." not in text:
             return
         for var in variables(tree):
             if var.name.startswith("matrix."):
@@ -228,12 +240,13 @@ class _Checker:
         fail_fast = _plain(node.properties.get("fail_fast", False))
         if not isinstance(fail_fast, bool):
             self.error(path, f"fail_fast must be a boolean, not {_describe(fail_fast)}",
-                       "write fail_fast=#true (KDL 2) or fail_fast=true (KDL 1)", prop="fail_fast")
+                       "write fail_fast=#true (KDL 2) or fail_fast=true (KDL 1)", prop="fail_fast",
+                       value=True)
             fail_fast = False
         triggers: list[Trigger] = []
         env: dict[str, str] = {}
         jobs: list[Job] = []
-        job_nodes: list[tuple[Job, Path, ckdl.Node]] = []
+        declared: list[tuple[str, Path, ckdl.Node]] = []
         for index, child in enumerate(node.children):
             where = path + (index,)
             if child.name == "on":
@@ -246,7 +259,8 @@ class _Checker:
                 job = self.job_node(child, where)
                 if job is not None:
                     jobs.append(job)
-                    job_nodes.append((job, where, child))
+                if self.job is not None:
+                    declared.append((self.job, where, child))
             elif child.name in JOB_CHILDREN:
                 self.error(where, f"`{child.name}` belongs inside a job, not directly in the workflow",
                            'put it in job id="..." runs_on="..." { ... }')
@@ -257,7 +271,7 @@ class _Checker:
         if not any(child.name == "job" for child in node.children):
             self.error(path, "the workflow has no jobs",
                        f'add a job: job id="build" runs_on="illumos" {{ step name="Build" run="make" }}')
-        self.dependencies(job_nodes)
+        self.dependencies(declared)
         return Workflow(name=name, jobs=tuple(jobs), fail_fast=fail_fast,
                         triggers=tuple(triggers), env=env)
 
@@ -312,7 +326,7 @@ class _Checker:
                            "use letters, digits and _ (not starting with a digit)", prop=key)
             elif value is None or isinstance(value, float):
                 self.error(path, f"value of {key} must be a string, not {_describe(value)}",
-                           f'quote it: {key}="..."', prop=key)
+                           f'quote it: {key}="..."', prop=key, value=True)
             elif isinstance(value, bool):
                 values[key] = "true" if value else "false"
             else:
@@ -434,12 +448,13 @@ class _Checker:
         vcpus = _plain(node.properties.get("vcpus"))
         if vcpus is not None and (isinstance(vcpus, bool) or not isinstance(vcpus, int) or vcpus < 1):
             self.error(path, f"vcpus must be a whole number of at least 1, not {_describe(vcpus)}",
-                       "write e.g. vcpus=4", prop="vcpus")
+                       "write e.g. vcpus=4", prop="vcpus", value=True)
             vcpus = None
         ram = self.size(node, path, "ram")
         disk = self.size(node, path, "disk")
         if disk is not None and disk % 1024:
-            self.error(path, "disk is sized in whole gigabytes", 'write e.g. disk="40G"', prop="disk")
+            self.error(path, "disk is sized in whole gigabytes", 'write e.g. disk="40G"', prop="disk",
+                       value=True)
             disk = None
         return Resources(vcpus=vcpus, ram_mb=ram, disk_gb=disk // 1024 if disk else None)
 
@@ -450,7 +465,7 @@ class _Checker:
         megabytes = parse_size_mb(value) if isinstance(value, str) else None
         if megabytes is None:
             self.error(path, f"{key} is not a size: {_describe(value)}",
-                       f'write a number with a unit: {key}="512M", {key}="8G"', prop=key)
+                       f'write a number with a unit: {key}="512M", {key}="8G"', prop=key, value=True)
         return megabytes
 
     def setup(self, node: ckdl.Node, path: Path) -> str | None:
@@ -556,12 +571,24 @@ class _Checker:
 
     def step_node(self, node: ckdl.Node, path: Path, position: int,
                   axes: tuple[str, ...] | None) -> Step | None:
-        raw_name = _plain(node.properties.get("name"))
-        self.step = raw_name if isinstance(raw_name, str) and raw_name else f"#{position}"
-        self.props(node, path, ("name", "run", "timeout", "if"), "step")
+        props = node.properties
+        raw_name = props.get("name")
+        run = props.get("run")
+        timeout = props.get("timeout", _MISSING)
+        # The common case (plain strings, no condition, no substitution) is decided here;
+        # a workflow has thousands of steps. Anything else takes the checks below.
+        if (type(raw_name) is str and raw_name and type(run) is str and run.strip()
+                and "if" not in props and props.keys() <= _STEP_KEYS and not node.args
+                and not node.children and "${{" not in run and "${{" not in raw_name
+                and (timeout is _MISSING or (type(timeout) is str and parse_duration(timeout)))):
+            seconds = None if timeout is _MISSING else parse_duration(timeout)
+            return Step(raw_name, run, seconds, None)
+        self.step = raw_name if type(raw_name) is str and raw_name else f"#{position}"
+        if not props.keys() <= _STEP_KEYS:
+            self.props(node, path, STEP_PROPERTIES, "step")
         if node.args:
             first = _plain(node.args[0])
-            if "name" not in node.properties and len(node.args) == 1:
+            if "name" not in props and len(node.args) == 1:
                 hint = f'write the name as a property: step name="{first}" run="..."'
             else:
                 hint = 'quote the whole command: run="cargo test --workspace"'
@@ -588,22 +615,22 @@ class _Checker:
             name = first_line if len(first_line) <= 60 else first_line[:57] + "..."
         return Step(name=name, run=run, timeout=timeout, if_expr=if_expr)
 
-    def dependencies(self, jobs: list[tuple[Job, Path, ckdl.Node]]) -> None:
-        """Unknown and duplicate ids, self-needs and cycles, once every job is known."""
+    def dependencies(self, jobs: list[tuple[str, Path, ckdl.Node]]) -> None:
+        """Unknown and duplicate ids, self-needs and cycles, once every job id is known."""
         self.step = None
         first_at: dict[str, Path] = {}
-        for job, path, _ in jobs:
-            if job.id in first_at:
-                self.job = job.id
-                self.error(path, f"job id {job.id!r} is used twice", "give every job its own id",
+        for job_id, path, _ in jobs:
+            if job_id in first_at:
+                self.job = job_id
+                self.error(path, f"job id {job_id!r} is used twice", "give every job its own id",
                            prop="id")
             else:
-                first_at[job.id] = path
+                first_at[job_id] = path
         known = list(first_at)
         edges: dict[str, list[str]] = {}
         need_at: dict[tuple[str, str], tuple[Path, int]] = {}
-        for job, path, node in jobs:
-            self.job = job.id
+        for job_id, path, node in jobs:
+            self.job = job_id
             for index, child in enumerate(node.children):
                 if child.name != "needs":
                     continue
@@ -611,15 +638,15 @@ class _Checker:
                     need = _plain(raw)
                     if not isinstance(need, str):
                         continue
-                    need_at.setdefault((job.id, need), (path + (index,), arg))
-                    if need == job.id:
-                        self.error(path + (index,), f"job {job.id!r} needs itself",
+                    need_at.setdefault((job_id, need), (path + (index,), arg))
+                    if need == job_id:
+                        self.error(path + (index,), f"job {job_id!r} needs itself",
                                    "remove it from needs", arg=arg)
                     elif need not in first_at:
                         self.error(path + (index,), f"needs unknown job {need!r}",
                                    f"{_suggest(need, known)}jobs: {', '.join(known)}", arg=arg)
                     else:
-                        edges.setdefault(job.id, []).append(need)
+                        edges.setdefault(job_id, []).append(need)
         for cycle in _cycles(known, edges):
             self.job = cycle[0]
             where, arg = need_at[(cycle[0], cycle[1])]
@@ -658,10 +685,11 @@ def _cycles(nodes: list[str], edges: dict[str, list[str]]) -> list[list[str]]:
 
 
 def _locate(problems: list[_Pending], text: str, path: str) -> list[Diagnostic]:
-    source = SourceMap(text)
+    source = SourceMap(text, (p.path for p in problems))
     located = []
     for p in problems:
-        line, col = source.position(source.offset(p.path, arg=p.arg, prop=p.prop, inner=p.inner))
+        offset = source.offset(p.path, arg=p.arg, prop=p.prop, inner=p.inner, value=p.at_value)
+        line, col = source.position(offset)
         located.append(Diagnostic(path=path, line=line, col=col, message=p.message, hint=p.hint,
                                   job=p.job, step=p.step))
     return sorted(located, key=lambda d: (d.line, d.col))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import bisect
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import ckdl
@@ -33,8 +34,16 @@ _MULTILINE_RE = re.compile(r'"""(?:[^"\\]|\\.|"(?!""))*"""', re.DOTALL)
 _RAW_START_RE = re.compile(r'r?(#*)"')
 _BARE_RE = re.compile(r'[^\s\\/(){};\[\]="]+')
 _COMMENT_MARK_RE = re.compile(r"/\*|\*/")
+# What matters when skipping a children block: braces, and what may hide braces.
+_SKIP_RE = re.compile(r'"""(?:[^"\\]|\\.|"(?!""))*"""|"(?:[^"\\]|\\.)*"|r?(?P<hashes>#+)"|r"|//[^\r\n]*|/\*|[{}]',
+                      re.DOTALL)
 _ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\", '"': '"', "/": "/", "b": "\b",
             "f": "\f", "s": " "}
+
+
+# A trie of child indices: which nodes' insides must be scanned in detail.
+Wanted = dict[int, "Wanted"]
+_SKIP: Wanted = {}
 
 
 class LexError(Exception):
@@ -242,6 +251,37 @@ class _Scanner:
         self.pos = end
         return token
 
+    def _skip_block(self, opener: int) -> None:
+        """Move past the `}` matching `opener`, minding only strings, comments and braces."""
+        text = self.text
+        depth = 1
+        pos = self.pos
+        while True:
+            m = _SKIP_RE.search(text, pos)
+            if m is None:
+                raise LexError(opener, "`{` is never closed",
+                               "add the matching } after the node's last child")
+            token = m.group()
+            pos = m.end()
+            if token == "{":
+                depth += 1
+            elif token == "}":
+                depth -= 1
+                if depth == 0:
+                    self.pos = pos
+                    return
+            elif token == "/*":
+                self.pos = m.start()
+                self._block_comment()
+                pos = self.pos
+            elif token[-1] == '"' and token[0] in "r#":
+                closing = '"' + (m.group("hashes") or "")
+                end = text.find(closing, pos)
+                if end < 0:
+                    raise LexError(m.start(), "unterminated raw string",
+                                   f"close the raw string with {closing}")
+                pos = end + len(closing)
+
     def _slashdash(self) -> None:
         start = self.pos
         self.pos += 2
@@ -263,8 +303,12 @@ class _Scanner:
         self._node_space()
 
     # -- structure -----------------------------------------------------------------------
-    def nodes(self, opener: int | None) -> tuple[list[SourceNode], list[SourceNode]]:
-        """Nodes up to the matching `}` (opener given) or the end of the text."""
+    def nodes(self, opener: int | None, want: Wanted | None = None) -> tuple[list[SourceNode], list[SourceNode]]:
+        """Nodes up to the matching `}` (opener given) or the end of the text.
+
+        `want` (None: everything) is a trie of the kept-child indices whose insides matter;
+        other nodes' children blocks are skipped without being scanned node by node.
+        """
         kept: list[SourceNode] = []
         every: list[SourceNode] = []
         text = self.text
@@ -285,12 +329,13 @@ class _Scanner:
             if text.startswith("/-", self.pos):
                 self._slashdash()
                 discarded = True
-            node = self._node()
+            inner = None if want is None else _SKIP if discarded else want.get(len(kept), _SKIP)
+            node = self._node(inner)
             every.append(node)
             if not discarded:
                 kept.append(node)
 
-    def _node(self) -> SourceNode:
+    def _node(self, want: Wanted | None) -> SourceNode:
         node = SourceNode(start=self.pos)
         text = self.text
         part_start = self.pos
@@ -319,7 +364,11 @@ class _Scanner:
             if text.startswith("{", self.pos):
                 opener = self.pos
                 self.pos += 1
-                kept, every = self.nodes(opener)
+                if want is _SKIP:
+                    self._skip_block(opener)
+                    kept, every = [], []
+                else:
+                    kept, every = self.nodes(opener, want)
                 node.all_children.extend(every)
                 if not discarded:
                     node.brace = opener
@@ -374,11 +423,19 @@ class LineIndex:
 class SourceMap:
     """Positions of the nodes ckdl kept, addressed by child-index paths from the document."""
 
-    def __init__(self, text: str) -> None:
+    def __init__(self, text: str, paths: Iterable[tuple[int, ...]] | None = None) -> None:
+        """Map `text`; given `paths`, only what is needed to place those nodes is scanned."""
         self.text = text
         self.lines = LineIndex(text)
+        want: Wanted | None = None
+        if paths is not None:
+            want = {}
+            for path in paths:
+                level = want
+                for index in path:
+                    level = level.setdefault(index, {})
         try:
-            self.roots, _ = _Scanner(text).nodes(None)
+            self.roots, _ = _Scanner(text).nodes(None, want)
         except LexError:
             # The text parsed with ckdl, so this is a gap in the scanner: positions degrade
             # to the start of the document rather than failing the report.
@@ -396,11 +453,12 @@ class SourceMap:
         return found
 
     def offset(self, path: tuple[int, ...], arg: int | None = None, prop: str | None = None,
-               inner: int | None = None) -> int:
+               inner: int | None = None, value: bool = False) -> int:
         """Offset of a node, its `arg`-th argument or its `prop` property (falls back outward).
 
-        `inner` moves into a single-line quoted value by that many characters, so an error in
-        an expression can point at the offending character.
+        `value` points at a property's value rather than its key; `inner` moves into a
+        single-line quoted value by that many characters, so an error in an expression can
+        point at the offending character.
         """
         node = self.node(path)
         if node is None:
@@ -412,13 +470,14 @@ class SourceMap:
             entry = node.prop(prop)
         if entry is None:
             return node.name.start if node.name else node.start
-        if inner is None or entry.value is None:
+        token = entry.value
+        if token is None or (inner is None and not value):
             return entry.start
-        value = entry.value
-        raw = self.text[value.start:value.end]
-        if value.kind == "quoted" and "\\" not in raw and "\n" not in raw and inner < len(raw) - 1:
-            return value.start + 1 + inner
-        return value.start
+        raw = self.text[token.start:token.end]
+        if (inner is not None and token.kind == "quoted" and "\\" not in raw and "\n" not in raw
+                and inner < len(raw) - 1):
+            return token.start + 1 + inner
+        return token.start
 
     def position(self, offset: int) -> tuple[int, int]:
         return self.lines.position(offset)
@@ -467,8 +526,14 @@ def _first_bad(text: str, nodes: list[SourceNode], version: int) -> tuple[int, s
         for index, (start, end) in enumerate(node.parts):
             snippet = text[start:end]
             complaint = _parses(snippet if index == 0 else f"n {snippet}", version)
-            if complaint is not None:
-                return start, snippet, complaint
+            if complaint is None:
+                continue
+            entry = node.entries[index - 1] if index else None
+            if entry is not None and entry.key is not None and entry.value is not None:
+                value = text[entry.value.start:end]
+                if _parses(f"n {value}", version) is not None:
+                    return entry.value.start, value, complaint
+            return start, snippet, complaint
         complaint = _parses(text[node.start:node.end], version) or "parse error"
         return node.start, text[node.start:node.end].split("\n", 1)[0], complaint
     return None

@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
 _DURATION_RE = re.compile(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?")
 _SIZE_RE = re.compile(r"(\d+)\s*([MGT])(?:i?B)?", re.IGNORECASE)
 _SIZE_MB = {"M": 1, "G": 1024, "T": 1024 * 1024}
 
 
+@lru_cache(maxsize=512)
 def parse_duration(text: str) -> int | None:
     """Seconds in `text` like "45m", "1h30m", "90s"; None if it is not such a duration or zero."""
     m = _DURATION_RE.fullmatch(text.strip())
@@ -18,6 +20,7 @@ def parse_duration(text: str) -> int | None:
     return total or None
 
 
+@lru_cache(maxsize=512)
 def parse_size_mb(text: str) -> int | None:
     """Megabytes in `text` like "512M", "8G", "1T" (binary units); None if not a size or zero."""
     m = _SIZE_RE.fullmatch(text.strip())
