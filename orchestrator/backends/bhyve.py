@@ -81,7 +81,7 @@ ZONE_NAME_MAX = 63
 _ZONE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 # dladm(8): alphanumerics and `_`, a letter first, a number last (no leading zero), <= 31.
 LINK_NAME_MAX = 31
-_LINK_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*?(0|[1-9][0-9]*)")
+_LINK_NAME = re.compile(r"[A-Za-z](?:[A-Za-z0-9_]*[A-Za-z_])?(0|[1-9][0-9]*)")
 # zfs: components of [A-Za-z0-9_.:-] (we refuse the legal but troublesome space), < 256 bytes.
 _DATASET_NAME = re.compile(r"[A-Za-z0-9_.:-]+(/[A-Za-z0-9_.:-]+)*")
 ZFS_NAME_MAX = 255
@@ -170,7 +170,8 @@ class BhyveSettings(BaseModel):
     @field_validator("link")
     @classmethod
     def _link(cls, value: str) -> str:
-        if len(value) > LINK_NAME_MAX or not _LINK_NAME.fullmatch(value):
+        match = _LINK_NAME.fullmatch(value)
+        if len(value) > LINK_NAME_MAX or not match or int(match.group(1)) > 4294967294:
             raise ValueError(f"{value!r} is not a valid datalink name (dladm(8))")
         return value
 

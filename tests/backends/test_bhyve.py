@@ -417,6 +417,7 @@ def test_settings_from_config_file_and_environment(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("bad", [
     'clone_parent = "rpool/jobs"\nlink = "bad-link"',
+    'clone_parent = "rpool/jobs"\nlink = "net01"',
     'clone_parent = "/rpool/jobs"\nlink = "net0"',
     'clone_parent = "rpool/jobs"\nlink = "net0"\nzone_root = "relative"',
     'clone_parent = "rpool/jobs"\nlink = "net0"\nunknown_key = 1',

@@ -303,7 +303,8 @@ def zfs_get(state: dict[str, Any], prop: str, name: str) -> str:
 # ---------------------------------------------------------------------------------------------
 # dladm
 
-_LINK_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*?(0|[1-9][0-9]*)")
+# The ending number is the whole run of trailing digits.
+_LINK_NAME = re.compile(r"[A-Za-z](?:[A-Za-z0-9_]*[A-Za-z_])?(0|[1-9][0-9]*)")
 LINK_MAX = 31
 
 
