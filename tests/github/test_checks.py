@@ -217,3 +217,11 @@ async def test_fake_refuses_what_github_refuses(github_api: GitHubApi,
             await github_api.create_check_run(REPOSITORY, body)
         assert caught.value.status == 422 and not caught.value.retryable
     assert fake_github.check_runs == {}
+
+
+async def test_huge_failure_is_accepted_by_the_fake(reporter: CheckRunReporter,
+                                                    fake_github: FakeGitHub) -> None:
+    tail = "x" * 200_000 + "\n" + diagnostics(60)
+    await reporter.deliver(job_event(JobState.FAILURE, 1, failing_step="s", log_tail=tail))
+    [run] = fake_github.check_runs.values()
+    assert len(run.output["summary"]) <= TEXT_LIMIT and len(run.annotations) == 60
