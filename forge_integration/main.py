@@ -1,10 +1,86 @@
-"""Entry point of `solstice-forge-integration`."""
+"""Entry point of `solstice-forge-integration`.
+
+    solstice-forge-integration [--config FILE] [--listen-host H] [--listen-port P]
+                               [--database-url DSN] [--broker-url URL] [--insecure-no-signature]
+
+Settings come from `[forge_integration]` of the config file, `SOLSTICE_FORGE_INTEGRATION__*`
+variables and these flags (see `forge_integration.config`). Without any webhook secret the
+service refuses to start, unless `--insecure-no-signature` is given (development only).
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
 import sys
 
+from common.broker import open_broker
+from common.config import load_config
+from common.errors import SolsticeError
+from common.forge.migrate import open_pool
+from common.forge.webhook import serve
+from common.observability import setup_observability
+from forge_integration.api import ForgejoApi
+from forge_integration.app import ForgeIntegration
+from forge_integration.config import SECTION, ForgeIntegrationConfig
 
-def main() -> int:
-    print("solstice-forge-integration: not built yet in this version of Solstice CI", file=sys.stderr)
-    return 2
+log = logging.getLogger("forge_integration")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="solstice-forge-integration",
+                                     description="Forgejo/Gitea webhooks in, commit statuses out.")
+    parser.add_argument("--config", help="TOML file (default: $SOLSTICE_CONFIG)")
+    parser.add_argument("--listen-host")
+    parser.add_argument("--listen-port", type=int)
+    parser.add_argument("--database-url")
+    parser.add_argument("--broker-url")
+    parser.add_argument("--insecure-no-signature", action="store_true", default=None,
+                        help="accept unsigned webhooks (local development only)")
+    return parser.parse_args(argv)
+
+
+def clients_for(config: ForgeIntegrationConfig) -> dict[str, ForgejoApi]:
+    return {kind: ForgejoApi(kind, site.api_url, site.token.get_secret_value(), timeout=site.timeout)
+            for kind, site in config.sites.items()}
+
+
+async def run(config: ForgeIntegrationConfig) -> None:
+    """Serve until SIGTERM/SIGINT."""
+    pool = await open_pool(config.database_url)
+    broker = open_broker(config.broker_url, config.broker_prefix)
+    clients = clients_for(config)
+    try:
+        await broker.connect()
+        service = ForgeIntegration(config, pool, broker, clients)
+        if config.insecure_no_signature:
+            log.warning("accepting unsigned webhooks (--insecure-no-signature)")
+        log.info("listening", extra={"host": config.listen_host, "port": config.listen_port,
+                                     "forges": ",".join(config.sites)})
+        await serve(service.app(), config.listen_host, config.listen_port)
+    finally:
+        await broker.close()
+        for client in clients.values():
+            await client.close()
+        await pool.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        config = load_config(ForgeIntegrationConfig, path=args.config, section=SECTION, cli={
+            "listen_host": args.listen_host, "listen_port": args.listen_port,
+            "database_url": args.database_url, "broker_url": args.broker_url,
+            "insecure_no_signature": args.insecure_no_signature})
+        config.check()
+        setup_observability("solstice-forge-integration", level=config.log_level)
+        asyncio.run(run(config))
+    except SolsticeError as exc:
+        print(f"solstice-forge-integration: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,268 @@
+"""The service: webhooks and manual runs in, job events to commit statuses out.
+
+Routes:
+- `POST /webhooks/forgejo`, `POST /webhooks/gitea` (only for configured sites): verify the
+  signature, drop redeliveries, classify, plan (trust, workflow at the right ref, triggers),
+  publish, answer. 202 `published` once the broker confirmed the run; 200 `ignored`,
+  `skipped`, `duplicate` or `invalid_workflow` (a failed status is queued); 400 malformed or
+  unsupported; 401 signature missing or wrong; 503 when the broker, the database or the forge
+  API failed, so the forge retries (such a delivery is not recorded as handled).
+- `POST /runs` (manual trigger), `Authorization: Bearer <manual_token>`, JSON body
+  `{"forge": "forgejo", "repository": "owner/name", "branch": "main", "sha": optional,
+  "request_id": optional}`: the branch head (or `sha`) is planned like a push, with event
+  `manual`. Repeating a `request_id` is answered `duplicate`.
+- `GET /healthz`.
+
+Job events are consumed from the broker's events exchange through the durable queue
+`<prefix>.events.<events_queue>`; each becomes an outbox row (acked once stored) that the
+`OutboxWorker` sends.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import asyncpg
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from common.broker import Broker, BrokerError, Delivery, Subscription
+from common.forge.deliveries import DeliveryLog
+from common.forge.errors import ForgeApiError, WebhookRejected
+from common.forge.outbox import Outbox, OutboxWorker
+from common.forge.policy import InvalidWorkflow, RunCandidate, Skip, plan_run
+from common.forge.signature import verify_forgejo
+from common.forge.webhook import answer, parse_json, read_body, webhook_app
+from common.messages import EventKind, JobEvent, Repo, decode
+from common.observability import tracer
+from forge_integration.api import ForgejoApi
+from forge_integration.config import ForgeIntegrationConfig, ForgeKind
+from forge_integration.events import Ignored, classify, repository_name
+from forge_integration.statuses import (
+    StatusSender,
+    event_key,
+    event_payload,
+    invalid_workflow_payload,
+)
+
+log = logging.getLogger(__name__)
+
+OUTBOX_TARGET = "forgejo"
+MANUAL = "manual"
+# Header prefixes per endpoint: Forgejo sends X-Forgejo-* and, for compatibility, X-Gitea-*.
+HEADER_PREFIXES: dict[str, tuple[str, ...]] = {"forgejo": ("x-forgejo-", "x-gitea-"),
+                                              "gitea": ("x-gitea-",)}
+DATABASE_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
+
+
+def _header(request: Request, forge: str, name: str) -> str | None:
+    for prefix in HEADER_PREFIXES[forge]:
+        value = request.headers.get(prefix + name)
+        if value:
+            return value
+    return None
+
+
+class ForgeIntegration:
+    """The service's state and handlers; `app()` is its Starlette application."""
+
+    def __init__(self, config: ForgeIntegrationConfig, pool: asyncpg.Pool, broker: Broker,
+                 clients: dict[str, ForgejoApi], *, worker: OutboxWorker | None = None) -> None:
+        self.config = config
+        self.broker = broker
+        self.clients = clients
+        self.deliveries = DeliveryLog(pool)
+        self.outbox = Outbox(pool, OUTBOX_TARGET)
+        self.worker = worker or OutboxWorker(self.outbox, StatusSender(clients))
+        self._tasks: list[asyncio.Task[None]] = []
+        self._subscription: Subscription | None = None
+
+    # ---- lifecycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start sending statuses and consuming job events."""
+        self._tasks.append(asyncio.create_task(self.worker.run(), name="forge-status-outbox"))
+        self._subscription = await self.broker.consume_events(self.config.events_queue,
+                                                              self.on_job_event)
+
+    async def stop(self) -> None:
+        if self._subscription is not None:
+            await self._subscription.cancel()
+            self._subscription = None
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+
+    @contextlib.asynccontextmanager
+    async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        await self.start()
+        try:
+            yield
+        finally:
+            await self.stop()
+
+    def app(self) -> Starlette:
+        routes = [Route(f"/webhooks/{forge}", self._webhook_endpoint(forge), methods=["POST"])
+                  for forge in self.config.sites]
+        routes.append(Route("/runs", self.manual_run, methods=["POST"]))
+        return webhook_app(routes, lifespan=self._lifespan)
+
+    # ---- webhooks -------------------------------------------------------------------------
+
+    def _webhook_endpoint(self, forge: ForgeKind) -> Callable[[Request], Awaitable[Response]]:
+        async def endpoint(request: Request) -> Response:
+            return await self.webhook(forge, request)
+        return endpoint
+
+    def _verify(self, forge: ForgeKind, request: Request, body: bytes, payload: Any) -> None:
+        full_name = repository_name(payload)
+        secret = self.config.secret_for(forge, full_name)
+        if secret is None:
+            if self.config.insecure_no_signature:
+                return
+            raise WebhookRejected(401, f"no webhook secret configured for {full_name or 'this body'}",
+                                  hint="configure the repository's webhook_secret")
+        signature = _header(request, forge, "signature")
+        if not verify_forgejo(secret, body, signature):
+            raise WebhookRejected(401, "webhook signature missing or wrong" if signature is None
+                                  else "webhook signature does not match the body",
+                                  hint="the webhook's secret on the forge must equal Solstice's")
+
+    async def webhook(self, forge: ForgeKind, request: Request) -> Response:
+        """Handle one delivery to `/webhooks/<forge>` (see the module docstring)."""
+        body = await read_body(request)
+        try:
+            payload, malformed = parse_json(body), None
+        except WebhookRejected as exc:
+            payload, malformed = None, exc
+        # The signature is checked before the JSON is trusted; a body that is not JSON still
+        # needs a valid signature to be told so (else 401 like any unsigned request).
+        self._verify(forge, request, body, payload)
+        if malformed is not None:
+            raise malformed
+        event = _header(request, forge, "event")
+        delivery_id = _header(request, forge, "delivery")
+        if not event:
+            raise WebhookRejected(400, f"missing X-{forge.capitalize()}-Event header")
+        if not delivery_id:
+            raise WebhookRejected(400, f"missing X-{forge.capitalize()}-Delivery header")
+        with tracer(__name__).start_as_current_span("forge.webhook") as span:
+            span.set_attribute("solstice.forge", forge)
+            span.set_attribute("solstice.webhook.event", event)
+            span.set_attribute("solstice.webhook.delivery", delivery_id)
+            try:
+                if (known := await self.deliveries.seen(forge, delivery_id)) is not None:
+                    return answer("duplicate", f"delivery {delivery_id} already handled: {known}")
+                outcome = classify(event, payload, delivery_id, forge=forge,
+                                   api_url=self.config.sites[forge].api_url)
+                if isinstance(outcome, Ignored):
+                    log.info("webhook ignored", extra={"forge": forge, "event": event,
+                                                       "delivery": delivery_id, "reason": outcome.reason})
+                    await self.deliveries.record(forge, delivery_id, f"ignored: {outcome.reason}")
+                    return answer("ignored", outcome.reason)
+                return await self._dispatch(forge, delivery_id, outcome)
+            except DATABASE_ERRORS as exc:
+                raise WebhookRejected(503, f"database unavailable: {type(exc).__name__}: {exc}",
+                                      hint="the forge retries the delivery") from exc
+
+    async def _dispatch(self, source: str, delivery_id: str, candidate: RunCandidate) -> Response:
+        """Plan and publish `candidate`, then record `delivery_id` as handled."""
+        client = self.clients[candidate.repo.forge]
+        try:
+            plan = await plan_run(candidate, client, approval_for_untrusted=self.config.approval_for(
+                candidate.repo.full_name))
+        except ForgeApiError as exc:
+            raise WebhookRejected(503, f"cannot read the workflow: {exc.message}",
+                                  hint=exc.hint) from exc
+        if isinstance(plan, Skip):
+            log.info("no run", extra={"delivery": delivery_id, "repo": candidate.repo.full_name,
+                                      "reason": plan.reason})
+            await self.deliveries.record(source, delivery_id, f"skipped: {plan.reason}")
+            return answer("skipped", plan.reason)
+        if isinstance(plan, InvalidWorkflow):
+            key, row = invalid_workflow_payload(plan)
+            await self.outbox.enqueue(key, 1, row)
+            self.worker.notify()
+            reason = plan.error.message
+            log.info("workflow does not validate", extra={"delivery": delivery_id,
+                                                          "repo": candidate.repo.full_name,
+                                                          "reason": reason})
+            await self.deliveries.record(source, delivery_id, f"invalid workflow: {reason}")
+            return answer("invalid_workflow", reason)
+        try:
+            await self.broker.publish_run(plan)
+        except (BrokerError, ConnectionError, TimeoutError) as exc:
+            raise WebhookRejected(503, f"the run could not be queued: {exc}",
+                                  hint="the forge retries the delivery") from exc
+        await self.deliveries.record(source, delivery_id, "published")
+        log.info("run published", extra={"delivery": delivery_id, "repo": candidate.repo.full_name,
+                                         "commit": candidate.commit_sha, "event": candidate.event.value,
+                                         "trusted": plan.trusted})
+        return answer("published", status=202, request_id=plan.request_id, trusted=plan.trusted,
+                      needs_approval=plan.needs_approval)
+
+    # ---- manual runs ----------------------------------------------------------------------
+
+    def _authorize_manual(self, request: Request) -> None:
+        token = self.config.manual_token.get_secret_value() if self.config.manual_token else ""
+        if not token:
+            raise WebhookRejected(403, "manual runs are disabled",
+                                  hint="set manual_token in [forge_integration]")
+        given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+        if not hmac.compare_digest(given.encode(), token.encode()):
+            raise WebhookRejected(401, "missing or wrong bearer token")
+
+    async def manual_run(self, request: Request) -> Response:
+        """`POST /runs`: run a branch head (or a given commit) on demand."""
+        self._authorize_manual(request)
+        body = parse_json(await read_body(request))
+        if not isinstance(body, dict):
+            raise WebhookRejected(400, "body must be a JSON object")
+        forge, repository, branch = body.get("forge"), body.get("repository"), body.get("branch")
+        if forge not in self.clients:
+            raise WebhookRejected(400, f"forge must be one of {sorted(self.clients)}")
+        if not isinstance(repository, str) or repository.count("/") != 1:
+            raise WebhookRejected(400, "repository must be 'owner/name'")
+        if not isinstance(branch, str) or not branch:
+            raise WebhookRejected(400, "branch is required")
+        request_id = body.get("request_id") or str(uuid.uuid4())
+        sha = body.get("sha")
+        client = self.clients[forge]
+        try:
+            if (known := await self.deliveries.seen(MANUAL, request_id)) is not None:
+                return answer("duplicate", f"request {request_id} already handled: {known}")
+            owner, name = repository.split("/")
+            info = await client.get_repo(owner, name)
+            if info is None:
+                raise WebhookRejected(404, f"no repository {repository} on {forge}")
+            repo = Repo(forge=forge, owner=info["owner"]["login"], name=info["name"],
+                        clone_url=info["clone_url"], default_branch=info.get("default_branch") or "main",
+                        api_url=client.api_url)
+            sha = sha or await client.branch_head(repo, branch)
+            if sha is None:
+                raise WebhookRejected(404, f"no branch {branch} in {repository}")
+            candidate = RunCandidate(repo, EventKind.MANUAL, sha, f"refs/heads/{branch}",
+                                     request_id, branch=branch)
+            return await self._dispatch(MANUAL, request_id, candidate)
+        except ForgeApiError as exc:
+            raise WebhookRejected(503, exc.message, hint=exc.hint) from exc
+        except DATABASE_ERRORS as exc:
+            raise WebhookRejected(503, f"database unavailable: {exc}") from exc
+
+    # ---- job events -----------------------------------------------------------------------
+
+    async def on_job_event(self, delivery: Delivery) -> None:
+        """Store a job event of a Forgejo/Gitea repository in the outbox, then ack it."""
+        event = decode(delivery.body, JobEvent)
+        if event.repo.forge in self.config.sites:
+            if await self.outbox.enqueue(event_key(event), event.sequence, event_payload(event)):
+                self.worker.notify()
+        await delivery.ack()

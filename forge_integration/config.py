@@ -1,0 +1,118 @@
+"""Settings of `solstice-forge-integration`, read by `common.config.load_config`.
+
+```toml
+[forge_integration]
+listen_host = "0.0.0.0"
+listen_port = 8090
+database_url = "postgresql://solstice@db/solstice"
+broker_url = "amqp://solstice:...@mq/"
+webhook_secret = "..."          # global; a site's or a repository's secret replaces it
+manual_token = "..."            # bearer token of POST /runs; no token: manual runs disabled
+
+[forge_integration.sites.forgejo]   # one table per forge kind served: forgejo, gitea
+url = "https://codeberg.org"
+token = "..."                   # API token: read contents, read permissions, write statuses
+
+[forge_integration.repos."acme/app"]
+webhook_secret = "..."
+approval_for_untrusted = true   # untrusted pull requests wait for `ciadm approve RUN`
+```
+Environment: `SOLSTICE_FORGE_INTEGRATION__SITES__FORGEJO__TOKEN=...`.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+
+from common.errors import ConfigError
+
+SECTION = "forge_integration"
+ForgeKind = Literal["forgejo", "gitea"]
+
+
+class Site(BaseModel):
+    """One Forgejo or Gitea instance: where its API is and how to authenticate to it."""
+
+    model_config = ConfigDict(extra="forbid")
+    url: str
+    token: SecretStr = SecretStr("")
+    webhook_secret: SecretStr | None = None
+    timeout: float = 10.0  # seconds per API request
+
+    @field_validator("url")
+    @classmethod
+    def _strip(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+    @property
+    def api_url(self) -> str:
+        return f"{self.url}/api/v1"
+
+
+class RepoSettings(BaseModel):
+    """Per-repository settings, keyed `owner/name` (case-insensitive)."""
+
+    model_config = ConfigDict(extra="forbid")
+    webhook_secret: SecretStr | None = None
+    approval_for_untrusted: bool | None = None
+
+
+class ForgeIntegrationConfig(BaseModel):
+    """Everything the service reads at start; see the module docstring for the file layout."""
+
+    model_config = ConfigDict(extra="forbid")
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 8090
+    database_url: str = "postgresql://postgres@127.0.0.1:5432/solstice"
+    broker_url: str | None = None
+    broker_prefix: str = "solstice"
+    events_queue: str = "forge-integration"
+    webhook_secret: SecretStr | None = None
+    manual_token: SecretStr | None = None
+    approval_for_untrusted: bool = False
+    insecure_no_signature: bool = False
+    sites: dict[ForgeKind, Site] = Field(default_factory=dict)
+    repos: dict[str, RepoSettings] = Field(default_factory=dict)
+    log_level: str = "info"
+
+    @field_validator("repos")
+    @classmethod
+    def _lower(cls, value: dict[str, RepoSettings]) -> dict[str, RepoSettings]:
+        return {name.lower(): settings for name, settings in value.items()}
+
+    def check(self) -> None:
+        """Refuse a configuration the service cannot run safely with."""
+        if not self.sites:
+            raise ConfigError("no forge configured",
+                              hint="add [forge_integration.sites.forgejo] (or .gitea) with url and token")
+        if not self.insecure_no_signature and not self.any_secret():
+            raise ConfigError(
+                "no webhook secret configured: anyone could start runs",
+                hint="set webhook_secret (global, per site or per repository), or pass "
+                     "--insecure-no-signature for local development only")
+
+    def any_secret(self) -> bool:
+        return any(s is not None and s.get_secret_value() for s in
+                   [self.webhook_secret, *(site.webhook_secret for site in self.sites.values()),
+                    *(repo.webhook_secret for repo in self.repos.values())])
+
+    def secret_for(self, forge: ForgeKind, full_name: str | None) -> str | None:
+        """The secret webhooks about `full_name` must be signed with: the repository's, else the
+        site's, else the global one; None when none is configured."""
+        repo = self.repos.get((full_name or "").lower())
+        for candidate in (repo.webhook_secret if repo else None,
+                          self.sites[forge].webhook_secret if forge in self.sites else None,
+                          self.webhook_secret):
+            if candidate is not None and candidate.get_secret_value():
+                return candidate.get_secret_value()
+        return None
+
+    def approval_for(self, full_name: str) -> bool:
+        """Whether untrusted runs of `full_name` wait for approval."""
+        repo = self.repos.get(full_name.lower())
+        if repo is not None and repo.approval_for_untrusted is not None:
+            return repo.approval_for_untrusted
+        return self.approval_for_untrusted
