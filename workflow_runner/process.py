@@ -16,6 +16,7 @@ import asyncio
 import enum
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -25,9 +26,9 @@ from common.masking import SecretMasker
 from protos import runner_pb2
 from workflow_runner.logs import LogShipper
 
-READ_SIZE = 65536
 # After the main process exited, wait this long for its pipes to close before moving on.
 DRAIN_SECONDS = 0.5
+STREAMS = {1: runner_pb2.STDOUT, 2: runner_pb2.STDERR}
 
 
 class Ending(enum.Enum):
@@ -43,13 +44,44 @@ class Finished:
     duration_ms: int
 
 
+class _Output(asyncio.SubprocessProtocol):
+    """Receives a command's stdout and stderr as they come and ships them, masked.
+
+    The protocol (rather than `asyncio.subprocess.Process`) tells process exit and pipe closure
+    apart: `Process.wait` waits for both, so a background child holding the pipes would stall
+    a step that is long finished.
+    """
+
+    def __init__(self, masker: SecretMasker, shipper: LogShipper, step_index: int) -> None:
+        loop = asyncio.get_running_loop()
+        self.exited: asyncio.Future[None] = loop.create_future()
+        self.closed: asyncio.Future[None] = loop.create_future()
+        self._lines = {fd: masker.line_masker() for fd in STREAMS}
+        self._shipper = shipper
+        self._step_index = step_index
+
+    def pipe_data_received(self, fd: int, data: bytes) -> None:
+        self._shipper.append(self._step_index, STREAMS[fd], self._lines[fd].feed(data))
+
+    def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:
+        lines = self._lines.pop(fd, None)
+        if lines is not None:
+            self._shipper.append(self._step_index, STREAMS[fd], lines.finish())
+        if not self._lines and not self.closed.done():
+            self.closed.set_result(None)
+
+    def process_exited(self) -> None:
+        if not self.exited.done():
+            self.exited.set_result(None)
+
+
 class ProcessGroups:
-    """The process groups and pipe readers of one job, so none outlives the job."""
+    """The process groups and output pipes of one job, so none outlives the job."""
 
     def __init__(self, grace: float) -> None:
         self.grace = grace
         self._groups: list[int] = []
-        self._readers: list[asyncio.Task[None]] = []
+        self._outputs: list[tuple[asyncio.SubprocessTransport, _Output]] = []
 
     async def terminate(self, pgid: int) -> None:
         """SIGTERM the group, then SIGKILL it if anything is left after the grace period."""
@@ -63,13 +95,15 @@ class ProcessGroups:
         _signal_group(pgid, signal.SIGKILL)
 
     async def kill_all(self, drain_timeout: float = 2.0) -> None:
-        """Stop every group the job started and collect the last output of their readers."""
+        """Stop every group the job started and collect the last output of their pipes."""
         await asyncio.gather(*(self.terminate(pgid) for pgid in self._groups))
-        if self._readers:
-            _, stuck = await asyncio.wait(self._readers, timeout=drain_timeout)
-            for task in stuck:
-                task.cancel()
-            await asyncio.gather(*self._readers, return_exceptions=True)
+        self._groups.clear()
+        pending = [output.closed for _, output in self._outputs if not output.closed.done()]
+        if pending:
+            await asyncio.wait(pending, timeout=drain_timeout)
+        for transport, _ in self._outputs:
+            transport.close()  # a process that left its group may still hold a pipe
+        self._outputs.clear()
 
     async def run(
         self, argv: Sequence[str], *, cwd: Path, env: Mapping[str, str], step_index: int,
@@ -78,59 +112,44 @@ class ProcessGroups:
     ) -> Finished:
         """Run `argv` until it exits, `deadline` (loop time) passes or `cancel` is set."""
         started = time.monotonic()
-        proc = await asyncio.create_subprocess_exec(
-            *argv, cwd=cwd, env=dict(env), stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        loop = asyncio.get_running_loop()
+        transport, output = await loop.subprocess_exec(
+            lambda: _Output(masker, shipper, step_index), *argv, cwd=cwd, env=dict(env),
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             start_new_session=True)
-        self._groups.append(proc.pid)
-        readers = [
-            asyncio.create_task(_pump(proc.stdout, masker, shipper, step_index, runner_pb2.STDOUT)),
-            asyncio.create_task(_pump(proc.stderr, masker, shipper, step_index, runner_pb2.STDERR)),
-        ]
-        self._readers += readers
+        pgid = transport.get_pid()
+        self._groups.append(pgid)
+        self._outputs.append((transport, output))
         try:
-            ending = await _supervise(proc, deadline, cancel)
+            ending = await _supervise(output.exited, deadline, cancel)
             if ending is not Ending.EXITED:
-                await self.terminate(proc.pid)
-            await proc.wait()
-            await asyncio.wait(readers, timeout=DRAIN_SECONDS)
+                await self.terminate(pgid)
+                await output.exited
+            await asyncio.wait([output.closed], timeout=DRAIN_SECONDS)
         except asyncio.CancelledError:
-            await asyncio.shield(self.terminate(proc.pid))
+            await asyncio.shield(self.terminate(pgid))
             raise
         # Forget groups with no process left: only a live group pins its id, so a stale
         # id could later name somebody else's group.
-        self._groups = [pgid for pgid in self._groups if _signal_group(pgid, 0)]
-        code = proc.returncode
+        self._groups = [g for g in self._groups if _signal_group(g, 0)]
+        code = transport.get_returncode()
         assert code is not None
         return Finished(ending, code if code >= 0 else 128 - code,
                         int((time.monotonic() - started) * 1000))
 
 
-async def _supervise(proc: asyncio.subprocess.Process, deadline: float | None,
+async def _supervise(exited: asyncio.Future[None], deadline: float | None,
                      cancel: asyncio.Event) -> Ending:
-    waiter = asyncio.ensure_future(proc.wait())
     cancelled = asyncio.ensure_future(cancel.wait())
     try:
         timeout = None if deadline is None else max(0.0, deadline - asyncio.get_running_loop().time())
-        done, _ = await asyncio.wait({waiter, cancelled}, timeout=timeout,
+        done, _ = await asyncio.wait({exited, cancelled}, timeout=timeout,
                                      return_when=asyncio.FIRST_COMPLETED)
     finally:
-        waiter.cancel()
         cancelled.cancel()
-    if waiter in done:
+    if exited in done:
         return Ending.EXITED
     return Ending.CANCELLED if cancelled in done else Ending.TIMED_OUT
-
-
-async def _pump(reader: asyncio.StreamReader | None, masker: SecretMasker, shipper: LogShipper,
-                step_index: int, stream: int) -> None:
-    assert reader is not None
-    lines = masker.line_masker()
-    try:
-        while data := await reader.read(READ_SIZE):
-            shipper.append(step_index, stream, lines.feed(data))
-    finally:
-        shipper.append(step_index, stream, lines.finish())
 
 
 def _signal_group(pgid: int, sig: int) -> bool:

@@ -57,6 +57,7 @@ class RecordingRunner(runner_pb2_grpc.RunnerServicer):
         self.artifacts: dict[str, Artifact] = {}
         self.cancel_reason = ""
         self.drop_log_stream_after: int | None = None  # abort StreamLogs once at this count
+        self.forget_on_drop = 0  # ... and lose this many unacknowledged chunks (a crash)
         self.refused: list[str] = []
         self.changed = asyncio.Event()
 
@@ -113,6 +114,7 @@ class RecordingRunner(runner_pb2_grpc.RunnerServicer):
             self._touch()
             if self.drop_log_stream_after is not None and len(self.chunks) >= self.drop_log_stream_after:
                 self.drop_log_stream_after = None
+                del self.chunks[len(self.chunks) - self.forget_on_drop:]
                 await context.abort(grpc.StatusCode.UNAVAILABLE, "log store restarting")
         return runner_pb2.LogAck(last_seq=self.last_seq)
 

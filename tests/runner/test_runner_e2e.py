@@ -167,7 +167,8 @@ async def test_100k_lines_arrive_complete_and_in_order(serve, tmp_path):
 async def test_log_stream_dropped_once_resumes_without_gap_or_duplicate(serve, tmp_path):
     harness = await serve(make_job(("ticks", "for i in $(seq 1 60); do echo line $i; sleep 0.005; done")))
     s = harness.servicer
-    s.drop_log_stream_after = 3
+    s.drop_log_stream_after = 4
+    s.forget_on_drop = 2
     code, stderr = await harness.run_runner(tmp_path / "ws")
     assert code == 0, stderr
     assert s.drop_log_stream_after is None  # the drop happened
@@ -302,3 +303,17 @@ async def test_output_produced_while_the_orchestrator_is_away_spills_and_arrives
     expected = b"first\n" + b"".join(b"%d\n" % i for i in range(1, 150001)) + b"last\n"
     assert s.output(0) == expected
     assert [c.seq for c in s.chunks] == list(range(1, s.last_seq + 1))
+
+
+async def test_background_process_of_a_finished_step_does_not_hold_the_job(serve, tmp_path):
+    harness = await serve(make_job(("bg", "sleep 30 & echo $! > bg.pid; echo started"),
+                                   ("next", "echo next")))
+    started = time.monotonic()
+    code, stderr = await harness.run_runner(tmp_path / "ws")
+    s = harness.servicer
+    assert code == 0, stderr
+    assert s.result.outcome == runner_pb2.JOB_SUCCESS
+    assert s.output(0, runner_pb2.STDOUT) == b"started\n"
+    assert s.output(1, runner_pb2.STDOUT) == b"next\n"
+    assert time.monotonic() - started < 8
+    assert not alive(int((tmp_path / "ws" / "bg.pid").read_text()))
