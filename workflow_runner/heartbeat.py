@@ -34,18 +34,19 @@ class Heartbeat:
     async def run(self) -> None:
         """Run until `stop`; raises `RunnerAuthError` if the token is refused."""
         stop = asyncio.ensure_future(self._stopped.wait())
+        session: asyncio.Future[None] | None = None
         try:
             while not self._stopped.is_set():
                 session = asyncio.ensure_future(
                     self._client.with_retry(self._session, "Heartbeat"))
                 await asyncio.wait({session, stop}, return_when=asyncio.FIRST_COMPLETED)
-                if not session.done():
-                    session.cancel()
-                    await asyncio.gather(session, return_exceptions=True)
-                else:
+                if session.done():
                     session.result()
         finally:
             stop.cancel()
+            if session is not None and not session.done():
+                session.cancel()
+                await asyncio.gather(session, return_exceptions=True)
 
     async def _session(self) -> None:
         call = self._client.stub.Heartbeat(metadata=self._client.metadata)
