@@ -11,10 +11,10 @@ import sys
 
 from common.errors import SolsticeError
 from common.observability import setup_observability
-from cidev import inspect, validate
+from cidev import inspect, run, validate
 from cidev.workflow_file import UsageError
 
-COMMANDS = (validate, inspect)
+COMMANDS = (validate, inspect, run)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -72,7 +72,7 @@ async def load_summary(db: Database, run_id: uuid.UUID) -> RunSummary | None:
         run = await conn.fetchrow("SELECT * FROM runs WHERE id = $1", run_id)
         if run is None:
             return None
-        jobs = await conn.fetch("SELECT * FROM jobs WHERE run_id = $1 ORDER BY created_at, key",
+        jobs = await conn.fetch("SELECT * FROM jobs WHERE run_id = $1 ORDER BY position, key",
                                 run_id)
         steps = await conn.fetch(
             "SELECT s.* FROM steps s JOIN jobs j ON j.id = s.job_id WHERE j.run_id = $1"

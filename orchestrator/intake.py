@@ -135,12 +135,12 @@ class Intake:
         jobs = expand(workflow)
         if options.only_jobs is not None:
             jobs = select_jobs(jobs, options.only_jobs)
-        for planned in jobs:
+        for position, planned in enumerate(jobs):
             runs = evaluate_if(planned.job.if_expr, planned.context(ctx))
             spec = job_spec(workflow, planned, ctx, self.default_job_timeout)
             await insert_job(
                 conn, job_id=uuid.uuid4(), run_id=run_id, key=planned.key, name=planned.job.id,
-                runs_on=planned.runs_on, needs=list(planned.needs), spec=spec,
+                position=position, runs_on=planned.runs_on, needs=list(planned.needs), spec=spec,
                 timeout_seconds=spec["timeout"],
                 state=JobState.QUEUED if runs else JobState.SKIPPED,
                 message="" if runs else f"skipped: `if {planned.job.if_expr}` is false",

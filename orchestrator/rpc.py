@@ -123,7 +123,8 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
                            chunk.stream, ts, data))
             if self.hub.watching_logs:
                 self.hub.publish(LogUpdate(session.run_id, session.job_id, session.key,
-                                           chunk.step_index, chunk.stream, data))
+                                           chunk.step_index, chunk.stream, data,
+                                           chunk.timestamp_unix_ms))
             await self.broker.publish_log(job_id, data)
         session.touch()
         await self.logs.sync()
@@ -152,7 +153,8 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
         self.hub.publish(StepUpdate(session.run_id, session.job_id, session.key,
                                     request.step_index, name, state,
                                     request.exit_code if final else None,
-                                    request.duration_ms if final else None))
+                                    request.duration_ms if final else None,
+                                    request.timestamp_unix_ms))
         return runner_pb2.Ack()
 
     async def ReportResult(self, request: runner_pb2.JobResult,

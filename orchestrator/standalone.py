@@ -8,8 +8,11 @@ and the in-process broker) unless `database_url` / `amqp_url` name real servers.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
+
+import asyncpg
 
 from common.broker import open_broker
 from orchestrator.backends.base import VMBackend
@@ -23,11 +26,26 @@ log = logging.getLogger(__name__)
 EMBEDDED_DATABASE = "solstice"
 
 
+_SCHEMA = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+async def _private_schema(dsn: str, schema: str, *, create: bool) -> None:
+    if not _SCHEMA.match(schema):
+        raise ValueError(f"invalid schema name {schema!r}")
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"' if create
+                           else f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    finally:
+        await conn.close()
+
+
 @asynccontextmanager
 async def database(config: OrchestratorConfig, *, embedded_name: str = EMBEDDED_DATABASE,
-                   drop_after: bool = False) -> AsyncIterator[Database]:
+                   schema: str | None = None) -> AsyncIterator[Database]:
     """A migrated database: `config.database_url`, else `embedded_name` in the embedded server
-    under `config.state_dir` (dropped on exit when `drop_after`)."""
+    under `config.state_dir`. With `schema`, the tables live in that schema of their own,
+    created now and dropped on exit (a throw-away run such as `cidev run`)."""
     async with AsyncExitStack() as stack:
         if config.database_url:
             dsn = config.database_url
@@ -36,9 +54,10 @@ async def database(config: OrchestratorConfig, *, embedded_name: str = EMBEDDED_
             await server.start()
             stack.push_async_callback(server.stop)
             dsn = await server.create_database(embedded_name)
-            if drop_after:
-                stack.push_async_callback(server.drop_database, embedded_name)
-        db = await Database.connect(dsn)
+        if schema is not None:
+            await _private_schema(dsn, schema, create=True)
+            stack.push_async_callback(_private_schema, dsn, schema, create=False)
+        db = await Database.connect(dsn, schema=schema)
         stack.push_async_callback(db.close)
         async with db.pool.acquire() as conn:
             await migrate(conn)
@@ -48,13 +67,13 @@ async def database(config: OrchestratorConfig, *, embedded_name: str = EMBEDDED_
 @asynccontextmanager
 async def running(config: OrchestratorConfig, *, backend: VMBackend,
                   secrets: Mapping[str, str] | None = None,
-                  embedded_name: str = EMBEDDED_DATABASE, drop_after: bool = False,
+                  embedded_name: str = EMBEDDED_DATABASE, schema: str | None = None,
                   grace: float = 0.0, hand_back: bool = False) -> AsyncIterator[Orchestrator]:
     """A started orchestrator on `config`'s database and broker; stopped (jobs given `grace`
     seconds, then ended, or re-queued with `hand_back`) and everything released on exit."""
     async with AsyncExitStack() as stack:
         db = await stack.enter_async_context(
-            database(config, embedded_name=embedded_name, drop_after=drop_after))
+            database(config, embedded_name=embedded_name, schema=schema))
         broker = open_broker(config.amqp_url, config.broker_prefix)
         await broker.connect()
         stack.push_async_callback(broker.close)

@@ -108,16 +108,18 @@ async def _transition(conn: asyncpg.Connection, job_id: uuid.UUID, to: JobState,
 
 
 async def insert_job(conn: asyncpg.Connection, *, job_id: uuid.UUID, run_id: uuid.UUID,
-                     key: str, name: str, runs_on: str, needs: list[str], spec: dict[str, Any],
+                     key: str, name: str, position: int, runs_on: str, needs: list[str],
+                     spec: dict[str, Any],
                      timeout_seconds: int, state: JobState, message: str,
                      steps: list[str], changes: Changes) -> None:
     """A new job (queued, or skipped when its `if` is false) with its pending steps."""
     await conn.execute(
         "INSERT INTO jobs (id, run_id, key, name, runs_on, needs, spec, timeout_seconds,"
-        " state, message, event_seq, finished_at)"
+        " state, message, event_seq, finished_at, position)"
         " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 1,"
-        " CASE WHEN $9 = 'skipped' THEN now() END)",
-        job_id, run_id, key, name, runs_on, needs, spec, timeout_seconds, state.value, message)
+        " CASE WHEN $9 = 'skipped' THEN now() END, $11)",
+        job_id, run_id, key, name, runs_on, needs, spec, timeout_seconds, state.value, message,
+        position)
     await conn.executemany(
         "INSERT INTO steps (job_id, index, name, state) VALUES ($1, $2, $3, $4)",
         [(job_id, i, step, "skipped" if state == JobState.SKIPPED else "pending")

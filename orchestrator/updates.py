@@ -33,6 +33,7 @@ class StepUpdate:
     state: str  # pending, running, success, failure, skipped, cancelled, timed_out
     exit_code: int | None = None
     duration_ms: int | None = None
+    ts_ms: int = 0  # when the runner saw it (Unix ms), to order it among log lines
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,7 @@ class LogUpdate:
     step_index: int  # -1: checkout / setup / the runner's own lines
     stream: int      # protos.runner_pb2.Stream value
     data: bytes      # whole lines, masked
+    ts_ms: int = 0   # when the runner read the first of these lines (Unix ms)
 
 
 @dataclass(frozen=True)

@@ -26,18 +26,25 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
 class Database:
     """The orchestrator's connection pool. Create with `Database.connect(dsn)`."""
 
-    def __init__(self, pool: asyncpg.Pool, dsn: str) -> None:
+    def __init__(self, pool: asyncpg.Pool, dsn: str,
+                 server_settings: dict[str, str] | None = None) -> None:
         self.pool = pool
         self.dsn = dsn
+        self.server_settings = server_settings
         self._listeners: list[asyncpg.Connection] = []
 
     @classmethod
     async def connect(cls, dsn: str, *, min_size: int = 2, max_size: int = 10,
-                      attempts: int = 10) -> "Database":
-        """Open a pool, retrying while the server starts (`attempts` tries with backoff)."""
+                      attempts: int = 10, schema: str | None = None) -> "Database":
+        """Open a pool, retrying while the server starts (`attempts` tries with backoff).
+
+        `schema` puts every table in that schema (it must exist) instead of `public`.
+        """
+        settings = {"search_path": f'"{schema}"'} if schema else None
+
         async def create() -> asyncpg.Pool:
             return await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size,
-                                             init=_init_connection)
+                                             init=_init_connection, server_settings=settings)
         try:
             pool = await retry_async(create, retry_on=(OSError, asyncpg.CannotConnectNowError),
                                      attempts=attempts, backoff=Backoff(initial=0.2, maximum=3),
@@ -45,7 +52,7 @@ class Database:
         except (OSError, asyncpg.PostgresError) as exc:
             raise DatabaseError(f"cannot connect to PostgreSQL: {exc}",
                                 hint="check --database-url and that the server is running") from exc
-        return cls(pool, dsn)
+        return cls(pool, dsn, settings)
 
     async def close(self) -> None:
         for conn in self._listeners:
@@ -61,6 +68,6 @@ class Database:
 
     async def listen(self, channel: str, callback: Callable[[str], None]) -> None:
         """Call `callback(payload)` for every NOTIFY on `channel`, on a dedicated connection."""
-        conn = await asyncpg.connect(self.dsn)
+        conn = await asyncpg.connect(self.dsn, server_settings=self.server_settings)
         await conn.add_listener(channel, lambda _c, _pid, _ch, payload: callback(payload))
         self._listeners.append(conn)

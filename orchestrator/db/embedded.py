@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import warnings
 from pathlib import Path
 
 import asyncpg
@@ -34,7 +35,11 @@ class EmbeddedPostgres:
         self._server = None
 
     async def start(self) -> None:
-        import pgserver  # imported here: it is heavy and only the standalone mode needs it
+        with warnings.catch_warnings():
+            # platformdirs warns at import when XDG_RUNTIME_DIR is unset (root, containers);
+            # pgserver then uses /tmp, which is fine.
+            warnings.simplefilter("ignore")
+            import pgserver  # imported here: it is heavy and only the standalone mode needs it
 
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
         try:

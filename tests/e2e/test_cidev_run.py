@@ -1,0 +1,113 @@
+"""`cidev run` as a user runs it: a subprocess, the embedded PostgreSQL, the real runner."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+CIDEV = [sys.executable, "-m", "cidev.main"]
+
+FAILING = '''
+workflow name="failing" {
+    job id="prepare" runs_on="local" { step name="ok" run="echo prepared"; }
+    job id="deploy" runs_on="local" {
+        needs "prepare"
+        secrets "DEPLOY_TOKEN"
+        step name="use it" run="echo token=$DEPLOY_TOKEN; exit 4"
+        step name="never" run="echo never"
+    }
+    job id="unrelated" runs_on="local" { step name="x" run="echo unrelated"; }
+}
+'''
+
+
+def cidev(args: list[str], state: Path, cwd: Path, **env: str) -> subprocess.CompletedProcess:
+    environ = {k: v for k, v in os.environ.items() if k != "NO_COLOR"}
+    environ.update(XDG_STATE_HOME=str(state), **env)
+    return subprocess.run(CIDEV + args, cwd=cwd, env=environ, capture_output=True, text=True,
+                          timeout=240)
+
+
+@pytest.fixture
+def state() -> Iterator[Path]:
+    """XDG_STATE_HOME for one test. Not under pytest's tmp_path: the embedded PostgreSQL runs
+    as another user and must traverse it, and pytest resets its base directory to 0700."""
+    path = Path(tempfile.mkdtemp(prefix="cidev-e2e-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def leftovers(state: Path) -> list[str]:
+    """Machine directories, job processes and postgres servers of this state directory."""
+    found = [str(p) for p in (state / "solstice").glob("cidev-machines-*/*")]
+    for proc in psutil.process_iter(["pid"]):
+        try:
+            if str(state) in " ".join(proc.cmdline()) or proc.cwd().startswith(str(state)):
+                found.append(f"pid {proc.pid}: {' '.join(proc.cmdline())[:120]}")
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
+
+
+@pytest.mark.slow
+def test_hello_example_runs_end_to_end(state: Path) -> None:
+    done = cidev(["run", "examples/hello.kdl"], state, REPO)
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = done.stdout
+    assert "\033[" not in out  # not a terminal: no colours
+    for key in ("lint", "test[flavour=vanilla]", "test[flavour=chocolate]", "report"):
+        assert f"{key} " in out
+    assert "workflow present" in out
+    assert "test[flavour=chocolate] passed" in out
+    assert "run success: 4 of 4 jobs succeeded" in out
+    # Step output sits between the step's start and end marks.
+    lines = [line.split("|", 1)[1].strip() for line in out.splitlines()
+             if line.startswith("report ") and " | " in line]
+    start, end = lines.index("> Summarise"), next(i for i, l in enumerate(lines)
+                                                  if l.startswith("ok Summarise"))
+    assert any("every test passed" in l for l in lines[start:end])
+    assert leftovers(state) == []
+
+
+@pytest.mark.slow
+def test_failing_job_selection_and_secrets(tmp_path: Path, state: Path) -> None:
+    source = tmp_path / "repo"
+    (source / ".solstice").mkdir(parents=True)
+    (source / ".solstice" / "workflow.kdl").write_text(FAILING)
+    done = cidev(["run", "--job", "deploy", "--secret", "DEPLOY_TOKEN"], state, source,
+                 DEPLOY_TOKEN="tok-123456789")
+    assert done.returncode == 1, done.stdout + done.stderr
+    out = done.stdout
+    assert "tok-123456789" not in out + done.stderr
+    assert "token=***" in out
+    assert "unrelated" not in out  # only the selected job and what it needs
+    assert "prepared" in out
+    table = out[out.index("JOB "):]
+    assert "deploy" in table and "failure" in table and "exit code 4" in table
+    assert "run failure: 1 of 2 jobs succeeded" in out
+    assert leftovers(state) == []
+
+
+def test_invalid_workflow_is_reported_like_validate(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.kdl"
+    bad.write_text('workflow {\n    job id="a" {\n        step name="x"\n    }\n}\n')
+    run = cidev(["run", str(bad)], tmp_path / "state", tmp_path)
+    validate = cidev(["validate", str(bad)], tmp_path / "state", tmp_path)
+    assert run.returncode == validate.returncode == 1
+    assert run.stderr == validate.stderr
+    assert f"{bad}:2:" in run.stderr
+    assert not (tmp_path / "state" / "solstice" / "pgdata").exists()  # nothing was started
+
+
+def test_unknown_job_is_a_usage_error(tmp_path: Path) -> None:
+    done = cidev(["run", "--job", "nope", "examples/hello.kdl"], tmp_path / "state", REPO)
+    assert done.returncode == 2
+    assert "no job 'nope'" in done.stderr and "lint" in done.stderr
