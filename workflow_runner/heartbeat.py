@@ -1,7 +1,8 @@
 """The control stream: a ping every few seconds, a `Control` back; `CANCEL` stops the job.
 
 The orchestrator may send a `Control` at any time on the stream, not only as an answer; the
-runner acts on the first `CANCEL` and keeps pinging until it reported its result.
+runner acts on the first `CANCEL` and keeps pinging until it reported its result. It must
+answer every ping: five intervals of silence make the runner reconnect.
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import logging
 import grpc
 
 from protos import runner_pb2
-from workflow_runner.client import RunnerClient, classify
+from workflow_runner.client import RunnerClient, TransientRpcError, classify
 from workflow_runner.logs import NO_STEP
 
 log = logging.getLogger(__name__)
@@ -23,6 +24,9 @@ class Heartbeat:
     def __init__(self, client: RunnerClient, interval: float) -> None:
         self._client = client
         self._interval = interval
+        # The orchestrator answers every ping; this long without a word means the connection
+        # is dead without having been closed (a partition), so open a new one.
+        self._stall_after = max(5 * interval, 1.0)
         self.current_step = NO_STEP
         self.cancelled = asyncio.Event()
         self.cancel_reason = ""
@@ -52,7 +56,14 @@ class Heartbeat:
         call = self._client.stub.Heartbeat(metadata=self._client.metadata)
         pinger = asyncio.ensure_future(self._ping(call))
         try:
-            async for control in call:
+            while True:
+                try:
+                    control = await asyncio.wait_for(call.read(), self._stall_after)
+                except TimeoutError as exc:
+                    raise TransientRpcError(
+                        f"no answer to heartbeats for {self._stall_after:.0f} s") from exc
+                if control is grpc.aio.EOF:
+                    break
                 self._client.touch()
                 if control.action == runner_pb2.Control.CANCEL and not self.cancelled.is_set():
                     self.cancel_reason = control.reason or "cancelled by the orchestrator"

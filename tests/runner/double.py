@@ -59,6 +59,8 @@ class RecordingRunner(runner_pb2_grpc.RunnerServicer):
         self.drop_log_stream_after: int | None = None  # abort StreamLogs once at this count
         self.forget_on_drop = 0  # ... and lose this many unacknowledged chunks (a crash)
         self.refused: list[str] = []
+        self.silent_heartbeats = 0  # heartbeat calls to read without ever answering
+        self.heartbeat_calls = 0
         self.changed = asyncio.Event()
 
     # -- helpers for tests -------------------------------------------------------------
@@ -133,6 +135,13 @@ class RecordingRunner(runner_pb2_grpc.RunnerServicer):
 
     async def Heartbeat(self, request_iterator, context):
         await self._auth(context)
+        self.heartbeat_calls += 1
+        self._touch()
+        if self.silent_heartbeats:
+            self.silent_heartbeats -= 1
+            async for _ping in request_iterator:
+                pass  # a dead connection: pings vanish, nothing comes back
+            return
         async for _ping in request_iterator:
             await self._auth(context)  # a token may die while the job runs
             if self.cancel_reason:

@@ -317,3 +317,17 @@ async def test_background_process_of_a_finished_step_does_not_hold_the_job(serve
     assert s.output(1, runner_pb2.STDOUT) == b"next\n"
     assert time.monotonic() - started < 8
     assert not alive(int((tmp_path / "ws" / "bg.pid").read_text()))
+
+
+async def test_a_silent_control_stream_is_reopened_and_still_delivers_cancel(serve, tmp_path):
+    harness = await serve(make_job(("long", "echo started; sleep 30")))
+    s = harness.servicer
+    s.silent_heartbeats = 1
+    s.cancel_reason = "stop now"
+    proc = await harness.start_runner(tmp_path / "ws")
+    async with asyncio.timeout(15):
+        _, stderr = await proc.communicate()
+    assert proc.returncode == 0, stderr
+    assert s.heartbeat_calls >= 2
+    assert b"no answer to heartbeats" in stderr
+    assert s.result.outcome == runner_pb2.JOB_CANCELLED
