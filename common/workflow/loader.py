@@ -51,6 +51,7 @@ _TOP_LEVEL_HINTS = {
 
 Path = tuple[int, ...]
 _MISSING = object()
+_NO_RESOURCES = Resources()
 
 
 @dataclass(slots=True)
@@ -95,6 +96,8 @@ class _Checker:
         self.problems: list[_Pending] = []
         self.job: str | None = None
         self.step: str | None = None
+        # (job id, needed id, where the `needs` node is, argument index), checked at the end.
+        self.need_refs: list[tuple[str, str, Path, int]] = []
 
     def error(self, path: Path, message: str, hint: str | None = None, *, arg: int | None = None,
               prop: str | None = None, inner: int | None = None, value: bool = False) -> None:
@@ -246,7 +249,7 @@ class _Checker:
         triggers: list[Trigger] = []
         env: dict[str, str] = {}
         jobs: list[Job] = []
-        declared: list[tuple[str, Path, ckdl.Node]] = []
+        declared: list[tuple[str, Path]] = []
         for index, child in enumerate(node.children):
             where = path + (index,)
             if child.name == "on":
@@ -260,7 +263,7 @@ class _Checker:
                 if job is not None:
                     jobs.append(job)
                 if self.job is not None:
-                    declared.append((self.job, where, child))
+                    declared.append((self.job, where))
             elif child.name in JOB_CHILDREN:
                 self.error(where, f"`{child.name}` belongs inside a job, not directly in the workflow",
                            'put it in job id="..." runs_on="..." { ... }')
@@ -381,7 +384,7 @@ class _Checker:
         if "if" in by_name:
             index, child = by_name["if"][0]
             if_expr = self.if_node(child, path + (index,), axes)
-        resources = Resources()
+        resources = _NO_RESOURCES
         if "resources" in by_name:
             index, child = by_name["resources"][0]
             resources = self.resources(child, path + (index,))
@@ -401,16 +404,22 @@ class _Checker:
                                             'artifacts "target/release/app" "out/**"'))
         needs: list[str] = []
         for index, child in by_name.get("needs", []):
-            needs.extend(self.list_node(child, path + (index,), "needs", 'needs "lint" "test"'))
+            where = path + (index,)
+            needs.extend(self.list_node(child, where, "needs", 'needs "lint" "test"'))
+            if job_id is not None:
+                for arg, raw in enumerate(child.args):
+                    need = _plain(raw)
+                    if isinstance(need, str) and need:
+                        self.need_refs.append((job_id, need, where, arg))
         steps = [self.step_node(child, path + (index,), position, axes)
                  for position, (index, child) in enumerate(by_name.get("step", []), start=1)]
         self.step = None
         if not by_name.get("step"):
             self.error(path, "the job has no steps",
                        'add at least one: step name="Build" run="make"')
-        if job_id is None or runs_on is None or any(s is None for s in steps):
+        if job_id is None or runs_on is None or None in steps:
             return None
-        return Job(id=job_id, runs_on=runs_on, steps=tuple(s for s in steps if s is not None),
+        return Job(id=job_id, runs_on=runs_on, steps=tuple(steps),
                    timeout=timeout, needs=tuple(dict.fromkeys(needs)), if_expr=if_expr,
                    resources=resources, env=env, secrets=tuple(dict.fromkeys(secrets)),
                    matrix=matrix, setup=setup, artifacts=tuple(artifacts))
@@ -615,11 +624,11 @@ class _Checker:
             name = first_line if len(first_line) <= 60 else first_line[:57] + "..."
         return Step(name=name, run=run, timeout=timeout, if_expr=if_expr)
 
-    def dependencies(self, jobs: list[tuple[str, Path, ckdl.Node]]) -> None:
+    def dependencies(self, jobs: list[tuple[str, Path]]) -> None:
         """Unknown and duplicate ids, self-needs and cycles, once every job id is known."""
         self.step = None
         first_at: dict[str, Path] = {}
-        for job_id, path, _ in jobs:
+        for job_id, path in jobs:
             if job_id in first_at:
                 self.job = job_id
                 self.error(path, f"job id {job_id!r} is used twice", "give every job its own id",
@@ -629,24 +638,16 @@ class _Checker:
         known = list(first_at)
         edges: dict[str, list[str]] = {}
         need_at: dict[tuple[str, str], tuple[Path, int]] = {}
-        for job_id, path, node in jobs:
+        for job_id, need, where, arg in self.need_refs:
             self.job = job_id
-            for index, child in enumerate(node.children):
-                if child.name != "needs":
-                    continue
-                for arg, raw in enumerate(child.args):
-                    need = _plain(raw)
-                    if not isinstance(need, str):
-                        continue
-                    need_at.setdefault((job_id, need), (path + (index,), arg))
-                    if need == job_id:
-                        self.error(path + (index,), f"job {job_id!r} needs itself",
-                                   "remove it from needs", arg=arg)
-                    elif need not in first_at:
-                        self.error(path + (index,), f"needs unknown job {need!r}",
-                                   f"{_suggest(need, known)}jobs: {', '.join(known)}", arg=arg)
-                    else:
-                        edges.setdefault(job_id, []).append(need)
+            need_at.setdefault((job_id, need), (where, arg))
+            if need == job_id:
+                self.error(where, f"job {job_id!r} needs itself", "remove it from needs", arg=arg)
+            elif need not in first_at:
+                self.error(where, f"needs unknown job {need!r}",
+                           f"{_suggest(need, known)}jobs: {', '.join(known)}", arg=arg)
+            else:
+                edges.setdefault(job_id, []).append(need)
         for cycle in _cycles(known, edges):
             self.job = cycle[0]
             where, arg = need_at[(cycle[0], cycle[1])]

@@ -6,6 +6,7 @@ hold values only. Durations are seconds, sizes are megabytes, `None` means "not 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,9 +44,12 @@ class Matrix:
         return tuple(name for name, _ in self.axes)
 
 
-@dataclass(frozen=True, slots=True)
-class Step:
-    """One command; `name`, `run` may hold `${{ matrix.X }}` until the job is expanded."""
+class Step(NamedTuple):
+    """One command; `name`, `run` may hold `${{ matrix.X }}` until the job is expanded.
+
+    A named tuple rather than a frozen dataclass: equally immutable, and a large workflow
+    builds thousands of steps on every validation, which a tuple does several times faster.
+    """
 
     name: str
     run: str

@@ -44,7 +44,7 @@ def test_commands_are_registered_from_one_tuple() -> None:
 
 def test_valid_file(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["validate", str(FULL)]) == 0
-    assert capsys.readouterr().out.strip() == f"{FULL}: ok (2 jobs, 5 after matrix expansion)"
+    assert capsys.readouterr().out.strip() == f"{FULL}: ok (3 jobs, 6 after matrix expansion)"
 
 
 def test_default_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -76,7 +76,7 @@ def test_json_output(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
     report = json.loads(capsys.readouterr().out)
     assert report["valid"] is False
     broken, full = report["files"]
-    assert full == {"path": str(FULL), "valid": True, "errors": [], "jobs": 2, "planned_jobs": 5}
+    assert full == {"path": str(FULL), "valid": True, "errors": [], "jobs": 3, "planned_jobs": 6}
     assert broken["valid"] is False
     assert broken["errors"][1] == {
         "path": str(path), "line": 4, "col": 50, "job": "build", "step": "Test",
@@ -121,15 +121,22 @@ def test_inspect_text(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["inspect", str(FULL)]) == 0
     out = capsys.readouterr().out
     assert "workflow 'Solstice CI'  (fail_fast)" in out
-    assert "  on: push [main, release/*], pull_request" in out
-    assert "jobs (5, in run order):" in out
-    assert "  build[rust=nightly,os=omnios]  runs_on=illumos-stable  timeout=45m" in out
-    assert "    2. Test: cargo test --workspace  (timeout=20m; if: event == 'push')" in out
-    assert out.rstrip().endswith("  lint\n"
-                                 "  ├── build[rust=stable,os=omnios]\n"
-                                 "  ├── build[rust=stable,os=openindiana]\n"
-                                 "  ├── build[rust=1.80,os=omnios]\n"
-                                 "  └── build[rust=nightly,os=omnios]")
+    assert "  on: push [main, release/*], pull_request, tag [v*]" in out
+    assert "jobs (6, in run order):" in out
+    assert "  build[rust=nightly,os=omnios]  runs_on=illumos-omnios  timeout=45m" in out
+    assert "    2. Test on nightly: cargo +nightly test --workspace  (timeout=20m; if: event == 'push')" in out
+    assert "    1. cargo build --release: cargo build --release ..." in out
+    assert out.split("dag:\n", 1)[1].splitlines() == [
+        "  lint",
+        "  ├── build[rust=stable,os=omnios]",
+        "  │   └── release",
+        "  ├── build[rust=stable,os=openindiana]",
+        "  │   └── release (see above)",
+        "  ├── build[rust=1.80,os=omnios]",
+        "  │   └── release (see above)",
+        "  └── build[rust=nightly,os=omnios]",
+        "      └── release (see above)",
+    ]
 
 
 def test_inspect_dag_draws_shared_jobs_once(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

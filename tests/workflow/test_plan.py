@@ -14,17 +14,18 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 def test_full_example_expands_with_stable_keys() -> None:
     workflow = load_workflow((EXAMPLES / "full.kdl").read_text())
     planned = expand(workflow)
-    assert [p.key for p in planned] == [
-        "build[rust=stable,os=omnios]",
-        "build[rust=stable,os=openindiana]",
-        "build[rust=1.80,os=omnios]",
-        "build[rust=nightly,os=omnios]",
-        "lint",
-    ]
-    assert planned[0].matrix == {"rust": "stable", "os": "omnios"}
-    assert all(p.needs == ("lint",) for p in planned[:4])
-    order = [p.key for p in topological_order(planned)]
-    assert order[0] == "lint" and order[1:] == [p.key for p in planned[:4]]
+    builds = ["build[rust=stable,os=omnios]", "build[rust=stable,os=openindiana]",
+              "build[rust=1.80,os=omnios]", "build[rust=nightly,os=omnios]"]
+    assert [p.key for p in planned] == ["lint", *builds, "release"]
+    assert planned[1].matrix == {"rust": "stable", "os": "omnios"}
+    assert [p.runs_on for p in planned[1:5]] == ["illumos-omnios", "illumos-openindiana",
+                                                  "illumos-omnios", "illumos-omnios"]
+    assert planned[4].steps[1].name == "Test on nightly"
+    assert planned[4].steps[1].run == "cargo +nightly test --workspace"
+    assert all(p.needs == ("lint",) for p in planned[1:5])
+    assert planned[5].needs == tuple(builds)
+    assert [p.key for p in topological_order(list(reversed(planned)))] == [
+        "lint", *reversed(builds), "release"]
     assert expand(workflow) == planned  # same workflow, same plan
 
 
@@ -122,7 +123,7 @@ def test_triggers() -> None:
 def test_job_and_step_conditions_with_matrix_values() -> None:
     workflow = load_workflow((EXAMPLES / "full.kdl").read_text())
     run = EvalContext(event="push", branch="main")
-    planned = expand(workflow)[0]
+    planned = expand(workflow)[1]
     assert evaluate_if(planned.job.if_expr, planned.context(run))
     assert [evaluate_if(s.if_expr, planned.context(run)) for s in planned.steps] == [True, True]
     pr = EvalContext(event="pull_request", branch="feature")

@@ -35,10 +35,12 @@ def test_seed_minimal_form_loads(text: str) -> None:
 def test_full_example_loads_every_part() -> None:
     workflow = load_workflow((EXAMPLES / "full.kdl").read_text(), "examples/full.kdl")
     assert workflow.name == "Solstice CI" and workflow.fail_fast is True
-    assert workflow.triggers == (Trigger("push", ("main", "release/*")), Trigger("pull_request"))
+    assert workflow.triggers == (Trigger("push", ("main", "release/*")), Trigger("pull_request"),
+                                 Trigger("tag", tags=("v*",)))
     assert workflow.env == {"RUST_LOG": "info"}
+    assert [j.id for j in workflow.jobs] == ["lint", "build", "release"]
     build = workflow.job("build")
-    assert build.runs_on == "illumos-stable" and build.timeout == 45 * 60
+    assert build.runs_on == "illumos-${{ matrix.os }}" and build.timeout == 45 * 60
     assert build.needs == ("lint",)
     assert build.if_expr == "branch == 'main' || event == 'pull_request'"
     assert build.resources == Resources(vcpus=4, ram_mb=8192, disk_gb=40)
@@ -49,14 +51,19 @@ def test_full_example_loads_every_part() -> None:
     assert build.matrix.include == ({"rust": "nightly", "os": "omnios"},)
     assert build.setup == ".solstice/setup.sh"
     assert build.steps == (Step("Format", "cargo fmt --check"),
-                           Step("Test", "cargo test --workspace", 20 * 60, "event == 'push'"))
+                           Step("Test on ${{ matrix.rust }}", "cargo +${{ matrix.rust }} test --workspace",
+                                20 * 60, "event == 'push'"))
     assert build.artifacts == ("target/release/app", "out/**")
-    assert [j.id for j in workflow.jobs] == ["build", "lint"]
+    release = workflow.job("release")
+    assert release.timeout == 5400 and release.if_expr == "tag" and release.needs == ("build",)
+    assert release.steps == (Step("cargo build --release",
+                                  "cargo build --release\ncp target/release/app out/"),)
 
 
 def test_kdl1_and_kdl2_spellings_load_the_same() -> None:
-    v2 = (EXAMPLES / "full.kdl").read_text()
-    v1 = v2.replace("fail_fast=#true", "fail_fast=true")
+    v2 = ('workflow name="w" fail_fast=#true {\n    job id="a" runs_on="x" {\n'
+          '        env DEBUG=#false\n        step name="A" run=#"echo "hi""#\n    }\n}\n')
+    v1 = v2.replace("#true", "true").replace("#false", "false").replace('run=#"', 'run=r#"')
     assert load_workflow(v1) == load_workflow(v2)
 
 
@@ -410,3 +417,8 @@ def test_workflow_error_is_a_solstice_error_listing_everything() -> None:
         load_workflow("workflow {\n}\n", "x.kdl")
     assert isinstance(info.value, WorkflowError)
     assert str(info.value).startswith("x.kdl:1:1: error: the workflow has no jobs")
+
+
+def test_typed_needs_are_checked_like_plain_ones() -> None:
+    text = two_jobs("", 'needs (id)"nope"')
+    assert at(only(text, "needs unknown job 'nope'")) == position(text, '(id)"nope"')
