@@ -21,6 +21,7 @@ from github_integration.checks import check_run_requests
 
 log = logging.getLogger(__name__)
 
+
 @dataclass(frozen=True)
 class CheckRunState:
     """The check run of a job: its id, whether it is completed, and the last event applied

@@ -102,9 +102,10 @@ class Stack:
 
 
 @contextlib.asynccontextmanager
-async def running_stack(pg_dsn: str, fake: FakeGitHub, app_key, broker: Broker,
-                        **settings) -> AsyncIterator[Stack]:
-    """The integration on `broker`, talking to `fake`, with a consumer collecting run requests."""
+async def running_stack(pg_dsn: str, fake: FakeGitHub, app_key, broker: Broker, *,
+                        collect_runs: bool = True, **settings) -> AsyncIterator[Stack]:
+    """The integration on `broker`, talking to `fake`, with a consumer collecting run requests
+    (unless `collect_runs` is False)."""
     pool = await open_database(pg_dsn, min_size=1, max_size=4)
     config = GitHubIntegrationConfig(app_id=1, private_key_path=Path("unused.pem"),
                                      webhook_secret=SECRET, api_url=fake.url,
@@ -119,7 +120,8 @@ async def running_stack(pg_dsn: str, fake: FakeGitHub, app_key, broker: Broker,
         runs.append(decode(delivery.body, RunRequest))
         await delivery.ack()
 
-    await broker.consume_runs(collect)
+    if collect_runs:
+        await broker.consume_runs(collect)
     await service.start()
     client = httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(service.webhook)),
                                base_url="http://test")
@@ -251,15 +253,15 @@ async def test_broker_confirm_failure_gets_503(pg_dsn: str, fake: FakeGitHub, ap
 
     try:
         async with AmqpBroker(amqp_url, broker_prefix) as broker, \
-                running_stack(pg_dsn, fake, app_key, broker) as built:
+                running_stack(pg_dsn, fake, app_key, broker, collect_runs=False) as built:
             async with await aio_pika.connect(amqp_url) as connection:
                 channel = await connection.channel()
                 await channel.queue_delete(f"{broker_prefix}.runs")  # the publish is unroutable
             raw = (FIXTURES / "push/with-new-branch.payload.json").read_bytes()
             response = await built.post("push", raw, delivery="d-3")
             assert response.status_code == 503 and "broker" in response.json()["error"]
-            await broker.connect()  # declares the topology again
-            await broker.consume_runs(lambda d: d.ack())
+            async with AmqpBroker(amqp_url, broker_prefix):
+                pass  # connecting declares the topology again
             response = await built.post("push", raw, delivery="d-3")
             assert response.status_code == 202  # the 503 did not record the delivery as seen
     finally:
