@@ -41,7 +41,7 @@ _LEVELS = (("warning", "warning"), ("note", "notice"), ("info", "notice"))
 
 def check_run_name(event: JobEvent) -> str:
     """The check run's name: the same `solstice/<workflow>/<job>` as Forgejo's status context."""
-    return f"solstice/{event.workflow_name}/{event.job_key}"
+    return f"solstice/{event.workflow_name or 'workflow'}/{event.job_key}"
 
 
 def external_id(event: JobEvent) -> str:

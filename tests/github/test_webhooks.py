@@ -392,3 +392,14 @@ async def test_job_events_become_check_runs_despite_github_errors(stack: Stack) 
     [run] = stack.fake.check_runs.values()
     assert [body.get("status") for body in run.history] == ["queued", "in_progress", "completed"]
     assert run.conclusion == "failure" and run.annotations[0]["path"] == "a.c"
+
+
+async def test_installation_removed_drops_its_cached_token(stack: Stack) -> None:
+    auth = stack.service.auth
+    first = await auth.installation_token(1)
+    body = load("installation/deleted.payload.json")
+    body["installation"]["id"] = 1
+    response = await stack.post("installation", body)
+    assert response.status_code == 200 and response.json()["outcome"] == "ignored"
+    assert await auth.installation_token(1) != first
+    assert stack.fake.tokens_issued == 2
