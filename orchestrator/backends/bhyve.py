@@ -360,11 +360,10 @@ class BhyveBackend(VMBackend):
                 created.add("dataset")
                 await self._run("dladm", "create-vnic", "-l", self.settings.link, names.vnic)
                 created.add("vnic")
-                await asyncio.to_thread(names.work.mkdir, mode=0o700, parents=True, exist_ok=True)
                 created.add("work")
                 script = zonecfg_script(names, link_attrs=image.attrs, vcpus=resources.vcpus,
                                         ram_mb=resources.ram_mb)
-                await asyncio.to_thread(names.zonecfg.write_text, script)
+                await asyncio.to_thread(_write_private, names.zonecfg, script)
                 await self._run("zonecfg", "-z", names.zone, "-f", str(names.zonecfg))
                 created.add("zone")
                 await self._run("zoneadm", "-z", names.zone, "install",
@@ -469,11 +468,15 @@ class BhyveBackend(VMBackend):
 
 
 def _write_private(path: Path, text: str) -> None:
-    """Write `text` readable by the owner only (it carries the job's one-time token)."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
+    """Write `text` readable by the owner only (user-data carries the job's one-time token)."""
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+    except OSError as exc:
+        raise BackendError(f"cannot write {path}: {exc.strerror or exc}",
+                           hint="check that the bhyve work_dir exists, is writable and has space") from exc
 
 
 def _read_tails(paths: list[Path], limit: int) -> str:
@@ -485,8 +488,8 @@ def _read_tails(paths: list[Path], limit: int) -> str:
                 size = fh.tell()
                 fh.seek(max(0, size - limit))
                 data = fh.read().decode(errors="replace")
-        except FileNotFoundError:
-            continue
+        except OSError:
+            continue  # absent (not booted yet) or unreadable: nothing to show from this one
         if size > limit:
             data = f"[... {size - limit} earlier bytes of {path} omitted]\n" + data.split("\n", 1)[-1]
         parts.append(data)

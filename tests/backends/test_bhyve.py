@@ -219,16 +219,16 @@ async def test_clone_of_a_same_named_leftover_is_not_destroyed(fake_illumos: Fak
     fake_illumos.assert_empty()
 
 
-async def test_boot_failure_is_an_error_then_destroy_cleans(backend: BhyveBackend,
+async def test_boot_failure_is_an_error_then_destroy_cleans(command_backend: BhyveBackend,
                                                             fake_illumos: FakeIllumos) -> None:
     fake_illumos.update(boot="vm_create failed: Not enough memory")
-    vm = await backend.provision(spec())
+    vm = await command_backend.provision(spec())
     with pytest.raises(BackendError) as info:
-        await backend.start(vm, BOOTSTRAP)
+        await command_backend.start(vm, BOOTSTRAP)
     assert "zoneadm -z hosta-0001 boot" in str(info.value)
     assert "Not enough memory" in str(info.value)
-    assert "Not enough memory" in await backend.console_log(vm)
-    await backend.destroy(vm)
+    assert "Not enough memory" in await command_backend.console_log(vm)
+    await command_backend.destroy(vm)
     fake_illumos.assert_empty()
 
 
@@ -351,14 +351,14 @@ async def test_leftovers_and_reaping_after_a_crash(backend: BhyveBackend,
     fake_illumos.assert_empty()
 
 
-async def test_reaper_finds_a_half_provisioned_job(backend: BhyveBackend,
+async def test_reaper_finds_a_half_provisioned_job(command_backend: BhyveBackend,
                                                    fake_illumos: FakeIllumos) -> None:
     # A crash between `dladm create-vnic` and `zonecfg`: a clone and a VNIC, no zone.
     assert fake_illumos.run("zfs", "snapshot", f"{IMAGE}@golden").returncode == 0
     assert fake_illumos.run("zfs", "clone", f"{IMAGE}@golden", f"{CLONE_PARENT}/hosta-0007").returncode == 0
     assert fake_illumos.run("dladm", "create-vnic", "-l", LINK, "hosta_0007_0").returncode == 0
-    assert await backend.leftovers("hosta-") == ["hosta-0007"]
-    await backend.destroy_by_name("hosta-0007")
+    assert await command_backend.leftovers("hosta-") == ["hosta-0007"]
+    await command_backend.destroy_by_name("hosta-0007")
     fake_illumos.assert_empty()
 
 
@@ -382,6 +382,15 @@ async def test_wait_exit_reports_a_zone_that_stopped(command_backend: BhyveBacke
     assert fake_illumos.run("zoneadm", "-z", "hosta-0001", "halt").returncode == 0
     assert await asyncio.wait_for(watcher, 5) == "zone hosta-0001 is installed"
     await command_backend.destroy(vm)
+    fake_illumos.assert_empty()
+
+
+async def test_unwritable_work_dir_is_a_backend_error(fake_illumos: FakeIllumos, tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    backend = BhyveBackend(make_settings(fake_illumos, tmp_path, zfs="command", work_dir=str(blocker)))
+    with pytest.raises(BackendError, match="cannot write"):
+        await backend.provision(spec())
     fake_illumos.assert_empty()
 
 

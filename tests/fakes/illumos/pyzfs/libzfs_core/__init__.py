@@ -10,7 +10,6 @@ import errno as _errno
 from tests.fakes.illumos import fakeillumos as _fake
 
 from . import exceptions
-from .exceptions import ZFSError  # noqa: F401  (pyzfs exports it at package level too)
 
 
 def _name(value, what="name"):
