@@ -11,7 +11,6 @@ loses none, and a restart resumes where it stopped.
 """
 from __future__ import annotations
 
-import logging
 from datetime import datetime, timezone
 from typing import Any
 
@@ -22,8 +21,6 @@ from common.messages import JobEvent, Repo, decode
 from github_integration.api import GitHubApi
 from github_integration.checks import ANNOTATIONS_PER_REQUEST, fit_text
 from github_integration.reporter import CheckRunReporter
-
-log = logging.getLogger(__name__)
 
 TARGET = "github"
 WORKFLOW_CHECK_NAME = "solstice/workflow"
