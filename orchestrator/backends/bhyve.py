@@ -105,7 +105,7 @@ def _check_dataset(value: str, what: str) -> str:
 
 
 class LabelImage(BaseModel):
-    """The golden image and machine size for one `runs_on` label."""
+    """The golden image of one `runs_on` label and the machine size its jobs get by default."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -232,7 +232,7 @@ def vnic_name(name: str) -> str:
     return f"{base[:LINK_NAME_MAX - 11]}_{digest}_0"
 
 
-def zonecfg_script(names: JobNames, *, link_attrs: Mapping[str, str], vcpus: int,
+def zonecfg_script(names: JobNames, *, extra_attrs: Mapping[str, str], vcpus: int,
                    ram_mb: int) -> str:
     """The `zonecfg -f` command file for a job's zone (values quoted; none contain quotes)."""
     attrs = {
@@ -240,7 +240,7 @@ def zonecfg_script(names: JobNames, *, link_attrs: Mapping[str, str], vcpus: int
         "ram": f"{ram_mb}M",
         "vcpus": str(vcpus),
         "cloud-init": str(names.user_data),
-        **link_attrs,
+        **extra_attrs,
     }
     lines = [
         "create -b",
@@ -310,10 +310,20 @@ class BhyveBackend(VMBackend):
 
     @staticmethod
     def resources_for(image: LabelImage, requested: Resources) -> Resources:
-        """The label's configured size where set (the host's operator decides), else the job's."""
-        return Resources(vcpus=image.vcpus or requested.vcpus,
-                         ram_mb=image.ram_mb or requested.ram_mb,
-                         disk_gb=image.disk_gb or requested.disk_gb)
+        """The job's own request where it made one, else the label's size, else the default.
+
+        `VMSpec.resources` cannot say "unspecified": the orchestrator fills what the workflow
+        left open with `Resources()`'s defaults, so a value equal to the default counts as
+        unspecified and the label's configured size applies.
+        """
+        default = Resources()
+
+        def pick(field: str) -> int:
+            asked = getattr(requested, field)
+            configured = getattr(image, field)
+            return configured if asked == getattr(default, field) and configured else asked
+
+        return Resources(vcpus=pick("vcpus"), ram_mb=pick("ram_mb"), disk_gb=pick("disk_gb"))
 
     # -- commands ------------------------------------------------------------------------
 
@@ -361,7 +371,7 @@ class BhyveBackend(VMBackend):
                 await self._run("dladm", "create-vnic", "-l", self.settings.link, names.vnic)
                 created.add("vnic")
                 created.add("work")
-                script = zonecfg_script(names, link_attrs=image.attrs, vcpus=resources.vcpus,
+                script = zonecfg_script(names, extra_attrs=image.attrs, vcpus=resources.vcpus,
                                         ram_mb=resources.ram_mb)
                 await asyncio.to_thread(_write_private, names.zonecfg, script)
                 await self._run("zonecfg", "-z", names.zone, "-f", str(names.zonecfg))

@@ -156,6 +156,16 @@ async def test_volsize_never_shrinks_the_image(fake_illumos: FakeIllumos, tmp_pa
     fake_illumos.assert_empty()
 
 
+def test_resources_job_request_wins_over_label_size() -> None:
+    image = LabelImage(dataset=IMAGE, vcpus=4, ram_mb=8192)
+    pick = BhyveBackend.resources_for
+    # Nothing asked (the interface's defaults): the label's size, the default disk.
+    assert pick(image, Resources()) == Resources(vcpus=4, ram_mb=8192, disk_gb=20)
+    # The workflow asked for more CPUs and disk: it gets them; RAM stays the label's.
+    assert pick(image, Resources(vcpus=8, disk_gb=40)) == Resources(vcpus=8, ram_mb=8192, disk_gb=40)
+    assert pick(LabelImage(dataset=IMAGE), Resources(vcpus=1)) == Resources(vcpus=1)
+
+
 async def test_vnic_over_an_etherstub(fake_illumos: FakeIllumos, tmp_path: Path) -> None:
     backend = BhyveBackend(make_settings(fake_illumos, tmp_path, zfs="command", link=ETHERSTUB))
     vm = await backend.provision(spec())
@@ -301,7 +311,7 @@ def test_zonecfg_attributes_are_all_documented() -> None:
                      zonepath="/zones/hosta-1", work=Path("/var/lib/solstice/bhyve/hosta-1"))
     extra = {"bootrom": "BHYVE_RELEASE", "diskif": "virtio", "netif": "virtio", "xhci": "off",
              "cdrom0": "/iso/x.iso", "hostbridge": "q35", "memreserve": "on", "rng": "on"}
-    script = zonecfg_script(names, link_attrs=extra, vcpus=4, ram_mb=8192)
+    script = zonecfg_script(names, extra_attrs=extra, vcpus=4, ram_mb=8192)
     attrs = _script_attrs(script)
     # fakeillumos.BHYVE_ATTRIBUTES is the bhyve(7) list the fake enforces (independent of the
     # backend's own copy): an attribute outside it is a bug.
