@@ -33,6 +33,8 @@ JOB_CHILDREN = ("needs", "if", "resources", "env", "secrets", "matrix", "setup",
 SINGLE_JOB_CHILDREN = ("if", "resources", "matrix", "setup")
 STEP_PROPERTIES = ("name", "run", "timeout", "if")
 _STEP_KEYS = frozenset(STEP_PROPERTIES)
+JOB_PROPERTIES = ("id", "runs_on", "timeout")
+_JOB_KEYS = frozenset(JOB_PROPERTIES)
 JOB_ID_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 AXIS_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
@@ -347,7 +349,8 @@ class _Checker:
                        prop="id")
             job_id = None
         self.job = job_id
-        self.props(node, path, ("id", "runs_on", "timeout"), "job")
+        if not node.properties.keys() <= _JOB_KEYS:
+            self.props(node, path, JOB_PROPERTIES, "job")
         if node.args:
             first = _plain(node.args[0])
             self.no_args(node, path, "job",
@@ -356,73 +359,82 @@ class _Checker:
         runs_on = self.text(node, path, "runs_on", "job", required=True,
                             hint='say which machine label runs it: runs_on="illumos-stable"')
         timeout = self.duration(node, path, "job")
-        by_name: dict[str, list[tuple[int, ckdl.Node]]] = {}
-        for index, child in enumerate(node.children):
-            if child.name in JOB_CHILDREN:
-                by_name.setdefault(child.name, []).append((index, child))
-            else:
-                close = _suggest(child.name, JOB_CHILDREN)
-                hint = (f"{close}a job holds {', '.join(JOB_CHILDREN)}" if close or child.name != "job"
-                        else "jobs cannot nest; declare it next to this one in the workflow")
-                self.error(path + (index,), f"unknown node `{child.name}` in job", hint)
-        for name in SINGLE_JOB_CHILDREN:
-            for index, _ in by_name.get(name, [])[1:]:
-                self.error(path + (index,), f"a job has at most one `{name}`",
-                           "merge them into one")
+        children = node.children
 
+        # The matrix first: steps, `if` and runs_on may refer to its axes.
         matrix = None
-        if "matrix" in by_name:
-            index, child = by_name["matrix"][0]
-            matrix = self.matrix(child, path + (index,))
-        axes = matrix.axis_names if matrix is not None else None
-        if "matrix" in by_name and matrix is None:
-            axes = self.declared_axes(by_name["matrix"][0][1])
+        axes = None
+        for index, child in enumerate(children):
+            if child.name == "matrix":
+                matrix = self.matrix(child, path + (index,))
+                axes = matrix.axis_names if matrix is not None else self.declared_axes(child)
+                break
         if runs_on is not None:
             self.templates(runs_on, path, "runs_on", axes)
 
         if_expr = None
-        if "if" in by_name:
-            index, child = by_name["if"][0]
-            if_expr = self.if_node(child, path + (index,), axes)
         resources = _NO_RESOURCES
-        if "resources" in by_name:
-            index, child = by_name["resources"][0]
-            resources = self.resources(child, path + (index,))
         setup = None
-        if "setup" in by_name:
-            index, child = by_name["setup"][0]
-            setup = self.setup(child, path + (index,))
         env: dict[str, str] = {}
         secrets: list[str] = []
         artifacts: list[str] = []
-        for index, child in by_name.get("env", []):
-            env.update(self.env(child, path + (index,), "job env"))
-        for index, child in by_name.get("secrets", []):
-            secrets.extend(self.names_node(child, path + (index,), "secrets", 'secrets "DEPLOY_KEY"'))
-        for index, child in by_name.get("artifacts", []):
-            artifacts.extend(self.list_node(child, path + (index,), "artifacts",
-                                            'artifacts "target/release/app" "out/**"'))
         needs: list[str] = []
-        for index, child in by_name.get("needs", []):
+        steps: list[Step | None] = []
+        seen: set[str] = set()
+        for index, child in enumerate(children):
+            name = child.name
+            if name == "step":
+                step = _plain_step(child)
+                if step is None:
+                    step = self.step_node(child, path + (index,), len(steps) + 1, axes)
+                    self.step = None
+                steps.append(step)
+                continue
             where = path + (index,)
-            needs.extend(self.list_node(child, where, "needs", 'needs "lint" "test"'))
-            if job_id is not None:
-                for arg, raw in enumerate(child.args):
-                    need = _plain(raw)
-                    if isinstance(need, str) and need:
-                        self.need_refs.append((job_id, need, where, arg))
-        steps = [self.step_node(child, path + (index,), position, axes)
-                 for position, (index, child) in enumerate(by_name.get("step", []), start=1)]
-        self.step = None
-        if not by_name.get("step"):
+            if name in SINGLE_JOB_CHILDREN:
+                if name in seen:
+                    self.error(where, f"a job has at most one `{name}`", "merge them into one")
+                    continue
+                seen.add(name)
+            if name == "needs":
+                needs.extend(self.needs_node(child, where, job_id))
+            elif name == "if":
+                if_expr = self.if_node(child, where, axes)
+            elif name == "resources":
+                resources = self.resources(child, where)
+            elif name == "env":
+                env.update(self.env(child, where, "job env"))
+            elif name == "secrets":
+                secrets.extend(self.names_node(child, where, "secrets", 'secrets "DEPLOY_KEY"'))
+            elif name == "setup":
+                setup = self.setup(child, where)
+            elif name == "artifacts":
+                artifacts.extend(self.list_node(child, where, "artifacts",
+                                                'artifacts "target/release/app" "out/**"'))
+            elif name != "matrix":
+                close = _suggest(name, JOB_CHILDREN)
+                hint = (f"{close}a job holds {', '.join(JOB_CHILDREN)}" if close or name != "job"
+                        else "jobs cannot nest; declare it next to this one in the workflow")
+                self.error(where, f"unknown node `{name}` in job", hint)
+        if not steps:
             self.error(path, "the job has no steps",
                        'add at least one: step name="Build" run="make"')
         if job_id is None or runs_on is None or None in steps:
             return None
-        return Job(id=job_id, runs_on=runs_on, steps=tuple(steps),
+        return Job(id=job_id, runs_on=runs_on, steps=tuple(steps),  # type: ignore[arg-type]
                    timeout=timeout, needs=tuple(dict.fromkeys(needs)), if_expr=if_expr,
                    resources=resources, env=env, secrets=tuple(dict.fromkeys(secrets)),
                    matrix=matrix, setup=setup, artifacts=tuple(artifacts))
+
+    def needs_node(self, node: ckdl.Node, path: Path, job_id: str | None) -> list[str]:
+        """The ids a job needs; each is checked against the other jobs once all are known."""
+        needs = self.list_node(node, path, "needs", 'needs "lint" "test"')
+        if job_id is not None:
+            for arg, raw in enumerate(node.args):
+                need = _plain(raw)
+                if isinstance(need, str) and need:
+                    self.need_refs.append((job_id, need, path, arg))
+        return needs
 
     def list_node(self, node: ckdl.Node, path: Path, what: str, example: str) -> list[str]:
         self.props(node, path, (), what)
@@ -582,16 +594,6 @@ class _Checker:
                   axes: tuple[str, ...] | None) -> Step | None:
         props = node.properties
         raw_name = props.get("name")
-        run = props.get("run")
-        timeout = props.get("timeout", _MISSING)
-        # The common case (plain strings, no condition, no substitution) is decided here;
-        # a workflow has thousands of steps. Anything else takes the checks below.
-        if (type(raw_name) is str and raw_name and type(run) is str and run.strip()
-                and "if" not in props and props.keys() <= _STEP_KEYS and not node.args
-                and not node.children and "${{" not in run and "${{" not in raw_name
-                and (timeout is _MISSING or (type(timeout) is str and parse_duration(timeout)))):
-            seconds = None if timeout is _MISSING else parse_duration(timeout)
-            return Step(raw_name, run, seconds, None)
         self.step = raw_name if type(raw_name) is str and raw_name else f"#{position}"
         if not props.keys() <= _STEP_KEYS:
             self.props(node, path, STEP_PROPERTIES, "step")
@@ -654,6 +656,27 @@ class _Checker:
             self.error(where, "dependency cycle: " + " -> ".join(cycle),
                        "remove one of these needs; a job cannot wait for itself", arg=arg)
         self.job = None
+
+
+def _plain_step(node: ckdl.Node) -> Step | None:
+    """The step, if it is in the common plain form: string name and run, maybe a timeout.
+
+    A workflow may have thousands of steps; this decides most of them without the per-property
+    checks of `_Checker.step_node`, which handles (and reports on) everything else.
+    """
+    props = node.properties
+    name = props.get("name")
+    run = props.get("run")
+    timeout = props.get("timeout", _MISSING)
+    if (type(name) is str and name and type(run) is str and run.strip() and "if" not in props
+            and props.keys() <= _STEP_KEYS and not node.args and not node.children
+            and "${{" not in run and "${{" not in name):
+        if timeout is _MISSING:
+            return Step(name, run)
+        seconds = parse_duration(timeout) if type(timeout) is str else None
+        if seconds is not None:
+            return Step(name, run, seconds)
+    return None
 
 
 def _cycles(nodes: list[str], edges: dict[str, list[str]]) -> list[list[str]]:

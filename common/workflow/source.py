@@ -34,9 +34,13 @@ _MULTILINE_RE = re.compile(r'"""(?:[^"\\]|\\.|"(?!""))*"""', re.DOTALL)
 _RAW_START_RE = re.compile(r'r?(#*)"')
 _BARE_RE = re.compile(r'[^\s\\/(){};\[\]="]+')
 _COMMENT_MARK_RE = re.compile(r"/\*|\*/")
-# What matters when skipping a children block: braces, and what may hide braces.
-_SKIP_RE = re.compile(r'"""(?:[^"\\]|\\.|"(?!""))*"""|"(?:[^"\\]|\\.)*"|r?(?P<hashes>#+)"|r"|//[^\r\n]*|/\*|[{}]',
-                      re.DOTALL)
+# Skipping a node nobody asked about: one regex match runs over everything that cannot open or
+# close a block or end the node (text, and strings of every kind, which may hold braces).
+_STRINGS = (r'"""(?:[^"\\]|\\.|"(?!""))*"""|"(?:[^"\\]|\\.)*"'
+            r'|r?(?P<hashes>#+)"[\s\S]*?"(?P=hashes)|r"[^"]*"')
+_BLOCK_RUN_RE = re.compile(r'(?:[^"{}/r#]+|' + _STRINGS + r'|r(?!#*")|#(?!#*")|/(?![/*]))*', re.DOTALL)
+_HEADER_RUN_RE = re.compile(r'(?:[^"{}/r#;\\\r\n\x0c\x85\u2028\u2029]+|' + _STRINGS
+                            + r'|r(?!#*")|#(?!#*")|/(?![/*-]))*', re.DOTALL)
 _ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\", '"': '"', "/": "/", "b": "\b",
             "f": "\f", "s": " "}
 
@@ -252,35 +256,52 @@ class _Scanner:
         return token
 
     def _skip_block(self, opener: int) -> None:
-        """Move past the `}` matching `opener`, minding only strings, comments and braces."""
+        """Move past the `}` matching `opener` (the scanner stands just after it)."""
         text = self.text
         depth = 1
-        pos = self.pos
         while True:
-            m = _SKIP_RE.search(text, pos)
-            if m is None:
+            self.pos = _BLOCK_RUN_RE.match(text, self.pos).end()  # type: ignore[union-attr]
+            if self.pos >= self.n:
                 raise LexError(opener, "`{` is never closed",
                                "add the matching } after the node's last child")
-            token = m.group()
-            pos = m.end()
-            if token == "{":
-                depth += 1
-            elif token == "}":
-                depth -= 1
-                if depth == 0:
-                    self.pos = pos
-                    return
-            elif token == "/*":
-                self.pos = m.start()
+            if text.startswith("/*", self.pos):
                 self._block_comment()
-                pos = self.pos
-            elif token[-1] == '"' and token[0] in "r#":
-                closing = '"' + (m.group("hashes") or "")
-                end = text.find(closing, pos)
-                if end < 0:
-                    raise LexError(m.start(), "unterminated raw string",
-                                   f"close the raw string with {closing}")
-                pos = end + len(closing)
+            elif text.startswith("//", self.pos):
+                self._line_comment()
+            else:
+                ch = text[self.pos]
+                self.pos += 1
+                if ch == "{":
+                    depth += 1
+                elif ch == "}":
+                    depth -= 1
+                    if depth == 0:
+                        return
+
+    def _skip_node(self) -> SourceNode:
+        """A node whose insides nobody asked about: only where it starts and ends."""
+        text = self.text
+        node = SourceNode(start=self.pos)
+        while True:
+            self.pos = _HEADER_RUN_RE.match(text, self.pos).end()  # type: ignore[union-attr]
+            if self.pos >= self.n:
+                break
+            ch = text[self.pos]
+            if ch == "{":
+                self.pos += 1
+                self._skip_block(self.pos - 1)
+            elif ch == "\\":
+                self._node_space()
+            elif text.startswith("/*", self.pos):
+                self._block_comment()
+            elif text.startswith("/-", self.pos):
+                self._slashdash()
+            elif ch in ";}/" or _NEWLINE_RE.match(text, self.pos):
+                break
+            else:
+                self.pos += 1  # what a string alternative refused: only in invalid text
+        node.end = self.pos
+        return node
 
     def _slashdash(self) -> None:
         start = self.pos
@@ -330,7 +351,7 @@ class _Scanner:
                 self._slashdash()
                 discarded = True
             inner = None if want is None else _SKIP if discarded else want.get(len(kept), _SKIP)
-            node = self._node(inner)
+            node = self._skip_node() if inner is _SKIP else self._node(inner)
             every.append(node)
             if not discarded:
                 kept.append(node)
@@ -364,11 +385,7 @@ class _Scanner:
             if text.startswith("{", self.pos):
                 opener = self.pos
                 self.pos += 1
-                if want is _SKIP:
-                    self._skip_block(opener)
-                    kept, every = [], []
-                else:
-                    kept, every = self.nodes(opener, want)
+                kept, every = self.nodes(opener, want)
                 node.all_children.extend(every)
                 if not discarded:
                     node.brace = opener
@@ -414,10 +431,14 @@ class LineIndex:
 
     def __init__(self, text: str) -> None:
         self.starts = [0] + [m.end() for m in _EDITOR_LINE_RE.finditer(text)]
+        self.bom = text.startswith("\ufeff")  # editors do not show it as a column
 
     def position(self, offset: int) -> tuple[int, int]:
         line = bisect.bisect_right(self.starts, offset) - 1
-        return line + 1, offset - self.starts[line] + 1
+        col = offset - self.starts[line] + 1
+        if line == 0 and self.bom and offset > 0:
+            col -= 1
+        return line + 1, col
 
 
 class SourceMap:

@@ -422,3 +422,16 @@ def test_workflow_error_is_a_solstice_error_listing_everything() -> None:
 def test_typed_needs_are_checked_like_plain_ones() -> None:
     text = two_jobs("", 'needs (id)"nope"')
     assert at(only(text, "needs unknown job 'nope'")) == position(text, '(id)"nope"')
+
+
+def test_byte_order_mark_is_not_a_column() -> None:
+    text = '\ufeffworkflow { job id="a" runs_on="x" { stp name="a" run="b" } }'
+    found = diagnostics(text)
+    assert [at(d) for d in found] == [(1, 12), (1, 37)]
+
+
+def test_problems_after_a_step_are_not_blamed_on_it() -> None:
+    text = job('        step name="A" run="a" timeout="x"\n        artifacts 5')
+    steps = {d.message.split(":")[0]: d.step for d in diagnostics(text)}
+    assert steps == {"timeout of step is not a duration": "A",
+                     "arguments of artifacts must be non-empty strings, not the number 5": None}
