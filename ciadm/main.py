@@ -1,10 +1,167 @@
-"""Entry point of `ciadm`."""
+"""Entry point of `ciadm`, the operator CLI against an orchestrator's Admin gRPC service.
+
+Any orchestrator host answers for every run (the state is in the shared Postgres). The address
+and token come from `--orchestrator` / `--token`, else `SOLSTICE_ORCHESTRATOR_ADMIN` /
+`SOLSTICE_ADMIN_TOKEN`, else 127.0.0.1:50051 without a token.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
 import sys
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timezone
+
+import grpc
+
+from protos import admin_pb2, admin_pb2_grpc
+
+DEFAULT_ADDRESS = "127.0.0.1:50051"
 
 
-def main() -> int:
-    print("ciadm: not built yet in this version of Solstice CI", file=sys.stderr)
-    return 2
+class Client:
+    """One connection to the Admin service; use as `async with`."""
+
+    def __init__(self, address: str, token: str | None) -> None:
+        self.address = address
+        self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self.channel = grpc.aio.insecure_channel(address)
+        self.stub = admin_pb2_grpc.AdminStub(self.channel)
+
+    async def __aenter__(self) -> "Client":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.channel.close()
+
+
+def _when(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M:%S") if ms else "-"
+
+
+def _print_run(run: admin_pb2.Run) -> None:
+    trust = "" if run.trusted else " (untrusted)"
+    print(f"run {run.run_id}  {run.state}{trust}  {run.message}")
+    print(f"  {run.repo} {run.event} {run.ref} @ {run.commit_sha[:12]}  workflow "
+          f"{run.workflow_name or '-'}  created {_when(run.created_unix_ms)}")
+    for job in run.jobs:
+        took = f"{job.duration_s:.1f}s" if job.duration_s >= 0 else ""
+        print(f"  {job.job_id[:8]}  {job.key:<32} {job.state:<18} {took:>8}  {job.message}")
+        for step in job.steps:
+            code = f"exit {step.exit_code}" if step.exit_code >= 0 else ""
+            print(f"      {step.index:>2}. {step.name:<30} {step.state:<10} {code}")
+
+
+async def cmd_runs(client: Client, args: argparse.Namespace) -> int:
+    reply = await client.stub.ListRuns(admin_pb2.ListRunsRequest(limit=args.limit, state=args.state),
+                                       metadata=client.metadata)
+    if not reply.runs:
+        print("no runs")
+    for run in reply.runs:
+        done = sum(j.state == "success" for j in run.jobs)
+        print(f"{run.run_id}  {run.state:<10} {run.repo:<28} {run.ref:<24} "
+              f"{done}/{len(run.jobs)} jobs  {_when(run.created_unix_ms)}")
+    return 0
+
+
+async def cmd_show(client: Client, args: argparse.Namespace) -> int:
+    _print_run(await client.stub.GetRun(admin_pb2.RunRef(run_id=args.run), metadata=client.metadata))
+    return 0
+
+
+async def cmd_approve(client: Client, args: argparse.Namespace) -> int:
+    run = await client.stub.ApproveRun(admin_pb2.RunRef(run_id=args.run), metadata=client.metadata)
+    print(f"approved: run {run.run_id} may start its jobs")
+    _print_run(run)
+    return 0
+
+
+async def cmd_cancel(client: Client, args: argparse.Namespace) -> int:
+    run = await client.stub.CancelRun(admin_pb2.RunRef(run_id=args.run), metadata=client.metadata)
+    print(f"cancel requested for run {run.run_id}")
+    _print_run(run)
+    return 0
+
+
+async def cmd_hosts(client: Client, args: argparse.Namespace) -> int:
+    reply = await client.stub.ListHosts(admin_pb2.ListHostsRequest(), metadata=client.metadata)
+    if not reply.hosts:
+        print("no orchestrator hosts registered")
+    for host in reply.hosts:
+        capacity = ",".join(f"{k}={v}" for k, v in sorted(host.capacity.items()))
+        health = "alive" if host.alive else "STALE" if host.state != "stopped" else "stopped"
+        print(f"{host.name:<24} {host.state:<9} {health:<8} jobs {host.active_jobs:<3} "
+              f"capacity {capacity}  heartbeat {_when(host.last_heartbeat_unix_ms)}")
+    return 0
+
+
+async def cmd_logs(client: Client, args: argparse.Namespace) -> int:
+    request = admin_pb2.TailLogsRequest(job_id=args.job, follow=args.follow)
+    async for chunk in client.stub.TailLogs(request, metadata=client.metadata):
+        sys.stdout.buffer.write(chunk.data)
+        sys.stdout.buffer.flush()
+    return 0
+
+
+Command = Callable[[Client, argparse.Namespace], Awaitable[int]]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ciadm", description="Operate Solstice CI: runs, "
+                                     "approvals, cancels, logs and orchestrator hosts.")
+    parser.add_argument("--orchestrator", default=os.environ.get("SOLSTICE_ORCHESTRATOR_ADMIN",
+                                                                 DEFAULT_ADDRESS),
+                        help=f"HOST:PORT of any orchestrator's gRPC port (default {DEFAULT_ADDRESS})")
+    parser.add_argument("--token", default=os.environ.get("SOLSTICE_ADMIN_TOKEN"),
+                        help="admin token, if the orchestrator has one configured")
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    def add(name: str, handler: Command, help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        p.set_defaults(handler=handler)
+        return p
+
+    runs = add("runs", cmd_runs, "list recent runs")
+    runs.add_argument("--limit", type=int, default=20)
+    runs.add_argument("--state", default="", help="only runs in this state")
+    add("show", cmd_show, "show a run, its jobs and steps").add_argument("run")
+    add("approve", cmd_approve, "let an untrusted run that waits for approval start").add_argument("run")
+    add("cancel", cmd_cancel, "cancel a run (queued jobs at once, running ones asked to stop)"
+        ).add_argument("run")
+    add("hosts", cmd_hosts, "list orchestrator hosts, their capacity and health")
+    logs = add("logs", cmd_logs, "print a job's log")
+    logs.add_argument("job")
+    logs.add_argument("-f", "--follow", action="store_true", help="keep printing until the job ends")
+    return parser
+
+
+async def _run(args: argparse.Namespace) -> int:
+    async with Client(args.orchestrator, args.token) as client:
+        return await args.handler(client, args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "handler"):
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return asyncio.run(_run(args))
+    except grpc.aio.AioRpcError as exc:
+        code = exc.code()
+        if code == grpc.StatusCode.UNAVAILABLE:
+            print(f"ciadm: error: no orchestrator answers at {args.orchestrator}\n"
+                  "  hint: start one (solstice-orchestrator) or pass --orchestrator HOST:PORT",
+                  file=sys.stderr)
+        elif code == grpc.StatusCode.UNAUTHENTICATED:
+            print(f"ciadm: error: {exc.details()}", file=sys.stderr)
+        else:
+            print(f"ciadm: error: {exc.details()}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":

@@ -128,5 +128,11 @@ class OrchestratorAPI:
     async def cancel_run(self, run_id: uuid.UUID, reason: str = "cancelled") -> None:
         self.effects.apply(await self.store.cancel_run(run_id, reason))
 
+    async def approve_run(self, run_id: uuid.UUID, approver: str) -> bool:
+        """Let a run waiting for approval start; False if it was not waiting."""
+        approved, changes = await self.store.approve_run(run_id, approver)
+        self.effects.apply(changes)
+        return approved
+
     async def cancel_job(self, job_id: uuid.UUID, reason: str = "cancelled") -> None:
         self.effects.apply(await self.store.cancel_job(job_id, reason))

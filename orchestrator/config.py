@@ -51,6 +51,8 @@ class OrchestratorConfig(BaseModel):
     # Where the Runner gRPC service listens, and the address runners are told to dial.
     grpc_listen: str = "127.0.0.1:50051"
     grpc_advertise: str | None = None
+    # Required of `ciadm` (Admin service on the same port) when set.
+    admin_token: str | None = None
     backend: str = "local"
     # The local backend runs jobs without any isolation; it must be asked for by name.
     allow_local_backend: bool = False

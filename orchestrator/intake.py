@@ -132,6 +132,9 @@ class Intake:
     async def _plan(self, conn: Any, run_id: uuid.UUID, request: RunRequest,
                     workflow: Workflow, options: RunOptions, changes: Changes) -> None:
         ctx = run_context(request)
+        # An untrusted run the repository wants approved waits for `ciadm approve` first.
+        waiting = JobState.AWAITING_APPROVAL if request.needs_approval else JobState.QUEUED
+        note = f"waiting for approval: ciadm approve {run_id}" if request.needs_approval else ""
         jobs = expand(workflow)
         if options.only_jobs is not None:
             jobs = select_jobs(jobs, options.only_jobs)
@@ -142,8 +145,8 @@ class Intake:
                 conn, job_id=uuid.uuid4(), run_id=run_id, key=planned.key, name=planned.job.id,
                 position=position, runs_on=planned.runs_on, needs=list(planned.needs), spec=spec,
                 timeout_seconds=spec["timeout"],
-                state=JobState.QUEUED if runs else JobState.SKIPPED,
-                message="" if runs else f"skipped: `if {planned.job.if_expr}` is false",
+                state=waiting if runs else JobState.SKIPPED,
+                message=note if runs else f"skipped: `if {planned.job.if_expr}` is false",
                 steps=[s.name for s in planned.steps], changes=changes)
 
     async def _invalid(self, conn: Any, run_id: uuid.UUID, request: RunRequest,

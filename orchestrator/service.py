@@ -11,6 +11,7 @@ import grpc
 
 from common.broker import Broker, Delivery, Subscription
 from common.messages import RunRequest, decode
+from orchestrator.admin import AdminService
 from orchestrator.api import OrchestratorAPI
 from orchestrator.backends.base import VMBackend
 from orchestrator.config import OrchestratorConfig
@@ -26,7 +27,7 @@ from orchestrator.rpc import RunnerService
 from orchestrator.sessions import Sessions
 from orchestrator.store import Store
 from orchestrator.updates import Hub
-from protos import runner_pb2_grpc
+from protos import admin_pb2_grpc, runner_pb2_grpc
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +90,9 @@ class Orchestrator:
             store=self.store, sessions=self.sessions, logs=self.logs, hub=self.hub,
             effects=self.effects, broker=self.broker,
             log_drain_timeout=self.config.log_drain_timeout), self.server)
+        admin_pb2_grpc.add_AdminServicer_to_server(AdminService(
+            db=self.db, api=self.api, registry=self.registry, token=self.config.admin_token),
+            self.server)
         port = self.server.add_insecure_port(self.config.grpc_listen)
         await self.server.start()
         self.grpc_url = advertised(self.config.grpc_listen, port, self.config.grpc_advertise)

@@ -360,10 +360,11 @@ class Store:
     async def _cancel_rest(self, conn: asyncpg.Connection, run_id: uuid.UUID, message: str,
                            changes: Changes) -> None:
         """Cancel every job of the run that has not ended (run row locked by the caller)."""
-        queued = await conn.fetch("SELECT id FROM jobs WHERE run_id = $1 AND state = 'queued'",
-                                  run_id)
+        waiting = [JobState.QUEUED.value, JobState.AWAITING_APPROVAL.value]
+        queued = await conn.fetch("SELECT id FROM jobs WHERE run_id = $1 AND state = ANY($2)",
+                                  run_id, waiting)
         for job in queued:
-            await _transition(conn, job["id"], JobState.CANCELLED, [JobState.QUEUED.value],
+            await _transition(conn, job["id"], JobState.CANCELLED, waiting,
                               message, changes, extra=", finished_at = now()")
             await conn.execute("UPDATE steps SET state = 'skipped' WHERE job_id = $1", job["id"])
         active = await conn.fetch(
@@ -382,6 +383,25 @@ class Store:
             await settle(conn, run_id, changes)
             await notify_outbox(conn)
         return changes
+
+    async def approve_run(self, run_id: uuid.UUID, approver: str) -> tuple[bool, Changes]:
+        """Queue the jobs of a run that waits for approval; False if it was not waiting."""
+        changes = Changes()
+        async with self.db.transaction() as conn:
+            if await lock_run(conn, run_id) is None:
+                return False, changes
+            waiting = await conn.fetch(
+                "SELECT id FROM jobs WHERE run_id = $1 AND state = 'awaiting_approval'", run_id)
+            for job in waiting:
+                await _transition(conn, job["id"], JobState.QUEUED,
+                                  [JobState.AWAITING_APPROVAL.value],
+                                  f"approved by {approver}", changes)
+            if waiting:
+                await conn.execute("UPDATE runs SET approved_by = $2 WHERE id = $1",
+                                   run_id, approver)
+                await settle(conn, run_id, changes)
+                await notify_outbox(conn)
+        return bool(waiting), changes
 
     async def cancel_job(self, job_id: uuid.UUID, message: str = "cancelled") -> Changes:
         """Cancel one job: at once if queued, else ask its runner to stop."""

@@ -1,0 +1,151 @@
+"""The Admin gRPC service (`protos/admin.proto`): what `ciadm` talks to.
+
+Every answer is read from the shared Postgres, so any orchestrator host answers for every run
+and job; `TailLogs --follow` polls the stored chunks, so it follows a job running on any host.
+When `admin_token` is configured, each call must carry `authorization: Bearer <token>`.
+"""
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import uuid
+from collections.abc import AsyncIterator
+
+import grpc
+
+from orchestrator.api import JobSummary, OrchestratorAPI, RunSummary
+from orchestrator.db import Database
+from orchestrator.hosts import HostRegistry
+from protos import admin_pb2, admin_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+FOLLOW_POLL_SECONDS = 0.3
+
+
+class NotFound(LookupError):
+    """No run or job matches the id (or prefix) the caller gave."""
+
+
+def _ms(value: object) -> int:
+    return int(value.timestamp() * 1000) if value is not None else 0  # type: ignore[attr-defined]
+
+
+def _job_message(job: JobSummary) -> admin_pb2.Job:
+    return admin_pb2.Job(
+        job_id=str(job.job_id), key=job.key, runs_on=job.runs_on, state=job.state.value,
+        message=job.message, attempt=job.attempt,
+        duration_s=job.duration_s if job.duration_s is not None else -1,
+        steps=[admin_pb2.Step(index=s.index, name=s.name, state=s.state,
+                              exit_code=-1 if s.exit_code is None else s.exit_code,
+                              duration_ms=-1 if s.duration_ms is None else s.duration_ms)
+               for s in job.steps])
+
+
+class AdminService(admin_pb2_grpc.AdminServicer):
+    def __init__(self, *, db: Database, api: OrchestratorAPI, registry: HostRegistry,
+                 token: str | None) -> None:
+        self.db = db
+        self.api = api
+        self.registry = registry
+        self.token = token
+
+    async def _authorize(self, context: grpc.aio.ServicerContext) -> None:
+        if not self.token:
+            return
+        given = dict(context.invocation_metadata()).get("authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {self.token}".encode()):
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED,
+                                "missing or wrong admin token (ciadm --token / SOLSTICE_ADMIN_TOKEN)")
+
+    async def _resolve(self, table: str, ref: str, context: grpc.aio.ServicerContext) -> uuid.UUID:
+        ref = ref.strip().lower()
+        if len(ref) < 4:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"give at least 4 characters of the {table[:-1]} id")
+        rows = await self.db.pool.fetch(
+            f"SELECT id FROM {table} WHERE id::text LIKE $1 || '%' LIMIT 2", ref)
+        if not rows:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no {table[:-1]} with id {ref}")
+        if len(rows) > 1:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                f"{ref} matches more than one {table[:-1]}; give more of the id")
+        return rows[0]["id"]
+
+    async def _run_message(self, run_id: uuid.UUID) -> admin_pb2.Run:
+        summary: RunSummary | None = await self.api.summary(run_id)
+        row = await self.db.pool.fetchrow(
+            "SELECT repo, commit_sha, ref, event, trusted FROM runs WHERE id = $1", run_id)
+        if summary is None or row is None:
+            raise NotFound(str(run_id))
+        repo = row["repo"]
+        return admin_pb2.Run(
+            run_id=str(run_id), state=summary.state, message=summary.message,
+            workflow_name=summary.workflow_name, repo=f"{repo['owner']}/{repo['name']}",
+            commit_sha=row["commit_sha"], ref=row["ref"], event=row["event"],
+            trusted=row["trusted"], created_unix_ms=_ms(summary.created_at),
+            jobs=[_job_message(j) for j in summary.jobs])
+
+    async def ListRuns(self, request: admin_pb2.ListRunsRequest,
+                       context: grpc.aio.ServicerContext) -> admin_pb2.ListRunsReply:
+        await self._authorize(context)
+        rows = await self.db.pool.fetch(
+            "SELECT id FROM runs WHERE ($1 = '' OR state = $1) ORDER BY created_at DESC LIMIT $2",
+            request.state, request.limit or 20)
+        return admin_pb2.ListRunsReply(runs=[await self._run_message(r["id"]) for r in rows])
+
+    async def GetRun(self, request: admin_pb2.RunRef,
+                     context: grpc.aio.ServicerContext) -> admin_pb2.Run:
+        await self._authorize(context)
+        return await self._run_message(await self._resolve("runs", request.run_id, context))
+
+    async def ApproveRun(self, request: admin_pb2.RunRef,
+                         context: grpc.aio.ServicerContext) -> admin_pb2.Run:
+        await self._authorize(context)
+        run_id = await self._resolve("runs", request.run_id, context)
+        approver = context.peer() or "ciadm"
+        if not await self.api.approve_run(run_id, approver):
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                f"run {run_id} is not waiting for approval")
+        log.info("run approved", extra={"run_id": str(run_id), "by": approver})
+        return await self._run_message(run_id)
+
+    async def CancelRun(self, request: admin_pb2.RunRef,
+                        context: grpc.aio.ServicerContext) -> admin_pb2.Run:
+        await self._authorize(context)
+        run_id = await self._resolve("runs", request.run_id, context)
+        await self.api.cancel_run(run_id, "cancelled by an operator")
+        log.info("run cancelled", extra={"run_id": str(run_id)})
+        return await self._run_message(run_id)
+
+    async def ListHosts(self, request: admin_pb2.ListHostsRequest,
+                        context: grpc.aio.ServicerContext) -> admin_pb2.ListHostsReply:
+        await self._authorize(context)
+        return admin_pb2.ListHostsReply(hosts=[
+            admin_pb2.Host(name=h.name, capacity=h.capacity, state=h.state, alive=h.alive,
+                           active_jobs=h.active_jobs,
+                           last_heartbeat_unix_ms=_ms(h.last_heartbeat))
+            for h in await self.registry.hosts()])
+
+    async def TailLogs(self, request: admin_pb2.TailLogsRequest,
+                       context: grpc.aio.ServicerContext) -> AsyncIterator[admin_pb2.LogLines]:
+        await self._authorize(context)
+        job_id = await self._resolve("jobs", request.job_id, context)
+        attempt, last_seq = None, 0
+        while True:
+            job = await self.db.pool.fetchrow(
+                "SELECT attempt, finished_at IS NOT NULL AS done FROM jobs WHERE id = $1", job_id)
+            if attempt != job["attempt"]:  # a retried job's log starts again
+                attempt, last_seq = job["attempt"], 0
+            chunks = await self.db.pool.fetch(
+                "SELECT seq, step_index, stream, data FROM log_chunks"
+                " WHERE job_id = $1 AND attempt = $2 AND seq > $3 ORDER BY seq",
+                job_id, attempt, last_seq)
+            for chunk in chunks:
+                last_seq = chunk["seq"]
+                yield admin_pb2.LogLines(step_index=chunk["step_index"], stream=chunk["stream"],
+                                         data=bytes(chunk["data"]))
+            if not request.follow or (job["done"] and not chunks):
+                return
+            await asyncio.sleep(FOLLOW_POLL_SECONDS)
