@@ -276,7 +276,7 @@ async def execute(request: RunRequest, options: RunOptions, *, secrets: dict[str
         host_name=f"cidev-{uuid.uuid4().hex[:8]}", state_dir=state_dir, database_url=None,
         amqp_url=None, grpc_listen="127.0.0.1:0", backend="local", allow_local_backend=True,
         capacity={label: parallel for label in sorted(labels)}, log_level="warning")
-    backend = LocalBackend(machines, warm=min(parallel * len(labels), 4))
+    backend = LocalBackend(machines)
     schema = f"run_{uuid.uuid4().hex[:12]}"
     try:
         async with running(config, backend=backend, secrets=secrets,

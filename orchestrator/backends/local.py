@@ -10,12 +10,14 @@ runs in its own session and process group; `destroy` kills that group and any pr
 carrying the job's marker in its environment or working inside its directory (steps may start
 their own process groups), then removes the directory.
 
-Starting Python and importing gRPC costs ~0.2 s, so the backend keeps a few runner processes
-warm (imports done, waiting for their bootstrap on stdin); `start` hands one over.
+Starting Python and importing the runner costs a few hundred milliseconds of CPU, so runners
+are forked from a launcher process that imported it once (`local_launcher`); a runner is then
+the launcher's child rather than ours, and the launcher reports when it exits.
 """
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import os
@@ -42,6 +44,7 @@ ENV_PASSTHROUGH = ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LC_ALL",
                    "TZ", "TMPDIR", "TERM")
 _COPY_BATCH = 1000
 COPY_TIMEOUT = 600.0
+SPAWN_TIMEOUT = 30.0
 
 
 def runner_environment() -> dict[str, str]:
@@ -69,32 +72,91 @@ async def copy_tree(source: Path, target: Path, *, timeout: float = COPY_TIMEOUT
                            *files[i:i + _COPY_BATCH]], cwd=source, timeout=timeout)
 
 
-class _WarmRunner:
-    """A launcher process that finished its imports and waits for a bootstrap line."""
+class _Zygote:
+    """The launcher process (see `local_launcher`): forks a runner per job, reports exits."""
 
     def __init__(self, proc: asyncio.subprocess.Process) -> None:
         self.proc = proc
+        self._ids = itertools.count(1)
+        self._spawned: dict[int, asyncio.Future[int]] = {}
+        self._exits: dict[int, asyncio.Future[int]] = {}
+        self._reader = asyncio.create_task(self._read(), name="local-zygote")
 
     @classmethod
-    async def spawn(cls, python: str, cwd: Path) -> "_WarmRunner":
+    async def start(cls, python: str, cwd: Path) -> "_Zygote":
         proc = await asyncio.create_subprocess_exec(
             python, "-m", LAUNCHER_MODULE, cwd=cwd, env=runner_environment(),
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            start_new_session=True)
+            start_new_session=True, limit=1 << 20)
         assert proc.stdout is not None and proc.stderr is not None
         ready = await proc.stdout.readline()
-        if ready.strip() != b"ready":
+        if not ready.startswith(b'{"ready"'):
             err = await proc.stderr.read()
             await proc.wait()
-            raise BackendError(f"the runner failed to start: {err.decode(errors='replace').strip()}",
+            raise BackendError(f"the runner launcher failed to start: "
+                               f"{err.decode(errors='replace').strip()}",
                                hint="is workflow_runner installed in this Python environment?")
         return cls(proc)
 
-    def kill(self) -> None:
+    @property
+    def alive(self) -> bool:
+        return self.proc.returncode is None and not self._reader.done()
+
+    async def _read(self) -> None:
+        assert self.proc.stdout is not None
+        while line := await self.proc.stdout.readline():
+            message = json.loads(line)
+            if "pid" in message:
+                self._exits[message["pid"]] = asyncio.get_running_loop().create_future()
+                future = self._spawned.pop(message["id"], None)
+                if future is not None and not future.done():
+                    future.set_result(message["pid"])
+            elif "exit" in message:
+                exited = self._exits.get(message["exit"])
+                if exited is not None and not exited.done():
+                    exited.set_result(message["status"])
+        # The zygote is gone: nobody will report on its children any more.
+        for future in self._spawned.values():
+            if not future.done():
+                future.set_exception(BackendError("the runner launcher exited"))
+
+    async def spawn(self, request: dict[str, object]) -> int:
+        """Fork a runner for `request`; its pid (also its process group id)."""
+        assert self.proc.stdin is not None
+        ident = next(self._ids)
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._spawned[ident] = future
         try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+            self.proc.stdin.write(json.dumps({"id": ident, **request}).encode() + b"\n")
+            await self.proc.stdin.drain()
+        except (BrokenPipeError, ConnectionResetError) as exc:
+            raise BackendError(f"the runner launcher went away: {exc}") from exc
+        return await asyncio.wait_for(future, SPAWN_TIMEOUT)
+
+    async def wait(self, pid: int) -> int | None:
+        """The exit status of runner `pid`; None if the zygote died before telling."""
+        future = self._exits.get(pid)
+        if future is None:
+            return None
+        done, _ = await asyncio.wait({future, self._reader}, return_when=asyncio.FIRST_COMPLETED)
+        return future.result() if future in done else None
+
+    def exited(self, pid: int) -> bool:
+        future = self._exits.get(pid)
+        return future is None or future.done()
+
+    def forget(self, pid: int) -> None:
+        self._exits.pop(pid, None)
+
+    async def close(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        try:
+            await asyncio.wait_for(self.proc.wait(), 5)
+        except TimeoutError:
+            self.proc.kill()
+            await self.proc.wait()
+        await asyncio.gather(self._reader, return_exceptions=True)
 
 
 class LocalBackend(VMBackend):
@@ -102,34 +164,24 @@ class LocalBackend(VMBackend):
 
     name = "local"
 
-    def __init__(self, root: Path, *, warm: int = 2, python: str = sys.executable) -> None:
+    def __init__(self, root: Path, *, python: str = sys.executable) -> None:
         self.root = root
         self.python = python
-        self.warm = warm
-        self._pool: asyncio.Queue[asyncio.Task[_WarmRunner]] = asyncio.Queue()
-        self._procs: dict[str, asyncio.subprocess.Process] = {}
-        self._closed = False
+        self._zygote: _Zygote | None = None
+        self._starting = asyncio.Lock()
+        self._pids: dict[str, int] = {}
 
     async def prepare(self) -> None:
-        """Start the warm runners now, so the first job does not wait for Python to start."""
+        """Start the launcher now, so the first job does not wait for Python to start."""
         self.root.mkdir(parents=True, exist_ok=True)
-        while self._pool.qsize() < self.warm:
-            self._refill()
+        await self._launcher()
 
-    def _refill(self) -> None:
-        if not self._closed:
-            self._pool.put_nowait(asyncio.create_task(_WarmRunner.spawn(self.python, self.root)))
-
-    async def _take_runner(self) -> _WarmRunner:
-        if self._pool.empty():
-            self._refill()
-        task = self._pool.get_nowait()
-        while self._pool.qsize() < self.warm:
-            self._refill()
-        runner = await task
-        if runner.proc.returncode is not None:
-            raise BackendError("a warm runner process died before it was used")
-        return runner
+    async def _launcher(self) -> _Zygote:
+        async with self._starting:
+            if self._zygote is None or not self._zygote.alive:
+                self.root.mkdir(parents=True, exist_ok=True)
+                self._zygote = await _Zygote.start(self.python, self.root)
+            return self._zygote
 
     def _dir(self, name: str) -> Path:
         if not name or "/" in name or name.startswith("."):
@@ -152,9 +204,9 @@ class LocalBackend(VMBackend):
                   details={"dir": str(directory), "workspace": str(workspace)})
 
     async def start(self, vm: VM, bootstrap: RunnerBootstrap) -> None:
-        runner = await self._take_runner()
         directory = self._dir(vm.name)
-        line = json.dumps({
+        zygote = await self._launcher()
+        pid = await zygote.spawn({
             "console": str(directory / CONSOLE_FILE),
             "workspace": vm.details["workspace"],
             "env": {
@@ -164,47 +216,42 @@ class LocalBackend(VMBackend):
                 "SOLSTICE_TOKEN": bootstrap.token,
                 "SOLSTICE_WORKSPACE": vm.details["workspace"],
             },
-        }) + "\n"
-        assert runner.proc.stdin is not None
-        try:
-            runner.proc.stdin.write(line.encode())
-            await runner.proc.stdin.drain()
-            runner.proc.stdin.close()
-        except (BrokenPipeError, ConnectionResetError) as exc:
-            runner.kill()
-            raise BackendError(f"the runner process went away before its start: {exc}") from exc
-        (directory / "runner.pid").write_text(str(runner.proc.pid))
-        self._procs[vm.name] = runner.proc
-        vm.details["pid"] = str(runner.proc.pid)
+        })
+        (directory / "runner.pid").write_text(str(pid))
+        self._pids[vm.name] = pid
+        vm.details["pid"] = str(pid)
 
     async def wait_exit(self, vm: VM) -> str:
-        proc = self._procs.get(vm.name)
-        if proc is None:
+        pid = self._pids.get(vm.name)
+        zygote = self._zygote
+        if pid is None or zygote is None:
             await asyncio.Event().wait()
-        code = await proc.wait()
-        return f"the runner process exited with status {code}"
+        status = await zygote.wait(pid)
+        if status is None:
+            await asyncio.Event().wait()  # unknown now: the heartbeat timeout decides
+        if status < 0:
+            return f"the runner process was killed by signal {-status}"
+        return f"the runner process exited with status {status}"
 
     async def stop(self, vm: VM) -> None:
-        proc = self._procs.get(vm.name)
-        if proc is None or proc.returncode is not None:
+        pid = self._pids.get(vm.name)
+        if pid is None or self._zygote is None:
+            return
+        if not _signal_group(pid, signal.SIGTERM):
             return
         try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            await asyncio.wait_for(proc.wait(), 5)
-        except ProcessLookupError:
-            pass
+            await asyncio.wait_for(self._zygote.wait(pid), 5)
         except TimeoutError:
-            os.killpg(proc.pid, signal.SIGKILL)
-            await proc.wait()
+            _signal_group(pid, signal.SIGKILL)
 
     async def destroy(self, vm: VM) -> None:
-        proc = self._procs.pop(vm.name, None)
-        if proc is not None:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            await proc.wait()
+        pid = self._pids.pop(vm.name, None)
+        if pid is not None and self._zygote is not None:
+            # Once the runner was reaped its pid may be reused: then only the scan below,
+            # which looks for the job's own marks, may kill what it left behind.
+            if not self._zygote.exited(pid):
+                _signal_group(pid, signal.SIGKILL)
+            self._zygote.forget(pid)
         await self.destroy_by_name(vm.name)
 
     async def leftovers(self, prefix: str) -> list[str]:
@@ -227,16 +274,19 @@ class LocalBackend(VMBackend):
             return ""
 
     async def close(self) -> None:
-        """Kill the warm runners (jobs' runners are destroyed by their jobs)."""
-        self._closed = True
-        while not self._pool.empty():
-            task = self._pool.get_nowait()
-            try:
-                runner = await task
-            except BackendError:
-                continue
-            runner.kill()
-            await runner.proc.wait()
+        """Stop the launcher (jobs' runners are destroyed by their jobs)."""
+        if self._zygote is not None:
+            await self._zygote.close()
+            self._zygote = None
+
+
+def _signal_group(pgid: int, sig: int) -> bool:
+    """Signal a process group; False if it no longer exists."""
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def _kill_job_processes(name: str, directory: Path) -> None:

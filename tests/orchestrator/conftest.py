@@ -96,7 +96,7 @@ async def orchestrator_factory(pg_dsn: str, tmp_path: Path) -> AsyncIterator[Fac
             timeout_grace=5)
         values.update(overrides)
         config = OrchestratorConfig(**values)
-        backend = backend_class(machines, warm=1)
+        backend = backend_class(machines)
         context = running(config, backend=backend, secrets=secrets)
         orchestrator = await context.__aenter__()
         contexts.append(context)

@@ -113,7 +113,7 @@ workflow {
     [j] = summary.jobs
     assert j.job_id == update.job_id
     assert j.state == JobState.ERROR
-    assert "exited" in j.message
+    assert "killed by signal 9 before reporting a result" in j.message
     assert [s.state for s in j.steps] == ["cancelled"]
 
 
