@@ -25,8 +25,9 @@ from orchestrator.db import Database
 
 log = logging.getLogger(__name__)
 
-TRANSIENT = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
-             asyncpg.CannotConnectNowError)
+# A restarting server fails statements in many ways (closed connection, admin shutdown,
+# cannot-connect-now); a heartbeat survives all of them and tries again next interval.
+TRANSIENT = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 ACTIVE_JOB_STATES = ["provisioning", "running"]
 
 
@@ -148,7 +149,8 @@ class HostRegistry:
         """Hosts that did not stop cleanly and have not heartbeated within `stale_after`."""
         rows = await self.db.pool.fetch(
             "SELECT name FROM hosts WHERE state <> 'stopped'"
-            " AND last_heartbeat < now() - $1::interval ORDER BY name", timedelta(seconds=self.stale_after))
+            " AND last_heartbeat < now() - $1::interval ORDER BY name",
+            timedelta(seconds=self.stale_after))
         return [r["name"] for r in rows]
 
     async def hosts(self) -> list[HostInfo]:

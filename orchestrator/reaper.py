@@ -44,8 +44,7 @@ from orchestrator.store import (
 
 log = logging.getLogger(__name__)
 
-TRANSIENT = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
-             asyncpg.CannotConnectNowError)
+TRANSIENT = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 DEFAULT_MAX_RETRIES = 2
 
 

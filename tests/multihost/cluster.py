@@ -163,8 +163,11 @@ class Cluster:
             if time.monotonic() > deadline:
                 jobs = await self.db.fetch("SELECT key, state, attempt, lease_host, message"
                                            " FROM jobs WHERE state <> ALL($1)", list(FINAL))
-                raise AssertionError(f"runs unfinished after {timeout}s; open jobs: "
-                                     f"{[dict(j) for j in jobs]}")
+                unpublished = await self.db.fetchval(
+                    "SELECT count(*) FROM outbox WHERE published_at IS NULL")
+                raise AssertionError(f"runs unfinished after {timeout}s; {unpublished} outbox rows"
+                                     f" unpublished; open jobs: {[dict(j) for j in jobs]}\n"
+                                     + "\n".join(f"--- {n}\n{self.tail(n, 15)}" for n in self.hosts))
             await asyncio.sleep(0.2)
 
     async def jobs(self) -> list[dict[str, Any]]:

@@ -57,7 +57,7 @@ async def _requests(db: Database, job_id: uuid.UUID) -> list[int]:
 def _reaper(db: Database, host: str, root: Path, *, stale_after: float = 30.0,
             max_retries: int = 2) -> Reaper:
     registry = HostRegistry(db, host, {"local": 1}, interval=0.1, stale_after=stale_after)
-    return Reaper(db=db, backend=LocalBackend(root, warm=0), registry=registry,
+    return Reaper(db=db, backend=LocalBackend(root), registry=registry,
                   machine_prefix=f"solstice-{host}", apply=lambda _c: None,
                   max_retries=max_retries, interval=0.1)
 
