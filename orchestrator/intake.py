@@ -36,14 +36,15 @@ WORKFLOW_JOB_KEY = "workflow"
 class RunOptions:
     """How a run deviates from what its event would do (`cidev run` uses these)."""
 
-    only_jobs: frozenset[str] | None = None  # these job ids and what they need; None = all
+    # These job ids or exact job keys (`build[os=omnios]`) and what they need; None = all.
+    only_jobs: frozenset[str] | None = None
     ignore_triggers: bool = False
 
 
 def select_jobs(planned: list[PlannedJob], only: frozenset[str]) -> list[PlannedJob]:
-    """The planned jobs of the ids in `only`, plus everything they need, transitively."""
+    """The planned jobs whose id or key is in `only`, plus everything they need, transitively."""
     by_key = {p.key: p for p in planned}
-    keep = {p.key for p in planned if p.job.id in only}
+    keep = {p.key for p in planned if p.job.id in only or p.key in only}
     todo = list(keep)
     while todo:
         for need in by_key[todo.pop()].needs:
@@ -87,7 +88,17 @@ class Intake:
         self.default_job_timeout = default_job_timeout
 
     async def accept(self, request: RunRequest, options: RunOptions = RunOptions()) -> uuid.UUID:
-        """Record the run of `request` (once) and plan its jobs; return the run id."""
+        """Record the run of `request` (once) and plan its jobs; return the run id.
+
+        A re-run of one job (`request.rerun_of`, from a forge's "re-run" button) plans that
+        job and what it needs, whatever the triggers say, with the workflow, trust and approval
+        of the run it repeats (see `_as_rerun`).
+        """
+        if request.rerun_of is not None:
+            request = await self._as_rerun(request)
+            if options.only_jobs is None:
+                options = RunOptions(only_jobs=frozenset({request.rerun_of.job_key}),
+                                     ignore_triggers=True)
         workflow: Workflow | None = None
         problem: WorkflowError | None = None
         try:
@@ -98,14 +109,15 @@ class Intake:
         async with self.db.transaction() as conn:
             run_id = await conn.fetchval(
                 "INSERT INTO runs (id, request_id, repo, commit_sha, ref, event, workflow_path,"
-                " workflow_name, trusted, priority, fail_fast, request)"
-                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+                " workflow_name, trusted, priority, fail_fast, request, workflow_source)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
                 " ON CONFLICT (request_id) DO NOTHING RETURNING id",
                 uuid.uuid4(), request.request_id, request.repo.model_dump(mode="json"),
                 request.commit_sha, request.ref, request.event.value, request.workflow_path,
                 (workflow.name or "") if workflow else "", request.trusted, request.priority,
                 bool(workflow and workflow.fail_fast),
-                request.model_dump(mode="json", exclude={"workflow_source"}))
+                request.model_dump(mode="json", exclude={"workflow_source"}),
+                request.workflow_source)
             if run_id is None:
                 existing = await conn.fetchval("SELECT id FROM runs WHERE request_id = $1",
                                                request.request_id)
@@ -128,6 +140,22 @@ class Intake:
         log.info("run recorded", extra={"run_id": str(run_id), "request_id": request.request_id,
                                         "jobs": len(changes.jobs)})
         return run_id
+
+    async def _as_rerun(self, request: RunRequest) -> RunRequest:
+        """The re-run with the earlier run's workflow, trust and approval; unchanged (as the
+        integration sent it: untrusted, the default branch's workflow) if that run is unknown."""
+        assert request.rerun_of is not None
+        earlier = await self.db.pool.fetchrow(
+            "SELECT workflow_source, trusted, approved_by,"
+            " coalesce((request->>'needs_approval')::boolean, false) AS needed_approval"
+            " FROM runs WHERE id = $1", request.rerun_of.run_id)
+        if earlier is None or earlier["workflow_source"] is None:
+            log.warning("re-run of an unknown run; running it as sent",
+                        extra={"rerun_of": str(request.rerun_of.run_id)})
+            return request
+        return request.model_copy(update={
+            "workflow_source": earlier["workflow_source"], "trusted": earlier["trusted"],
+            "needs_approval": earlier["needed_approval"] and earlier["approved_by"] is None})
 
     async def _plan(self, conn: Any, run_id: uuid.UUID, request: RunRequest,
                     workflow: Workflow, options: RunOptions, changes: Changes) -> None:

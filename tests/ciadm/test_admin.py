@@ -89,3 +89,25 @@ def test_no_orchestrator_tells_what_to_do() -> None:
                            "runs"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1
     assert "no orchestrator answers" in proc.stderr and "hint:" in proc.stderr
+
+
+async def test_rerun_of_one_job_takes_the_earlier_runs_workflow_and_trust(harness: Harness) -> None:
+    from common.messages import RerunOf
+
+    workflow = """
+workflow name="two" {
+    job id="lint" runs_on="local" { step name="l" run="echo linted"; }
+    job id="build" runs_on="local" { needs "lint"; step name="b" run="echo built"; }
+    job id="docs" runs_on="local" { step name="d" run="echo docs"; }
+}
+"""
+    first = await harness.api.wait(await harness.submit(workflow))
+    assert first.state == "success" and len(first.jobs) == 3
+    rerun = await harness.api.wait(await harness.submit(
+        'workflow { job id="other" runs_on="local" { step name="o" run="false"; }; }',
+        trusted=False, rerun_of=RerunOf(run_id=first.run_id, job_key="build")))
+    assert rerun.state == "success"
+    assert sorted(j.key for j in rerun.jobs) == ["build", "lint"]
+    trusted = await harness.orchestrator.db.pool.fetchval(
+        "SELECT trusted FROM runs WHERE id = $1", rerun.run_id)
+    assert trusted is True
