@@ -81,6 +81,20 @@ def _plain(value: Any) -> Any:
     return value.value if isinstance(value, ckdl.Value) else value
 
 
+_MATRIX_VALUE_HINT = ('write a non-empty string ("1.80") without , = [ or ]:'
+                      " values appear in job keys like build[os=omnios]")
+
+
+def _matrix_text(value: Any) -> str | None:
+    """A matrix value as text, or None if it cannot be one (null, float, empty, key characters)."""
+    if value is None or isinstance(value, float):
+        return None
+    text = ("true" if value else "false") if isinstance(value, bool) else str(value)
+    if not text or any(c in text for c in ",=[]"):
+        return None
+    return text
+
+
 def _describe(value: Any) -> str:
     if value is None:
         return "null"
@@ -275,7 +289,7 @@ class _Checker:
                            f" {', '.join(WORKFLOW_CHILDREN)}")
         if not any(child.name == "job" for child in node.children):
             self.error(path, "the workflow has no jobs",
-                       f'add a job: job id="build" runs_on="illumos" {{ step name="Build" run="make" }}')
+                       'add a job: job id="build" runs_on="illumos" { step name="Build" run="make" }')
         self.dependencies(declared)
         return Workflow(name=name, jobs=tuple(jobs), fail_fast=fail_fast,
                         triggers=tuple(triggers), env=env)
@@ -288,9 +302,9 @@ class _Checker:
             self.error(path, "`on` needs the event it reacts to",
                        f"write e.g. on \"push\" branches=\"main\"; events: {', '.join(EVENTS)}")
             return None
-        event = args[0] if args and _plain(node.args[0]) == args[0] else None
-        if event is None:
-            return None
+        event = _plain(node.args[0])
+        if not isinstance(event, str) or not event:
+            return None  # string_args reported it
         if event not in EVENTS:
             self.error(path, f"unknown event {event!r}",
                        f"{_suggest(event, EVENTS)}events: {', '.join(EVENTS)}", arg=0)
@@ -524,12 +538,11 @@ class _Checker:
                            f'list them: {child.name} "a" "b"')
             values: list[str] = []
             for arg_index, raw in enumerate(child.args):
-                value = _plain(raw)
-                if value is None or isinstance(value, float) or value == "":
-                    self.error(where, f"matrix value {_describe(value)} cannot be used",
-                               'write values as strings: "1.80"', arg=arg_index)
+                text = _matrix_text(_plain(raw))
+                if text is None:
+                    self.error(where, f"matrix value {_describe(_plain(raw))} cannot be used",
+                               _MATRIX_VALUE_HINT, arg=arg_index)
                     continue
-                text = ("true" if value else "false") if isinstance(value, bool) else str(value)
                 if text in values:
                     self.error(where, f"matrix axis {child.name!r} lists {text!r} twice",
                                "remove the repeated value", arg=arg_index)
@@ -556,16 +569,18 @@ class _Checker:
             self.error(path, f"`{kind}` names no axis values", f'write e.g. {kind} os="omnios"')
         values: dict[str, str] = {}
         for key, raw in node.properties.items():
-            value = _plain(raw)
-            text = ("true" if value else "false") if isinstance(value, bool) else str(value)
-            if key not in axes:
+            text = _matrix_text(_plain(raw))
+            if text is None:
+                self.error(path, f"{kind} value {_describe(_plain(raw))} cannot be used",
+                           _MATRIX_VALUE_HINT, prop=key, value=True)
+            elif key not in axes:
                 self.error(path, f"{kind} names unknown matrix axis {key!r}",
                            f"{_suggest(key, axes)}axes: {', '.join(axes) or 'none'}", prop=key)
             elif kind == "exclude" and text not in axes[key]:
                 self.error(path, f"exclude {key}={text!r} matches nothing: the axis has no such value",
                            f"{_suggest(text, axes[key])}values of {key}: {', '.join(axes[key])}",
                            prop=key)
-            values[key] = text
+            values[key] = text or ""  # reported above when None; only its presence counts now
         missing = [axis for axis in axes if axis not in values]
         if kind == "include" and missing:
             self.error(path, f"include must give every axis a value; missing {', '.join(missing)}",
@@ -728,7 +743,8 @@ def load_workflow(text: str, path: str = DEFAULT_PATH) -> Workflow:
         doc = parse_kdl(text)
     except KdlSyntaxError as exc:
         p = exc.problem
-        raise WorkflowError([Diagnostic(path, p.line, p.col, p.message, p.hint)], text) from None
+        raise WorkflowError([Diagnostic(path, p.line, p.col, p.message, p.hint, p.job, p.step)],
+                            text) from None
     checker = _Checker()
     workflow = checker.document(doc)
     if checker.problems or workflow is None:

@@ -105,8 +105,8 @@ class SourceNode:
         return found
 
 
-def _decode_key(raw: str, kind: str) -> str:
-    """The name a property key stands for (enough to match ckdl's dictionary keys)."""
+def _decode_string(raw: str, kind: str) -> str:
+    """The text a key or value token stands for (enough to match ckdl's keys and name things)."""
     if kind == "bare":
         return raw
     if kind == "raw":
@@ -150,6 +150,7 @@ class _Scanner:
         self.text = text
         self.pos = 0
         self.n = len(text)
+        self.open: list[SourceNode] = []  # the nodes being scanned, outermost first
 
     # -- spaces and comments -------------------------------------------------------------
     def _block_comment(self) -> None:
@@ -358,6 +359,12 @@ class _Scanner:
 
     def _node(self, want: Wanted | None) -> SourceNode:
         node = SourceNode(start=self.pos)
+        self.open.append(node)
+        self._node_body(node, want)
+        self.open.pop()  # left in place by a LexError, to say which job and step it was in
+        return node
+
+    def _node_body(self, node: SourceNode, want: Wanted | None) -> None:
         text = self.text
         part_start = self.pos
         if text.startswith("(", self.pos):
@@ -372,12 +379,12 @@ class _Scanner:
         while True:
             self._node_space()
             if self.pos >= self.n:
-                return node
+                return
             ch = text[self.pos]
             if ch == ";" or _NEWLINE_RE.match(text, self.pos):
-                return node
+                return
             if text.startswith("//", self.pos) or ch == "}":
-                return node
+                return
             discarded = False
             if text.startswith("/-", self.pos):
                 self._slashdash()
@@ -417,7 +424,7 @@ class _Scanner:
                 raise LexError(first.start, "a property needs a value after `=`",
                                'write key="value"')
             value = self._token()
-            key = _decode_key(text[first.start:first.end], first.kind)
+            key = _decode_string(text[first.start:first.end], first.kind)
             node.entries.append(Entry(first.start, value.end, key, value, discarded))
         else:
             self.pos = save
@@ -512,6 +519,34 @@ class SyntaxProblem:
     col: int
     message: str
     hint: str
+    job: str | None = None  # the id of the job it is in, when that can be read
+    step: str | None = None  # the name of the step it is in
+
+
+def _context(text: str, chain: list[SourceNode]) -> tuple[str | None, str | None]:
+    """Job id and step name of the nodes enclosing a problem, as far as they can be read."""
+    found: dict[str, str | None] = {"job": None, "step": None}
+    for node in chain:
+        kind = text[node.name.start:node.name.end] if node.name else ""
+        key = {"job": "id", "step": "name"}.get(kind)
+        for entry in node.entries if key else ():
+            if entry.key == key and entry.value is not None and not entry.discarded:
+                found[kind] = _decode_string(text[entry.value.start:entry.value.end], entry.value.kind)
+    return found["job"], found["step"]
+
+
+def _chain_at(nodes: list[SourceNode], offset: int) -> list[SourceNode]:
+    """The nodes whose text contains `offset`, outermost first."""
+    chain: list[SourceNode] = []
+    level = nodes
+    while True:
+        for node in level:
+            if node.start <= offset < max(node.end, node.start + 1):
+                chain.append(node)
+                level = node.all_children
+                break
+        else:
+            return chain
 
 
 def _kdl_py_problem(text: str) -> SyntaxProblem | None:
@@ -573,11 +608,13 @@ def _hint_for(snippet: str, version: int) -> str:
 def find_syntax_error(text: str, versions: tuple[int, ...] = (2, 1)) -> SyntaxProblem:
     """Locate why `text` is not KDL in any of `versions`; call only when ckdl rejected it."""
     lines = LineIndex(text)
+    scanner = _Scanner(text)
     try:
-        _, roots = _Scanner(text).nodes(None)
+        _, roots = scanner.nodes(None)
     except LexError as exc:
         line, col = lines.position(exc.offset)
-        return SyntaxProblem(line, col, exc.message, exc.hint)
+        job, step = _context(text, scanner.open)
+        return SyntaxProblem(line, col, exc.message, exc.hint, job, step)
     candidates = []
     for version in versions:
         bad = _first_bad(text, roots, version)
@@ -589,8 +626,9 @@ def find_syntax_error(text: str, versions: tuple[int, ...] = (2, 1)) -> SyntaxPr
         line, col = lines.position(offset)
         first_line = snippet.splitlines()[0] if snippet else snippet
         shown = first_line if len(first_line) <= 40 and first_line == snippet else first_line[:37] + "..."
+        job, step = _context(text, _chain_at(roots, offset))
         return SyntaxProblem(line, col, f"invalid KDL: cannot parse `{shown}` ({complaint})",
-                             _hint_for(snippet, version))
+                             _hint_for(snippet, version), job, step)
     if 1 in versions:
         located = _kdl_py_problem(text)
         if located is not None:

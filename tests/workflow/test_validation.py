@@ -92,12 +92,14 @@ def test_unterminated_string_points_at_its_quote() -> None:
     text = 'workflow {\n    job id="a" runs_on="x" {\n        step name="A run=a\n    }\n}\n'
     diag = only(text, "unterminated string")
     assert at(diag) == position(text, '"A run')
+    assert (diag.job, diag.step) == ("a", None)
 
 
 def test_bad_value_is_located_in_its_line() -> None:
     text = job('        step name="A" run="a" timeout=1.2.3')
     diag = only(text, "cannot parse `1.2.3`")
     assert at(diag) == position(text, "1.2.3")
+    assert (diag.job, diag.step) == ("build", "A")
     assert diag.path == "wf.kdl" and diag.hint
 
 
@@ -435,3 +437,13 @@ def test_problems_after_a_step_are_not_blamed_on_it() -> None:
     steps = {d.message.split(":")[0]: d.step for d in diagnostics(text)}
     assert steps == {"timeout of step is not a duration": "A",
                      "arguments of artifacts must be non-empty strings, not the number 5": None}
+
+
+def test_matrix_values_that_would_make_ambiguous_keys() -> None:
+    text = job('        matrix {\n            os "a,b" 1.5\n            include os="x=y"\n        }\n' + STEP)
+    found = diagnostics(text)
+    assert [d.message for d in found] == ["matrix value 'a,b' cannot be used",
+                                          "matrix value the number 1.5 cannot be used",
+                                          "include value 'x=y' cannot be used"]
+    assert at(found[2]) == position(text, '"x=y"')
+    assert "build[os=omnios]" in (found[0].hint or "")
