@@ -15,7 +15,8 @@ KVM really runs a guest here (probed once by booting a one-instruction boot sect
 software emulation (TCG) otherwise. Networking is QEMU's user mode with `restrict=on`: the guest
 reaches nothing, neither the host nor beyond, except one forwarded address
 (`guest_orchestrator_address`, 10.0.2.100 by default) whose connections QEMU hands to a relay
-(`socat`) dialling the orchestrator's gRPC port. The bootstrap the runner receives names that
+(`socat`) dialling the orchestrator's gRPC port, plus the `forwards` the operator declares
+(typically the forge the runner clones from). The bootstrap the runner receives names the
 guest-side address.
 
 QEMU runs in its own session; `stop` and `destroy` kill its process group. The reaper finds
@@ -59,9 +60,13 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 # Host names and addresses only: the relay command goes through QEMU's `sh -c`.
 HOST_RE = re.compile(r"^[A-Za-z0-9.:-]+$")
 _GIB = 1024**3
+MACHINE = "q35"
+CPU = {"kvm": "host", "tcg": "max"}
 
 # The KVM probe: a boot sector that writes 0x2a to the isa-debug-exit port, which makes QEMU
-# exit with status (0x2a << 1) | 1. A QEMU that gets there really ran guest code under KVM.
+# exit with status (0x2a << 1) | 1. A QEMU that gets there really ran guest code under KVM,
+# with the machine type and CPU model the jobs get (a host may run a plain `pc`/qemu64 guest
+# under KVM yet abort on `-cpu host`, as nested setups that refuse some MSRs do).
 _PROBE_CODE = bytes([0xB0, 0x2A, 0xE6, 0xF4, 0xF4, 0xEB, 0xFD])  # mov al,42; out 0xf4,al; hlt; jmp $-1
 PROBE_BOOT_SECTOR = _PROBE_CODE + bytes(510 - len(_PROBE_CODE)) + b"\x55\xaa"
 PROBE_EXIT_STATUS = (0x2A << 1) | 1
@@ -148,7 +153,7 @@ def qemu_argv(
     """The QEMU command line of one job's machine."""
     argv = [
         binary, "-name", name,
-        "-machine", "q35", "-accel", accel, "-cpu", "host" if accel == "kvm" else "max",
+        "-machine", MACHINE, "-accel", accel, "-cpu", CPU[accel],
         "-smp", str(resources.vcpus), "-m", str(resources.ram_mb),
         "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
         "-kernel", str(label.kernel),
@@ -198,15 +203,22 @@ async def probe_kvm(qemu_binary: str, *, timeout: float) -> bool:
     with tempfile.TemporaryDirectory(prefix="solstice-kvm-probe-") as tmp:
         boot = Path(tmp) / "probe.img"
         boot.write_bytes(PROBE_BOOT_SECTOR)
-        argv = [qemu_binary, "-accel", "kvm", "-machine", "pc", "-m", "16", "-nodefaults",
+        argv = [qemu_binary, "-accel", "kvm", "-machine", MACHINE, "-cpu", CPU["kvm"],
+                "-m", "16", "-nodefaults",
                 "-no-user-config", "-display", "none", "-serial", "none", "-no-reboot",
                 "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04",
                 "-drive", f"format=raw,if=ide,file={_opt(boot)}"]
         try:
             result = await run_command(argv, timeout=timeout, check=False)
         except CommandTimedOut:
+            log.info("KVM probe: no result within %gs; using software emulation", timeout)
             return False
-    return result.returncode == PROBE_EXIT_STATUS
+    if result.returncode != PROBE_EXIT_STATUS:
+        said = result.stderr.strip().splitlines()
+        log.info("KVM probe: QEMU exited with status %d (%s); using software emulation",
+                 result.returncode, said[-1] if said else "no message")
+        return False
+    return True
 
 
 def _kill_group(pid: int, sig: int) -> None:
