@@ -87,8 +87,9 @@ async def bench(args: argparse.Namespace, state: Path) -> None:
     dispatch = [float(r["dispatch_ms"]) for r in rows]
     lease = [float(r["lease_ms"]) for r in rows]
     fetch = [float(r["fetch_ms"]) for r in rows]
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"dispatch bench: {len(rows)} jobs, {mode}, {args.concurrency} concurrent clients, "
-          f"{os.cpu_count()} CPUs")
+          f"{os.cpu_count()} CPUs, load average {load} (other work on the machine slows it)")
     print(f"  queued -> leased            p50 {percentile(lease, 50):7.1f} ms   "
           f"p99 {percentile(lease, 99):7.1f} ms")
     print(f"  queued -> runner fetched    p50 {percentile(fetch, 50):7.1f} ms   "

@@ -60,6 +60,7 @@ class Orchestrator:
         self.logs = LogStore(db)
         self.intake = Intake(db, self.effects, default_job_timeout=config.default_job_timeout)
         self.relay = OutboxRelay(db, broker)
+        self.effects.outbox_written = self.relay.kick
         self.api = OrchestratorAPI(db=db, intake=self.intake, store=self.store, hub=self.hub,
                                    effects=self.effects)
         self.secrets = dict(secrets or {})
