@@ -281,6 +281,9 @@ class BhyveBackend(VMBackend):
         self.settings = settings
         self.zfs = zfs or open_zfs(settings.zfs, timeout=settings.command_timeout_seconds)
         self._snapshot_locks: dict[str, asyncio.Lock] = {}
+        # One `zoneadm list` per watch interval serves every running job's `wait_exit`.
+        self._watch_lock = asyncio.Lock()
+        self._watched: tuple[float, dict[str, str]] | None = None
 
     @classmethod
     def from_config(cls, path: str | Path | None = None,
@@ -456,13 +459,24 @@ class BhyveBackend(VMBackend):
         names = {n for n in [*zones, *clones, *files] if n.startswith(prefix)}
         return sorted(names)
 
+    async def _watched_states(self, not_before: float) -> dict[str, str]:
+        """Zone states read at or after `not_before` (loop time), shared between watchers."""
+        async with self._watch_lock:
+            if self._watched is None or self._watched[0] < not_before:
+                read_at = asyncio.get_running_loop().time()
+                self._watched = (read_at, await self.zone_states())
+            return self._watched[1]
+
     async def wait_exit(self, vm: VM) -> str:
         """Returns once the zone stopped running by itself (guest powered off, bhyve died)."""
         names = self.names(vm.name)
+        loop = asyncio.get_running_loop()
         while True:
+            # Only a listing taken after this wait began can tell: an older one may predate boot.
+            began = loop.time()
             await asyncio.sleep(self.settings.watch_interval_seconds)
             try:
-                state = (await self.zone_states()).get(names.zone)
+                state = (await self._watched_states(began)).get(names.zone)
             except BackendError as exc:
                 log.warning("cannot read the state of zone %s: %s", names.zone, exc)
                 continue

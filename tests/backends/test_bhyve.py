@@ -404,6 +404,26 @@ async def test_unwritable_work_dir_is_a_backend_error(fake_illumos: FakeIllumos,
     fake_illumos.assert_empty()
 
 
+async def test_watchers_share_one_zone_listing(command_backend: BhyveBackend,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    listings = 0
+
+    async def zone_states() -> dict[str, str]:
+        nonlocal listings
+        listings += 1
+        await asyncio.sleep(0.05)
+        return {f"hosta-{i:04}": "running" for i in range(5)}
+
+    monkeypatch.setattr(command_backend, "zone_states", zone_states)
+    vms = [VM(name=f"hosta-{i:04}", backend="bhyve", spec=spec(f"hosta-{i:04}")) for i in range(5)]
+    watchers = [asyncio.create_task(command_backend.wait_exit(vm)) for vm in vms]
+    await asyncio.sleep(1.05)  # about ten watch intervals of 0.1 s
+    for watcher in watchers:
+        assert not watcher.done()
+        watcher.cancel()
+    assert 3 <= listings <= 12  # one per interval for all five, not five per interval
+
+
 async def test_console_log_tail_is_bounded(fake_illumos: FakeIllumos, tmp_path: Path) -> None:
     backend = BhyveBackend(make_settings(fake_illumos, tmp_path, zfs="command", console_log_bytes=1024))
     vm = VM(name="hosta-0001", backend="bhyve", spec=spec())
