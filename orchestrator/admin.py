@@ -17,6 +17,7 @@ import grpc
 from orchestrator.api import JobSummary, OrchestratorAPI, RunSummary
 from orchestrator.db import Database
 from orchestrator.hosts import HostRegistry
+from orchestrator.logstore import read_log
 from protos import admin_pb2, admin_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -134,18 +135,16 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         job_id = await self._resolve("jobs", request.job_id, context)
         attempt, last_seq = None, 0
         while True:
-            job = await self.db.pool.fetchrow(
-                "SELECT attempt, finished_at IS NOT NULL AS done FROM jobs WHERE id = $1", job_id)
-            if attempt != job["attempt"]:  # a retried job's log starts again
-                attempt, last_seq = job["attempt"], 0
-            chunks = await self.db.pool.fetch(
-                "SELECT seq, step_index, stream, data FROM log_chunks"
-                " WHERE job_id = $1 AND attempt = $2 AND seq > $3 ORDER BY seq",
-                job_id, attempt, last_seq)
-            for chunk in chunks:
-                last_seq = chunk["seq"]
+            current = await read_log(self.db, job_id)
+            if current is not None and current.attempt != attempt:  # a retry starts anew
+                attempt, last_seq = current.attempt, 0
+            piece = await read_log(self.db, job_id, attempt=attempt, after_seq=last_seq)
+            if piece is None:
+                return
+            for chunk in piece.chunks:
                 yield admin_pb2.LogLines(step_index=chunk["step_index"], stream=chunk["stream"],
                                          data=bytes(chunk["data"]))
-            if not request.follow or (job["done"] and not chunks):
+            last_seq = piece.last_seq or last_seq
+            if not request.follow or (piece.done and not piece.chunks):
                 return
             await asyncio.sleep(FOLLOW_POLL_SECONDS)

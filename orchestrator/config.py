@@ -53,6 +53,10 @@ class OrchestratorConfig(BaseModel):
     grpc_advertise: str | None = None
     # Required of `ciadm` (Admin service on the same port) when set.
     admin_token: str | None = None
+    # Web log pages (the forges' status links): served on HOST:PORT when set; `public_url` is
+    # their base as users reach it (default: http://<web_listen>).
+    web_listen: str | None = None
+    public_url: str | None = None
     backend: str = "local"
     # The local backend runs jobs without any isolation; it must be asked for by name.
     allow_local_backend: bool = False

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from dataclasses import dataclass
 from datetime import datetime
 
 import asyncpg
@@ -112,3 +113,34 @@ class LogStore:
                 await conn.executemany(
                     "INSERT INTO log_chunks (job_id, attempt, seq, step_index, stream, ts, data)"
                     " VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING", batch)
+
+
+@dataclass(frozen=True)
+class LogSlice:
+    """Stored chunks of a job's current attempt after some sequence number."""
+
+    attempt: int
+    done: bool  # the job had ended when this was read
+    chunks: list[asyncpg.Record]  # seq, step_index, stream, data; in order
+
+    @property
+    def last_seq(self) -> int | None:
+        return self.chunks[-1]["seq"] if self.chunks else None
+
+
+async def read_log(db: Database, job_id: uuid.UUID, *, attempt: int | None = None,
+                   after_seq: int = 0) -> LogSlice | None:
+    """The job's chunks after `after_seq` (of `attempt`, default the current one); None if no
+    such job. Readers that follow a log (ciadm, web pages) call this in a loop: the shared
+    Postgres holds every host's logs, so they follow a job wherever it runs."""
+    async with db.pool.acquire() as conn:
+        job = await conn.fetchrow(
+            "SELECT attempt, finished_at IS NOT NULL AS done FROM jobs WHERE id = $1", job_id)
+        if job is None:
+            return None
+        attempt = job["attempt"] if attempt is None else attempt
+        chunks = await conn.fetch(
+            "SELECT seq, step_index, stream, data FROM log_chunks"
+            " WHERE job_id = $1 AND attempt = $2 AND seq > $3 ORDER BY seq",
+            job_id, attempt, after_seq)
+    return LogSlice(attempt=attempt, done=job["done"], chunks=list(chunks))

@@ -57,6 +57,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--grpc-advertise", metavar="HOST:PORT",
                         help="the address runners dial, if not the listen address")
     parser.add_argument("--broker-prefix", metavar="PREFIX", help="queue and exchange names")
+    parser.add_argument("--web-listen", metavar="HOST:PORT",
+                        help="serve the web log pages (the forges' status links) here")
+    parser.add_argument("--public-url", metavar="URL",
+                        help="base URL of the web log pages as users reach them")
     parser.add_argument("--state-dir", metavar="DIR",
                         help="embedded database and local machines live here")
     parser.add_argument("--drain-timeout", metavar="SECONDS", type=float,
@@ -73,7 +77,7 @@ def load(args: argparse.Namespace) -> OrchestratorConfig:
     cli: dict[str, Any] = {key: getattr(args, key) for key in (
         "database_url", "amqp_url", "capacity", "host_name", "backend", "allow_local_backend",
         "grpc_listen", "grpc_advertise", "broker_prefix", "state_dir", "drain_timeout",
-        "log_level")}
+        "log_level", "web_listen", "public_url")}
     config = load_config(OrchestratorConfig, path=args.config, section="orchestrator", cli=cli)
     if args.standalone:
         config = config.model_copy(update={"database_url": None, "amqp_url": None})

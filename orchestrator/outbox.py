@@ -18,6 +18,7 @@ from common.broker import Broker
 from common.messages import JobEvent, JobRequest
 from common.retry import Backoff, retry_async
 from orchestrator.db import Database
+from orchestrator.intake import WORKFLOW_JOB_KEY
 from orchestrator.store import OUTBOX_CHANNEL
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,8 @@ class OutboxRelay:
     def __init__(self, db: Database, broker: Broker) -> None:
         self.db = db
         self.broker = broker
+        # Base of the web log pages; events get `log_url` from it (set once pages are served).
+        self.log_url_base = ""
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -79,11 +82,20 @@ class OutboxRelay:
                 if row["kind"] == "job_request":
                     await self.broker.publish_job(JobRequest.model_validate(row["payload"]))
                 else:
-                    await self.broker.publish_event(JobEvent.model_validate(row["payload"]))
+                    await self.broker.publish_event(self._with_log_url(
+                        JobEvent.model_validate(row["payload"])))
             if rows:
                 await conn.execute("UPDATE outbox SET published_at = now() WHERE id = ANY($1)",
                                    [r["id"] for r in rows])
         return len(rows)
+
+    def _with_log_url(self, event: JobEvent) -> JobEvent:
+        if not self.log_url_base or event.log_url:
+            return event
+        # The pseudo-job of an invalid workflow has no page of its own: its run page says why.
+        page = (f"runs/{event.run_id}" if event.job_key == WORKFLOW_JOB_KEY
+                else f"jobs/{event.job_id}")
+        return event.model_copy(update={"log_url": f"{self.log_url_base.rstrip('/')}/{page}"})
 
     async def _prune(self) -> None:
         try:

@@ -27,6 +27,7 @@ from orchestrator.rpc import RunnerService
 from orchestrator.sessions import Sessions
 from orchestrator.store import Store
 from orchestrator.updates import Hub
+from orchestrator.web import WebServer
 from protos import admin_pb2_grpc, runner_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -76,6 +77,7 @@ class Orchestrator:
         self.executor: Executor | None = None
         self._runs: Subscription | None = None
         self.grpc_url = ""
+        self.web: WebServer | None = None
 
     async def start(self) -> None:
         # Hold the host name and clear up after a previous life before taking any job.
@@ -97,6 +99,10 @@ class Orchestrator:
         port = self.server.add_insecure_port(self.config.grpc_listen)
         await self.server.start()
         self.grpc_url = advertised(self.config.grpc_listen, port, self.config.grpc_advertise)
+        if self.config.web_listen:
+            self.web = WebServer(self.db, self.config.web_listen)
+            await self.web.start()
+            self.relay.log_url_base = self.config.public_url or self.web.url
         await self.relay.start()
         self.executor = Executor(config=self.config, store=self.store, broker=self.broker,
                                  backend=self.backend, sessions=self.sessions,
@@ -132,6 +138,8 @@ class Orchestrator:
         await asyncio.gather(*self._background, return_exceptions=True)
         await self.registry.set_state("stopped")
         await self.relay.close()
+        if self.web is not None:
+            await self.web.stop()
         if self.server is not None:
             await self.server.stop(1.0)
         await self.logs.close()

@@ -1,0 +1,170 @@
+"""Web log pages: what a forge's status / check run links to (`JobEvent.log_url`).
+
+- `/runs/{run_id}`: the run, its jobs and steps;
+- `/jobs/{job_id}`: the job's steps and log, following live while the job runs;
+- `/jobs/{job_id}/log.txt?after=SEQ`: the log as plain text after a sequence number, with
+  `X-Solstice-Last-Seq` and `X-Solstice-Done` headers (the page polls it).
+
+Read-only, from the shared Postgres, so any host serves every job. Logs were masked before
+they were stored.
+"""
+from __future__ import annotations
+
+import asyncio
+import html
+import socket
+import uuid
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from orchestrator.api import JobSummary, RunSummary, load_summary
+from orchestrator.db import Database
+from orchestrator.logstore import read_log
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2rem; color: #222; }
+table { border-collapse: collapse; } td, th { padding: .2rem .8rem; text-align: left; }
+pre { background: #111; color: #ddd; padding: 1rem; overflow-x: auto; white-space: pre-wrap; }
+.success { color: #1a7f37; } .failure, .error, .timed_out { color: #cf222e; }
+.running, .provisioning, .queued, .awaiting_approval { color: #9a6700; }
+.skipped, .cancelled { color: #6e7781; }
+"""
+
+FOLLOW_SCRIPT = """
+<script>
+let after = %(last)d;
+const log = document.getElementById("log");
+async function poll() {
+  const r = await fetch("log.txt?after=" + after, {cache: "no-store"});
+  if (!r.ok) return setTimeout(poll, 2000);
+  log.textContent += await r.text();
+  after = parseInt(r.headers.get("X-Solstice-Last-Seq") || after);
+  if (r.headers.get("X-Solstice-Done") === "1") location.reload();
+  else setTimeout(poll, 1000);
+}
+setTimeout(poll, 1000);
+</script>
+"""
+
+
+def _page(title: str, body: str) -> HTMLResponse:
+    return HTMLResponse(f"<!doctype html><html><head><meta charset='utf-8'><title>"
+                        f"{html.escape(title)}</title><style>{STYLE}</style></head>"
+                        f"<body>{body}</body></html>")
+
+
+def _state(state: str) -> str:
+    return f"<span class='{html.escape(state)}'>{html.escape(state)}</span>"
+
+
+def _uuid(request: Request, name: str) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(request.path_params[name])
+    except ValueError:
+        return None
+
+
+def _not_found(what: str) -> Response:
+    return PlainTextResponse(f"no such {what}: runs and jobs are named by their full id",
+                             status_code=404)
+
+
+def _steps_table(job: JobSummary) -> str:
+    rows = "".join(
+        f"<tr><td>{s.index + 1}</td><td>{html.escape(s.name)}</td><td>{_state(s.state)}</td>"
+        f"<td>{'' if s.exit_code is None else s.exit_code}</td>"
+        f"<td>{'' if s.duration_ms is None else f'{s.duration_ms / 1000:.1f}s'}</td></tr>"
+        for s in job.steps)
+    return ("<table><tr><th>#</th><th>step</th><th>state</th><th>exit</th><th>took</th></tr>"
+            f"{rows}</table>")
+
+
+def build_app(db: Database) -> Starlette:
+    """The pages' ASGI app over `db`."""
+
+    async def run_page(request: Request) -> Response:
+        run_id = _uuid(request, "run_id")
+        summary: RunSummary | None = await load_summary(db, run_id) if run_id else None
+        if summary is None:
+            return _not_found("run")
+        rows = "".join(
+            f"<tr><td><a href='../jobs/{j.job_id}'>{html.escape(j.key)}</a></td>"
+            f"<td>{html.escape(j.runs_on)}</td><td>{_state(j.state.value)}</td>"
+            f"<td>{html.escape(j.message)}</td></tr>" for j in summary.jobs)
+        return _page(f"run {summary.run_id}",
+                     f"<h1>{html.escape(summary.workflow_name or 'run')} {_state(summary.state)}</h1>"
+                     f"<pre>{html.escape(summary.message)}</pre><table><tr><th>job</th>"
+                     f"<th>runs on</th><th>state</th><th></th></tr>{rows}</table>")
+
+    async def job_page(request: Request) -> Response:
+        job_id = _uuid(request, "job_id")
+        run_id = await db.pool.fetchval("SELECT run_id FROM jobs WHERE id = $1", job_id) \
+            if job_id else None
+        summary = await load_summary(db, run_id) if run_id else None
+        log = await read_log(db, job_id) if job_id else None
+        if summary is None or log is None:
+            return _not_found("job")
+        job = next(j for j in summary.jobs if j.job_id == job_id)
+        text = b"".join(bytes(c["data"]) for c in log.chunks).decode(errors="replace")
+        follow = "" if log.done else FOLLOW_SCRIPT % {"last": log.last_seq or 0}
+        return _page(f"{job.key} {job.state.value}",
+                     f"<p><a href='../runs/{summary.run_id}'>run {summary.run_id}</a></p>"
+                     f"<h1>{html.escape(job.key)} {_state(job.state.value)}</h1>"
+                     f"<p>{html.escape(job.message)} (attempt {job.attempt})</p>"
+                     f"{_steps_table(job)}<pre id='log'>{html.escape(text)}</pre>{follow}")
+
+    async def job_log(request: Request) -> Response:
+        job_id = _uuid(request, "job_id")
+        try:
+            after = int(request.query_params.get("after", "0"))
+        except ValueError:
+            return PlainTextResponse("`after` must be a whole number", status_code=400)
+        log = await read_log(db, job_id, after_seq=after) if job_id else None
+        if log is None:
+            return _not_found("job")
+        body = b"".join(bytes(c["data"]) for c in log.chunks)
+        return Response(body, media_type="text/plain; charset=utf-8", headers={
+            "X-Solstice-Last-Seq": str(log.last_seq or after),
+            "X-Solstice-Done": "1" if log.done else "0"})
+
+    return Starlette(routes=[
+        Route("/runs/{run_id}", run_page),
+        Route("/jobs/{job_id}", job_page),
+        Route("/jobs/{job_id}/log.txt", job_log),
+    ])
+
+
+class WebServer:
+    """Serves `build_app(db)` on `listen` (HOST:PORT, port 0 for any) inside this event loop."""
+
+    def __init__(self, db: Database, listen: str) -> None:
+        host, _, port = listen.rpartition(":")
+        self._socket = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._socket.bind((host.strip("[]"), int(port)))
+        self._server = uvicorn.Server(uvicorn.Config(build_app(db), log_level="warning",
+                                                     lifespan="off"))
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def url(self) -> str:
+        host, port = self._socket.getsockname()[:2]
+        return f"http://{host if ':' not in host else f'[{host}]'}:{port}"
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._server.serve(sockets=[self._socket]),
+                                         name="web-pages")
+        while not self._server.started:
+            if self._task.done():
+                await self._task  # raises what stopped it
+            await asyncio.sleep(0.01)
+
+    async def stop(self) -> None:
+        self._server.should_exit = True
+        if self._task is not None:
+            await asyncio.gather(self._task, return_exceptions=True)
+        self._socket.close()

@@ -1,0 +1,1 @@
+from tests.orchestrator.conftest import orchestrator_factory  # noqa: F401  (fixture)

@@ -1,0 +1,78 @@
+"""Web log pages served by a real orchestrator (real Postgres, runner, local backend, HTTP)."""
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import httpx
+
+from common.broker import Delivery
+from common.messages import JobEvent, JobState, decode
+
+WORKFLOW = """
+workflow name="pages" {
+    job id="build" runs_on="local" {
+        step name="greet" run="echo '<b>hello</b> from the job'"
+        step name="boom" run="echo about to fail; exit 3"
+    }
+}
+"""
+
+
+async def test_job_and_run_pages_and_event_links(orchestrator_factory) -> None:
+    harness = await orchestrator_factory(web_listen="127.0.0.1:0")
+    base = harness.orchestrator.web.url
+    events: list[JobEvent] = []
+
+    async def collect(delivery: Delivery) -> None:
+        events.append(decode(delivery.body, JobEvent))
+        await delivery.ack()
+
+    await harness.orchestrator.broker.consume_events("pages-test", collect)
+    summary = await harness.run(WORKFLOW)
+    assert summary.state == "failure"
+    job = summary.jobs[0]
+    async with httpx.AsyncClient(base_url=base) as http:
+        page = await http.get(f"/jobs/{job.job_id}")
+        assert page.status_code == 200
+        assert "&lt;b&gt;hello&lt;/b&gt; from the job" in page.text  # escaped, not markup
+        assert "about to fail" in page.text and "failure" in page.text
+        assert "<script>" not in page.text  # the job ended: nothing to follow
+
+        raw = await http.get(f"/jobs/{job.job_id}/log.txt")
+        assert raw.headers["X-Solstice-Done"] == "1"
+        last = int(raw.headers["X-Solstice-Last-Seq"])
+        assert b"<b>hello</b> from the job" in raw.content
+        tail = await http.get(f"/jobs/{job.job_id}/log.txt", params={"after": last})
+        assert tail.content == b"" and tail.headers["X-Solstice-Last-Seq"] == str(last)
+
+        run_page = await http.get(f"/runs/{summary.run_id}")
+        assert run_page.status_code == 200 and f"../jobs/{job.job_id}" in run_page.text
+
+        assert (await http.get(f"/jobs/{uuid.uuid4()}")).status_code == 404
+        assert (await http.get("/jobs/not-a-uuid")).status_code == 404
+        assert (await http.get(f"/jobs/{job.job_id}/log.txt?after=x")).status_code == 400
+
+    for _ in range(100):
+        if any(e.state == JobState.FAILURE for e in events):
+            break
+        await asyncio.sleep(0.05)
+    final = [e for e in events if e.state == JobState.FAILURE]
+    assert final and final[0].log_url == f"{base}/jobs/{job.job_id}"
+
+
+async def test_a_running_job_page_follows_the_log(orchestrator_factory) -> None:
+    harness = await orchestrator_factory(web_listen="127.0.0.1:0")
+    run_id = await harness.submit('workflow { job id="slow" runs_on="local" {'
+                                  ' step name="s" run="echo first; sleep 2; echo second"; }; }')
+    async with httpx.AsyncClient(base_url=harness.orchestrator.web.url) as http:
+        for _ in range(200):
+            summary = await harness.api.summary(run_id)
+            raw = await http.get(f"/jobs/{summary.jobs[0].job_id}/log.txt")
+            if b"first" in raw.content:
+                break
+            await asyncio.sleep(0.05)
+        assert raw.headers["X-Solstice-Done"] == "0"
+        page = await http.get(f"/jobs/{summary.jobs[0].job_id}")
+        assert "<script>" in page.text  # still running: the page polls for more
+    assert (await harness.api.wait(run_id)).state == "success"
