@@ -355,6 +355,31 @@ class BhyveBackend(VMBackend):
 
     # -- VMBackend -----------------------------------------------------------------------
 
+    async def prepare(self) -> None:
+        """Check the host before the first job, naming every problem at once, and take the
+        labels' missing golden snapshots now rather than in the first job."""
+        settings = self.settings
+        problems = []
+        if not await self.zfs.exists(settings.clone_parent):
+            problems.append(f"clone_parent {settings.clone_parent} does not exist "
+                            f"(zfs create -p {settings.clone_parent})")
+        links = (await self._run("dladm", "show-link", "-p", "-o", "link")).split()
+        if settings.link not in links:
+            problems.append(f"link {settings.link} does not exist (dladm create-etherstub, "
+                            "or name a physical link)")
+        if not await asyncio.to_thread(Path(settings.zone_root).is_dir):
+            problems.append(f"zone_root {settings.zone_root} is not a directory "
+                            "(create a ZFS file system mounted there)")
+        for label, image in sorted(settings.labels.items()):
+            try:
+                await self.zfs.volsize(image.dataset)
+                await self._ensure_snapshot(f"{image.dataset}@{image.snapshot}")
+            except BackendError as exc:
+                problems.append(f"label {label}: {exc.message}")
+        if problems:
+            raise BackendError("the bhyve backend is not ready: " + "; ".join(problems),
+                               hint="fix [orchestrator.bhyve] or the host (images/illumos/README.md)")
+
     async def provision(self, spec: VMSpec) -> VM:
         names = self.names(spec.name)
         image = self.image_for(spec)

@@ -181,6 +181,28 @@ async def test_unknown_label_is_refused_before_any_command(command_backend: Bhyv
     fake_illumos.assert_empty()
 
 
+async def test_prepare_checks_the_host_and_takes_snapshots(backend: BhyveBackend,
+                                                            fake_illumos: FakeIllumos) -> None:
+    await backend.prepare()
+    assert f"{IMAGE}@golden" in fake_illumos.state()["datasets"]
+    await backend.prepare()  # idempotent
+
+
+async def test_prepare_names_every_problem(fake_illumos: FakeIllumos, tmp_path: Path) -> None:
+    backend = BhyveBackend(make_settings(
+        fake_illumos, tmp_path, zfs="command", clone_parent="tank/none", link="net7",
+        zone_root=str(tmp_path / "absent"),
+        labels={"a": LabelImage(dataset="tank/images/none"), "b": LabelImage(dataset=CLONE_PARENT)}))
+    with pytest.raises(BackendError) as info:
+        await backend.prepare()
+    message = str(info.value)
+    for expected in ("clone_parent tank/none does not exist", "link net7 does not exist",
+                     "is not a directory", "label a:", "dataset does not exist",
+                     "label b: tank/jobs is not a ZFS volume"):
+        assert expected in message
+    fake_illumos.assert_empty()
+
+
 # -- partial failures ------------------------------------------------------------------------
 
 
