@@ -16,6 +16,7 @@ demo: $(STAMP)
 	$(VENV)/bin/cidev run examples/hello.kdl
 
 services:
+	bash scripts/system-packages.sh
 	bash scripts/services.sh
 
 test: $(STAMP) services
