@@ -14,6 +14,10 @@ Per job, named after `VMSpec.name` (which carries the host prefix):
   `zfs destroy` of the clone, removal of the job's files. Each step looks first whether its
   object exists, so destroy is idempotent and safe after a partial provision or a crash.
 
+At start, `prepare` checks the host (clone parent, link, zone root, every label's zvol) and
+takes missing golden snapshots; `wait_exit` notices a zone that halted by itself (guest power
+off, bhyve exit), polling `zoneadm list` once per interval for all running jobs.
+
 Provision creates the clone first and destroy removes it last, so a job's clone outlives its
 zone and VNIC: the reaper finds every leftover through `zoneadm list -cp` and
 `zfs list -H -o name -r <clone_parent>` alone.
