@@ -30,7 +30,7 @@ TRANSIENT = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
 class LogStore:
     """The orchestrator's single log writer. `start` it, `add` records, `sync` before acking."""
 
-    def __init__(self, db: Database, *, max_rows: int = 5000, max_bytes: int = 4 << 20,
+    def __init__(self, db: Database, *, max_rows: int = 5000, max_bytes: int = 1 << 20,
                  max_delay: float = 0.02) -> None:
         self.db = db
         self.max_rows = max_rows

@@ -28,14 +28,19 @@ class Migration:
 
 
 def available(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
-    """The migration files, ordered by version; a misnamed file is an error, not skipped."""
-    found = []
+    """The migration files, ordered by version; a misnamed file or a version used twice is an
+    error, not skipped."""
+    found: dict[int, Migration] = {}
     for path in sorted(directory.glob("*.sql")):
         match = _NAME.match(path.name)
         if match is None:
             raise ValueError(f"migration file {path.name} is not named NNNN_name.sql")
-        found.append(Migration(int(match.group(1)), match.group(2), path))
-    return found
+        version = int(match.group(1))
+        if version in found:
+            raise ValueError(f"migrations {found[version].path.name} and {path.name} share "
+                             f"version {version}; renumber the newer one")
+        found[version] = Migration(version, match.group(2), path)
+    return [found[v] for v in sorted(found)]
 
 
 async def migrate(conn: asyncpg.Connection, directory: Path = MIGRATIONS_DIR) -> list[str]:
