@@ -227,6 +227,14 @@ async def test_install_failure_removes_zone_vnic_and_clone(fake_illumos: FakeIll
     fake_illumos.assert_empty()
 
 
+async def test_incomplete_install_is_cleaned_up(fake_illumos: FakeIllumos, tmp_path: Path) -> None:
+    fake_illumos.update(install="cannot create zonepath dataset: out of space")
+    backend = BhyveBackend(make_settings(fake_illumos, tmp_path, zfs="command"))
+    with pytest.raises(BackendError, match="out of space"):
+        await backend.provision(spec())
+    fake_illumos.assert_empty()
+
+
 async def test_install_timeout_is_an_error_and_cleaned_up(fake_illumos: FakeIllumos,
                                                           tmp_path: Path) -> None:
     fake_illumos.update(hang=["zoneadm install"])

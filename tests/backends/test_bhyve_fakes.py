@@ -259,6 +259,19 @@ def test_injected_boot_failure(fake_illumos: FakeIllumos, tmp_path: Path) -> Non
     ok(fake_illumos, "zoneadm", "-z", "job1", "halt")
 
 
+def test_injected_install_failure_leaves_an_incomplete_zone(fake_illumos: FakeIllumos,
+                                                           tmp_path: Path) -> None:
+    machine(fake_illumos, tmp_path)
+    fake_illumos.update(install="no space")
+    assert "install failed: no space" in fails(fake_illumos, "zoneadm", "-z", "job1", "install")
+    assert ":job1:incomplete:" in ok(fake_illumos, "zoneadm", "list", "-cp")
+    assert "boot operation is invalid for incomplete zones" in \
+        fails(fake_illumos, "zoneadm", "-z", "job1", "boot")
+    assert "delete not allowed" in fails(fake_illumos, "zonecfg", "-z", "job1", "delete", "-F")
+    ok(fake_illumos, "zoneadm", "-z", "job1", "uninstall", "-F")
+    ok(fake_illumos, "zonecfg", "-z", "job1", "delete", "-F")
+
+
 def test_injected_hang(fake_illumos: FakeIllumos) -> None:
     fake_illumos.update(hang=["zoneadm list"])
     began = time.monotonic()

@@ -23,7 +23,8 @@ reads the cloud-init user-data file named by the zone's `cloud-init` attribute, 
 runner.toml it carries into a per-zone directory and starts the runner with
 `SOLSTICE_RUNNER_CONFIG` pointing at it; `halt` kills it. Faults are injected through the
 state's `faults` table: `{"boot": "message"}` makes every boot fail, `{"hang": ["zoneadm boot"]}`
-makes that command sleep until killed.
+makes that command sleep until killed, `{"install": "message"}` makes `zoneadm install` fail
+leaving the zone `incomplete`.
 """
 from __future__ import annotations
 
@@ -51,12 +52,14 @@ class ToolError(Exception):
     `kind` classifies it for the fake `libzfs_core`, which raises pyzfs exceptions instead.
     """
 
-    def __init__(self, message: str, *, status: int = 1, kind: str = "error", name: str = "") -> None:
+    def __init__(self, message: str, *, status: int = 1, kind: str = "error", name: str = "",
+                 commit: bool = False) -> None:
         super().__init__(message)
         self.message = message
         self.status = status
         self.kind = kind
         self.name = name
+        self.commit = commit  # the failure changed state (a half-done operation) and is kept
 
 
 # ---------------------------------------------------------------------------------------------
@@ -83,10 +86,19 @@ def locked_state() -> Iterator[dict[str, Any]]:
     with open(directory / "state.lock", "a+") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         state = json.loads(path.read_text()) if path.exists() else empty_state()
-        yield state
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(state, indent=1, sort_keys=True))
-        os.replace(tmp, path)
+        try:
+            yield state
+        except ToolError as exc:
+            if exc.commit:
+                _write(path, state)
+            raise
+        _write(path, state)
+
+
+def _write(path: Path, state: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state, indent=1, sort_keys=True))
+    os.replace(tmp, path)
 
 
 def read_state() -> dict[str, Any]:
@@ -595,6 +607,12 @@ def zoneadm_install(state: dict[str, Any], name: str) -> None:
         raise ToolError(f"zoneadm: zone '{name}': zonepath {zonepath} exists and is not empty")
     (zonepath / "root" / "tmp").mkdir(parents=True, exist_ok=True)
     zonepath.chmod(0o700)
+    fault = state["faults"].get("install")
+    if fault:
+        # A failed install leaves the zone `incomplete`; only uninstall -F gets it back.
+        zone["state"] = "incomplete"
+        raise ToolError(f"zoneadm: zone '{name}': install failed: {fault}", kind="install",
+                        commit=True)
     zone["state"] = "installed"
 
 
