@@ -18,7 +18,7 @@ from common.broker import open_broker
 from common.config import load_config
 from common.errors import SolsticeError
 from common.forge.migrate import open_pool
-from common.forge.webhook import serve
+from common.http import serve
 from common.observability import setup_observability
 from forge_integration.api import ForgejoApi
 from forge_integration.app import ForgeIntegration
@@ -73,7 +73,9 @@ def main(argv: list[str] | None = None) -> int:
             "database_url": args.database_url, "broker_url": args.broker_url,
             "insecure_no_signature": args.insecure_no_signature})
         config.check()
-        setup_observability("solstice-forge-integration", level=config.log_level)
+        # Spans go to OTLP when configured; printing one per webhook would flood stderr.
+        setup_observability("solstice-forge-integration", level=config.log_level,
+                            console_spans=False)
         asyncio.run(run(config))
     except SolsticeError as exc:
         print(f"solstice-forge-integration: {exc}", file=sys.stderr)

@@ -17,7 +17,7 @@ import sys
 from common.broker import open_broker
 from common.config import load_config
 from common.errors import SolsticeError
-from common.forge.webhook import serve
+from common.http import serve
 from common.observability import setup_observability
 from github_integration.api import make_http_client
 from github_integration.auth import load_private_key

@@ -88,7 +88,8 @@ def load(args: argparse.Namespace) -> OrchestratorConfig:
     return config
 
 
-def make_backend(config: OrchestratorConfig) -> VMBackend:
+def make_backend(config: OrchestratorConfig, config_path: str | None = None) -> VMBackend:
+    """The configured VM backend; its own settings come from the same config file."""
     if config.backend == "local":
         if not config.allow_local_backend:
             raise ConfigError("the local backend runs jobs without any isolation and is off",
@@ -97,18 +98,26 @@ def make_backend(config: OrchestratorConfig) -> VMBackend:
         from orchestrator.backends.local import LocalBackend
 
         return LocalBackend(config.state_dir / "machines")
+    if config.backend == "bhyve":
+        from orchestrator.backends.bhyve import BhyveBackend, load_bhyve_settings
+
+        return BhyveBackend(load_bhyve_settings(config_path))
+    if config.backend == "qemu":
+        from orchestrator.backends.qemu import QemuBackend, load_qemu_settings
+
+        return QemuBackend(load_qemu_settings(config_path))
     raise ConfigError(f"unknown backend {config.backend!r}",
-                      hint="this build offers: local")
+                      hint="this build offers: bhyve (illumos), qemu (Linux), local (development)")
 
 
-async def serve(config: OrchestratorConfig) -> None:
+async def serve(config: OrchestratorConfig, config_path: str | None = None) -> None:
     """Run until SIGTERM/SIGINT, then drain."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     mode = "multi-host" if config.amqp_url else "standalone"
-    async with running(config, backend=make_backend(config), grace=config.drain_timeout,
+    async with running(config, backend=make_backend(config, config_path), grace=config.drain_timeout,
                        hand_back=True):
         log.info("ready", extra={"host": config.host_name, "mode": mode})
         await stop.wait()
@@ -126,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     setup_observability("solstice-orchestrator", level=config.log_level)
     try:
-        asyncio.run(serve(config))
+        asyncio.run(serve(config, args.config))
     except SolsticeError as exc:
         print(f"solstice-orchestrator: error: {exc}", file=sys.stderr)
         return 2

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 import grpc
 
 from common.broker import Broker, Delivery, Subscription
+from common.http import BackgroundServer
 from common.messages import RunRequest, decode
 from orchestrator.admin import AdminService
 from orchestrator.api import OrchestratorAPI
@@ -27,7 +28,7 @@ from orchestrator.rpc import RunnerService
 from orchestrator.sessions import Sessions
 from orchestrator.store import Store
 from orchestrator.updates import Hub
-from orchestrator.web import WebServer
+from orchestrator.web import build_app
 from protos import admin_pb2_grpc, runner_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -77,7 +78,7 @@ class Orchestrator:
         self.executor: Executor | None = None
         self._runs: Subscription | None = None
         self.grpc_url = ""
-        self.web: WebServer | None = None
+        self.web: BackgroundServer | None = None
 
     async def start(self) -> None:
         # Hold the host name and clear up after a previous life before taking any job.
@@ -100,7 +101,8 @@ class Orchestrator:
         await self.server.start()
         self.grpc_url = advertised(self.config.grpc_listen, port, self.config.grpc_advertise)
         if self.config.web_listen:
-            self.web = WebServer(self.db, self.config.web_listen)
+            host, _, port = self.config.web_listen.rpartition(":")
+            self.web = BackgroundServer(build_app(self.db), host, int(port))
             await self.web.start()
             self.relay.log_url_base = self.config.public_url or self.web.url
         await self.relay.start()

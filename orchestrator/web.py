@@ -10,12 +10,9 @@ they were stored.
 """
 from __future__ import annotations
 
-import asyncio
 import html
-import socket
 import uuid
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, Response
@@ -137,34 +134,3 @@ def build_app(db: Database) -> Starlette:
         Route("/jobs/{job_id}/log.txt", job_log),
     ])
 
-
-class WebServer:
-    """Serves `build_app(db)` on `listen` (HOST:PORT, port 0 for any) inside this event loop."""
-
-    def __init__(self, db: Database, listen: str) -> None:
-        host, _, port = listen.rpartition(":")
-        self._socket = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
-        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._socket.bind((host.strip("[]"), int(port)))
-        self._server = uvicorn.Server(uvicorn.Config(build_app(db), log_level="warning",
-                                                     lifespan="off"))
-        self._task: asyncio.Task[None] | None = None
-
-    @property
-    def url(self) -> str:
-        host, port = self._socket.getsockname()[:2]
-        return f"http://{host if ':' not in host else f'[{host}]'}:{port}"
-
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._server.serve(sockets=[self._socket]),
-                                         name="web-pages")
-        while not self._server.started:
-            if self._task.done():
-                await self._task  # raises what stopped it
-            await asyncio.sleep(0.01)
-
-    async def stop(self) -> None:
-        self._server.should_exit = True
-        if self._task is not None:
-            await asyncio.gather(self._task, return_exceptions=True)
-        self._socket.close()

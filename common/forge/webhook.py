@@ -7,20 +7,16 @@
   `WebhookRejected` (and any `SolsticeError`) raised by a handler into a JSON answer
   `{"error": ..., "hint": ...}` with the right status, so handlers just raise;
 - `answer` is the JSON body of a handled webhook: `{"outcome": ..., "reason": ...}`;
-- `serve` runs an app until SIGTERM/SIGINT; `running` serves one in the background for tests
-  and benchmarks and yields its base URL.
+- `serve` and `running` (from `common.http`) serve the app in the foreground or background.
 """
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -94,39 +90,3 @@ def webhook_app(routes: Sequence[BaseRoute], *,
         exception_handlers={WebhookRejected: _rejected, SolsticeError: _solstice_error},
         lifespan=lifespan,
     )
-
-
-def _config(app: Starlette, host: str, port: int) -> uvicorn.Config:
-    # log_config=None keeps the logfmt handlers of setup_observability.
-    return uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False,
-                          lifespan="on", timeout_graceful_shutdown=10)
-
-
-async def serve(app: Starlette, host: str, port: int) -> None:
-    """Serve `app` until SIGTERM or SIGINT, then finish the requests in flight."""
-    await uvicorn.Server(_config(app, host, port)).serve()
-
-
-class _BackgroundServer(uvicorn.Server):
-    # Signals belong to the process hosting the server (pytest, a benchmark), not to it.
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
-@contextlib.asynccontextmanager
-async def running(app: Starlette, host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[str]:
-    """Serve `app` in a task of the current loop; yields `http://host:port` once it listens."""
-    server = _BackgroundServer(_config(app, host, port))
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        if task.done():
-            task.result()
-            raise RuntimeError("uvicorn exited before it started listening")
-        await asyncio.sleep(0.01)
-    bound = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://{host}:{bound}"
-    finally:
-        server.should_exit = True
-        await task

@@ -39,7 +39,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from common.forge.webhook import running
+from common.http import running
 
 STATUSES = {"queued", "in_progress", "completed"}
 CONCLUSIONS = {"action_required", "cancelled", "failure", "neutral", "success", "skipped",

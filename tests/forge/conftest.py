@@ -19,7 +19,7 @@ from common.broker import Broker, Delivery, MemoryBroker
 from common.forge.migrate import open_pool
 from common.forge.outbox import OutboxWorker
 from common.forge.signature import sign
-from common.forge.webhook import running
+from common.http import running
 from common.messages import RunRequest, decode
 from common.retry import Backoff
 from forge_integration.app import ForgeIntegration

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives import serialization
 from common.broker.amqp import AmqpBroker
 from common.errors import ConfigError
 from common.forge.signature import GITHUB_PREFIX, sign
-from common.forge.webhook import running
+from common.http import running
 from common.messages import JobEvent, JobState, RunRequest, decode
 from common.retry import Backoff
 from github_integration.api import make_http_client

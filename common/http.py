@@ -1,0 +1,64 @@
+"""Serving a Starlette app with uvicorn: in the foreground for a service, or in the background
+of a running event loop (the orchestrator's web pages, tests, benchmarks)."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterator
+
+import uvicorn
+from starlette.applications import Starlette
+
+
+def _config(app: Starlette, host: str, port: int) -> uvicorn.Config:
+    # log_config=None keeps the logfmt handlers of setup_observability.
+    return uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False,
+                          lifespan="on", timeout_graceful_shutdown=10)
+
+
+async def serve(app: Starlette, host: str, port: int) -> None:
+    """Serve `app` until SIGTERM or SIGINT, then finish the requests in flight."""
+    await uvicorn.Server(_config(app, host, port)).serve()
+
+
+class _QuietServer(uvicorn.Server):
+    # Signals belong to the process hosting the server (the orchestrator drains on SIGTERM).
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+class BackgroundServer:
+    """`app` served in a task of the current loop: `await start()` returns the base URL."""
+
+    def __init__(self, app: Starlette, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.host = host
+        self._server = _QuietServer(_config(app, host, port))
+        self._task: asyncio.Task[None] | None = None
+        self.url = ""
+
+    async def start(self) -> str:
+        self._task = asyncio.create_task(self._server.serve(), name="http-server")
+        while not self._server.started:
+            if self._task.done():
+                self._task.result()
+                raise RuntimeError("uvicorn exited before it started listening")
+            await asyncio.sleep(0.01)
+        bound = self._server.servers[0].sockets[0].getsockname()[1]
+        self.url = f"http://{self.host}:{bound}"
+        return self.url
+
+    async def stop(self) -> None:
+        self._server.should_exit = True
+        if self._task is not None:
+            await self._task
+
+
+@contextlib.asynccontextmanager
+async def running(app: Starlette, host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[str]:
+    """Serve `app` in the background; yields `http://host:port` once it listens."""
+    server = BackgroundServer(app, host, port)
+    try:
+        yield await server.start()
+    finally:
+        await server.stop()
