@@ -50,6 +50,16 @@ FS_LABEL = "root"
 # virtio root; udev loads the rest from the root file system.
 INITRD_MODULES = ["virtio_pci", "virtio_blk"]
 KERNEL_APPEND = "root=/dev/vda rw console=ttyS0 panic=-1 net.ifnames=0 systemd.show_status=1"
+# Units a one-job machine does without; each costs boot time under emulation.
+MASKED_UNITS = [
+    "getty.target", "apt-daily.timer", "apt-daily-upgrade.timer", "e2scrub_all.timer",
+    "fstrim.timer", "dpkg-db-backup.timer", "e2scrub_reap.service", "systemd-binfmt.service",
+    "proc-sys-fs-binfmt_misc.automount", "systemd-update-utmp.service",
+    "systemd-update-utmp-runlevel.service", "dev-hugepages.mount", "sys-kernel-debug.mount",
+    "sys-kernel-tracing.mount", "sys-fs-fuse-connections.mount", "sys-kernel-config.mount",
+    "modprobe@fuse.service", "modprobe@dm_mod.service", "modprobe@loop.service",
+    "modprobe@efi_pstore.service", "modprobe@configfs.service", "systemd-pstore.service",
+]
 # The sources of what runs inside the image; a change to any of them builds a new image.
 RUNNER_SOURCES = ["common", "protos", "workflow_runner", "pyproject.toml", "setup.py"]
 # Bump when the steps of stage 1 change in a way its inputs above do not show.
@@ -190,10 +200,11 @@ def build_image(rootfs_dir: Path, target: Path) -> None:
     run(["cp", "-a", "--reflink=auto", str(rootfs_dir / "rootfs"), str(rootfs)])
     progress("adding the boot-time files and the runner")
     run(["cp", "-a", "--no-preserve=ownership", f"{OVERLAY}/.", str(rootfs)])
-    (rootfs / "usr/local/sbin/solstice-bootstrap").chmod(0o755)
-    chroot(rootfs, "systemctl", "enable", "solstice-bootstrap.service", "systemd-networkd.service")
-    chroot(rootfs, "systemctl", "mask", "getty.target", "apt-daily.timer",
-           "apt-daily-upgrade.timer", "e2scrub_all.timer", "fstrim.timer")
+    for script in ("solstice-bootstrap", "solstice-runner-boot"):
+        (rootfs / "usr/local/sbin" / script).chmod(0o755)
+    chroot(rootfs, "systemctl", "enable", "solstice-bootstrap.service", "solstice-runner.service",
+           "systemd-networkd.service")
+    chroot(rootfs, "systemctl", "mask", *MASKED_UNITS)
     chroot(rootfs, "passwd", "-l", "root")
     (rootfs / "etc/machine-id").write_text("")
     with tempfile.TemporaryDirectory(dir=rootfs / "tmp") as wheels:
