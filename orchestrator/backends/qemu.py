@@ -371,11 +371,13 @@ class QemuBackend(VMBackend):
             await proc.wait()
 
     async def destroy(self, vm: VM) -> None:
+        # By name first: it finds QEMU's relays (QEMU starts each in a session of its own)
+        # while QEMU still is their parent.
+        await self.destroy_by_name(vm.name)
         proc = self._procs.pop(vm.name, None)
         if proc is not None:
             _kill_group(proc.pid, signal.SIGKILL)
             await proc.wait()
-        await self.destroy_by_name(vm.name)
 
     async def leftovers(self, prefix: str) -> list[str]:
         names: set[str] = set()
@@ -431,7 +433,8 @@ class QemuBackend(VMBackend):
         return names
 
     def _kill_machine(self, name: str) -> None:
-        """SIGKILL every QEMU (and its relays) of machine `name`, found by its command line."""
+        """SIGKILL every QEMU of machine `name`, found by its command line, and its children
+        (the guest's relays, each in a session of its own)."""
         victims = []
         for proc in psutil.process_iter(["pid"]):
             try:

@@ -42,7 +42,8 @@ FAKE_QEMU = textwrap.dedent("""\
     with open(opt("-serial").removeprefix("file:"), "w") as fh:
         fh.write("fake console: booted\\n")
     print("fake qemu: started", file=sys.stderr, flush=True)
-    subprocess.Popen(["sleep", "300"])  # like a guestfwd relay QEMU forked
+    # Like a guestfwd relay: QEMU's slirp starts each in a session of its own.
+    subprocess.Popen(["sleep", "300"], start_new_session=True)
     if os.environ.get("FAKE_QEMU_EXIT"):
         print("fake qemu: guest crashed", file=sys.stderr, flush=True)
         sys.exit(int(os.environ["FAKE_QEMU_EXIT"]))

@@ -25,7 +25,8 @@ from orchestrator.config import OrchestratorConfig
 from orchestrator.service import Orchestrator
 from orchestrator.standalone import running
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+# The first run builds the golden image too (a few minutes, more on a busy host).
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 GIT_GUEST_ADDRESS = "10.0.2.101"
 GIT_GUEST_PORT = 9418
@@ -131,5 +132,9 @@ workflow {
     # Nothing of the job survives it: no QEMU (nor relay), no overlay, no seed.
     state_dir = backend.state_dir
     assert qemu_processes(state_dir) == []
+    git_port, _ = git_server
+    relays = [p for p in psutil.process_iter(["cmdline"])
+              if f"TCP:127.0.0.1:{git_port}" in " ".join(p.info["cmdline"] or [])]
+    assert relays == []
     assert list(state_dir.iterdir()) == []
     assert await backend.leftovers("") == []
