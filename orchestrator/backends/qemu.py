@@ -289,10 +289,36 @@ class QemuBackend(VMBackend):
         if key not in self._base_sizes:
             info = await run_command([self.settings.qemu_img, "info", "--output=json", str(image)],
                                      timeout=self.settings.command_timeout)
-            self._base_sizes[key] = int(json.loads(info.stdout)["virtual-size"])
+            facts = json.loads(info.stdout)
+            if facts.get("format") != "qcow2":
+                raise BackendError(f"{image} is a {facts.get('format')} image, not qcow2",
+                                   hint="convert it: qemu-img convert -O qcow2 IMAGE NEW.qcow2")
+            self._base_sizes[key] = int(facts["virtual-size"])
         return self._base_sizes[key]
 
     # -- VMBackend -----------------------------------------------------------------------
+
+    async def prepare(self) -> None:
+        """Check the host before the first job, naming every problem at once; probe KVM now
+        rather than in the first job."""
+        settings = self.settings
+        problems = [f"`{tool}` is not installed" for tool in
+                    (settings.qemu_binary, settings.qemu_img, settings.relay)
+                    if shutil.which(tool) is None]
+        if not problems:
+            for name, label in sorted(settings.labels.items()):
+                try:
+                    self._label(VMSpec(name="prepare", job_id="", label=name, image=name,
+                                       resources=Resources(vcpus=1, ram_mb=128, disk_gb=1)))
+                    await self._base_size(label.image)
+                except BackendError as exc:
+                    problems.append(f"label {name}: {exc.message}")
+        if problems:
+            raise BackendError("the qemu backend is not ready: " + "; ".join(problems),
+                               hint="run scripts/system-packages.sh; build images with "
+                                    "images/linux/build.py and fix [qemu.labels.*]")
+        await asyncio.to_thread(self.state_dir.mkdir, parents=True, exist_ok=True)
+        await self.accelerator()
 
     async def provision(self, spec: VMSpec) -> VM:
         directory = self._dir(spec.name)

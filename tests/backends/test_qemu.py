@@ -166,9 +166,24 @@ async def test_resources_beyond_the_label_limits_are_refused(backend: QemuBacken
 async def test_failed_overlay_creation_leaves_nothing(settings: QemuSettings, base_image: Path) -> None:
     base_image.write_bytes(b"this is no qcow2 image")
     backend = QemuBackend(settings)
-    with pytest.raises(BackendError, match="qemu-img"):
+    with pytest.raises(BackendError, match="is a raw image, not qcow2"):
         await backend.provision(spec())
     assert not (settings.state_dir / "h1-job").exists()
+
+
+async def test_qemu_img_failing_is_a_clear_error_and_leaves_nothing(settings: QemuSettings,
+                                                                    tmp_path: Path) -> None:
+    wrapper = tmp_path / "qemu-img"
+    wrapper.write_text('#!/bin/sh\nif [ "$1" = create ]; then\n'
+                       '  echo "qemu-img: overlay: No space left on device" >&2; exit 1\nfi\n'
+                       'exec qemu-img "$@"\n')
+    wrapper.chmod(0o755)
+    settings.qemu_img = str(wrapper)
+    with pytest.raises(BackendError) as info:
+        await QemuBackend(settings).provision(spec())
+    assert "create -q -f qcow2 -b" in str(info.value)
+    assert "No space left on device" in str(info.value)
+    assert list(settings.state_dir.iterdir()) == []
 
 
 async def test_bad_machine_names_are_refused(backend: QemuBackend) -> None:
@@ -451,3 +466,33 @@ async def test_a_qemu_whose_directory_vanished_is_still_a_leftover(settings: Qem
     await QemuBackend(settings).destroy_by_name("h1-orphan")
     assert await backend.leftovers("") == []
     await backend.destroy(vm)
+
+
+# -- prepare -----------------------------------------------------------------------------
+
+
+async def test_prepare_checks_tools_and_every_label(settings: QemuSettings, label: QemuLabel,
+                                                    tmp_path: Path) -> None:
+    settings.labels["other"] = label.model_copy(update={"image": tmp_path / "nope.qcow2"})
+    broken = tmp_path / "broken.qcow2"
+    broken.write_bytes(b"not an image")
+    settings.labels["third"] = label.model_copy(update={"image": broken})
+    with pytest.raises(BackendError) as info:
+        await QemuBackend(settings).prepare()
+    message = str(info.value)
+    assert "label other: the image of label 'other'" in message and "does not exist" in message
+    assert f"label third: {broken} is a raw image, not qcow2" in message
+    assert "label linux" not in message
+
+
+async def test_prepare_names_missing_tools(settings: QemuSettings) -> None:
+    settings.relay = "no-such-relay-tool"
+    with pytest.raises(BackendError, match="`no-such-relay-tool` is not installed"):
+        await QemuBackend(settings).prepare()
+
+
+async def test_prepare_on_a_good_host_probes_the_accelerator(settings: QemuSettings) -> None:
+    backend = QemuBackend(settings)
+    await backend.prepare()
+    assert backend.state_dir.is_dir()
+    assert await backend.accelerator() == "tcg"
