@@ -2,7 +2,8 @@
 under software emulation (or KVM where it runs guests), the runner inside calls back over
 gRPC through the guest's only forwarded address, checks out a repository served by
 `git daemon` (the one extra destination the test allows the guest), runs two steps, streams
-its logs and reports. Afterwards no QEMU is left and the overlay is gone.
+its logs and reports. Afterwards no QEMU is left and the overlay is gone. Then the same with
+QEMU killed mid-step: the job ends `error` with QEMU's exit, and again nothing is left.
 
 Real Postgres, real gRPC on loopback, real QEMU; slow (about a minute of emulated boot).
 """
@@ -24,6 +25,7 @@ from orchestrator.backends.qemu import GuestForward, QemuBackend, QemuLabel, Qem
 from orchestrator.config import OrchestratorConfig
 from orchestrator.service import Orchestrator
 from orchestrator.standalone import running
+from orchestrator.updates import StepUpdate
 
 # The first run builds the golden image too (a few minutes, more on a busy host).
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
@@ -138,3 +140,36 @@ workflow {
     assert relays == []
     assert list(state_dir.iterdir()) == []
     assert await backend.leftovers("") == []
+
+
+async def test_qemu_killed_mid_step_is_an_error_and_leaves_nothing(
+        orchestrator: tuple[Orchestrator, QemuBackend], git_server: tuple[int, str]) -> None:
+    orch, backend = orchestrator
+    _, commit = git_server
+    request = RunRequest(
+        request_id=str(uuid.uuid4()),
+        repo=Repo(forge="forgejo", owner="o", name="r",
+                  clone_url=f"git://{GIT_GUEST_ADDRESS}:{GIT_GUEST_PORT}/repo"),
+        commit_sha=commit, ref="refs/heads/main", event=EventKind.PUSH, branch="main",
+        workflow_source='''
+workflow {
+    job id="vm" runs_on="linux" {
+        resources vcpus=1 ram="1G" disk="4G"
+        step name="long" run="echo started; sleep 600"
+    }
+}''')
+    with orch.api.watch() as watch:
+        run_id = await orch.api.submit(request)
+        async with asyncio.timeout(600):
+            async for update in watch:
+                if isinstance(update, StepUpdate) and update.state == "running":
+                    break
+    [qemu] = [p for p in qemu_processes(backend.state_dir) if "-kernel" in p.cmdline()]
+    qemu.kill()  # the host loses the machine mid-step
+    summary = await asyncio.wait_for(orch.api.wait(run_id), 120)
+    [job] = summary.jobs
+    assert job.state == JobState.ERROR
+    assert "QEMU exited with status -9" in job.message, job.message
+    assert "before reporting a result" in job.message
+    assert qemu_processes(backend.state_dir) == []
+    assert list(backend.state_dir.iterdir()) == []
