@@ -163,9 +163,12 @@ def build_rootfs(target: Path) -> None:
     work = target.with_name(target.name + ".partial")
     shutil.rmtree(work, ignore_errors=True)
     rootfs = work / "rootfs"
+    # Downloaded packages stay for the next rebuild (a new dependency, a new kernel).
+    debs = target.parent / "debs"
+    debs.mkdir(exist_ok=True)
     progress(f"debootstrap {SUITE} minbase into {rootfs} (about a minute)")
-    run(["debootstrap", "--variant=minbase", f"--include={','.join(INCLUDE)}", SUITE,
-         str(rootfs), MIRROR])
+    run(["debootstrap", "--variant=minbase", f"--include={','.join(INCLUDE)}",
+         f"--cache-dir={debs.resolve()}", SUITE, str(rootfs), MIRROR])
     progress(f"installing {KERNEL} in the chroot")
     (rootfs / "etc/initramfs-tools/conf.d").mkdir(parents=True, exist_ok=True)
     (rootfs / "etc/initramfs-tools/conf.d/solstice").write_text("MODULES=list\n")

@@ -19,8 +19,9 @@ reaches nothing, neither the host nor beyond, except one forwarded address
 (typically the forge the runner clones from). The bootstrap the runner receives names the
 guest-side address.
 
-QEMU runs in its own session; `stop` and `destroy` kill its process group. The reaper finds
-leftovers by the host prefix both as directories and as QEMU processes whose disks live under
+QEMU runs in its own session; `stop` ends it, `destroy` kills it together with the relays it
+started (each in a session of its own) and deletes the directory. The reaper finds leftovers
+by the host prefix both as directories and as QEMU processes whose disks live under
 `state_dir`.
 """
 from __future__ import annotations
@@ -34,7 +35,6 @@ import shutil
 import signal
 import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
@@ -100,6 +100,12 @@ class GuestForward(BaseModel):
     host: str = Field(pattern=HOST_RE.pattern)
     port: int = Field(ge=1, le=65535)
 
+    def netdev_option(self, relay: str) -> str:
+        """`guestfwd=...-cmd:RELAY`: QEMU runs the relay per connection, the socket as stdio."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        command = f"{relay} - TCP:{host}:{self.port}"
+        return f"guestfwd=tcp:{self.guest_address}:{self.guest_port}-cmd:{_opt(command)}"
+
 
 class QemuSettings(BaseModel):
     """The `[qemu]` table of the orchestrator's config file."""
@@ -125,22 +131,6 @@ def load_qemu_settings(path: str | Path | None = None,
     return load_config(QemuSettings, path=path, section="qemu", environ=environ)
 
 
-@dataclass(frozen=True)
-class Forward:
-    """A guest-side `guest_address:guest_port` relayed to `host:port` on the host's side."""
-
-    guest_address: str
-    guest_port: int
-    host: str
-    port: int
-
-    def netdev_option(self, relay: str) -> str:
-        """`guestfwd=...-cmd:RELAY`: QEMU runs the relay per connection, the socket as stdio."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        command = f"{relay} - TCP:{host}:{self.port}"
-        return f"guestfwd=tcp:{self.guest_address}:{self.guest_port}-cmd:{_opt(command)}"
-
-
 def _opt(value: str | os.PathLike[str]) -> str:
     """A value inside a QEMU `-opt key=value,...` list: commas are doubled."""
     return str(value).replace(",", ",,")
@@ -148,7 +138,7 @@ def _opt(value: str | os.PathLike[str]) -> str:
 
 def qemu_argv(
     *, binary: str, name: str, accel: str, label: QemuLabel, resources: Resources,
-    directory: Path, forwards: list[Forward], relay: str,
+    directory: Path, forwards: list[GuestForward], relay: str,
 ) -> list[str]:
     """The QEMU command line of one job's machine."""
     argv = [
@@ -347,8 +337,8 @@ class QemuBackend(VMBackend):
         label = self._label(vm.spec)
         scheme, host, port = split_orchestrator_url(bootstrap.orchestrator_url)
         guest_address = self.settings.guest_orchestrator_address
-        forwards = [Forward(guest_address, port, host, port)] + [
-            Forward(f.guest_address, f.guest_port, f.host, f.port) for f in self.settings.forwards]
+        forwards = [GuestForward(guest_address=guest_address, guest_port=port, host=host,
+                                 port=port), *self.settings.forwards]
         if shutil.which(self.settings.relay) is None:
             raise BackendError(f"`{self.settings.relay}` is not installed",
                                hint="the qemu backend relays the guest's gRPC connection with "

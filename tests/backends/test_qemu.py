@@ -24,7 +24,7 @@ import pytest
 from orchestrator.backends.base import BackendError, Resources, RunnerBootstrap, VMSpec
 from orchestrator.backends.cloudinit import RUNNER_CONFIG_PATH
 from orchestrator.backends.qemu import (
-    PROBE_EXIT_STATUS, Forward, GuestForward, QemuBackend, QemuLabel, QemuLimits, QemuSettings,
+    PROBE_EXIT_STATUS, GuestForward, QemuBackend, QemuLabel, QemuLimits, QemuSettings,
     load_qemu_settings, probe_kvm, qemu_argv, split_orchestrator_url)
 from orchestrator.backends.seed import write_seed
 
@@ -97,6 +97,8 @@ def spec(name: str = "h1-job", **resources: int) -> VMSpec:
 
 
 BOOT = RunnerBootstrap(orchestrator_url="127.0.0.1:7700", job_id="job-1", token="t0k3n")
+TO_ORCHESTRATOR = GuestForward(guest_address="10.0.2.100", guest_port=7700, host="127.0.0.1",
+                               port=7700)
 
 
 def qemu_info(path: Path) -> dict:
@@ -238,7 +240,7 @@ async def test_start_writes_the_seed_with_the_guest_side_bootstrap(backend: Qemu
 def test_argv_boots_the_image_kernel_with_restricted_networking(label: QemuLabel, tmp_path: Path) -> None:
     argv = qemu_argv(binary="qemu-system-x86_64", name="h1-job", accel="tcg", label=label,
                      resources=Resources(vcpus=3, ram_mb=1536, disk_gb=4), directory=tmp_path,
-                     forwards=[Forward("10.0.2.100", 7700, "127.0.0.1", 7700)], relay="socat")
+                     forwards=[TO_ORCHESTRATOR], relay="socat")
     joined = " ".join(argv)
     def after(flag: str) -> str:
         return argv[argv.index(flag) + 1]
@@ -259,8 +261,9 @@ def test_argv_uses_the_host_cpu_under_kvm_and_escapes_commas(label: QemuLabel, t
     directory = tmp_path / "odd,dir"
     argv = qemu_argv(binary="qemu", name="n", accel="kvm", label=label.model_copy(update={"initrd": None}),
                      resources=Resources(), directory=directory,
-                     forwards=[Forward("10.0.2.100", 7700, "::1", 7700),
-                               Forward("10.0.2.101", 9418, "git.example.org", 9418)],
+                     forwards=[TO_ORCHESTRATOR.model_copy(update={"host": "::1"}),
+                               GuestForward(guest_address="10.0.2.101", guest_port=9418,
+                                            host="git.example.org", port=9418)],
                      relay="socat")
     assert argv[argv.index("-cpu") + 1] == "host"
     assert "-initrd" not in argv
@@ -276,7 +279,7 @@ def test_argv_is_accepted_by_real_qemu(label: QemuLabel, tmp_path: Path) -> None
     if qemu is None:
         pytest.skip("qemu-system-x86_64 missing: run scripts/system-packages.sh")
     argv = qemu_argv(binary=qemu, name="n", accel="tcg", label=label, resources=Resources(),
-                     directory=tmp_path, forwards=[Forward("10.0.2.100", 7700, "127.0.0.1", 7700)],
+                     directory=tmp_path, forwards=[TO_ORCHESTRATOR],
                      relay="socat")
     # QEMU 7.2 must accept restrict=on together with guestfwd ... -cmd: (it sets the netdev
     # up at start, so a daemonized, paused QEMU without a machine has parsed and created it).
