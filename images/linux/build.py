@@ -71,7 +71,8 @@ def progress(message: str) -> None:
     print(f"[images/linux {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def run(argv: list[str], **kwargs) -> None:
+def run(argv: list[str], *, what: str | None = None, **kwargs) -> None:
+    """Run a build command, its output kept for the error; `what` names it in the progress."""
     started = time.monotonic()
     result = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             **kwargs)
@@ -79,8 +80,7 @@ def run(argv: list[str], **kwargs) -> None:
         tail = "\n".join(result.stdout.strip().splitlines()[-30:])
         raise SystemExit(f"images/linux: `{' '.join(argv)}` failed "
                          f"(exit {result.returncode}):\n{tail}")
-    progress(f"  {argv[0]} {argv[1] if len(argv) > 1 else ''} done in "
-             f"{time.monotonic() - started:.0f}s")
+    progress(f"  {what or ' '.join(argv[:2])} done in {time.monotonic() - started:.0f}s")
 
 
 def cache_root() -> Path:
@@ -137,7 +137,7 @@ def build_wheels(target: Path, *, project: bool) -> None:
     """
     pip = [sys.executable, "-m", "pip", "wheel", "-q", "-w", str(target)]
     if not project:
-        run(pip + project_dependencies())
+        run(pip + project_dependencies(), what="pip wheel (the project's dependencies)")
         return
     with tempfile.TemporaryDirectory() as tmp:
         source = Path(tmp) / "src"
@@ -150,13 +150,13 @@ def build_wheels(target: Path, *, project: bool) -> None:
                 shutil.copytree(path, source / name, ignore=skip)
             else:
                 shutil.copy(path, source / name)
-        run(pip + ["--no-deps", str(source)])
+        run(pip + ["--no-deps", str(source)], what="pip wheel (the project)")
 
 
 def chroot(root: Path, *argv: str) -> None:
     env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "DEBIAN_FRONTEND": "noninteractive",
            "LANG": "C.UTF-8", "HOME": "/root"}
-    run(["chroot", str(root), *argv], env=env)
+    run(["chroot", str(root), *argv], env=env, what=" ".join(argv[:3]))
 
 
 def build_rootfs(target: Path) -> None:
