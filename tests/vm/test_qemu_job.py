@@ -117,7 +117,7 @@ workflow {
     job id="vm" runs_on="linux" timeout="10m" {
         resources vcpus=2 ram="1G" disk="4G"
         step name="where" run="echo \\"hello from $(uname -s) $(cat /etc/debian_version)\\"; cat hello.txt"
-        step name="python" run="python3 -c 'import sys; print(\\"python\\", sys.version_info[0])' >&2; test -n \\"$CI\\""
+        step name="python" run="python3 -c 'import sys; print(\\"python\\", sys.version_info[0])' >&2; command -v python3; test -n \\"$CI\\""
     }
 }''')
     summary = await asyncio.wait_for(orch.api.wait(await orch.api.submit(request)), 840)
@@ -131,6 +131,7 @@ workflow {
     assert b"hello from Linux 12." in logs
     assert b"hello from the repository\n" in logs
     assert b"python 3\n" in logs
+    assert b"/usr/bin/python3\n" in logs  # the system's, not the runner's own venv
     # Nothing of the job survives it: no QEMU (nor relay), no overlay, no seed.
     state_dir = backend.state_dir
     assert qemu_processes(state_dir) == []
