@@ -34,7 +34,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import aio_pika
 from aio_pika.abc import (
@@ -71,6 +71,7 @@ from common.messages import JobEvent, JobRequest, RunRequest, encode
 from common.retry import Backoff, retry_async
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Failures during which a publish is retried: the connection or channel is being restored.
 TRANSIENT = (ConnectionError, ChannelInvalidStateError, AMQPChannelError, asyncio.TimeoutError)
@@ -267,7 +268,17 @@ class AmqpBroker(Broker):
         name = f"{self.prefix}.jobs.{request.runs_on}"
         if name not in self._job_queues:
             # Declared by the publisher so a job for a label no host serves yet waits for one.
-            await self._queue(self._channel(), name)
+            channel = self._channel()
+            try:
+                async with asyncio.timeout(self.publish_timeout):
+                    await retry_async(lambda: self._queue(channel, name), retry_on=TRANSIENT,
+                                      backoff=Backoff(initial=0.1, maximum=1.0),
+                                      describe=f"declare {name}")
+            except TimeoutError as exc:
+                raise BrokerError(f"RabbitMQ at {redact(self.url)} did not declare {name} "
+                                  f"within {self.publish_timeout:.0f}s",
+                                  hint="is the broker up? nothing was lost: the caller still "
+                                       "holds the message and may retry") from exc
             self._job_queues.add(name)
         await self._publish("", name, encode(request), priority=request.priority)
 
@@ -298,11 +309,12 @@ class AmqpBroker(Broker):
                        declare: Callable[[AbstractChannel], Awaitable[AbstractQueue]]) -> Subscription:
         if prefetch < 1:
             raise ValueError("prefetch must be at least 1")
-        if self._connection is None:
-            raise BrokerError("the RabbitMQ broker is closed", hint="call connect() first")
-        channel = await self._connection.channel(publisher_confirms=False)
-        await channel.set_qos(prefetch_count=prefetch)
-        queue = await declare(channel)
+
+        async def open_channel(channel: AbstractChannel) -> AbstractQueue:
+            await channel.set_qos(prefetch_count=prefetch)
+            return await declare(channel)
+
+        channel, queue = await self._open_channel(name, open_channel)
         outstanding: set[_AmqpDelivery] = set()
         drained = asyncio.Event()
         drained.set()
@@ -320,7 +332,8 @@ class AmqpBroker(Broker):
             drained.clear()
             self._spawn(run_handler(handler, delivery))
 
-        tag = await queue.consume(on_message, no_ack=False)
+        tag = await self._until_connected(f"consume {name}", lambda: queue.consume(
+            on_message, no_ack=False))
 
         async def cancel() -> None:
             if subscription in self._subscriptions:
@@ -328,13 +341,47 @@ class AmqpBroker(Broker):
                 try:
                     await queue.cancel(tag)
                 except TRANSIENT:
-                    log.info("consumer cancel during reconnect", extra={"queue": name})
+                    # The connection is down: its deliveries are void already, and closing
+                    # the channel keeps the robust connection from restoring this consumer.
+                    await channel.close()
+                    return
                 # Deliveries handed out stay settleable on this channel; close it after them.
                 self._spawn(self._close_when_drained(channel, drained))
 
         subscription = Subscription(cancel)
         self._subscriptions.append(subscription)
         return subscription
+
+    async def _until_connected(self, what: str, operation: Callable[[], Awaitable[T]]) -> T:
+        """Run `operation`, waiting out a broker restart (consumers have nothing better to do)."""
+        while True:
+            if self._connection is None:
+                raise BrokerError("the RabbitMQ broker is closed", hint="call connect() first")
+            try:
+                await self._connection.ready()
+                return await operation()
+            except (*TRANSIENT, RuntimeError) as exc:
+                # RuntimeError: aio-pika's "Connection was not opened" between reconnects.
+                log.warning("broker unavailable; retrying", extra={"operation": what,
+                                                                 "error": repr(exc)})
+                await asyncio.sleep(self.reconnect_interval)
+
+    async def _open_channel(self, name: str,
+                            setup: Callable[[AbstractChannel], Awaitable[AbstractQueue]]
+                            ) -> tuple[AbstractChannel, AbstractQueue]:
+        """A new channel with its queue declared, once the connection is up."""
+
+        async def attempt() -> tuple[AbstractChannel, AbstractQueue]:
+            assert self._connection is not None
+            channel = await self._connection.channel(publisher_confirms=False)
+            try:
+                return channel, await setup(channel)
+            except BaseException:
+                if not channel.is_closed:
+                    await asyncio.shield(channel.close())
+                raise
+
+        return await self._until_connected(f"open a channel for {name}", attempt)
 
     async def _close_when_drained(self, channel: AbstractChannel, drained: asyncio.Event) -> None:
         try:
@@ -369,11 +416,12 @@ class AmqpBroker(Broker):
                                    lambda ch: self._queue(ch, name, quorum=True, dead_letter=False))
 
     async def consume_logs(self, handler: LogHandler, *, job_id: str | None = None) -> Subscription:
-        if self._connection is None:
-            raise BrokerError("the RabbitMQ broker is closed", hint="call connect() first")
-        channel = await self._connection.channel(publisher_confirms=False)
-        queue = await channel.declare_queue(exclusive=True, auto_delete=True)
-        await queue.bind(f"{self.prefix}.logs", routing_key=job_id or "#")
+        async def declare(channel: AbstractChannel) -> AbstractQueue:
+            queue = await channel.declare_queue(exclusive=True, auto_delete=True)
+            await queue.bind(f"{self.prefix}.logs", routing_key=job_id or "#")
+            return queue
+
+        channel, queue = await self._open_channel(f"live logs of {job_id or 'all jobs'}", declare)
         buffer: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(LOG_BUFFER)
 
         async def on_message(message: AbstractIncomingMessage) -> None:
@@ -390,7 +438,8 @@ class AmqpBroker(Broker):
                     log.exception("live log handler failed", extra={"job_id": key})
 
         task = self._spawn(pump())
-        await queue.consume(on_message, no_ack=True)
+        await self._until_connected("consume live logs",
+                                    lambda: queue.consume(on_message, no_ack=True))
 
         async def cancel() -> None:
             if subscription in self._subscriptions:

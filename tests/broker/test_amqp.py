@@ -123,3 +123,37 @@ async def test_broker_restart_mid_traffic_loses_nothing(amqp_url: str, broker_pr
     assert not missing, f"{len(missing)} confirmed jobs never delivered"
     duplicates = len(seen) - len(set(seen))
     print(f"restart: 300 confirmed, {len(set(seen))} delivered, {duplicates} redelivered twice")
+
+
+@pytest.mark.slow
+async def test_subscribe_and_cancel_while_the_broker_is_down(amqp_url: str, broker_prefix: str) -> None:
+    """A consumer paused and resumed during an outage (as a full worker does) works after it."""
+    broker = AmqpBroker(amqp_url, broker_prefix, publish_timeout=60, reconnect_interval=0.5)
+    got: asyncio.Queue[Delivery] = asyncio.Queue()
+
+    async def keep(delivery: Delivery) -> None:
+        await got.put(delivery)
+        await delivery.ack()
+
+    try:
+        async with broker:
+            paused = await broker.consume_jobs("outage", keep, prefetch=1)
+            await asyncio.to_thread(_rabbitmqctl, "stop_app")
+            try:
+                cancelling = asyncio.create_task(paused.cancel())
+                resuming = asyncio.create_task(broker.consume_jobs("outage", keep, prefetch=1))
+                await asyncio.sleep(1.0)
+                assert not resuming.done(), "subscribing waits for the broker, it does not fail"
+            finally:
+                await asyncio.to_thread(_rabbitmqctl, "start_app")
+                await asyncio.to_thread(_rabbitmqctl, "await_startup")
+            await asyncio.wait_for(cancelling, 30)
+            await asyncio.wait_for(resuming, 30)
+            request = job_request("outage")
+            await broker.publish_job(request)
+            assert decode((await asyncio.wait_for(got.get(), 20)).body, JobRequest) == request
+            await asyncio.sleep(1.0)
+            assert got.empty(), "the cancelled consumer was not restored"
+    finally:
+        await asyncio.to_thread(_rabbitmqctl, "start_app")
+        await delete_topology(amqp_url, [broker])
