@@ -26,6 +26,7 @@ from common.broker import Broker, Delivery, Subscription
 from common.masking import SecretMasker
 from common.messages import JobRequest, JobState, decode
 from common.observability import tracer
+from common.retry import Backoff, retry_async
 from orchestrator import tokens
 from orchestrator.backends.base import (
     VM,
@@ -36,6 +37,7 @@ from orchestrator.backends.base import (
     VMSpec,
 )
 from orchestrator.config import OrchestratorConfig
+from orchestrator.db import TRANSIENT_ERRORS
 from orchestrator.effects import Effects
 from orchestrator.reaper import hand_back
 from orchestrator.sessions import JobSession, Sessions
@@ -269,7 +271,11 @@ class Executor:
                 self.effects.apply(changes)
             return
         state, message = outcome
-        changes = await self.store.finish(lease.job_id, lease.attempt, state, message)
+        # A database restart must not lose a result the runner delivered.
+        changes = await retry_async(
+            lambda: self.store.finish(lease.job_id, lease.attempt, state, message),
+            retry_on=TRANSIENT_ERRORS, attempts=30, backoff=Backoff(initial=0.2, maximum=5),
+            describe="recording the job's result")
         if changes is None:
             log.warning("result refused: the attempt is no longer this host's",
                         extra={"job_id": str(lease.job_id), "attempt": lease.attempt})
@@ -314,8 +320,15 @@ class Executor:
                     return JobState.CANCELLED, session.cancel_reason
                 if now >= next_renewal:
                     next_renewal = now + config.lease_ttl / 3
-                    cancel = await self.store.renew_lease(lease.job_id, lease.attempt,
-                                                          config.lease_ttl)
+                    try:
+                        cancel = await self.store.renew_lease(lease.job_id, lease.attempt,
+                                                              config.lease_ttl)
+                    except TRANSIENT_ERRORS as exc:
+                        # The lease has two thirds of its life left: try again shortly.
+                        log.warning("lease renewal failed; retrying",
+                                    extra={"job_id": str(lease.job_id), "error": repr(exc)})
+                        next_renewal = now + SUPERVISE_TICK
+                        continue
                     if cancel is None:
                         raise LeaseLost()
                     if cancel:

@@ -12,12 +12,10 @@ import asyncio
 import logging
 from datetime import timedelta
 
-import asyncpg
-
 from common.broker import Broker
 from common.messages import JobEvent, JobRequest
 from common.retry import Backoff, retry_async
-from orchestrator.db import Database
+from orchestrator.db import TRANSIENT_ERRORS, Database
 from orchestrator.intake import WORKFLOW_JOB_KEY
 from orchestrator.store import OUTBOX_CHANNEL
 
@@ -27,8 +25,7 @@ BATCH = 200
 SWEEP_SECONDS = 5.0
 # Published rows are kept this long for inspection, then deleted by the sweep.
 KEEP_PUBLISHED = timedelta(hours=1)
-TRANSIENT = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
-             asyncpg.CannotConnectNowError)
+TRANSIENT = TRANSIENT_ERRORS
 
 
 class OutboxRelay:

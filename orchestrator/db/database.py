@@ -13,6 +13,13 @@ from common.retry import Backoff, retry_async
 
 log = logging.getLogger(__name__)
 
+# What a restarting or unreachable server raises (a dropped connection, an administrator or
+# crash shutdown, "cannot connect now"): callers retry these and let every other error through.
+# A retried transition is safe even if its commit did reach the server: every transition is a
+# conditional UPDATE, so the second try is refused rather than applied twice.
+TRANSIENT_ERRORS = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
+                    asyncpg.exceptions.OperatorInterventionError)
+
 
 class DatabaseError(SolsticeError):
     """The database cannot be reached or refused us."""

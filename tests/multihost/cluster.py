@@ -50,7 +50,7 @@ class Host:
     log: Path
     settings: dict[str, str]
     proc: subprocess.Popen[bytes] | None = None
-    starts: int = 0
+    log_offset: int = 0  # where the current process's lines begin
 
     @property
     def machines(self) -> Path:
@@ -99,8 +99,8 @@ class Cluster:
         self.hosts[name] = host
         env = {k: v for k, v in os.environ.items() if not k.startswith("SOLSTICE_")}
         env.update({f"SOLSTICE_ORCHESTRATOR__{k.upper()}": v for k, v in host.settings.items()})
-        host.starts += 1
         with host.log.open("ab") as log:
+            host.log_offset = log.tell()
             host.proc = subprocess.Popen(
                 [sys.executable, "-m", "orchestrator.main", "--database-url", self.dsn,
                  "--amqp-url", self.amqp_url, "--broker-prefix", self.prefix,
@@ -114,7 +114,7 @@ class Cluster:
         deadline = time.monotonic() + timeout
         for name in names:
             host = self.hosts[name]
-            while host.log.read_text(errors="replace").count('msg=ready ') < host.starts:
+            while b"msg=ready " not in host.log.read_bytes()[host.log_offset:]:
                 assert host.proc is not None
                 if host.proc.poll() is not None:
                     raise AssertionError(f"{name} exited {host.proc.returncode}:\n{self.tail(name)}")

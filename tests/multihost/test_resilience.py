@@ -1,0 +1,156 @@
+"""Failures under load, with real orchestrator processes: repeated kill -9, a RabbitMQ restart,
+PostgreSQL dropping every connection, and a job outliving RabbitMQ's consumer_timeout.
+Each run must complete with exactly one final status per job."""
+from __future__ import annotations
+
+import asyncio
+import random
+import subprocess
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aio_pika
+import pytest
+
+from tests.multihost.cluster import Cluster, processes_under, workflow
+
+
+@pytest.fixture
+async def cluster(pg_dsn: str, amqp_url: str, broker_prefix: str,
+                  tmp_path: Path) -> AsyncIterator[Cluster]:
+    async with Cluster(pg_dsn, amqp_url, broker_prefix, tmp_path) as running:
+        yield running
+
+
+async def _all_done_once(cluster: Cluster, requests: list[str], timeout: float) -> list[dict]:
+    states = await cluster.wait_runs(requests, timeout=timeout)
+    assert set(states.values()) == {"success"}, states
+    jobs = await cluster.jobs()
+    finals = await cluster.final_events()
+    assert len(finals) == len(jobs) and set(finals.values()) == {1}, \
+        "exactly one final status per job"
+    return jobs
+
+
+def _rabbitmqctl(*args: str) -> None:
+    subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True, timeout=120)
+
+
+@pytest.mark.slow
+async def test_twenty_kills(cluster: Cluster, tmp_path: Path) -> None:
+    """kill -9 a host holding a running job, restart it at once; 20 times while runs go on."""
+    names = ["k1", "k2", "k3"]
+    for name in names:
+        cluster.start(name, "local=2", max_retries="100")
+    await cluster.ready(*names)
+    marker = tmp_path / "ran.txt"
+    requests = [await cluster.submit(workflow(20, 1.5, marker, name=f"r{n}")) for n in range(3)]
+    kills = 0
+    rng = random.Random(4)
+    started = time.monotonic()
+    while kills < 20:
+        busy = sorted({j["lease_host"] for j in await cluster.jobs() if j["state"] == "running"})
+        if not busy:
+            if len(await cluster.db.fetch("SELECT 1 FROM runs WHERE finished_at IS NULL")) == 0:
+                requests.append(await cluster.submit(workflow(12, 1.5, marker, name=f"r{kills}")))
+            await asyncio.sleep(0.2)
+            continue
+        victim = rng.choice(busy)
+        cluster.kill(victim)
+        kills += 1
+        # Restarted at once, not awaited: its start hands back what it held and reaps.
+        cluster.start(victim)
+        await asyncio.sleep(rng.uniform(0.5, 1.5))
+    await cluster.ready(*names)
+    jobs = await _all_done_once(cluster, requests, timeout=240)
+    await asyncio.sleep(1.5)  # a reaper pass after the last job
+    leftovers = [p for name in names for p in cluster.hosts[name].machines.glob("*")]
+    requeued = sum(j["attempt"] - 1 for j in jobs)
+    print(f"\nkill loop: {kills} kills in {time.monotonic() - started:.0f}s, {len(requests)} runs,"
+          f" {len(jobs)} jobs, all success, {requeued} re-queued attempts,"
+          f" max attempt {max(j['attempt'] for j in jobs)}, {len(leftovers)} leftover machines")
+    assert leftovers == [] and processes_under(tmp_path / "k1" / "machines") == []
+
+
+@pytest.mark.slow
+async def test_rabbitmq_restart_under_load(cluster: Cluster, tmp_path: Path) -> None:
+    for name in ("m1", "m2"):
+        cluster.start(name, "local=3")
+    await cluster.ready("m1", "m2")
+    marker = tmp_path / "ran.txt"
+    requests = [await cluster.submit(workflow(12, 1, marker, name=f"r{n}")) for n in range(2)]
+    await asyncio.sleep(2)
+    try:
+        await asyncio.to_thread(_rabbitmqctl, "stop_app")
+        await asyncio.sleep(2)
+    finally:
+        await asyncio.to_thread(_rabbitmqctl, "start_app")
+        await asyncio.to_thread(_rabbitmqctl, "await_startup")
+    requests.append(await cluster.submit(workflow(4, 0.5, marker, name="after")))
+    jobs = await _all_done_once(cluster, requests, timeout=180)
+    assert len(jobs) == 28
+    assert all(cluster.hosts[n].proc.poll() is None for n in ("m1", "m2"))
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=False, reason=(
+    "known gap in the orchestrator core, not the multi-host layer: a Runner RPC (GetJob, "
+    "ReportStep) hit by a dropped connection answers UNKNOWN, the runner gives up and the job "
+    "ends `error`; and once in a few runs a host stops making progress after its connections "
+    "are terminated (pool or LISTEN connection not recovered). Heartbeats, reaper, outbox "
+    "relay, result recording and lease renewal retry already."))
+async def test_postgres_drops_every_connection_under_load(cluster: Cluster, tmp_path: Path) -> None:
+    """What a PostgreSQL restart does to the orchestrators: every connection to their database
+    is terminated (the server itself is shared with other tests, so it stays up)."""
+    for name in ("q1", "q2"):
+        cluster.start(name, "local=3")
+    await cluster.ready("q1", "q2")
+    marker = tmp_path / "ran.txt"
+    requests = [await cluster.submit(workflow(12, 1, marker, name=f"r{n}")) for n in range(2)]
+    database = cluster.dsn.rsplit("/", 1)[1]
+    for _ in range(2):
+        await asyncio.sleep(2)
+        dropped = await cluster.db.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE datname = $1 AND pid <> pg_backend_pid()", database)
+        assert dropped > 0
+    jobs = await _all_done_once(cluster, requests, timeout=180)
+    assert len(jobs) == 24
+    assert all(cluster.hosts[n].proc.poll() is None for n in ("q1", "q2"))
+
+
+def _consumer_timeout() -> str:
+    return subprocess.run(["rabbitmqctl", "eval", "application:get_env(rabbit, consumer_timeout)."],
+                          check=True, capture_output=True, text=True, timeout=60).stdout.strip()
+
+
+def _set_consumer_timeout(value: str) -> None:
+    _rabbitmqctl("eval", f"application:set_env(rabbit, consumer_timeout, {value}).")
+
+
+@pytest.mark.slow
+async def test_job_longer_than_consumer_timeout_completes_once(
+        cluster: Cluster, tmp_path: Path) -> None:
+    """RabbitMQ checks consumer_timeout about once a minute, so the job runs 75 s against a
+    5 s timeout; a control consumer that holds a delivery proves the timeout is enforced."""
+    previous = await asyncio.to_thread(_consumer_timeout)
+    await asyncio.to_thread(_set_consumer_timeout, "5000")
+    try:
+        cluster.start("long", "local=1")
+        await cluster.ready("long")
+        control_closed = asyncio.Event()
+        connection = await aio_pika.connect(cluster.amqp_url)
+        channel = await connection.channel()
+        channel.close_callbacks.add(lambda *_: control_closed.set())
+        control = await channel.declare_queue(exclusive=True)
+        await channel.default_exchange.publish(aio_pika.Message(b"held"), routing_key=control.name)
+        await control.consume(lambda message: asyncio.sleep(0), no_ack=False)
+        request = await cluster.submit(workflow(1, 75, tmp_path / "ran.txt"))
+        jobs = await _all_done_once(cluster, [request], timeout=150)
+        assert jobs[0]["attempt"] == 1
+        assert control_closed.is_set(), "RabbitMQ did not enforce the consumer timeout"
+        await connection.close()
+    finally:
+        restore = previous.split(",", 1)[1].rstrip("}") if previous.startswith("{ok,") else "1800000"
+        await asyncio.to_thread(_set_consumer_timeout, restore)
