@@ -11,6 +11,7 @@ Authentication: `Authorization: token <token>`. Errors raise `ForgeApiError`.
 """
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import logging
@@ -31,15 +32,21 @@ class ForgejoApi:
     """A client of one Forgejo or Gitea instance; `forge` names it in errors."""
 
     def __init__(self, forge: str, api_url: str, token: str, *, timeout: float = 10.0,
+                 max_in_flight: int = 8,
                  transport: httpx.AsyncBaseTransport | None = None) -> None:
         self.forge = forge
         self.api_url = api_url.rstrip("/")
         headers = {"Accept": "application/json", "User-Agent": "solstice-ci"}
         if token:
             headers["Authorization"] = f"token {token}"
+        # httpcore's pool rescans every connection for every queued request, which costs more
+        # CPU than the request itself once dozens wait; a semaphore in front keeps its queue
+        # empty and its connection list short.
+        self._slots = asyncio.Semaphore(max_in_flight)
         self._client = httpx.AsyncClient(base_url=self.api_url, headers=headers, timeout=timeout,
                                          transport=transport,
-                                         limits=httpx.Limits(max_connections=64))
+                                         limits=httpx.Limits(max_connections=max_in_flight,
+                                                             max_keepalive_connections=max_in_flight))
 
     async def close(self) -> None:
         await self._client.aclose()
@@ -49,7 +56,8 @@ class ForgejoApi:
                        json: dict[str, Any] | None = None,
                        missing_ok: tuple[int, ...] = ()) -> httpx.Response | None:
         try:
-            response = await self._client.request(method, path, params=params, json=json)
+            async with self._slots:
+                response = await self._client.request(method, path, params=params, json=json)
         except httpx.TransportError as exc:
             raise ForgeApiError.unreachable(self.forge, what, exc) from exc
         if response.status_code in missing_ok:

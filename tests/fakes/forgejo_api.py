@@ -28,11 +28,11 @@ from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
-from starlette.middleware import Middleware
-from starlette.middleware.base import BaseHTTPMiddleware
+from starlette.datastructures import Headers
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 STATES = {"pending", "success", "error", "failure", "warning"}
 STATUS_FIELDS = {"state", "context", "description", "target_url"}
@@ -130,12 +130,15 @@ class FakeForgejo:
             Route(prefix + "/contents/{path:path}", self._contents, methods=["GET"]),
             Route(prefix + "/collaborators/{user}/permission", self._permission, methods=["GET"]),
             Route(prefix + "/statuses/{sha}", self._create_status, methods=["POST"]),
-        ], middleware=[Middleware(BaseHTTPMiddleware, dispatch=self._middleware)])
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        ])
+        guarded = self._guard(app)
+        # proto=IPPROTO_TCP: asyncio sets TCP_NODELAY only on sockets that say they are TCP;
+        # without it every answer waits ~40 ms for the client's delayed ACK (Nagle).
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-        self._server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off",
+        self._server = uvicorn.Server(uvicorn.Config(guarded, log_level="warning", lifespan="off",
                                                      access_log=False, log_config=None))
         self._task = asyncio.create_task(self._server.serve(sockets=[sock]))
         while not self._server.started:
@@ -152,21 +155,33 @@ class FakeForgejo:
 
     # ---- middleware: auth and injected faults ---------------------------------------------
 
-    async def _middleware(self, request: Request, call_next: Any) -> Response:
-        self.requests.append((request.method, request.url.path))
-        fault = next((f for f in self._faults if f.path_contains in request.url.path), None)
-        if fault is not None:
-            self._faults.remove(fault)
-            if fault.delay:
-                try:
-                    await asyncio.wait_for(self._stopping.wait(), fault.delay)
-                except TimeoutError:
-                    pass
-            if fault.status:
-                return _error(fault.status, "Internal Server Error (injected)")
-        if request.headers.get("authorization") != f"token {self.token}":
-            return _error(401, "token is required")
-        return await call_next(request)
+    def _guard(self, app: ASGIApp) -> ASGIApp:
+        """Record the request, inject the next matching fault, check the token, then route.
+
+        A plain ASGI wrapper: Starlette's BaseHTTPMiddleware costs a task per request, which
+        shows in the ingestion benchmark."""
+        async def guarded(scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] != "http":
+                await app(scope, receive, send)
+                return
+            path = scope["path"]
+            self.requests.append((scope["method"], path))
+            fault = next((f for f in self._faults if f.path_contains in path), None)
+            if fault is not None:
+                self._faults.remove(fault)
+                if fault.delay:
+                    try:
+                        await asyncio.wait_for(self._stopping.wait(), fault.delay)
+                    except TimeoutError:
+                        pass
+                if fault.status:
+                    await _error(fault.status, "Internal Server Error (injected)")(scope, receive, send)
+                    return
+            if Headers(scope=scope).get("authorization") != f"token {self.token}":
+                await _error(401, "token is required")(scope, receive, send)
+                return
+            await app(scope, receive, send)
+        return guarded
 
     def _find(self, request: Request) -> FakeRepo | None:
         return self.repos.get(f"{request.path_params['owner']}/{request.path_params['repo']}".lower())

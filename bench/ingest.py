@@ -1,0 +1,286 @@
+"""Webhook ingestion rate of `solstice-forge-integration` against bare confirmed publishes.
+
+Starts the integration through its real entry point (a subprocess, on the real PostgreSQL and
+RabbitMQ), with the fake Forgejo API serving the workflow file from memory in this process,
+then posts `--webhooks` signed Forgejo push webhooks (each its own delivery id and commit)
+over `--concurrency` keep-alive connections. Each accepted webhook was verified, checked
+against the delivery log, had its workflow fetched and validated, was published with a
+publisher confirm and recorded. It prints accepted webhooks/s, then in the same run the rate of bare aio-pika
+confirmed publishes (persistent, durable queue, same concurrency) of a message the size of
+the RunRequest, and the ratio (goal >= 0.5). It also prints the CPU time per webhook of the
+integration and of this process (load generator + fake forge), since all share one machine.
+Run: .venv/bin/python bench/ingest.py [--webhooks 2000] [--concurrency 32]
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import aio_pika
+import asyncpg
+import httpx
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the fake forge lives in tests/, not in an installed package
+
+from common.forge.signature import sign  # noqa: E402
+from common.messages import EventKind, Repo, RunRequest, encode  # noqa: E402
+from tests.fakes.forgejo_api import FakeForgejo  # noqa: E402
+
+FIXTURE = ROOT.parent / "shared" / "fixtures" / "forgejo" / "HookPush.json"
+SECRET = "bench-secret"
+GOAL = 0.5
+WORKFLOW = """workflow name="ci" {
+    on "push" branches="main" "release/*"
+    job id="build" runs_on="illumos" timeout="30m" {
+        step name="configure" run="./configure"
+        step name="build" run="gmake -j4"
+        step name="test" run="gmake check"
+    }
+    job id="lint" runs_on="illumos" { step name="lint" run="gmake lint" }
+}
+"""
+
+
+def cpu_seconds(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return times.user + times.system
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+async def create_database(admin_dsn: str) -> str:
+    name = f"solstice_bench_{uuid.uuid4().hex[:8]}"
+    conn = await asyncpg.connect(admin_dsn)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return name
+
+
+async def drop_database(admin_dsn: str, name: str) -> None:
+    conn = await asyncpg.connect(admin_dsn)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+def start_integration(forge: FakeForgejo, dsn: str, amqp_url: str, prefix: str,
+                      port: int) -> subprocess.Popen[bytes]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SOLSTICE_")}
+    env.update({
+        "SOLSTICE_FORGE_INTEGRATION__LISTEN_PORT": str(port),
+        "SOLSTICE_FORGE_INTEGRATION__DATABASE_URL": dsn,
+        "SOLSTICE_FORGE_INTEGRATION__BROKER_URL": amqp_url,
+        "SOLSTICE_FORGE_INTEGRATION__BROKER_PREFIX": prefix,
+        "SOLSTICE_FORGE_INTEGRATION__WEBHOOK_SECRET": SECRET,
+        "SOLSTICE_FORGE_INTEGRATION__LOG_LEVEL": "warning",
+        "SOLSTICE_FORGE_INTEGRATION__SITES__FORGEJO__URL": forge.url,
+        "SOLSTICE_FORGE_INTEGRATION__SITES__FORGEJO__TOKEN": forge.token,
+    })
+    return subprocess.Popen([sys.executable, "-m", "forge_integration.main"], env=env, cwd=ROOT)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        proc.wait(30)
+
+
+async def wait_healthy(client: httpx.AsyncClient, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"the integration exited with status {proc.returncode}")
+        try:
+            if (await client.get("/healthz")).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        await asyncio.sleep(0.1)
+    raise SystemExit("the integration did not become healthy within 30 s")
+
+
+def push_bodies(payload: dict, shas: list[str]) -> list[bytes]:
+    """One push body per commit: each webhook names a commit of its own, so every one makes
+    the integration fetch that commit's workflow from the forge."""
+    return [json.dumps({**payload, "after": sha}).encode() for sha in shas]
+
+
+class Connection:
+    """One keep-alive HTTP/1.1 connection speaking just enough to post webhooks.
+
+    The load generator shares this machine with the integration; httpx spends more CPU per
+    request than the integration's whole handling of a webhook, so it would measure itself.
+    """
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._reader = reader
+        self._writer = writer
+
+    @classmethod
+    async def open(cls, port: int) -> "Connection":
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        return cls(reader, writer)
+
+    async def post(self, path: str, headers: dict[str, str], body: bytes) -> int:
+        """Send one request; return the response's status once its body was read."""
+        head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        self._writer.write(f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{head}"
+                           f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        status_line, *lines = (await self._reader.readuntil(b"\r\n\r\n")).split(b"\r\n")
+        length = next(int(line.split(b":", 1)[1]) for line in lines
+                      if line.lower().startswith(b"content-length:"))
+        await self._reader.readexactly(length)
+        return int(status_line.split()[1])
+
+    async def close(self) -> None:
+        self._writer.close()
+        await self._writer.wait_closed()
+
+
+async def post_webhooks(port: int, bodies: list[bytes], concurrency: int) -> tuple[int, float]:
+    """Post each signed push, `concurrency` at a time; (accepted, seconds)."""
+    pending = iter(bodies)
+    accepted = 0
+    failures: dict[int, int] = {}
+    connections = [await Connection.open(port) for _ in range(concurrency)]
+
+    async def worker(connection: Connection) -> None:
+        nonlocal accepted
+        for body in pending:
+            status = await connection.post("/webhooks/forgejo", {
+                "Content-Type": "application/json", "X-Forgejo-Event": "push",
+                "X-Forgejo-Delivery": str(uuid.uuid4()),
+                "X-Forgejo-Signature": sign(SECRET, body)}, body)
+            if status == 202:
+                accepted += 1
+            else:
+                failures[status] = failures.get(status, 0) + 1
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker(c) for c in connections))
+    elapsed = time.perf_counter() - start
+    for connection in connections:
+        await connection.close()
+    if failures:
+        print(f"  not accepted: {failures}")
+    return accepted, elapsed
+
+
+async def bare_publishes(amqp_url: str, queue_name: str, size: int, count: int,
+                         concurrency: int) -> float:
+    """Seconds for `count` confirmed persistent publishes of `size` bytes, `concurrency` in flight."""
+    connection = await aio_pika.connect(amqp_url)
+    async with connection:
+        channel = await connection.channel(publisher_confirms=True)
+        queue = await channel.declare_queue(queue_name, durable=True)
+        body = b"x" * size
+        pending = iter(range(count))
+
+        async def worker() -> None:
+            for _ in pending:
+                await channel.default_exchange.publish(
+                    aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                                     content_type="application/json"),
+                    routing_key=queue_name)
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - start
+        await queue.delete(if_unused=False, if_empty=False)
+    return elapsed
+
+
+async def delete_topology(amqp_url: str, prefix: str) -> int:
+    """Delete the integration's queues and exchanges; return how many runs it had queued."""
+    connection = await aio_pika.connect(amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        runs = await channel.declare_queue(f"{prefix}.runs", passive=True)
+        queued = runs.declaration_result.message_count or 0
+        for name in (f"{prefix}.runs", f"{prefix}.dead", f"{prefix}.events.forge-integration"):
+            await channel.queue_delete(name)
+        for name in (f"{prefix}.events", f"{prefix}.logs", f"{prefix}.dlx"):
+            await channel.exchange_delete(name)
+    return queued
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--webhooks", type=int, default=2000)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--pg", default=os.environ.get(
+        "SOLSTICE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres"))
+    parser.add_argument("--amqp", default=os.environ.get(
+        "SOLSTICE_TEST_AMQP", "amqp://guest:guest@127.0.0.1:5672/"))
+    args = parser.parse_args()
+
+    payload = json.loads(FIXTURE.read_text())
+    repository = payload["repository"]
+    warmup = min(100, args.webhooks)
+    shas = [f"{n:040x}" for n in range(1, warmup + args.webhooks + 1)]
+    prefix = f"solstice-bench-{uuid.uuid4().hex[:8]}"
+    database = await create_database(args.pg)
+    dsn = args.pg.rsplit("/", 1)[0] + f"/{database}"
+    port = free_port()
+    proc = None
+    try:
+        async with FakeForgejo() as forge, httpx.AsyncClient(
+                base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+            forge.add_repo(repository["owner"]["login"], repository["name"],
+                           repo_id=repository["id"],
+                           files={(sha, ".solstice/workflow.kdl"): WORKFLOW for sha in shas})
+            proc = start_integration(forge, dsn, args.amqp, prefix, port)
+            await wait_healthy(client, proc)
+            bodies = push_bodies(payload, shas)
+            await post_webhooks(port, bodies[:warmup], args.concurrency)
+            service, harness = psutil.Process(proc.pid), psutil.Process()
+            before = cpu_seconds(service), cpu_seconds(harness)
+            accepted, seconds = await post_webhooks(port, bodies[warmup:], args.concurrency)
+            service_ms = (cpu_seconds(service) - before[0]) * 1000 / max(accepted, 1)
+            harness_ms = (cpu_seconds(harness) - before[1]) * 1000 / max(accepted, 1)
+        stop(proc)
+        webhook_rate = accepted / seconds
+        queued = await delete_topology(args.amqp, prefix)
+        message = RunRequest(
+            request_id=str(uuid.uuid4()), commit_sha=payload["after"], ref=payload["ref"],
+            event=EventKind.PUSH, branch="main", workflow_source=WORKFLOW, priority=6,
+            repo=Repo(forge="forgejo", owner=repository["owner"]["login"],
+                      name=repository["name"], clone_url=repository["clone_url"],
+                      api_url=f"{forge.url}/api/v1"))
+        size = len(encode(message))
+        bare_seconds = await bare_publishes(args.amqp, f"{prefix}.bare", size, args.webhooks,
+                                            args.concurrency)
+    finally:
+        if proc is not None:
+            stop(proc)
+        await drop_database(args.pg, database)
+    bare_rate = args.webhooks / bare_seconds
+    print(f"webhooks: {accepted}/{args.webhooks} accepted in {seconds:.2f} s "
+          f"(concurrency {args.concurrency}): {webhook_rate:.0f} webhooks/s; "
+          f"{queued} runs queued in RabbitMQ (warm-up included)")
+    print(f"CPU per webhook: integration {service_ms:.1f} ms; load generator + fake forge "
+          f"{harness_ms:.1f} ms")
+    print(f"bare aio-pika confirmed publishes of {size} bytes: {bare_rate:.0f} msg/s")
+    ratio = webhook_rate / bare_rate
+    print(f"ratio: {ratio:.2f}x (goal >= {GOAL}x) {'OK' if ratio >= GOAL else 'BELOW GOAL'}")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
