@@ -6,8 +6,11 @@ runner's ReportStep recorded), goal p50 < 100 ms and p99 < 500 ms. Jobs are subm
 free slot is waiting for every job and the figure is dispatch, not queueing behind capacity.
 
 Standalone by default (embedded PostgreSQL under a temporary state directory, in-process
-queue); `--database-url` / `--amqp-url` measure the multi-host pair instead.
+queue); `--database-url` / `--amqp-url` measure the multi-host pair instead, and
+`--beside-standalone` runs both in one go and prints the multi-host figures beside the
+standalone ones (URLs default to the servers on 127.0.0.1).
 Run: .venv/bin/python bench/dispatch.py [--jobs 200] [--database-url URL] [--amqp-url URL]
+     [--beside-standalone]
 """
 from __future__ import annotations
 
@@ -29,6 +32,8 @@ from orchestrator.standalone import running
 WORKFLOW = 'workflow { job id="j" runs_on="local" { step name="true" run="true"; }; }'
 GOAL_P50_MS = 100.0
 GOAL_P99_MS = 500.0
+LOCAL_DATABASE = "postgresql://postgres@127.0.0.1:5432/postgres"
+LOCAL_AMQP = "amqp://guest:guest@127.0.0.1:5672/"
 
 
 def request(source: Path) -> RunRequest:
@@ -44,7 +49,8 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
 
 
-async def bench(args: argparse.Namespace, state: Path) -> None:
+async def bench(args: argparse.Namespace, state: Path) -> tuple[float, float]:
+    """Run the bench in the mode `args` names, print it, and return (p50, p99) in ms."""
     source = state / "src"
     source.mkdir()
     (source / "README").write_text("bench\n")
@@ -99,6 +105,7 @@ async def bench(args: argparse.Namespace, state: Path) -> None:
           f"(goal p50 < {GOAL_P50_MS:.0f} ms, p99 < {GOAL_P99_MS:.0f} ms: "
           f"{'met' if p50 < GOAL_P50_MS and p99 < GOAL_P99_MS else 'NOT met'})")
     print(f"  mean {statistics.fmean(dispatch):.1f} ms; {len(rows) / elapsed:.1f} jobs/s end to end")
+    return p50, p99
 
 
 def main() -> None:
@@ -107,10 +114,25 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--database-url")
     parser.add_argument("--amqp-url")
+    parser.add_argument("--beside-standalone", action="store_true",
+                        help="run standalone, then over PostgreSQL + RabbitMQ, print both")
     args = parser.parse_args()
+    if not args.beside_standalone:
+        _run(args)
+        return
+    standalone = _run(argparse.Namespace(**{**vars(args), "database_url": None, "amqp_url": None}))
+    multi = _run(argparse.Namespace(**{
+        **vars(args), "database_url": args.database_url or LOCAL_DATABASE,
+        "amqp_url": args.amqp_url or LOCAL_AMQP}))
+    print(f"multi-host beside standalone: p50 {multi[0]:.1f} vs {standalone[0]:.1f} ms "
+          f"({multi[0] / standalone[0]:.2f}x), p99 {multi[1]:.1f} vs {standalone[1]:.1f} ms "
+          f"({multi[1] / standalone[1]:.2f}x)")
+
+
+def _run(args: argparse.Namespace) -> tuple[float, float]:
     state = Path(tempfile.mkdtemp(prefix="solstice-bench-"))
     try:
-        asyncio.run(bench(args, state))
+        return asyncio.run(bench(args, state))
     finally:
         shutil.rmtree(state, ignore_errors=True)
 
