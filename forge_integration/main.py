@@ -12,13 +12,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import signal
 import sys
 
 from common.broker import open_broker
 from common.config import load_config
 from common.errors import SolsticeError
 from common.forge.migrate import open_pool
-from common.http import serve
+from common.http import BackgroundServer
 from common.observability import setup_observability
 from forge_integration.api import ForgejoApi
 from forge_integration.app import ForgeIntegration
@@ -41,12 +42,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def clients_for(config: ForgeIntegrationConfig) -> dict[str, ForgejoApi]:
+    """One API client per configured site."""
     return {kind: ForgejoApi(kind, site.api_url, site.token.get_secret_value(), timeout=site.timeout)
             for kind, site in config.sites.items()}
 
 
 async def run(config: ForgeIntegrationConfig) -> None:
-    """Serve until SIGTERM/SIGINT."""
+    """Serve until SIGTERM/SIGINT, then finish the requests in flight and close everything."""
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
     pool = await open_pool(config.database_url)
     broker = open_broker(config.broker_url, config.broker_prefix)
     clients = clients_for(config)
@@ -55,14 +61,19 @@ async def run(config: ForgeIntegrationConfig) -> None:
         service = ForgeIntegration(config, pool, broker, clients)
         if config.insecure_no_signature:
             log.warning("accepting unsigned webhooks (--insecure-no-signature)")
-        log.info("listening", extra={"host": config.listen_host, "port": config.listen_port,
-                                     "forges": ",".join(config.sites)})
-        await serve(service.app(), config.listen_host, config.listen_port)
+        server = BackgroundServer(service.app(), config.listen_host, config.listen_port)
+        url = await server.start()
+        log.info("ready", extra={"url": url, "forges": ",".join(config.sites)})
+        try:
+            await stopping.wait()
+        finally:
+            await server.stop()
     finally:
         await broker.close()
         for client in clients.values():
             await client.close()
         await pool.close()
+    log.info("stopped")
 
 
 def main(argv: list[str] | None = None) -> int:
