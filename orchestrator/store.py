@@ -231,20 +231,22 @@ class Store:
                 " FROM runs r WHERE jobs.id = $1 AND r.id = jobs.run_id AND jobs.state = 'queued'"
                 " AND jobs.released AND NOT jobs.cancel_requested"
                 f" RETURNING {_EVENT_COLUMNS}, jobs.runs_on, jobs.attempt, jobs.spec, r.ref,"
-                " r.trusted",
+                " r.trusted, r.state AS run_state",
                 job_id, self.host, timedelta(seconds=ttl), token_hash,
                 timedelta(seconds=token_ttl))
             if row is None:
                 return None, changes
             await _emit(conn, row, changes)
-            await conn.execute(
-                "UPDATE steps SET state = 'pending', exit_code = NULL, duration_ms = NULL,"
-                " started_at = NULL, finished_at = NULL WHERE job_id = $1", job_id)
+            if row["attempt"] > 1:  # a retry: forget what the earlier attempt's steps did
+                await conn.execute(
+                    "UPDATE steps SET state = 'pending', exit_code = NULL, duration_ms = NULL,"
+                    " started_at = NULL, finished_at = NULL WHERE job_id = $1", job_id)
             await notify_outbox(conn)
-        # Separate statement: taking the run's lock while holding the job's could deadlock
-        # with a settlement (which locks run, then jobs).
-        await self.db.pool.execute("UPDATE runs SET state = 'running' WHERE id = $1"
-                                   " AND state = 'queued'", row["run_id"])
+        if row["run_state"] == "queued":
+            # Separate statement: taking the run's lock while holding the job's could deadlock
+            # with a settlement (which locks run, then jobs).
+            await self.db.pool.execute("UPDATE runs SET state = 'running' WHERE id = $1"
+                                       " AND state = 'queued'", row["run_id"])
         return Lease(job_id=row["id"], run_id=row["run_id"], key=row["key"],
                      runs_on=row["runs_on"], attempt=row["attempt"], spec=row["spec"],
                      repo=Repo.model_validate(row["repo"]), commit_sha=row["commit_sha"],
