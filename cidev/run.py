@@ -189,7 +189,7 @@ class Printer:
     width: int = 0
     _colours: dict[str, str] = field(default_factory=dict)
     _partial: dict[tuple[str, int], bytes] = field(default_factory=dict)
-    _last_system: dict[str, str] = field(default_factory=dict)
+    _system_lines: dict[str, set[str]] = field(default_factory=dict)
 
     def paint(self, code: str, text: str) -> str:
         return f"\033[{code}m{text}\033[0m" if self.colour else text
@@ -220,7 +220,7 @@ class Printer:
         for raw in lines:
             text = raw.decode(errors="replace")
             if update.stream == runner_pb2.SYSTEM:
-                self._last_system[update.key] = text
+                self._system_lines.setdefault(update.key, set()).add(text)
                 text = self.paint("2", text)
             elif update.stream == runner_pb2.STDERR:
                 text = self.paint("2;31", "!") + " " + text
@@ -241,7 +241,7 @@ class Printer:
             return
         message = f": {update.message}" if update.message else ""
         text = f"job {update.state.value}{message}"
-        if self._last_system.get(update.key) == text:
+        if text in self._system_lines.get(update.key, ()):
             return  # the runner said it already
         self.line(update.key, self.paint(STATE_COLOURS.get(update.state.value, "0"), text))
 
