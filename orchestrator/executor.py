@@ -315,8 +315,10 @@ class Executor:
                     if time.monotonic() - session.started_at > limit:
                         return JobState.TIMED_OUT, (f"job exceeded its timeout of "
                                                     f"{lease.spec['timeout']} s")
-                if session.cancel.is_set() and \
-                        time.monotonic() - session.cancel_at > config.cancel_grace:
+                # A runner that has not called in yet has nothing to stop: end at once.
+                if session.cancel.is_set() and (
+                        not session.started.is_set()
+                        or time.monotonic() - session.cancel_at > config.cancel_grace):
                     return JobState.CANCELLED, session.cancel_reason
                 if now >= next_renewal:
                     next_renewal = now + config.lease_ttl / 3

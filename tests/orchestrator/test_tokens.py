@@ -1,6 +1,9 @@
 """The runner token: one-time, bound to its job and attempt, dead when the job ends."""
 from __future__ import annotations
 
+import asyncio
+import time
+
 import grpc
 import pytest
 
@@ -84,6 +87,25 @@ async def test_expired_token_and_boot_timeout(orchestrator_factory: Factory) -> 
     [job] = summary.jobs
     assert job.state == JobState.ERROR
     assert "did not call in" in job.message
+    [boot] = RecordingBackend.bootstraps
+    async with grpc.aio.insecure_channel(harness.orchestrator.grpc_url) as channel:
+        stub = runner_pb2_grpc.RunnerStub(channel)
+        await expect_unauthenticated(stub.GetJob(
+            runner_pb2.GetJobRequest(job_id=boot.job_id, token=boot.token)))
+
+
+async def test_cancel_before_the_runner_called_in(orchestrator_factory: Factory) -> None:
+    RecordingBackend.bootstraps = []
+    harness = await orchestrator_factory(backend_class=SilentBackend, cancel_grace=60)
+    run_id = await harness.submit(WORKFLOW)
+    while not RecordingBackend.bootstraps:
+        await asyncio.sleep(0.01)
+    started = time.monotonic()
+    await harness.api.cancel_run(run_id, "not needed any more")
+    summary = await harness.api.wait(run_id)
+    assert time.monotonic() - started < 5  # not the cancel grace: there is no runner to wait for
+    [job] = summary.jobs
+    assert job.state == JobState.CANCELLED and job.message == "not needed any more"
     [boot] = RecordingBackend.bootstraps
     async with grpc.aio.insecure_channel(harness.orchestrator.grpc_url) as channel:
         stub = runner_pb2_grpc.RunnerStub(channel)
