@@ -117,6 +117,10 @@ def read_secrets(names: list[str]) -> dict[str, str]:
     for name in names:
         value = os.environ.get(name)
         if value is None:
+            if not sys.stdin.isatty():  # no terminal: the value could not be typed unseen
+                raise UsageError(f"secret {name} has no value",
+                                 hint=f"set the environment variable {name}, or run cidev in "
+                                      "a terminal to type it in")
             value = getpass.getpass(f"value of secret {name}: ")
         values[name] = value
     return values

@@ -33,6 +33,7 @@ def cidev(args: list[str], state: Path, cwd: Path, **env: str) -> subprocess.Com
     environ = {k: v for k, v in os.environ.items() if k != "NO_COLOR"}
     environ.update(XDG_STATE_HOME=str(state), **env)
     return subprocess.run(CIDEV + args, cwd=cwd, env=environ, capture_output=True, text=True,
+                          stdin=subprocess.DEVNULL,
                           timeout=240)
 
 
@@ -111,3 +112,10 @@ def test_unknown_job_is_a_usage_error(tmp_path: Path) -> None:
     done = cidev(["run", "--job", "nope", "examples/hello.kdl"], tmp_path / "state", REPO)
     assert done.returncode == 2
     assert "no job 'nope'" in done.stderr and "lint" in done.stderr
+
+
+def test_a_secret_without_a_value_is_a_usage_error(tmp_path: Path) -> None:
+    done = cidev(["run", "--secret", "NOT_SET_ANYWHERE", "examples/hello.kdl"],
+                 tmp_path / "state", REPO)
+    assert done.returncode == 2
+    assert "secret NOT_SET_ANYWHERE has no value" in done.stderr
