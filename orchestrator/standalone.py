@@ -26,18 +26,50 @@ log = logging.getLogger(__name__)
 EMBEDDED_DATABASE = "solstice"
 
 
-_SCHEMA = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+_SCHEMA = re.compile(r"^[a-z]+_[a-z0-9_]{1,60}$")
 
 
-async def _private_schema(dsn: str, schema: str, *, create: bool) -> None:
+def _lock_key(schema: str) -> str:
+    return f"solstice.schema.{schema}"
+
+
+async def _sweep(conn: asyncpg.Connection, prefix: str) -> None:
+    """Drop throw-away schemas of `prefix` whose owner died without dropping them (a
+    `cidev run` killed with -9): no process holds their advisory lock any more."""
+    names = await conn.fetch("SELECT schema_name FROM information_schema.schemata"
+                             " WHERE starts_with(schema_name, $1)", prefix)
+    for row in names:
+        name = row["schema_name"]
+        if not _SCHEMA.match(name) or not await conn.fetchval(
+                "SELECT pg_try_advisory_lock(hashtext($1))", _lock_key(name)):
+            continue
+        try:
+            await conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+            log.info("dropped an abandoned schema", extra={"schema": name})
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock(hashtext($1))", _lock_key(name))
+
+
+@asynccontextmanager
+async def _private_schema(dsn: str, schema: str) -> AsyncIterator[None]:
+    """Create `schema` (named `<kind>_<unique>`), hold it while in use, drop it at the end.
+
+    A session advisory lock marks it as in use, so the next caller of the same kind can
+    drop the ones left behind by a process that died.
+    """
     if not _SCHEMA.match(schema):
-        raise ValueError(f"invalid schema name {schema!r}")
-    conn = await asyncpg.connect(dsn)
+        raise ValueError(f"invalid schema name {schema!r} (want kind_unique, lower case)")
+    holder = await asyncpg.connect(dsn)
     try:
-        await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"' if create
-                           else f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        await _sweep(holder, schema.split("_", 1)[0] + "_")
+        await holder.execute("SELECT pg_advisory_lock(hashtext($1))", _lock_key(schema))
+        await holder.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+        try:
+            yield
+        finally:
+            await holder.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
     finally:
-        await conn.close()
+        await holder.close()
 
 
 @asynccontextmanager
@@ -55,8 +87,7 @@ async def database(config: OrchestratorConfig, *, embedded_name: str = EMBEDDED_
             stack.push_async_callback(server.stop)
             dsn = await server.create_database(embedded_name)
         if schema is not None:
-            await _private_schema(dsn, schema, create=True)
-            stack.push_async_callback(_private_schema, dsn, schema, create=False)
+            await stack.enter_async_context(_private_schema(dsn, schema))
         db = await Database.connect(dsn, schema=schema)
         stack.push_async_callback(db.close)
         async with db.pool.acquire() as conn:
