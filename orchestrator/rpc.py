@@ -13,6 +13,7 @@ import hashlib
 import logging
 from datetime import datetime, timezone
 from pathlib import PurePosixPath
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -20,6 +21,7 @@ import grpc
 from common.broker import Broker
 from common.messages import JobState
 from orchestrator import tokens
+from orchestrator.db import TRANSIENT_ERRORS
 from orchestrator.effects import Effects
 from orchestrator.logstore import LogStore
 from orchestrator.sessions import JobSession, Sessions
@@ -235,3 +237,32 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
             path, parts, digest = None, [], hashlib.sha256()
         return runner_pb2.ArtifactAck(files=files, bytes=total)
 
+
+class DatabaseUnavailable(grpc.aio.ServerInterceptor):
+    """A database restart inside any RPC answers UNAVAILABLE, which the runner retries with
+    backoff; as an unexpected exception it would reach the runner as UNKNOWN, which is final."""
+
+    async def intercept_service(self, continuation: Callable[[Any], Awaitable[Any]],
+                                handler_call_details: Any) -> Any:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        for kind in ("unary_unary", "unary_stream", "stream_unary", "stream_stream"):
+            behavior = getattr(handler, kind)
+            if behavior is not None:
+                return handler._replace(**{kind: _unavailable_on_database_errors(behavior)})
+        return handler
+
+
+def _unavailable_on_database_errors(behavior: Callable[..., Awaitable[Any]]
+                                    ) -> Callable[..., Awaitable[Any]]:
+    async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await behavior(request, context)
+        except TRANSIENT_ERRORS as exc:
+            log.warning("database unavailable during an RPC; the runner will retry",
+                        extra={"error": repr(exc)})
+            await context.abort(grpc.StatusCode.UNAVAILABLE,
+                                "the orchestrator's database is unavailable; retry")
+
+    return guarded

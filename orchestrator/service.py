@@ -24,7 +24,7 @@ from orchestrator.intake import Intake
 from orchestrator.logstore import LogStore
 from orchestrator.outbox import OutboxRelay
 from orchestrator.reaper import Reaper
-from orchestrator.rpc import RunnerService
+from orchestrator.rpc import DatabaseUnavailable, RunnerService
 from orchestrator.sessions import Sessions
 from orchestrator.store import Store
 from orchestrator.updates import Hub
@@ -89,7 +89,7 @@ class Orchestrator:
             asyncio.create_task(self.reaper.run(), name="reaper")]
         await self.backend.prepare()
         self.logs.start()
-        self.server = grpc.aio.server(options=GRPC_OPTIONS)
+        self.server = grpc.aio.server(options=GRPC_OPTIONS, interceptors=[DatabaseUnavailable()])
         runner_pb2_grpc.add_RunnerServicer_to_server(RunnerService(
             store=self.store, sessions=self.sessions, logs=self.logs, hub=self.hub,
             effects=self.effects, broker=self.broker,

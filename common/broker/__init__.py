@@ -36,6 +36,7 @@ def open_broker(url: str | None, prefix: str = "solstice") -> Broker:
     if not url.startswith(("amqp://", "amqps://")):
         raise BrokerError(f"unsupported broker URL scheme in {url.split('://', 1)[0]}://...",
                           hint="use amqp://user:password@host:5672/vhost, or no URL for standalone")
-    from common.broker.amqp import AmqpBroker  # aio-pika is only needed in multi-host mode
+    # Imported here: aio-pika is only loaded in multi-host mode.
+    from common.broker.amqp import AmqpBroker
 
     return AmqpBroker(url, prefix)

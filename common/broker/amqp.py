@@ -86,8 +86,8 @@ def redact(url: str) -> str:
 
 
 class _AmqpDelivery(Delivery):
-    def __init__(self, broker: "AmqpBroker", queue: str, message: AbstractIncomingMessage,
-                 done: Callable[["_AmqpDelivery"], None]) -> None:
+    def __init__(self, broker: AmqpBroker, queue: str, message: AbstractIncomingMessage,
+                 done: Callable[[_AmqpDelivery], None]) -> None:
         self.body = message.body
         self.redelivered = bool(message.redelivered)
         self.headers = dict(message.headers or {})

@@ -131,7 +131,7 @@ class Broker(abc.ABC):
     0..`MAX_PRIORITY`), in publish order within a priority.
     """
 
-    async def __aenter__(self) -> "Broker":
+    async def __aenter__(self) -> Broker:
         await self.connect()
         return self
 

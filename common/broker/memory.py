@@ -68,7 +68,7 @@ class _Queue:
 
 
 class _MemoryDelivery(Delivery):
-    def __init__(self, broker: "MemoryBroker", queue: _Queue, message: _Message,
+    def __init__(self, broker: MemoryBroker, queue: _Queue, message: _Message,
                  release: asyncio.Semaphore) -> None:
         self.body = message.body
         self.redelivered = message.redelivered

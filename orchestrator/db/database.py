@@ -17,8 +17,9 @@ log = logging.getLogger(__name__)
 # crash shutdown, "cannot connect now"): callers retry these and let every other error through.
 # A retried transition is safe even if its commit did reach the server: every transition is a
 # conditional UPDATE, so the second try is refused rather than applied twice.
+# InternalClientError: a pooled connection the server dropped in the middle of an operation.
 TRANSIENT_ERRORS = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
-                    asyncpg.exceptions.OperatorInterventionError)
+                    asyncpg.exceptions.OperatorInterventionError, asyncpg.InternalClientError)
 
 
 class DatabaseError(SolsticeError):

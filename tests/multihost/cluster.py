@@ -68,7 +68,7 @@ class Cluster:
     db: asyncpg.Pool | None = None
     source: Path | None = None
 
-    async def __aenter__(self) -> "Cluster":
+    async def __aenter__(self) -> Cluster:
         self.broker = AmqpBroker(self.amqp_url, self.prefix, publish_timeout=30)
         await self.broker.connect()
         self.db = await asyncpg.create_pool(self.dsn, min_size=1, max_size=4)
