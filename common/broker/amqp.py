@@ -75,6 +75,8 @@ T = TypeVar("T")
 
 # Failures during which a publish is retried: the connection or channel is being restored.
 TRANSIENT = (ConnectionError, ChannelInvalidStateError, AMQPChannelError, asyncio.TimeoutError)
+# How long cancelling a consumer may wait for a broker that is down.
+CANCEL_TIMEOUT = 5.0
 # Same bound per live-log watcher as the in-process broker.
 LOG_BUFFER = 10_000
 
@@ -207,8 +209,7 @@ class AmqpBroker(Broker):
         return queue
 
     async def close(self) -> None:
-        for subscription in list(self._subscriptions):
-            await subscription.cancel()
+        await asyncio.gather(*(s.cancel() for s in list(self._subscriptions)))
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
@@ -339,10 +340,11 @@ class AmqpBroker(Broker):
             if subscription in self._subscriptions:
                 self._subscriptions.remove(subscription)
                 try:
-                    await queue.cancel(tag)
+                    await asyncio.wait_for(queue.cancel(tag), CANCEL_TIMEOUT)
                 except TRANSIENT:
-                    # The connection is down: its deliveries are void already, and closing
-                    # the channel keeps the robust connection from restoring this consumer.
+                    # The connection is down (a drain must not wait for it): its deliveries
+                    # are void already, and closing the channel keeps the robust connection
+                    # from restoring this consumer.
                     await channel.close()
                     return
                 # Deliveries handed out stay settleable on this channel; close it after them.
