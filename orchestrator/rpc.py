@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import inspect
 import logging
 from datetime import datetime, timezone
 from pathlib import PurePosixPath
@@ -254,15 +255,30 @@ class DatabaseUnavailable(grpc.aio.ServerInterceptor):
         return handler
 
 
-def _unavailable_on_database_errors(behavior: Callable[..., Awaitable[Any]]
-                                    ) -> Callable[..., Awaitable[Any]]:
+async def _abort_unavailable(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
+    log.warning("database unavailable during an RPC; the caller will retry",
+                extra={"error": repr(exc)})
+    await context.abort(grpc.StatusCode.UNAVAILABLE,
+                        "the orchestrator's database is unavailable; retry")
+
+
+def _unavailable_on_database_errors(behavior: Callable[..., Any]) -> Callable[..., Any]:
+    # Streaming handlers may be async generators (the Admin service's log tail): wrap them as
+    # generators, the others as coroutines.
+    if inspect.isasyncgenfunction(behavior):
+        async def guarded_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            try:
+                async for response in behavior(request, context):
+                    yield response
+            except TRANSIENT_ERRORS as exc:
+                await _abort_unavailable(context, exc)
+
+        return guarded_stream
+
     async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
             return await behavior(request, context)
         except TRANSIENT_ERRORS as exc:
-            log.warning("database unavailable during an RPC; the runner will retry",
-                        extra={"error": repr(exc)})
-            await context.abort(grpc.StatusCode.UNAVAILABLE,
-                                "the orchestrator's database is unavailable; retry")
+            await _abort_unavailable(context, exc)
 
     return guarded
