@@ -3,9 +3,13 @@ server side, and a JobRequest delivered twice."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 
 import grpc
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from common.masking import SecretMasker
 from common.messages import JobRequest, JobState
 from orchestrator.backends.base import VM, RunnerBootstrap
 from orchestrator.backends.local import LocalBackend
@@ -130,3 +134,43 @@ workflow {
     assert [s.state for s in job.steps] == ["success", "skipped", "success"]
     logs = await harness.logs(job.job_id)
     assert b"tagged" not in logs and b"on main" in logs
+
+
+def fuzz_cases() -> list[tuple[list[bytes], list[int]]]:
+    """Lines built around the secret (and pieces of it), and where chunks split them."""
+    cases: list[tuple[list[bytes], list[int]]] = []
+    piece = st.sampled_from([SECRET, SECRET[:5], SECRET[5:], "x", " ", "***", "hunter"])
+    line = st.lists(piece, max_size=6).map(lambda parts: ("".join(parts) + "\n").encode())
+
+    @settings(max_examples=40, deadline=None, database=None)
+    @given(lines=st.lists(line, min_size=1, max_size=12),
+           cuts=st.lists(st.integers(min_value=1, max_value=12), max_size=6))
+    def collect(lines: list[bytes], cuts: list[int]) -> None:
+        cases.append((lines, cuts))
+
+    collect()
+    return cases
+
+
+async def test_server_masks_any_chunking_of_whole_lines(orchestrator_factory: Factory) -> None:
+    """Hypothesis picks the lines and the chunk boundaries (chunks hold whole lines, as the
+    protocol says); a runner that sent the secret unmasked never gets it stored."""
+    PlayerBackend.bootstraps = []
+    harness = await orchestrator_factory(backend_class=PlayerBackend, secrets={"TOKEN": SECRET})
+    await harness.submit(WORKFLOW)
+    stub, boot, channel = await play(harness)
+    masker = SecretMasker([SECRET, boot.token])
+    seq = 0
+    expected = b""
+    async with channel:
+        for lines, cuts in fuzz_cases():
+            bounds = sorted({c for c in cuts if c < len(lines)} | {0, len(lines)})
+            chunks = []
+            for start, end in zip(bounds, bounds[1:]):
+                seq += 1
+                chunks.append(chunk(boot, seq, b"".join(lines[start:end])))
+            assert await stream(stub, boot, chunks) == seq
+            expected += b"".join(masker.mask(line) for line in lines)
+    stored = await harness.logs(uuid.UUID(boot.job_id))
+    assert stored == expected
+    assert SECRET.encode() not in stored
