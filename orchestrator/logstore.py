@@ -16,15 +16,14 @@ from datetime import datetime
 import asyncpg
 
 from common.retry import Backoff, retry_async
-from orchestrator.db import Database
+from orchestrator.db import TRANSIENT_ERRORS, Database
 
 log = logging.getLogger(__name__)
 
 COLUMNS = ("job_id", "attempt", "seq", "step_index", "stream", "ts", "data")
 Record = tuple[uuid.UUID, int, int, int, int, datetime, bytes]
 # Errors worth waiting out (database restarting); anything else is a bug and is raised.
-TRANSIENT = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
-             asyncpg.CannotConnectNowError)
+TRANSIENT = TRANSIENT_ERRORS
 
 
 class LogStore:

@@ -94,12 +94,6 @@ async def test_rabbitmq_restart_under_load(cluster: Cluster, tmp_path: Path) -> 
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason=(
-    "known gap in the orchestrator core, not the multi-host layer: in about 1 run of 8, after "
-    "its connections are terminated, a host stops answering a runner's StreamLogs (the step "
-    "finished, the result is never reported) while it keeps renewing the lease, so the job "
-    "hangs until its own timeout. Heartbeats, reaper, outbox relay, result recording, lease "
-    "renewal and Runner RPCs (UNAVAILABLE) already retry."))
 async def test_postgres_drops_every_connection_under_load(cluster: Cluster, tmp_path: Path) -> None:
     """What a PostgreSQL restart does to the orchestrators: every connection to their database
     is terminated (the server itself is shared with other tests, so it stays up)."""
