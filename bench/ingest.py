@@ -86,7 +86,7 @@ def start_integration(forge: FakeForgejo, dsn: str, amqp_url: str, prefix: str,
     env.update({
         "SOLSTICE_FORGE_INTEGRATION__LISTEN_PORT": str(port),
         "SOLSTICE_FORGE_INTEGRATION__DATABASE_URL": dsn,
-        "SOLSTICE_FORGE_INTEGRATION__BROKER_URL": amqp_url,
+        "SOLSTICE_FORGE_INTEGRATION__AMQP_URL": amqp_url,
         "SOLSTICE_FORGE_INTEGRATION__BROKER_PREFIX": prefix,
         "SOLSTICE_FORGE_INTEGRATION__WEBHOOK_SECRET": SECRET,
         "SOLSTICE_FORGE_INTEGRATION__LOG_LEVEL": "warning",

@@ -1,10 +1,11 @@
-"""Serving a Starlette app with uvicorn: in the foreground for a service, or in the background
-of a running event loop (the orchestrator's web pages, tests, benchmarks)."""
+"""Serving a Starlette app with uvicorn: as a service until it is signalled to stop, or in the
+background of a running event loop (the orchestrator's web pages, tests, benchmarks)."""
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+import signal
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import uvicorn
 from starlette.applications import Starlette
@@ -14,11 +15,6 @@ def _config(app: Starlette, host: str, port: int) -> uvicorn.Config:
     # log_config=None keeps the logfmt handlers of setup_observability.
     return uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False,
                           lifespan="on", timeout_graceful_shutdown=10)
-
-
-async def serve(app: Starlette, host: str, port: int) -> None:
-    """Serve `app` until SIGTERM or SIGINT, then finish the requests in flight."""
-    await uvicorn.Server(_config(app, host, port)).serve()
 
 
 class _QuietServer(uvicorn.Server):
@@ -62,3 +58,25 @@ async def running(app: Starlette, host: str = "127.0.0.1", port: int = 0) -> Asy
         yield await server.start()
     finally:
         await server.stop()
+
+
+async def serve(app: Starlette, host: str, port: int,
+                ready: Callable[[str], None] | None = None) -> None:
+    """Serve `app` until SIGTERM or SIGINT, finish the requests in flight, then return.
+
+    Returning (where uvicorn's own handling re-raises the signal) lets the caller close its
+    broker connection and database pool and exit 0. `ready` gets the base URL once listening.
+    """
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    signals = (signal.SIGTERM, signal.SIGINT)
+    for sig in signals:
+        loop.add_signal_handler(sig, stopping.set)
+    try:
+        async with running(app, host, port) as url:
+            if ready is not None:
+                ready(url)
+            await stopping.wait()
+    finally:
+        for sig in signals:
+            loop.remove_signal_handler(sig)

@@ -5,7 +5,7 @@
 listen_host = "0.0.0.0"
 listen_port = 8090
 database_url = "postgresql://solstice@db/solstice"
-broker_url = "amqp://solstice:...@mq/"
+amqp_url = "amqp://solstice:...@mq/"
 webhook_secret = "..."          # global; a site's or a repository's secret replaces it
 manual_token = "..."            # bearer token of POST /runs; no token: manual runs disabled
 
@@ -67,7 +67,7 @@ class ForgeIntegrationConfig(BaseModel):
     listen_host: str = "127.0.0.1"
     listen_port: int = 8090
     database_url: str = "postgresql://postgres@127.0.0.1:5432/solstice"
-    broker_url: str | None = None
+    amqp_url: str | None = None
     broker_prefix: str = "solstice"
     events_queue: str = "forge-integration"
     webhook_secret: SecretStr | None = None
@@ -93,6 +93,9 @@ class ForgeIntegrationConfig(BaseModel):
                 "no webhook secret configured: anyone could start runs",
                 hint="set webhook_secret (global, per site or per repository), or pass "
                      "--insecure-no-signature for local development only")
+        if not self.amqp_url:
+            raise ConfigError("no amqp_url: runs would reach no orchestrator",
+                              hint="set amqp_url (or --amqp-url) to the orchestrators' RabbitMQ URL")
 
     def any_secret(self) -> bool:
         return any(s is not None and s.get_secret_value() for s in

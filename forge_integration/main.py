@@ -1,7 +1,7 @@
 """Entry point of `solstice-forge-integration`.
 
     solstice-forge-integration [--config FILE] [--listen-host H] [--listen-port P]
-                               [--database-url DSN] [--broker-url URL] [--insecure-no-signature]
+                               [--database-url DSN] [--amqp-url URL] [--insecure-no-signature]
 
 Settings come from `[forge_integration]` of the config file, `SOLSTICE_FORGE_INTEGRATION__*`
 variables and these flags (see `forge_integration.config`). Without any webhook secret the
@@ -12,14 +12,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import signal
 import sys
 
 from common.broker import open_broker
 from common.config import load_config
 from common.errors import SolsticeError
 from common.forge.migrate import open_pool
-from common.http import BackgroundServer
+from common.http import serve
 from common.observability import setup_observability
 from forge_integration.api import ForgejoApi
 from forge_integration.app import ForgeIntegration
@@ -35,7 +34,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--listen-host")
     parser.add_argument("--listen-port", type=int)
     parser.add_argument("--database-url")
-    parser.add_argument("--broker-url")
+    parser.add_argument("--amqp-url")
     parser.add_argument("--insecure-no-signature", action="store_true", default=None,
                         help="accept unsigned webhooks (local development only)")
     return parser.parse_args(argv)
@@ -49,25 +48,16 @@ def clients_for(config: ForgeIntegrationConfig) -> dict[str, ForgejoApi]:
 
 async def run(config: ForgeIntegrationConfig) -> None:
     """Serve until SIGTERM/SIGINT, then finish the requests in flight and close everything."""
-    stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stopping.set)
     pool = await open_pool(config.database_url)
-    broker = open_broker(config.broker_url, config.broker_prefix)
+    broker = open_broker(config.amqp_url, config.broker_prefix)
     clients = clients_for(config)
     try:
         await broker.connect()
         service = ForgeIntegration(config, pool, broker, clients)
         if config.insecure_no_signature:
             log.warning("accepting unsigned webhooks (--insecure-no-signature)")
-        server = BackgroundServer(service.app(), config.listen_host, config.listen_port)
-        url = await server.start()
-        log.info("ready", extra={"url": url, "forges": ",".join(config.sites)})
-        try:
-            await stopping.wait()
-        finally:
-            await server.stop()
+        await serve(service.app(), config.listen_host, config.listen_port, ready=lambda url: log.info(
+            "ready", extra={"url": url, "forges": ",".join(config.sites)}))
     finally:
         await broker.close()
         for client in clients.values():
@@ -81,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(ForgeIntegrationConfig, path=args.config, section=SECTION, cli={
             "listen_host": args.listen_host, "listen_port": args.listen_port,
-            "database_url": args.database_url, "broker_url": args.broker_url,
+            "database_url": args.database_url, "amqp_url": args.amqp_url,
             "insecure_no_signature": args.insecure_no_signature})
         config.check()
         # Spans go to OTLP when configured; printing one per webhook would flood stderr.

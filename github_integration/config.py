@@ -5,7 +5,7 @@
 listen_host = "0.0.0.0"
 listen_port = 8091
 database_url = "postgresql://solstice@db/solstice"
-broker_url = "amqp://solstice:...@mq/"
+amqp_url = "amqp://solstice:...@mq/"
 app_id = 123456
 private_key_path = "/etc/solstice/github-app.pem"   # the App's key, from its settings page
 webhook_secret = "..."                              # the App's webhook secret
@@ -43,7 +43,7 @@ class GitHubIntegrationConfig(BaseModel):
     listen_host: str = "127.0.0.1"
     listen_port: int = 8091
     database_url: str = "postgresql://postgres@127.0.0.1:5432/solstice"
-    broker_url: str | None = None
+    amqp_url: str | None = None
     broker_prefix: str = "solstice"
     events_queue: str = "github-integration"
     app_id: int | None = None
@@ -78,6 +78,9 @@ class GitHubIntegrationConfig(BaseModel):
             raise ConfigError("no webhook secret configured: anyone could start runs",
                               hint="set the App's webhook secret as webhook_secret "
                                    "(or SOLSTICE_GITHUB_INTEGRATION__WEBHOOK_SECRET)")
+        if not self.amqp_url:
+            raise ConfigError("no amqp_url: runs would reach no orchestrator",
+                              hint="set amqp_url (or --amqp-url) to the orchestrators' RabbitMQ URL")
 
     def private_key_pem(self) -> bytes:
         """The App's private key file, or `ConfigError` saying why it cannot be read."""

@@ -1,7 +1,7 @@
 """Entry point of `solstice-github-integration`.
 
     solstice-github-integration [--config FILE] [--listen-host H] [--listen-port P]
-                                [--database-url DSN] [--broker-url URL]
+                                [--database-url DSN] [--amqp-url URL]
 
 Settings come from `[github_integration]` of the config file, `SOLSTICE_GITHUB_INTEGRATION__*`
 variables and these flags (see `github_integration.config`). The service refuses to start
@@ -35,7 +35,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--listen-host")
     parser.add_argument("--listen-port", type=int)
     parser.add_argument("--database-url")
-    parser.add_argument("--broker-url")
+    parser.add_argument("--amqp-url")
     return parser.parse_args(argv)
 
 
@@ -43,18 +43,18 @@ async def run(config: GitHubIntegrationConfig) -> None:
     """Serve until SIGTERM/SIGINT."""
     private_key = load_private_key(config.private_key_pem())
     pool = await open_database(config.database_url)
-    broker = open_broker(config.broker_url, config.broker_prefix)
+    broker = open_broker(config.amqp_url, config.broker_prefix)
     http = make_http_client(config.api_url, timeout=config.api_timeout)
     try:
         await broker.connect()
         service = GitHubIntegration(config, pool, broker, http, private_key)
-        log.info("listening", extra={"host": config.listen_host, "port": config.listen_port,
-                                     "app_id": config.app_id, "api_url": config.api_url})
-        await serve(service.app(), config.listen_host, config.listen_port)
+        await serve(service.app(), config.listen_host, config.listen_port, ready=lambda url: log.info(
+            "ready", extra={"url": url, "app_id": config.app_id, "api_url": config.api_url}))
     finally:
         await broker.close()
         await http.aclose()
         await pool.close()
+    log.info("stopped")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(GitHubIntegrationConfig, path=args.config, section=SECTION, cli={
             "listen_host": args.listen_host, "listen_port": args.listen_port,
-            "database_url": args.database_url, "broker_url": args.broker_url})
+            "database_url": args.database_url, "amqp_url": args.amqp_url})
         config.check()
         setup_observability("solstice-github-integration", level=config.log_level)
         asyncio.run(run(config))

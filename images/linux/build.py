@@ -2,7 +2,7 @@
 """Build (or find in the cache) the Debian golden image of the qemu backend.
 
     sudo python3 images/linux/build.py            # prints the image's JSON description
-    sudo python3 images/linux/build.py --config   # prints a [qemu.labels.linux] TOML table
+    sudo python3 images/linux/build.py --config   # prints a [orchestrator.qemu.labels.linux] TOML table
 
 Only Debian's packages and PyPI are fetched, and nothing is mounted but /proc in the chroot:
 
@@ -280,7 +280,7 @@ def main() -> int:
     args = parser.parse_args()
     image = ensure_image(args.cache or cache_root())
     if args.config:
-        print("[qemu.labels.linux]")
+        print("[orchestrator.qemu.labels.linux]")
         for key, value in image.items():
             print(f"{key} = {json.dumps(value)}")
     else:

@@ -108,7 +108,7 @@ class GuestForward(BaseModel):
 
 
 class QemuSettings(BaseModel):
-    """The `[qemu]` table of the orchestrator's config file."""
+    """The `[orchestrator.qemu]` table of the orchestrator's config file."""
 
     state_dir: Path  # per-job overlays, seeds and console logs
     labels: dict[str, QemuLabel] = Field(default_factory=dict)
@@ -125,10 +125,14 @@ class QemuSettings(BaseModel):
     stop_grace_seconds: float = Field(default=5.0, ge=0)
 
 
+class _OrchestratorSection(BaseModel):
+    qemu: QemuSettings
+
+
 def load_qemu_settings(path: str | Path | None = None,
                        environ: Mapping[str, str] | None = None) -> QemuSettings:
-    """`QemuSettings` from the config file's `[qemu]` table and `SOLSTICE_QEMU__*`."""
-    return load_config(QemuSettings, path=path, section="qemu", environ=environ)
+    """`[orchestrator.qemu]` from the config file and `SOLSTICE_ORCHESTRATOR__QEMU__*`."""
+    return load_config(_OrchestratorSection, path=path, section="orchestrator", environ=environ).qemu
 
 
 def _opt(value: str | os.PathLike[str]) -> str:
@@ -244,7 +248,7 @@ class QemuBackend(VMBackend):
             known = ", ".join(sorted(self.settings.labels)) or "none"
             raise BackendError(f"no qemu image is configured for runs_on {spec.label!r} "
                                f"(configured: {known})",
-                               hint="add a [qemu.labels.<label>] table with image, kernel and "
+                               hint="add an [orchestrator.qemu.labels.<label>] table with image, kernel and "
                                     "initrd; `images/linux/build.py --config` prints one")
         for what, path in (("image", label.image), ("kernel", label.kernel),
                            ("initrd", label.initrd)):
@@ -306,7 +310,7 @@ class QemuBackend(VMBackend):
         if problems:
             raise BackendError("the qemu backend is not ready: " + "; ".join(problems),
                                hint="run scripts/system-packages.sh; build images with "
-                                    "images/linux/build.py and fix [qemu.labels.*]")
+                                    "images/linux/build.py and fix [orchestrator.qemu.labels.*]")
         await asyncio.to_thread(self.state_dir.mkdir, parents=True, exist_ok=True)
         await self.accelerator()
 

@@ -311,23 +311,23 @@ def test_bad_orchestrator_urls_are_refused(url: str) -> None:
 def test_settings_load_from_the_config_file(tmp_path: Path, base_image: Path) -> None:
     config = tmp_path / "orchestrator.toml"
     config.write_text(textwrap.dedent(f"""\
-        [qemu]
+        [orchestrator.qemu]
         state_dir = "{tmp_path}/vms"
-        [qemu.labels.linux]
+        [orchestrator.qemu.labels.linux]
         image = "{base_image}"
         kernel = "/boot/vmlinuz"
-        [[qemu.forwards]]
+        [[orchestrator.qemu.forwards]]
         guest_address = "10.0.2.101"
         guest_port = 9418
         host = "git.example.org"
         port = 9418
         """))
-    settings = load_qemu_settings(config, environ={"SOLSTICE_QEMU__ACCEL": "tcg"})
+    settings = load_qemu_settings(config, environ={"SOLSTICE_ORCHESTRATOR__QEMU__ACCEL": "tcg"})
     assert settings.accel == "tcg"
     assert settings.labels["linux"].image == base_image
     assert settings.forwards == [GuestForward(guest_address="10.0.2.101", guest_port=9418,
                                               host="git.example.org", port=9418)]
-    config.write_text('[qemu]\nstate_dir = "/x"\n[[qemu.forwards]]\nguest_address = "8.8.8.8"\n'
+    config.write_text('[orchestrator.qemu]\nstate_dir = "/x"\n[[orchestrator.qemu.forwards]]\nguest_address = "8.8.8.8"\n'
                       'guest_port = 1\nhost = "a;b"\nport = 1\n')
     with pytest.raises(Exception, match="forwards.0.guest_address.*forwards.0.host"):
         load_qemu_settings(config, environ={})

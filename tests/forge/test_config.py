@@ -10,6 +10,7 @@ from common.errors import ConfigError
 from forge_integration.config import ForgeIntegrationConfig, RepoSettings, Site
 from forge_integration.main import main
 
+AMQP = "amqp://guest:guest@127.0.0.1:5672/"
 SITE = {"forgejo": Site(url="https://codeberg.org/", token=SecretStr("t"))}
 
 
@@ -34,12 +35,19 @@ def test_approval_setting_per_repository() -> None:
 
 def test_refuses_to_start_without_any_secret() -> None:
     with pytest.raises(ConfigError, match="no webhook secret"):
-        ForgeIntegrationConfig(sites=SITE).check()
-    ForgeIntegrationConfig(sites=SITE, insecure_no_signature=True).check()
-    ForgeIntegrationConfig(sites=SITE, repos={"a/b": RepoSettings(
+        ForgeIntegrationConfig(sites=SITE, amqp_url=AMQP).check()
+    ForgeIntegrationConfig(sites=SITE, amqp_url=AMQP, insecure_no_signature=True).check()
+    ForgeIntegrationConfig(sites=SITE, amqp_url=AMQP, repos={"a/b": RepoSettings(
         webhook_secret=SecretStr("s"))}).check()
     with pytest.raises(ConfigError, match="no forge configured"):
-        ForgeIntegrationConfig(webhook_secret=SecretStr("s")).check()
+        ForgeIntegrationConfig(webhook_secret=SecretStr("s"), amqp_url=AMQP).check()
+
+
+def test_refuses_to_start_without_a_broker() -> None:
+    """Without RabbitMQ the runs would go to an in-process queue no orchestrator reads."""
+    with pytest.raises(ConfigError, match="no amqp_url") as caught:
+        ForgeIntegrationConfig(sites=SITE, insecure_no_signature=True).check()
+    assert "--amqp-url" in caught.value.hint
 
 
 def test_main_explains_the_refusal(tmp_path: Path, capsys: pytest.CaptureFixture[str],

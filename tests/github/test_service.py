@@ -56,7 +56,8 @@ def test_refuses_to_start_without_the_app_identity(tmp_path, clean_env, capsys) 
 
 def test_unreadable_private_key_is_a_clear_error(tmp_path) -> None:
     config = GitHubIntegrationConfig(app_id=1, webhook_secret="hunter2-webhook-secret",
-                                     private_key_path=tmp_path / "missing.pem")
+                                     private_key_path=tmp_path / "missing.pem",
+                                     amqp_url="amqp://127.0.0.1/")
     config.check()
     with pytest.raises(ConfigError) as caught:
         config.private_key_pem()
@@ -77,7 +78,7 @@ async def test_webhook_to_rabbitmq_and_job_events_to_check_runs(
         fake.add_repo(OWNER, REPO, installation_ids={1},
                       files={(FIXTURE_SHAS[2], ".solstice/workflow.kdl"): WORKFLOW})
         config = GitHubIntegrationConfig(app_id=1, private_key_path=pem, webhook_secret="s3cret",
-                                         api_url=fake.url, broker_url=amqp_url,
+                                         api_url=fake.url, amqp_url=amqp_url,
                                          broker_prefix=broker_prefix)
         pool = await open_database(pg_dsn, min_size=1, max_size=4)
         http = make_http_client(fake.url, timeout=2.0)
@@ -120,3 +121,11 @@ async def test_webhook_to_rabbitmq_and_job_events_to_check_runs(
                 channel = await connection.channel()
                 for queue in ("runs", "dead", f"events.{config.events_queue}"):
                     await channel.queue_delete(f"{broker_prefix}.{queue}")
+
+
+def test_refuses_to_start_without_a_broker(tmp_path, clean_env, capsys) -> None:
+    """Without RabbitMQ the runs would go to an in-process queue no orchestrator reads."""
+    config = write_config(tmp_path, app_id=1, private_key_path=str(tmp_path / "key.pem"),
+                          webhook_secret="s")
+    assert main(["--config", str(config)]) == 2
+    assert "no amqp_url" in capsys.readouterr().err
