@@ -39,7 +39,7 @@ from orchestrator.backends.base import (
 from orchestrator.config import OrchestratorConfig
 from orchestrator.db import TRANSIENT_ERRORS
 from orchestrator.effects import Effects
-from orchestrator.reaper import hand_back
+from orchestrator.store import hand_back
 from orchestrator.sessions import JobSession, Sessions
 from orchestrator.store import Lease, Store
 

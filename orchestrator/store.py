@@ -32,6 +32,8 @@ FINAL = [s.value for s in FINAL_JOB_STATES]
 # A failed job of a fail_fast workflow cancels the rest of the run.
 FAILED = {JobState.FAILURE, JobState.TIMED_OUT, JobState.ERROR}
 LOG_TAIL_LINES = 20
+# Infrastructure retries: how often a job whose host died is re-queued before it ends `error`.
+DEFAULT_MAX_RETRIES = 2
 
 
 @dataclass
@@ -426,3 +428,61 @@ class Store:
             await settle(conn, run_id, changes)
             await notify_outbox(conn)
         return changes
+
+
+async def hand_back(db: Database, job_id: uuid.UUID, attempt: int, host: str, reason: str, *,
+                    max_retries: int = DEFAULT_MAX_RETRIES,
+                    only_if_dead: list[str] | None = None) -> tuple[JobState | None, Changes]:
+    """Take attempt `attempt` of a job away from `host`: re-queue it, or end it `error`.
+
+    `only_if_dead`: refuse unless the lease has expired or the host is in this list (the
+    condition is re-checked in the UPDATE, so a lease renewed meanwhile is left alone).
+    None when refused (the job moved on: ended, re-leased, or already handed back).
+    """
+    changes = Changes()
+    if attempt > max_retries:
+        state = JobState.ERROR
+        message = (f"{reason}; gave up after {attempt} attempts "
+                   f"({max_retries} infrastructure retries)")
+        if only_if_dead is not None and not await _still_dead(db, job_id, attempt, only_if_dead):
+            return None, changes
+        finished = await Store(db, host).finish(job_id, attempt, state, message)
+        return (state, finished) if finished is not None else (None, changes)
+    async with db.transaction() as conn:
+        run = await conn.fetchrow(
+            "SELECT r.id, r.priority FROM jobs JOIN runs r ON r.id = jobs.run_id"
+            " WHERE jobs.id = $1", job_id)
+        if run is None:
+            return None, changes
+        # Run first, then job: the lock order of every settlement.
+        await lock_run(conn, run["id"])
+        row = await conn.fetchrow(
+            "UPDATE jobs SET state = 'queued', message = $4, event_seq = event_seq + 1,"
+            " lease_host = NULL, lease_expires_at = NULL, token_hash = NULL,"
+            " token_used = false, token_expires_at = NULL, started_at = NULL"
+            " FROM runs r WHERE jobs.id = $1 AND r.id = jobs.run_id AND jobs.attempt = $2"
+            " AND jobs.lease_host = $3 AND jobs.state = ANY($5)"
+            " AND ($6::text[] IS NULL OR jobs.lease_expires_at < now()"
+            "      OR jobs.lease_host = ANY($6::text[]))"
+            f" RETURNING {_EVENT_COLUMNS}, jobs.runs_on",
+            job_id, attempt, host, f"{reason}; re-queued (attempt {attempt + 1})", ACTIVE,
+            only_if_dead)
+        if row is None:
+            return None, changes
+        await conn.execute(
+            "UPDATE steps SET state = 'pending', exit_code = NULL, duration_ms = NULL,"
+            " started_at = NULL, finished_at = NULL WHERE job_id = $1", job_id)
+        await _emit(conn, row, changes)
+        await add_outbox(conn, JobRequest(run_id=row["run_id"], job_id=job_id,
+                                          job_key=row["key"], runs_on=row["runs_on"],
+                                          attempt=attempt + 1, priority=run["priority"]))
+        await notify_outbox(conn)
+    return JobState.QUEUED, changes
+
+
+async def _still_dead(db: Database, job_id: uuid.UUID, attempt: int,
+                      dead_hosts: list[str]) -> bool:
+    return bool(await db.pool.fetchval(
+        "SELECT true FROM jobs WHERE id = $1 AND attempt = $2 AND state = ANY($3)"
+        " AND (lease_expires_at < now() OR lease_host = ANY($4::text[]))",
+        job_id, attempt, ACTIVE, dead_hosts))

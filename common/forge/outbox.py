@@ -32,14 +32,10 @@ from typing import Any
 import asyncpg
 
 from common.observability import tracer
+from common.postgres import TRANSIENT_ERRORS
 from common.retry import Backoff, retry_async
 
 log = logging.getLogger(__name__)
-
-# What the worker treats as "the database is restarting", retried forever with backoff.
-DATABASE_TRANSIENT = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
-                      asyncpg.CannotConnectNowError)
-
 
 @dataclass(frozen=True)
 class OutboxItem:
@@ -170,7 +166,7 @@ class OutboxWorker:
         """Deliver forever; survives database restarts (retried with backoff)."""
         while True:
             self._wake.clear()
-            await retry_async(self.run_once, retry_on=DATABASE_TRANSIENT,
+            await retry_async(self.run_once, retry_on=TRANSIENT_ERRORS,
                               backoff=Backoff(initial=0.5, maximum=10.0),
                               describe=f"{self.outbox.target} status outbox")
             try:

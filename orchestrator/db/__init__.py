@@ -4,7 +4,8 @@
 under an advisory lock; `embedded` starts a private server (the `pgserver` package) for the
 standalone mode.
 """
-from orchestrator.db.database import TRANSIENT_ERRORS, Database
+from common.postgres import TRANSIENT_ERRORS
+from orchestrator.db.database import Database
 from orchestrator.db.migrate import migrate
 
 __all__ = ["TRANSIENT_ERRORS", "Database", "migrate"]

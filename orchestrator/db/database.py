@@ -8,22 +8,9 @@ from contextlib import asynccontextmanager
 
 import asyncpg
 
-from common.errors import SolsticeError
-from common.retry import Backoff, retry_async
+from common.postgres import create_pool
 
 log = logging.getLogger(__name__)
-
-# What a restarting or unreachable server raises (a dropped connection, an administrator or
-# crash shutdown, "cannot connect now"): callers retry these and let every other error through.
-# A retried transition is safe even if its commit did reach the server: every transition is a
-# conditional UPDATE, so the second try is refused rather than applied twice.
-# InternalClientError: a pooled connection the server dropped in the middle of an operation.
-TRANSIENT_ERRORS = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
-                    asyncpg.exceptions.OperatorInterventionError, asyncpg.InternalClientError)
-
-
-class DatabaseError(SolsticeError):
-    """The database cannot be reached or refused us."""
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
@@ -49,17 +36,8 @@ class Database:
         `schema` puts every table in that schema (it must exist) instead of `public`.
         """
         settings = {"search_path": f'"{schema}"'} if schema else None
-
-        async def create() -> asyncpg.Pool:
-            return await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size,
-                                             init=_init_connection, server_settings=settings)
-        try:
-            pool = await retry_async(create, retry_on=(OSError, asyncpg.CannotConnectNowError),
-                                     attempts=attempts, backoff=Backoff(initial=0.2, maximum=3),
-                                     describe="connecting to PostgreSQL")
-        except (OSError, asyncpg.PostgresError) as exc:
-            raise DatabaseError(f"cannot connect to PostgreSQL: {exc}",
-                                hint="check --database-url and that the server is running") from exc
+        pool = await create_pool(dsn, min_size=min_size, max_size=max_size, attempts=attempts,
+                                 init=_init_connection, server_settings=settings)
         return cls(pool, dsn, settings)
 
     async def close(self) -> None:

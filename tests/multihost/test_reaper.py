@@ -12,7 +12,8 @@ from orchestrator.db import Database
 from orchestrator.effects import Effects
 from orchestrator.hosts import HostRegistry
 from orchestrator.intake import Intake
-from orchestrator.reaper import Reaper, hand_back
+from orchestrator.reaper import Reaper
+from orchestrator.store import hand_back
 from orchestrator.sessions import Sessions
 from orchestrator.store import Store
 from orchestrator.updates import Hub

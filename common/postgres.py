@@ -1,0 +1,40 @@
+"""Connecting to PostgreSQL: an asyncpg pool, retried while the server starts."""
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import asyncpg
+
+from common.errors import SolsticeError
+from common.retry import Backoff, retry_async
+
+# What a restarting or unreachable server raises (a dropped connection, an administrator or
+# crash shutdown, "cannot connect now"): callers retry these and let every other error through.
+# Retry only what is safe to repeat when its commit did reach the server: the orchestrator's
+# transitions are conditional UPDATEs (a second try is refused, not applied twice).
+# InternalClientError: a pooled connection the server dropped in the middle of an operation.
+TRANSIENT_ERRORS = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
+                    asyncpg.exceptions.OperatorInterventionError, asyncpg.InternalClientError)
+
+
+class DatabaseError(SolsticeError):
+    """PostgreSQL cannot be reached or refused us."""
+
+
+async def create_pool(dsn: str, *, min_size: int, max_size: int, attempts: int = 10,
+                      init: Callable[[asyncpg.Connection], Awaitable[None]] | None = None,
+                      server_settings: dict[str, str] | None = None) -> asyncpg.Pool:
+    """A pool on `dsn`, retrying (`attempts` tries with backoff) while the server starts;
+    `DatabaseError` with what to check when it cannot be reached."""
+    async def create() -> asyncpg.Pool:
+        return await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, init=init,
+                                         server_settings=server_settings)
+
+    try:
+        return await retry_async(create, retry_on=(OSError, asyncpg.CannotConnectNowError),
+                                 attempts=attempts, backoff=Backoff(initial=0.2, maximum=3),
+                                 describe="connecting to PostgreSQL")
+    except (OSError, asyncpg.PostgresError) as exc:
+        raise DatabaseError(f"cannot connect to PostgreSQL: {exc}",
+                            hint="check the database URL (--database-url) and that the "
+                                 "server is running") from exc
