@@ -114,25 +114,44 @@ async def test_postgres_drops_every_connection_under_load(cluster: Cluster, tmp_
     assert all(cluster.hosts[n].proc.poll() is None for n in ("q1", "q2"))
 
 
-def _consumer_timeout() -> str:
-    return subprocess.run(["rabbitmqctl", "eval", "application:get_env(rabbit, consumer_timeout)."],
-                          check=True, capture_output=True, text=True, timeout=60).stdout.strip()
+def _rabbit_env(key: str) -> str:
+    """The running broker's setting `key` (an Erlang term), or "undefined"."""
+    out = subprocess.run(["rabbitmqctl", "eval", f"application:get_env(rabbit, {key})."],
+                         check=True, capture_output=True, text=True, timeout=60).stdout.strip()
+    return out[len("{ok,"):-1] if out.startswith("{ok,") else "undefined"
 
 
-def _set_consumer_timeout(value: str) -> None:
-    _rabbitmqctl("eval", f"application:set_env(rabbit, consumer_timeout, {value}).")
+def _set_rabbit_env(key: str, value: str) -> None:
+    if value == "undefined":
+        _rabbitmqctl("eval", f"application:unset_env(rabbit, {key}).")
+    else:
+        _rabbitmqctl("eval", f"application:set_env(rabbit, {key}, {value}).")
 
 
 @pytest.mark.slow
 async def test_job_longer_than_consumer_timeout_completes_once(
         cluster: Cluster, tmp_path: Path) -> None:
-    """RabbitMQ checks consumer_timeout about once a minute, so the job runs 75 s against a
-    5 s timeout; a control consumer that holds a delivery proves the timeout is enforced."""
-    previous = await asyncio.to_thread(_consumer_timeout)
-    await asyncio.to_thread(_set_consumer_timeout, "5000")
+    """Against a 5 s consumer_timeout, a job runs until RabbitMQ has shown it enforces the
+    timeout: a control consumer, started once the job has run 6 s, holds a delivery until its
+    channel is closed. Channels check their deliveries every `channel_tick_interval` (60 s by
+    default, 1 s here for channels opened from now on, the hosts' included). By then the job
+    had run well past the timeout, and it must still complete once, on its first attempt."""
+    settings = {"consumer_timeout": "5000", "channel_tick_interval": "1000"}
+    previous = {key: await asyncio.to_thread(_rabbit_env, key) for key in settings}
+    for key, value in settings.items():
+        await asyncio.to_thread(_set_rabbit_env, key, value)
+    go, marker = tmp_path / "go", tmp_path / "ran.txt"
     try:
         cluster.start("long", "local=1")
         await cluster.ready("long")
+        request = await cluster.submit(
+            'workflow name="long" {\n    job id="j000" runs_on="local" {\n'
+            f'        step name="work" run="until [ -e {go} ]; do sleep 0.2; done;'
+            f' echo $SOLSTICE_JOB_ID >> {marker}"\n    }}\n}}\n')
+        async with asyncio.timeout(60):
+            while not any(j["state"] == "running" for j in await cluster.jobs()):
+                await asyncio.sleep(0.2)
+        await asyncio.sleep(6)
         control_closed = asyncio.Event()
         connection = await aio_pika.connect(cluster.amqp_url)
         channel = await connection.channel()
@@ -140,11 +159,14 @@ async def test_job_longer_than_consumer_timeout_completes_once(
         control = await channel.declare_queue(exclusive=True)
         await channel.default_exchange.publish(aio_pika.Message(b"held"), routing_key=control.name)
         await control.consume(lambda message: asyncio.sleep(0), no_ack=False)
-        request = await cluster.submit(workflow(1, 75, tmp_path / "ran.txt"))
-        jobs = await _all_done_once(cluster, [request], timeout=150)
+        async with asyncio.timeout(30):
+            await control_closed.wait()  # else RabbitMQ did not enforce the consumer timeout
+        await asyncio.sleep(2)  # a few more ticks of the hosts' channels
+        go.touch()
+        jobs = await _all_done_once(cluster, [request], timeout=60)
         assert jobs[0]["attempt"] == 1
-        assert control_closed.is_set(), "RabbitMQ did not enforce the consumer timeout"
+        assert marker.read_text().count("\n") == 1
         await connection.close()
     finally:
-        restore = previous.split(",", 1)[1].rstrip("}") if previous.startswith("{ok,") else "1800000"
-        await asyncio.to_thread(_set_consumer_timeout, restore)
+        for key, value in previous.items():
+            await asyncio.to_thread(_set_rabbit_env, key, value)
