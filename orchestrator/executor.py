@@ -21,6 +21,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
+from typing import TypeVar
 
 from common.broker import Broker, Delivery, Subscription
 from common.masking import SecretMasker
@@ -39,9 +40,8 @@ from orchestrator.backends.base import (
 from orchestrator.config import OrchestratorConfig
 from orchestrator.db import TRANSIENT_ERRORS
 from orchestrator.effects import Effects
-from orchestrator.store import hand_back
 from orchestrator.sessions import JobSession, Sessions
-from orchestrator.store import Lease, Store
+from orchestrator.store import Lease, Store, hand_back
 
 log = logging.getLogger(__name__)
 _tracer = tracer(__name__)
@@ -50,6 +50,7 @@ _tracer = tracer(__name__)
 SUPERVISE_TICK = 1.0
 CONSOLE_TAIL_LINES = 10
 Outcome = tuple[JobState, str]
+T = TypeVar("T")
 
 
 class LeaseLost(Exception):
@@ -230,10 +231,10 @@ class Executor:
                         resources=Resources(**{k: v for k, v in resources.items() if v}),
                         source_dir=Path(lease.repo.clone_url.removeprefix("file://"))
                         if preloaded else None)
-                    vm = await self.backend.provision(spec)
-                    await self.backend.start(vm, RunnerBootstrap(
-                        orchestrator_url=self.advertise_url, job_id=str(lease.job_id),
-                        token=token))
+                    vm = await self._keeping_lease(lease, session, self.backend.provision(spec))
+                    await self._keeping_lease(lease, session, self.backend.start(
+                        vm, RunnerBootstrap(orchestrator_url=self.advertise_url,
+                                            job_id=str(lease.job_id), token=token)))
                     outcome = await self._supervise(lease, session, vm)
             except BackendError as exc:
                 outcome = (JobState.ERROR, f"infrastructure fault: {exc.message}")
@@ -321,20 +322,8 @@ class Executor:
                         or time.monotonic() - session.cancel_at > config.cancel_grace):
                     return JobState.CANCELLED, session.cancel_reason
                 if now >= next_renewal:
-                    next_renewal = now + config.lease_ttl / 3
-                    try:
-                        cancel = await self.store.renew_lease(lease.job_id, lease.attempt,
-                                                              config.lease_ttl)
-                    except TRANSIENT_ERRORS as exc:
-                        # The lease has two thirds of its life left: try again shortly.
-                        log.warning("lease renewal failed; retrying",
-                                    extra={"job_id": str(lease.job_id), "error": repr(exc)})
-                        next_renewal = now + SUPERVISE_TICK
-                        continue
-                    if cancel is None:
-                        raise LeaseLost()
-                    if cancel:
-                        session.request_cancel("cancelled")
+                    renewed = await self._renew_lease(lease, session)
+                    next_renewal = now + (config.lease_ttl / 3 if renewed else SUPERVISE_TICK)
                 wake = {session.result, exited}
                 if not cancelled.done():
                     wake.add(cancelled)
@@ -345,6 +334,39 @@ class Executor:
         finally:
             for waiter in (exited, cancelled, started):
                 waiter.cancel()
+
+    async def _renew_lease(self, lease: Lease, session: JobSession) -> bool:
+        """Extend the lease; False if the database did not answer (the lease has two thirds
+        of its life left: try again shortly). `LeaseLost` when another host owns the job now;
+        a cancel asked meanwhile is passed to the session."""
+        try:
+            cancel = await self.store.renew_lease(lease.job_id, lease.attempt,
+                                                  self.config.lease_ttl)
+        except TRANSIENT_ERRORS as exc:
+            log.warning("lease renewal failed; retrying",
+                        extra={"job_id": str(lease.job_id), "error": repr(exc)})
+            return False
+        if cancel is None:
+            raise LeaseLost()
+        if cancel:
+            session.request_cancel("cancelled")
+        return True
+
+    async def _keeping_lease(self, lease: Lease, session: JobSession, work: Awaitable[T]) -> T:
+        """Await a backend's `work`, renewing the lease meanwhile: provisioning a machine (a
+        bhyve install, a boot) may outlast `lease_ttl`, and an expired lease would let a
+        reaper hand the job to another host while this one still builds its machine."""
+        task = asyncio.ensure_future(work)
+        interval = self.config.lease_ttl / 3
+        try:
+            while not (await asyncio.wait({task}, timeout=interval))[0]:
+                renewed = await self._renew_lease(lease, session)
+                interval = self.config.lease_ttl / 3 if renewed else SUPERVISE_TICK
+            return task.result()
+        finally:
+            if not task.done():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
 
     async def _died(self, vm: VM, session: JobSession, reason: str) -> str:
         """The message for a machine that stopped before its runner reported a result."""
