@@ -6,6 +6,7 @@ layers. Nested keys map to environment variables with a double underscore:
 """
 from __future__ import annotations
 
+import difflib
 import os
 import tomllib
 from collections.abc import Mapping
@@ -60,6 +61,24 @@ def _from_env(environ: Mapping[str, str], section: str | None) -> dict[str, Any]
     return values
 
 
+def _describe(model: type[BaseModel], error: Any) -> str:
+    """One validation error as `key.path: message`, naming the likely key for a misspelt one."""
+    where = ".".join(str(p) for p in error["loc"])
+    if error["type"] != "extra_forbidden":
+        return f"{where}: {error['msg']}"
+    owner: Any = model  # the model the unknown key sits in, when the path leads to one
+    for part in error["loc"][:-1]:
+        field = owner.model_fields.get(part) if _is_model(owner) else None
+        owner = field.annotation if field is not None else None
+    known = list(owner.model_fields) if _is_model(owner) else []
+    close = difflib.get_close_matches(str(error["loc"][-1]), known, n=1)
+    return f"{where}: unknown key" + (f" (did you mean {close[0]!r}?)" if close else "")
+
+
+def _is_model(value: Any) -> bool:
+    return isinstance(value, type) and issubclass(value, BaseModel)
+
+
 def load_config(
     model: type[M],
     *,
@@ -87,8 +106,6 @@ def load_config(
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
-        )
+        problems = "; ".join(_describe(model, err) for err in exc.errors())
         raise ConfigError(f"invalid configuration: {problems}",
                           hint="check the config file, SOLSTICE_* variables and flags") from exc

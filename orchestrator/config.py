@@ -10,7 +10,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from orchestrator.db.embedded import default_state_dir
 
@@ -42,6 +42,9 @@ def parse_capacity(value: Any) -> dict[str, int]:
 
 class OrchestratorConfig(BaseModel):
     """Every setting of `solstice-orchestrator`; defaults suit one machine."""
+
+    # A misspelt key is an error, not a default silently kept.
+    model_config = ConfigDict(extra="forbid")
 
     host_name: str = Field(default_factory=socket.gethostname)
     state_dir: Path = Field(default_factory=default_state_dir)
@@ -86,6 +89,10 @@ class OrchestratorConfig(BaseModel):
     # ReportResult waits this long for the log chunks the runner says it sent.
     log_drain_timeout: float = Field(default=10.0, ge=0)
     log_level: str = "info"
+    # The backends' own tables, `[orchestrator.bhyve]` and `[orchestrator.qemu]`: read and
+    # checked by the backend when it is the one chosen.
+    bhyve: dict[str, Any] | None = None
+    qemu: dict[str, Any] | None = None
 
     @field_validator("capacity", mode="before")
     @classmethod

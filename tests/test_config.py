@@ -1,10 +1,11 @@
 from pathlib import Path
 
 import pytest
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from common.config import load_config
 from common.errors import ConfigError
+from orchestrator.config import OrchestratorConfig
 
 
 class Database(BaseModel):
@@ -46,3 +47,35 @@ def test_bad_values_and_files_are_config_errors(tmp_path: Path) -> None:
     bad.write_text("grpc_port = \n")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_config(Settings, path=bad, environ={})
+
+
+class StrictDatabase(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    url: str = "embedded"
+
+
+class StrictSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    grpc_port: int = 7700
+    database: StrictDatabase = StrictDatabase()
+
+
+def test_misspelt_keys_are_named_with_the_likely_key(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('grpc_prot = 1\n[database]\nulr = "x"\nzzz = 1\n')
+    with pytest.raises(ConfigError) as caught:
+        load_config(StrictSettings, path=cfg, environ={})
+    message = str(caught.value)
+    assert "grpc_prot: unknown key (did you mean 'grpc_port'?)" in message
+    assert "database.ulr: unknown key (did you mean 'url'?)" in message
+    assert "database.zzz: unknown key" in message and "zzz: unknown key (" not in message
+
+
+def test_orchestrator_refuses_an_unknown_key_but_keeps_the_backend_tables(tmp_path: Path) -> None:
+    cfg = tmp_path / "solstice.toml"
+    cfg.write_text('[orchestrator]\nlease_tll = 30\n[orchestrator.bhyve]\nlink = "stub0"\n')
+    with pytest.raises(ConfigError, match="lease_tll: unknown key \\(did you mean 'lease_ttl'\\?\\)"):
+        load_config(OrchestratorConfig, path=cfg, section="orchestrator", environ={})
+    cfg.write_text('[orchestrator]\nlease_ttl = 30\n[orchestrator.bhyve]\nlink = "stub0"\n')
+    config = load_config(OrchestratorConfig, path=cfg, section="orchestrator", environ={})
+    assert config.lease_ttl == 30 and config.bhyve == {"link": "stub0"}

@@ -40,7 +40,7 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 import psutil
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from common.config import load_config
 from orchestrator.backends import cloudinit
@@ -75,6 +75,7 @@ PROBE_EXIT_STATUS = (0x2A << 1) | 1
 class QemuLimits(BaseModel):
     """The largest machine a label may have; a job asking for more fails with a clear error."""
 
+    model_config = ConfigDict(extra="forbid")
     vcpus: int = Field(default=os.cpu_count() or 1, ge=1)
     ram_mb: int = Field(default=16384, ge=128)
     disk_gb: int = Field(default=200, ge=1)
@@ -83,6 +84,7 @@ class QemuLimits(BaseModel):
 class QemuLabel(BaseModel):
     """One `runs_on` label: the golden image and how to boot it."""
 
+    model_config = ConfigDict(extra="forbid")
     image: Path  # qcow2 golden image, never written (jobs write to their overlays)
     kernel: Path
     initrd: Path | None = None
@@ -95,6 +97,7 @@ class GuestForward(BaseModel):
     `guest_address:guest_port` inside are relayed to `host:port` outside (typically the forge
     the runner clones from). Without any, the guest reaches the orchestrator and nothing else."""
 
+    model_config = ConfigDict(extra="forbid")
     guest_address: str = Field(pattern=r"^10\.0\.2\.[0-9]{1,3}$")
     guest_port: int = Field(ge=1, le=65535)
     host: str = Field(pattern=HOST_RE.pattern)
@@ -110,6 +113,7 @@ class GuestForward(BaseModel):
 class QemuSettings(BaseModel):
     """The `[orchestrator.qemu]` table of the orchestrator's config file."""
 
+    model_config = ConfigDict(extra="forbid")
     state_dir: Path  # per-job overlays, seeds and console logs
     labels: dict[str, QemuLabel] = Field(default_factory=dict)
     accel: Literal["auto", "kvm", "tcg"] = "auto"
