@@ -63,13 +63,6 @@ class OutboxRelay:
                                         backoff=Backoff(initial=0.1, maximum=5),
                                         describe="relaying the outbox") == BATCH:
                     pass
-            except asyncio.CancelledError:
-                if _cancelled_from_outside():
-                    raise
-                # aiormq can cancel a publish whose channel closes under it: a broker fault
-                # like any other, and it must not end the relay (rows would wait forever).
-                log.warning("outbox relay: a publish was cancelled by its channel; retrying")
-                await self._pause_and_retry()
             except Exception:
                 # A broker fault: the rows stay unpublished and the next wake retries them.
                 log.exception("outbox relay failed; retrying shortly")
@@ -107,14 +100,8 @@ class OutboxRelay:
     async def _prune(self) -> None:
         try:
             await self.db.pool.execute(
-                "DELETE FROM outbox WHERE published_at < now() - $1", KEEP_PUBLISHED)
+                "DELETE FROM outbox WHERE published_at < now() - $1::interval", KEEP_PUBLISHED)
         except Exception:
             # Pruning is housekeeping: whatever fails here must not stop the relay.
             log.warning("could not prune the outbox; will try again", exc_info=True)
 
-
-def _cancelled_from_outside() -> bool:
-    """Whether the running task itself was cancelled (as opposed to a CancelledError leaking
-    from a library's own future)."""
-    task = asyncio.current_task()
-    return task is None or task.cancelling() > 0
