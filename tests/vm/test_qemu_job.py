@@ -103,16 +103,21 @@ def qemu_processes(state_dir: Path) -> list[psutil.Process]:
     return found
 
 
-async def test_two_step_job_in_a_real_vm(orchestrator: tuple[Orchestrator, QemuBackend],
-                                         git_server: tuple[int, str]) -> None:
-    orch, backend = orchestrator
-    _, commit = git_server
-    request = RunRequest(
+def push_of(commit: str, workflow: str) -> RunRequest:
+    """A push of `commit` in the repository the git daemon serves to the guest."""
+    return RunRequest(
         request_id=str(uuid.uuid4()),
         repo=Repo(forge="forgejo", owner="o", name="r",
                   clone_url=f"git://{GIT_GUEST_ADDRESS}:{GIT_GUEST_PORT}/repo"),
         commit_sha=commit, ref="refs/heads/main", event=EventKind.PUSH, branch="main",
-        workflow_source='''
+        workflow_source=workflow)
+
+
+async def test_two_step_job_in_a_real_vm(orchestrator: tuple[Orchestrator, QemuBackend],
+                                         git_server: tuple[int, str]) -> None:
+    orch, backend = orchestrator
+    _, commit = git_server
+    request = push_of(commit, '''
 workflow {
     job id="vm" runs_on="linux" timeout="10m" {
         resources vcpus=2 ram="1G" disk="4G"
@@ -147,12 +152,7 @@ async def test_qemu_killed_mid_step_is_an_error_and_leaves_nothing(
         orchestrator: tuple[Orchestrator, QemuBackend], git_server: tuple[int, str]) -> None:
     orch, backend = orchestrator
     _, commit = git_server
-    request = RunRequest(
-        request_id=str(uuid.uuid4()),
-        repo=Repo(forge="forgejo", owner="o", name="r",
-                  clone_url=f"git://{GIT_GUEST_ADDRESS}:{GIT_GUEST_PORT}/repo"),
-        commit_sha=commit, ref="refs/heads/main", event=EventKind.PUSH, branch="main",
-        workflow_source='''
+    request = push_of(commit, '''
 workflow {
     job id="vm" runs_on="linux" {
         resources vcpus=1 ram="1G" disk="4G"
