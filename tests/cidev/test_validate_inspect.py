@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 
 from cidev.main import COMMANDS, main
+from tests.fixtures import FIXTURES
 
 ROOT = Path(__file__).resolve().parents[2]
 FULL = ROOT / "examples" / "full.kdl"
-FOREIGN = ROOT.parent / "shared" / "fixtures" / "kdl" / "examples" / "ci.kdl"
+FOREIGN = FIXTURES / "kdl" / "examples" / "ci.kdl"
 BROKEN = '''workflow {
     job id="build" runs_on="x" {
         stpe name="Build" run="make"

@@ -27,8 +27,8 @@ from forge_integration.config import ForgeIntegrationConfig, Site
 from forge_integration.main import clients_for
 from forge_integration.statuses import StatusSender
 from tests.fakes.forgejo_api import FakeForgejo
+from tests.fixtures import FIXTURES
 
-FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures"
 SECRET = "webhook-s3cret"
 WORKFLOW = 'workflow name="ci" { job id="build" runs_on="local" { step name="make" run="true" } }'
 FAST = Backoff(initial=0.02, maximum=0.1)

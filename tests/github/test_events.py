@@ -11,8 +11,9 @@ from common.forge.errors import WebhookRejected
 from common.forge.policy import RunCandidate
 from common.messages import EventKind
 from github_integration.events import Ignored, JobRerun, classify, parse_external_id
+from tests.fixtures import FIXTURES as ALL_FIXTURES
 
-FIXTURES = Path(__file__).resolve().parents[2] / ".." / "shared" / "fixtures" / "github"
+FIXTURES = ALL_FIXTURES / "github"
 API = "https://api.github.example"
 
 

@@ -28,8 +28,9 @@ from github_integration.db import open_database
 from github_integration.service import GitHubIntegration
 from tests.fakes.github_api import FakeGitHub
 from tests.github.conftest import INSTALLATION
+from tests.fixtures import FIXTURES as ALL_FIXTURES
 
-FIXTURES = Path(__file__).resolve().parents[2] / ".." / "shared" / "fixtures" / "github"
+FIXTURES = ALL_FIXTURES / "github"
 SECRET = "webhook secret for tests"
 OWNER, REPO = "Codertocat", "Hello-World"
 WORKFLOW = """workflow name="ci" {

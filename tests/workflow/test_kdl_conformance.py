@@ -16,9 +16,10 @@ import pytest
 
 from common.workflow.document import KdlSyntaxError, parse_kdl
 from common.workflow.source import SourceMap
+from tests.fixtures import FIXTURES
 
-FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "kdl"
-SUITES = {2: FIXTURES / "tests" / "test_cases", 1: FIXTURES / "v1" / "tests" / "test_cases"}
+KDL = FIXTURES / "kdl"
+SUITES = {2: KDL / "tests" / "test_cases", 1: KDL / "v1" / "tests" / "test_cases"}
 
 # What ckdl 1.0 (the parser underneath) gets wrong against the final KDL 2.0 suite.
 XFAIL_V2 = {
