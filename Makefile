@@ -20,6 +20,7 @@ services:
 	bash scripts/services.sh
 
 test: $(STAMP) services
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
 
 clean:

@@ -9,8 +9,8 @@ ROOT = Path(__file__).parent
 
 
 def generate_protos() -> None:
-    from grpc_tools import protoc
     import grpc_tools
+    from grpc_tools import protoc
 
     include = str(Path(grpc_tools.__file__).parent / "_proto")
     for proto in sorted((ROOT / "protos").glob("*.proto")):

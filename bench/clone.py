@@ -80,7 +80,7 @@ class _FirstCall(runner_pb2_grpc.RunnerServicer):
     def __init__(self) -> None:
         self.called = asyncio.Event()
 
-    async def GetJob(self, request, context):  # noqa: N802 - gRPC method name
+    async def GetJob(self, request, context):
         self.called.set()
         await context.abort(grpc.StatusCode.UNAUTHENTICATED, "benchmark: no job")
 

@@ -44,7 +44,7 @@ class CountingRunner(runner_pb2_grpc.RunnerServicer):
     def __init__(self) -> None:
         self.lines = 0
 
-    async def StreamLogs(self, request_iterator, context) -> runner_pb2.LogAck:  # noqa: N802
+    async def StreamLogs(self, request_iterator, context) -> runner_pb2.LogAck:
         last = 0
         async for chunk in request_iterator:
             self.lines += chunk.data.count(b"\n")

@@ -5,9 +5,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from cidev.workflow_file import load, render
 from common.workflow import DEFAULT_PATH, PlannedJob, Workflow, WorkflowError, expand, topological_order
 from common.workflow.units import format_duration
-from cidev.workflow_file import load, render
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

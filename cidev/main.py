@@ -9,10 +9,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from common.errors import SolsticeError
-from common.observability import setup_observability
 from cidev import inspect, run, validate
 from cidev.workflow_file import UsageError
+from common.errors import SolsticeError
+from common.observability import setup_observability
 
 COMMANDS = (validate, inspect, run)
 

@@ -28,9 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
+from cidev.workflow_file import UsageError, load, read_text, render
 from common.messages import EventKind, JobState, Repo, RunRequest
 from common.workflow import DEFAULT_PATH, Workflow, WorkflowError, expand
-from cidev.workflow_file import UsageError, load, read_text, render
 from orchestrator.api import JobSummary, OrchestratorAPI, RunSummary
 from orchestrator.backends.local import LocalBackend
 from orchestrator.config import OrchestratorConfig

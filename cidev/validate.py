@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from common.workflow import DEFAULT_PATH, WorkflowError, expand
 from cidev.workflow_file import UsageError, load, render
+from common.workflow import DEFAULT_PATH, WorkflowError, expand
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

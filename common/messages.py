@@ -6,8 +6,8 @@ with `MessageError`, which consumers turn into a dead-letter with the reason in 
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timezone
-from enum import Enum
+from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -18,7 +18,7 @@ SCHEMA_VERSION = 1
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class MessageError(SolsticeError):
@@ -30,7 +30,7 @@ class _Message(BaseModel):
     schema_version: Literal[1] = SCHEMA_VERSION
 
 
-class EventKind(str, Enum):
+class EventKind(StrEnum):
     PUSH = "push"
     PULL_REQUEST = "pull_request"
     TAG = "tag"
@@ -102,7 +102,7 @@ class JobRequest(_Message):
     priority: int = 0
 
 
-class JobState(str, Enum):
+class JobState(StrEnum):
     QUEUED = "queued"
     PROVISIONING = "provisioning"
     RUNNING = "running"

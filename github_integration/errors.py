@@ -17,7 +17,7 @@ class GitHubApiError(ForgeApiError):
     """
 
     @classmethod
-    def from_response(cls, forge: str, what: str, response: httpx.Response) -> "GitHubApiError":
+    def from_response(cls, forge: str, what: str, response: httpx.Response) -> GitHubApiError:
         """The error for a non-2xx `response` to the request described by `what`."""
         try:
             body = response.json()

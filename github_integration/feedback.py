@@ -11,7 +11,7 @@ loses none, and a restart resumes where it stopped.
 """
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from common.broker.base import Delivery
@@ -43,7 +43,7 @@ def invalid_workflow_row(invalid: InvalidWorkflow) -> tuple[str, dict[str, Any]]
         output["annotations"] = annotations
     body = {"name": WORKFLOW_CHECK_NAME, "head_sha": candidate.commit_sha, "status": "completed",
             "conclusion": "failure",
-            "completed_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "completed_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "output": output}
     key = f"workflow:{candidate.repo.full_name}@{candidate.commit_sha}"
     return key, {"kind": "check_run", "repo": candidate.repo.model_dump(mode="json"), "body": body}

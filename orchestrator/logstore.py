@@ -8,6 +8,7 @@ lost ack) is written again row by row with ON CONFLICT DO NOTHING, so redelivery
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import uuid
 from dataclasses import dataclass
@@ -88,7 +89,7 @@ class LogStore:
             if not batch:
                 continue
             try:
-                await retry_async(lambda: self._write(batch), retry_on=TRANSIENT,
+                await retry_async(functools.partial(self._write, batch), retry_on=TRANSIENT,
                                   backoff=Backoff(initial=0.1, maximum=5), describe="storing logs")
             except asyncpg.PostgresError:
                 # Not transient (e.g. the job row was deleted): say so loudly, keep serving.

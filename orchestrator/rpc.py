@@ -12,9 +12,9 @@ import asyncio
 import hashlib
 import inspect
 import logging
-from datetime import datetime, timezone
-from pathlib import PurePosixPath
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import PurePosixPath
 from typing import Any
 
 import grpc
@@ -121,7 +121,7 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
             if not session.accept_seq(chunk.seq):
                 continue
             data = session.masker.mask(chunk.data)
-            ts = datetime.fromtimestamp(chunk.timestamp_unix_ms / 1000, timezone.utc)
+            ts = datetime.fromtimestamp(chunk.timestamp_unix_ms / 1000, UTC)
             self.logs.add((session.job_id, session.attempt, chunk.seq, chunk.step_index,
                            chunk.stream, ts, data))
             if self.hub.watching_logs:

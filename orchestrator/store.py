@@ -45,7 +45,7 @@ class Changes:
     cancel_reason: str = ""
     run_finished: tuple[uuid.UUID, str, str] | None = None
 
-    def merge(self, other: "Changes") -> None:
+    def merge(self, other: Changes) -> None:
         self.jobs += other.jobs
         self.cancel += other.cancel
         self.cancel_reason = other.cancel_reason or self.cancel_reason

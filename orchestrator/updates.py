@@ -60,7 +60,7 @@ Update = JobUpdate | StepUpdate | LogUpdate | RunUpdate
 class Watch:
     """One subscriber's stream of updates; iterate it, `close` it when done."""
 
-    def __init__(self, hub: "Hub", run_id: uuid.UUID | None,
+    def __init__(self, hub: Hub, run_id: uuid.UUID | None,
                  kinds: tuple[type, ...] | None) -> None:
         self._hub = hub
         self.run_id = run_id
@@ -77,7 +77,7 @@ class Watch:
     def close(self) -> None:
         self._hub._watches.discard(self)
 
-    def __enter__(self) -> "Watch":
+    def __enter__(self) -> Watch:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -2,8 +2,17 @@ import uuid
 
 import pytest
 
-from common.messages import (EventKind, JobEvent, JobRequest, JobState, MessageError, Repo,
-                             RunRequest, decode, encode)
+from common.messages import (
+    EventKind,
+    JobEvent,
+    JobRequest,
+    JobState,
+    MessageError,
+    Repo,
+    RunRequest,
+    decode,
+    encode,
+)
 
 REPO = Repo(forge="forgejo", owner="o", name="r", clone_url="https://f/o/r.git")
 

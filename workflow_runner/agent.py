@@ -17,8 +17,13 @@ from urllib.parse import urlsplit
 from common.errors import SolsticeError
 from common.masking import MIN_SECRET_LENGTH, SecretMasker
 from protos import runner_pb2
-from workflow_runner.client import (OrchestratorError, OrchestratorUnreachable, RunnerAuthError,
-                                    RunnerClient, make_channel)
+from workflow_runner.client import (
+    OrchestratorError,
+    OrchestratorUnreachable,
+    RunnerAuthError,
+    RunnerClient,
+    make_channel,
+)
 from workflow_runner.config import RunnerSettings
 from workflow_runner.heartbeat import Heartbeat
 from workflow_runner.job import JobExecution, Outcome

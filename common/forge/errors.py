@@ -20,7 +20,7 @@ class ForgeApiError(SolsticeError):
         self.retryable = retryable
 
     @classmethod
-    def from_response(cls, forge: str, what: str, response: httpx.Response) -> "ForgeApiError":
+    def from_response(cls, forge: str, what: str, response: httpx.Response) -> ForgeApiError:
         """The error for a non-2xx `response` to the request described by `what`."""
         try:
             body = response.json()
@@ -37,7 +37,7 @@ class ForgeApiError(SolsticeError):
                    retryable=status >= 500 or status in (408, 429), hint=hint)
 
     @classmethod
-    def unreachable(cls, forge: str, what: str, exc: httpx.TransportError) -> "ForgeApiError":
+    def unreachable(cls, forge: str, what: str, exc: httpx.TransportError) -> ForgeApiError:
         """The error for a request that got no answer (timeout, connection refused...)."""
         return cls(f"{forge} {what}: no answer ({type(exc).__name__}: {exc})", status=0,
                    retryable=True, hint=f"check the network path to the {forge} API URL")

@@ -41,7 +41,7 @@ def matrix_combinations(matrix: Matrix) -> list[dict[str, str]]:
     names = matrix.axis_names
     combos = []
     for values in product(*(values for _, values in matrix.axes)):
-        combo = dict(zip(names, values))
+        combo = dict(zip(names, values, strict=False))
         if not any(all(combo[k] == v for k, v in rule.items()) for rule in matrix.exclude):
             combos.append(combo)
     for extra in matrix.include:
@@ -71,7 +71,7 @@ def expand(workflow: Workflow) -> list[PlannedJob]:
     planned = []
     for job in workflow.jobs:
         needs = tuple(key for need in job.needs for key in keys[need])
-        for combo, key in zip(combos[job.id], keys[job.id]):
+        for combo, key in zip(combos[job.id], keys[job.id], strict=False):
             steps = tuple(
                 Step(name=substitute(s.name, combo), run=substitute(s.run, combo),
                      timeout=s.timeout, if_expr=s.if_expr) if combo else s

@@ -95,7 +95,7 @@ def project_dependencies() -> list[str]:
         return list(tomllib.load(fh)["project"]["dependencies"])
 
 
-def _hash_paths(digest: "hashlib._Hash", paths: list[Path]) -> None:
+def _hash_paths(digest: hashlib._Hash, paths: list[Path]) -> None:
     for root in paths:
         files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
         for path in files:

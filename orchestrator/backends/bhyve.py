@@ -57,8 +57,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from common.config import load_config
 from common.observability import tracer
-from orchestrator.backends.base import (VM, BackendError, Resources, RunnerBootstrap, VMBackend,
-                                        VMSpec)
+from orchestrator.backends.base import VM, BackendError, Resources, RunnerBootstrap, VMBackend, VMSpec
 from orchestrator.backends.cloudinit import user_data
 from orchestrator.backends.commands import run_command
 from orchestrator.backends.zfs import DatasetExists, DatasetNotFound, Zfs, ZfsChoice, open_zfs
@@ -291,7 +290,7 @@ class BhyveBackend(VMBackend):
 
     @classmethod
     def from_config(cls, path: str | Path | None = None,
-                    environ: Mapping[str, str] | None = None) -> "BhyveBackend":
+                    environ: Mapping[str, str] | None = None) -> BhyveBackend:
         return cls(load_bhyve_settings(path, environ))
 
     # -- names and config ----------------------------------------------------------------

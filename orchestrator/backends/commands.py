@@ -141,7 +141,7 @@ async def run_command(
 
     try:
         out, err = await asyncio.wait_for(collect(), timeout)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         _kill_group(process)
         await process.wait()
         raise CommandTimedOut(argv, timeout, b"".join(stderr_chunks).decode(errors="replace")) from None

@@ -83,7 +83,7 @@ class _Zygote:
         self._reader = asyncio.create_task(self._read(), name="local-zygote")
 
     @classmethod
-    async def start(cls, python: str, cwd: Path) -> "_Zygote":
+    async def start(cls, python: str, cwd: Path) -> _Zygote:
         proc = await asyncio.create_subprocess_exec(
             python, "-m", LAUNCHER_MODULE, cwd=cwd, env=runner_environment(),
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,

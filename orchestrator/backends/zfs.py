@@ -163,7 +163,7 @@ class ZfsLibzfsCore(Zfs):
     async def _call(self, describe: str, function: Callable[..., T], *args: Any) -> T:
         try:
             return await asyncio.wait_for(asyncio.to_thread(function, *args), self.timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise ZfsError(f"libzfs_core {describe} did not finish within {self.timeout:g}s",
                            hint="the pool may be suspended or overloaded; check `zpool status`") from None
 

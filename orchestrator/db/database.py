@@ -30,7 +30,7 @@ class Database:
 
     @classmethod
     async def connect(cls, dsn: str, *, min_size: int = 2, max_size: int = 10,
-                      attempts: int = 10, schema: str | None = None) -> "Database":
+                      attempts: int = 10, schema: str | None = None) -> Database:
         """Open a pool, retrying while the server starts (`attempts` tries with backoff).
 
         `schema` puts every table in that schema (it must exist) instead of `public`.

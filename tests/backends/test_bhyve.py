@@ -14,15 +14,21 @@ import pytest
 
 from common.errors import ConfigError
 from orchestrator.backends.base import VM, BackendError, Resources, RunnerBootstrap, VMSpec
-from orchestrator.backends.bhyve import (BhyveBackend, BhyveSettings, JobNames, LabelImage,
-                                         load_bhyve_settings, parse_zone_list, vnic_name,
-                                         zonecfg_script)
+from orchestrator.backends.bhyve import (
+    BhyveBackend,
+    BhyveSettings,
+    JobNames,
+    LabelImage,
+    load_bhyve_settings,
+    parse_zone_list,
+    vnic_name,
+    zonecfg_script,
+)
 from orchestrator.backends.cloudinit import runner_toml
 from orchestrator.backends.commands import CommandTimedOut
 from orchestrator.backends.zfs import ZfsCommand, ZfsLibzfsCore
 from tests.fakes.illumos import fakeillumos
-from tests.fakes.illumos.fixtures import (CLONE_PARENT, ETHERSTUB, IMAGE, IMAGE_SIZE, LINK,  # noqa: F401
-                                          FakeIllumos, fake_illumos, fake_libzfs_core)
+from tests.fakes.illumos.fixtures import CLONE_PARENT, ETHERSTUB, IMAGE, IMAGE_SIZE, LINK, FakeIllumos
 
 GIB = 1 << 30
 BOOTSTRAP = RunnerBootstrap(orchestrator_url="127.0.0.1:9", job_id="job-1", token="t0ken-s3cret")

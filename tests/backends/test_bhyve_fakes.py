@@ -8,11 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.fakes.illumos import fakeillumos
-from tests.fakes.illumos.fixtures import (CLONE_PARENT, ETHERSTUB, IMAGE, LINK,  # noqa: F401
-                                          FakeIllumos, fake_illumos)
-from orchestrator.backends.cloudinit import user_data
 from orchestrator.backends.base import RunnerBootstrap
+from orchestrator.backends.cloudinit import user_data
+from tests.fakes.illumos import fakeillumos
+from tests.fakes.illumos.fixtures import CLONE_PARENT, ETHERSTUB, IMAGE, LINK, FakeIllumos
 
 SNAP = f"{IMAGE}@golden"
 CLONE = f"{CLONE_PARENT}/job1"

@@ -28,7 +28,7 @@ from orchestrator.executor import host_prefix
 from orchestrator.service import Orchestrator
 from orchestrator.standalone import running
 from orchestrator.updates import StepUpdate
-from tests.fakes.illumos.fixtures import CLONE_PARENT, IMAGE, LINK, FakeIllumos, fake_illumos  # noqa: F401
+from tests.fakes.illumos.fixtures import CLONE_PARENT, IMAGE, LINK, FakeIllumos
 
 pytestmark = pytest.mark.slow
 

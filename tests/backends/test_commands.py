@@ -12,7 +12,8 @@ from orchestrator.backends.commands import CommandFailed, CommandTimedOut, run_c
 
 
 async def test_success_returns_output() -> None:
-    result = await run_command([sys.executable, "-c", "import sys; print('out'); print('err', file=sys.stderr)"], timeout=10)
+    script = "import sys; print('out'); print('err', file=sys.stderr)"
+    result = await run_command([sys.executable, "-c", script], timeout=10)
     assert result.returncode == 0
     assert result.stdout == "out\n"
     assert result.stderr == "err\n"

@@ -24,8 +24,17 @@ import pytest
 from orchestrator.backends.base import BackendError, Resources, RunnerBootstrap, VMSpec
 from orchestrator.backends.cloudinit import RUNNER_CONFIG_PATH
 from orchestrator.backends.qemu import (
-    PROBE_EXIT_STATUS, GuestForward, QemuBackend, QemuLabel, QemuLimits, QemuSettings,
-    load_qemu_settings, probe_kvm, qemu_argv, split_orchestrator_url)
+    PROBE_EXIT_STATUS,
+    GuestForward,
+    QemuBackend,
+    QemuLabel,
+    QemuLimits,
+    QemuSettings,
+    load_qemu_settings,
+    probe_kvm,
+    qemu_argv,
+    split_orchestrator_url,
+)
 from orchestrator.backends.seed import write_seed
 
 pytestmark = pytest.mark.skipif(shutil.which("qemu-img") is None,
@@ -327,7 +336,8 @@ def test_settings_load_from_the_config_file(tmp_path: Path, base_image: Path) ->
     assert settings.labels["linux"].image == base_image
     assert settings.forwards == [GuestForward(guest_address="10.0.2.101", guest_port=9418,
                                               host="git.example.org", port=9418)]
-    config.write_text('[orchestrator.qemu]\nstate_dir = "/x"\n[[orchestrator.qemu.forwards]]\nguest_address = "8.8.8.8"\n'
+    config.write_text('[orchestrator.qemu]\nstate_dir = "/x"\n[[orchestrator.qemu.forwards]]\n'
+                      'guest_address = "8.8.8.8"\n'
                       'guest_port = 1\nhost = "a;b"\nport = 1\n')
     with pytest.raises(Exception, match="forwards.0.guest_address.*forwards.0.host"):
         load_qemu_settings(config, environ={})

@@ -13,10 +13,17 @@ import pytest
 
 from orchestrator.backends.base import BackendError
 from orchestrator.backends.commands import CommandTimedOut
-from orchestrator.backends.zfs import (DatasetExists, DatasetNotFound, SnapshotHasClones, Zfs,
-                                       ZfsCommand, ZfsError, ZfsLibzfsCore, open_zfs)
-from tests.fakes.illumos.fixtures import (CLONE_PARENT, IMAGE, IMAGE_SIZE, FakeIllumos,  # noqa: F401
-                                          fake_illumos, fake_libzfs_core)
+from orchestrator.backends.zfs import (
+    DatasetExists,
+    DatasetNotFound,
+    SnapshotHasClones,
+    Zfs,
+    ZfsCommand,
+    ZfsError,
+    ZfsLibzfsCore,
+    open_zfs,
+)
+from tests.fakes.illumos.fixtures import CLONE_PARENT, IMAGE, IMAGE_SIZE, FakeIllumos
 
 SNAP = f"{IMAGE}@golden"
 

@@ -72,9 +72,9 @@ def test_hello_example_runs_end_to_end(state: Path) -> None:
     # Step output sits between the step's start and end marks.
     lines = [line.split("|", 1)[1].strip() for line in out.splitlines()
              if line.startswith("report ") and " | " in line]
-    start, end = lines.index("> Summarise"), next(i for i, l in enumerate(lines)
-                                                  if l.startswith("ok Summarise"))
-    assert any("every test passed" in l for l in lines[start:end])
+    start, end = lines.index("> Summarise"), next(i for i, s in enumerate(lines)
+                                                  if s.startswith("ok Summarise"))
+    assert any("every test passed" in s for s in lines[start:end])
     assert leftovers(state) == []
 
 

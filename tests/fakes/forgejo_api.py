@@ -122,7 +122,7 @@ class FakeForgejo:
 
     # ---- lifecycle ------------------------------------------------------------------------
 
-    async def __aenter__(self) -> "FakeForgejo":
+    async def __aenter__(self) -> FakeForgejo:
         prefix = "/api/v1/repos/{owner}/{repo}"
         app = Starlette(routes=[
             Route(prefix, self._repo, methods=["GET"]),

@@ -27,7 +27,7 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import jwt
@@ -226,7 +226,7 @@ class FakeGitHub:
 
     # ---- server lifecycle -----------------------------------------------------------------
 
-    async def __aenter__(self) -> "FakeGitHub":
+    async def __aenter__(self) -> FakeGitHub:
         app = Starlette(routes=[
             Route("/app/installations/{installation_id:int}/access_tokens", self._access_token,
                   methods=["POST"]),
@@ -314,7 +314,7 @@ class FakeGitHub:
         expires_at = self.clock() + self.token_lifetime
         self.tokens[token] = (installation_id, expires_at)
         self.tokens_issued += 1
-        stamp = datetime.fromtimestamp(expires_at, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        stamp = datetime.fromtimestamp(expires_at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         return JSONResponse({"token": token, "expires_at": stamp,
                              "permissions": {"checks": "write", "contents": "read",
                                              "metadata": "read"},

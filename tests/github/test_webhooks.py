@@ -27,8 +27,8 @@ from github_integration.config import GitHubIntegrationConfig, RepoSettings
 from github_integration.db import open_database
 from github_integration.service import GitHubIntegration
 from tests.fakes.github_api import FakeGitHub
-from tests.github.conftest import INSTALLATION
 from tests.fixtures import FIXTURES as ALL_FIXTURES
+from tests.github.conftest import INSTALLATION
 
 FIXTURES = ALL_FIXTURES / "github"
 SECRET = "webhook secret for tests"

@@ -13,9 +13,8 @@ from orchestrator.effects import Effects
 from orchestrator.hosts import HostRegistry
 from orchestrator.intake import Intake
 from orchestrator.reaper import Reaper
-from orchestrator.store import hand_back
 from orchestrator.sessions import Sessions
-from orchestrator.store import Store
+from orchestrator.store import Store, hand_back
 from orchestrator.updates import Hub
 
 WORKFLOW = """

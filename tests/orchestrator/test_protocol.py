@@ -166,7 +166,7 @@ async def test_server_masks_any_chunking_of_whole_lines(orchestrator_factory: Fa
         for lines, cuts in fuzz_cases():
             bounds = sorted({c for c in cuts if c < len(lines)} | {0, len(lines)})
             chunks = []
-            for start, end in zip(bounds, bounds[1:]):
+            for start, end in zip(bounds, bounds[1:], strict=False):
                 seq += 1
                 chunks.append(chunk(boot, seq, b"".join(lines[start:end])))
             assert await stream(stub, boot, chunks) == seq

@@ -17,7 +17,7 @@ workflow {
     job id="other" runs_on="local" {
         step name="no secret here" run="echo other=[${API_KEY:-unset}]"
     }
-}'''
+}'''  # noqa: E501 (a KDL step line)
 
 
 async def test_secrets_are_masked_end_to_end(orchestrator_factory: Factory) -> None:

@@ -28,7 +28,7 @@ def linux_image() -> QemuLabel:
     if os.geteuid() != 0:
         pytest.fail("building the golden image needs root (debootstrap, chroot)")
     built = subprocess.run([sys.executable, str(REPO / "images/linux/build.py")],
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           capture_output=True, text=True,
                            timeout=BUILD_TIMEOUT)
     if built.returncode != 0:
         pytest.fail(f"images/linux/build.py failed:\n{built.stderr[-4000:]}")

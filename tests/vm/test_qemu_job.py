@@ -124,7 +124,7 @@ workflow {
         step name="where" run="echo \\"hello from $(uname -s) $(cat /etc/debian_version)\\"; cat hello.txt"
         step name="python" run="python3 -c 'import sys; print(\\"python\\", sys.version_info[0])' >&2; command -v python3; test -n \\"$CI\\""
     }
-}''')
+}''')  # noqa: E501 (a KDL step line)
     summary = await asyncio.wait_for(orch.api.wait(await orch.api.submit(request)), 840)
     [job] = summary.jobs
     assert job.state == JobState.SUCCESS, job.message

@@ -62,7 +62,7 @@ def _same_nodes(left: list, right: list) -> bool:
     """Structural equality, with NaN equal to NaN (ckdl's Node == compares NaN by IEEE rules)."""
     if len(left) != len(right):
         return False
-    for a, b in zip(left, right):
+    for a, b in zip(left, right, strict=False):
         if (a.name, a.type_annotation) != (b.name, b.type_annotation):
             return False
         if len(a.args) != len(b.args) or not all(map(_same_value, a.args, b.args)):
@@ -98,7 +98,7 @@ def test_official_case(version: int, path: Path, expected: Path | None) -> None:
 
 def _walk(source_nodes: list, kdl_nodes: list, prefix: tuple[int, ...]):
     assert len(source_nodes) == len(kdl_nodes), prefix
-    for index, (s, k) in enumerate(zip(source_nodes, kdl_nodes)):
+    for index, (s, k) in enumerate(zip(source_nodes, kdl_nodes, strict=False)):
         path = prefix + (index,)
         kept_args = [e for e in s.entries if e.key is None and not e.discarded]
         kept_props = {e.key for e in s.entries if e.key is not None and not e.discarded}

@@ -5,7 +5,14 @@ from pathlib import Path
 
 import pytest
 
-from common.workflow import EvalContext, evaluate_if, expand, load_workflow, matches_trigger, topological_order
+from common.workflow import (
+    EvalContext,
+    evaluate_if,
+    expand,
+    load_workflow,
+    matches_trigger,
+    topological_order,
+)
 from common.workflow.plan import PlannedJob, glob_matches
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"

@@ -350,7 +350,7 @@ def dladm_delete_vnic(state: dict[str, Any], vnic: str) -> None:
         raise ToolError(f"dladm: invalid vnic name '{vnic}': object not found", kind="notfound", name=vnic)
     if _link_user(state, vnic):
         raise ToolError("dladm: vnic deletion failed: link busy", kind="busy", name=vnic)
-    if any(l.get("over") == vnic for l in state["links"].values()):
+    if any(link.get("over") == vnic for link in state["links"].values()):
         raise ToolError("dladm: vnic deletion failed: link busy", kind="busy", name=vnic)
     del state["links"][vnic]
 

@@ -63,7 +63,7 @@ class FakeIllumos:
         datasets = {n for n, d in state["datasets"].items() if d["type"] != "snapshot"}
         return {
             "zones": sorted(state["zones"]),
-            "vnics": sorted(n for n, l in state["links"].items() if l["class"] == "vnic"),
+            "vnics": sorted(n for n, link in state["links"].items() if link["class"] == "vnic"),
             "datasets": sorted(datasets - SEEDED_DATASETS),
             "guests": sorted(z["runner_pid"] for z in state["zones"].values() if z.get("runner_pid")),
             "zonepaths": sorted(p.name for p in self.zone_root.iterdir()),

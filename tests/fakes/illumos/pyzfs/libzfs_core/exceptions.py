@@ -13,8 +13,8 @@ class ZFSError(Exception):
 
     def __str__(self):
         if self.name is not None:
-            return "[Errno %d] %s: '%s'" % (self.errno, self.message, self.name)
-        return "[Errno %d] %s" % (self.errno, self.message)
+            return f"[Errno {self.errno}] {self.message}: '{self.name}'"
+        return f"[Errno {self.errno}] {self.message}"
 
 
 class ZFSGenericError(ZFSError):
@@ -31,8 +31,8 @@ class MultipleOperationsFailure(ZFSError):
         self.suppressed_count = suppressed_count
 
     def __str__(self):
-        return "%s, %d errors included, %d suppressed" % (
-            ZFSError.__str__(self), len(self.errors), self.suppressed_count)
+        return (f"{ZFSError.__str__(self)}, {len(self.errors)} errors included, "
+                f"{self.suppressed_count} suppressed")
 
 
 class DatasetNotFound(ZFSError):
