@@ -4,8 +4,10 @@ Routes:
 - `POST /webhooks/forgejo`, `POST /webhooks/gitea` (only for configured sites): verify the
   signature, drop redeliveries, classify, plan (trust, workflow at the right ref, triggers),
   publish, answer. 202 `published` once the broker confirmed the run; 200 `ignored`,
-  `skipped`, `duplicate` or `invalid_workflow` (a failed status is queued); 400 malformed or
-  unsupported; 401 signature missing or wrong; 503 when the broker, the database or the forge
+  `skipped`, `duplicate` or `invalid_workflow` (a failed status is queued); 400 malformed,
+  unsupported, or naming its repository two ways (`common.forge.identity`); 401 signature
+  missing, wrong, or made with another repository's secret (checked on the raw bytes before
+  any parsing); 408 body too slow; 413 body too large; 503 when the broker, the database or the forge
   API failed, so the forge retries (such a delivery is not recorded as handled).
 - `POST /runs` (manual trigger), `Authorization: Bearer <manual_token>`, JSON body
   `{"forge": "forgejo", "repository": "owner/name", "branch": "main", "sha": optional,
@@ -25,7 +27,6 @@ import hmac
 import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
 
 import asyncpg
 from starlette.applications import Starlette
@@ -36,6 +37,7 @@ from starlette.routing import Route
 from common.broker import Broker, BrokerError, Delivery, Subscription
 from common.forge.deliveries import DeliveryLog
 from common.forge.errors import ForgeApiError, WebhookRejected
+from common.forge.identity import RepositoryIdentity, repository_identity
 from common.forge.outbox import Outbox, OutboxWorker
 from common.forge.policy import InvalidWorkflow, RunCandidate, Skip, plan_run
 from common.forge.signature import verify_forgejo
@@ -44,7 +46,7 @@ from common.messages import EventKind, JobEvent, Repo, decode
 from common.observability import tracer
 from forge_integration.api import ForgejoApi
 from forge_integration.config import ForgeIntegrationConfig, ForgeKind
-from forge_integration.events import Ignored, classify, repository_name
+from forge_integration.events import Ignored, classify
 from forge_integration.statuses import (
     StatusSender,
     event_key,
@@ -122,32 +124,41 @@ class ForgeIntegration:
             return await self.webhook(forge, request)
         return endpoint
 
-    def _verify(self, forge: ForgeKind, request: Request, body: bytes, payload: Any) -> None:
-        full_name = repository_name(payload)
+    def _signers(self, forge: ForgeKind, request: Request, body: bytes) -> set[str]:
+        """The configured secrets that sign `body` (each one is tried: no early exit)."""
+        signature = _header(request, forge, "signature")
+        return {secret for secret in self.config.candidate_secrets(forge)
+                if verify_forgejo(secret, body, signature)}
+
+    def _authorize(self, forge: ForgeKind, identity: RepositoryIdentity | None,
+                   signers: set[str]) -> None:
+        """401 unless the body is signed with the secret of the repository it names."""
+        full_name = identity.full_name if identity else None
         secret = self.config.secret_for(forge, full_name)
         if secret is None:
             if self.config.insecure_no_signature:
                 return
             raise WebhookRejected(401, f"no webhook secret configured for {full_name or 'this body'}",
                                   hint="configure the repository's webhook_secret")
-        signature = _header(request, forge, "signature")
-        if not verify_forgejo(secret, body, signature):
-            raise WebhookRejected(401, "webhook signature missing or wrong" if signature is None
-                                  else "webhook signature does not match the body",
-                                  hint="the webhook's secret on the forge must equal Solstice's")
+        if secret not in signers:
+            raise WebhookRejected(401, f"webhook signed with a secret that is not {full_name}'s",
+                                  hint="each repository's webhook must use its own secret")
 
     async def webhook(self, forge: ForgeKind, request: Request) -> Response:
         """Handle one delivery to `/webhooks/<forge>` (see the module docstring)."""
-        body = await read_body(request)
-        try:
-            payload, malformed = parse_json(body), None
-        except WebhookRejected as exc:
-            payload, malformed = None, exc
-        # The signature is checked before the JSON is trusted; a body that is not JSON still
-        # needs a valid signature to be told so (else 401 like any unsigned request).
-        self._verify(forge, request, body, payload)
-        if malformed is not None:
-            raise malformed
+        body = await read_body(request, self.config.body_limits)
+        # The raw bytes are verified before anything is parsed: an unsigned body costs one
+        # HMAC per configured secret, never a parse. Which of the signers it must be depends
+        # on the repository the body names, checked once it is parsed.
+        signers = self._signers(forge, request, body)
+        if not signers and not self.config.insecure_no_signature:
+            signature = _header(request, forge, "signature")
+            raise WebhookRejected(401, "webhook signature missing" if signature is None
+                                  else "webhook signature does not match the body",
+                                  hint="the webhook's secret on the forge must equal Solstice's")
+        payload = parse_json(body)
+        identity = repository_identity(payload)
+        self._authorize(forge, identity, signers)
         event = _header(request, forge, "event")
         delivery_id = _header(request, forge, "delivery")
         if not event:
@@ -161,7 +172,7 @@ class ForgeIntegration:
             try:
                 if (known := await self.deliveries.seen(forge, delivery_id)) is not None:
                     return answer("duplicate", f"delivery {delivery_id} already handled: {known}")
-                outcome = classify(event, payload, delivery_id, forge=forge,
+                outcome = classify(event, payload, delivery_id, identity=identity, forge=forge,
                                    api_url=self.config.sites[forge].api_url)
                 if isinstance(outcome, Ignored):
                     log.info("webhook ignored", extra={"forge": forge, "event": event,
@@ -223,7 +234,7 @@ class ForgeIntegration:
     async def manual_run(self, request: Request) -> Response:
         """`POST /runs`: run a branch head (or a given commit) on demand."""
         self._authorize_manual(request)
-        body = parse_json(await read_body(request))
+        body = parse_json(await read_body(request, self.config.body_limits))
         if not isinstance(body, dict):
             raise WebhookRejected(400, "body must be a JSON object")
         forge, repository, branch = body.get("forge"), body.get("repository"), body.get("branch")

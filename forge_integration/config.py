@@ -8,6 +8,8 @@ database_url = "postgresql://solstice@db/solstice"
 amqp_url = "amqp://solstice:...@mq/"
 webhook_secret = "..."          # global; a site's or a repository's secret replaces it
 manual_token = "..."            # bearer token of POST /runs; no token: manual runs disabled
+max_body_bytes = 26214400       # larger webhook bodies are refused with 413
+body_timeout = 10.0             # seconds to receive a body; slower ones are answered 408
 
 [forge_integration.sites.forgejo]   # one table per forge kind served: forgejo, gitea
 url = "https://codeberg.org"
@@ -26,6 +28,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from common.errors import ConfigError
+from common.forge.webhook import BODY_TIMEOUT, MAX_BODY, BodyLimits
 
 SECTION = "forge_integration"
 ForgeKind = Literal["forgejo", "gitea"]
@@ -74,6 +77,8 @@ class ForgeIntegrationConfig(BaseModel):
     manual_token: SecretStr | None = None
     approval_for_untrusted: bool = False
     insecure_no_signature: bool = False
+    max_body_bytes: int = Field(MAX_BODY, gt=0)
+    body_timeout: float = Field(BODY_TIMEOUT, gt=0)
     sites: dict[ForgeKind, Site] = Field(default_factory=dict)
     repos: dict[str, RepoSettings] = Field(default_factory=dict)
     log_level: str = "info"
@@ -101,6 +106,19 @@ class ForgeIntegrationConfig(BaseModel):
         return any(s is not None and s.get_secret_value() for s in
                    [self.webhook_secret, *(site.webhook_secret for site in self.sites.values()),
                     *(repo.webhook_secret for repo in self.repos.values())])
+
+    @property
+    def body_limits(self) -> BodyLimits:
+        return BodyLimits(self.max_body_bytes, self.body_timeout)
+
+    def candidate_secrets(self, forge: ForgeKind) -> list[str]:
+        """Every distinct secret a webhook to `forge`'s endpoint may be signed with: each
+        repository's, the site's and the global one (the body's repository picks the one it
+        must be, but only once the signature is known to be one of these)."""
+        site = self.sites[forge].webhook_secret if forge in self.sites else None
+        candidates = [repo.webhook_secret for repo in self.repos.values()] + [site, self.webhook_secret]
+        return list(dict.fromkeys(s.get_secret_value() for s in candidates
+                                  if s is not None and s.get_secret_value()))
 
     def secret_for(self, forge: ForgeKind, full_name: str | None) -> str | None:
         """The secret webhooks about `full_name` must be signed with: the repository's, else the

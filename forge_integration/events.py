@@ -10,7 +10,8 @@
 | anything else (`release`, `issues`...) | 400: unsupported event |
 
 Only the fields used are modelled; the forges add fields freely. A body lacking one of them
-is answered 400 naming the field.
+is answered 400 naming the field. The run's repository is the `RepositoryIdentity` the caller
+took from the body (the one that chose the webhook secret), never read again here.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from common.forge.errors import WebhookRejected
+from common.forge.identity import RepositoryIdentity
 from common.forge.policy import RunCandidate
 from common.messages import EventKind, Repo
 
@@ -49,9 +51,6 @@ class _User(_Model):
 
 class _Repository(_Model):
     id: int
-    name: str
-    full_name: str
-    owner: _User
     clone_url: str
     default_branch: str = "main"
 
@@ -92,25 +91,24 @@ def _parse(model: type[_Model], event: str, payload: dict[str, Any]) -> Any:
                               hint="the forge sends this field; was the body altered on the way?") from exc
 
 
-def _repo(repository: _Repository, forge: str, api_url: str) -> Repo:
-    return Repo(forge=forge, owner=repository.owner.login, name=repository.name,
+def _named(identity: RepositoryIdentity | None, event: str) -> RepositoryIdentity:
+    if identity is None:
+        raise WebhookRejected(400, f"malformed {event} payload: repository: Field required")
+    return identity
+
+
+def _repo(identity: RepositoryIdentity, repository: _Repository, forge: str, api_url: str) -> Repo:
+    return Repo(forge=forge, owner=identity.owner, name=identity.name,
                 clone_url=repository.clone_url, default_branch=repository.default_branch,
                 api_url=api_url)
 
 
-def repository_name(payload: Any) -> str | None:
-    """`repository.full_name` of a body, if it has one (it selects the webhook secret)."""
-    if isinstance(payload, dict) and isinstance(payload.get("repository"), dict):
-        name = payload["repository"].get("full_name")
-        return name if isinstance(name, str) else None
-    return None
-
-
-def _push(payload: dict[str, Any], delivery_id: str, forge: str, api_url: str) -> RunCandidate | Ignored:
+def _push(payload: dict[str, Any], identity: RepositoryIdentity, delivery_id: str,
+          forge: str, api_url: str) -> RunCandidate | Ignored:
     push = _parse(_Push, "push", payload)
     if push.after == ZERO_SHA:
         return Ignored(f"push deletes {push.ref}; nothing to build")
-    repo = _repo(push.repository, forge, api_url)
+    repo = _repo(identity, push.repository, forge, api_url)
     if push.ref.startswith("refs/heads/"):
         return RunCandidate(repo, EventKind.PUSH, push.after, push.ref, delivery_id,
                             branch=push.ref.removeprefix("refs/heads/"))
@@ -120,8 +118,8 @@ def _push(payload: dict[str, Any], delivery_id: str, forge: str, api_url: str) -
     return Ignored(f"push to {push.ref} is neither a branch nor a tag")
 
 
-def _pull_request(payload: dict[str, Any], delivery_id: str, forge: str,
-                  api_url: str) -> RunCandidate | Ignored:
+def _pull_request(payload: dict[str, Any], identity: RepositoryIdentity, delivery_id: str,
+                  forge: str, api_url: str) -> RunCandidate | Ignored:
     action = payload.get("action")
     if action not in PULL_REQUEST_ACTIONS:
         return Ignored(f"pull_request action {action!r} does not start runs")
@@ -131,23 +129,24 @@ def _pull_request(payload: dict[str, Any], delivery_id: str, forge: str,
     # A head whose repository the forge does not name is treated as a fork: trust is never
     # granted on missing information.
     fork = head_repo_id is None or head_repo_id != event.repository.id
-    return RunCandidate(_repo(event.repository, forge, api_url), EventKind.PULL_REQUEST,
+    return RunCandidate(_repo(identity, event.repository, forge, api_url), EventKind.PULL_REQUEST,
                         pr.head.sha, f"refs/pull/{event.number}/head", delivery_id,
                         branch=pr.head.ref, pull_request=event.number, base_branch=pr.base.ref,
                         author=pr.user.login, fork=fork)
 
 
-def classify(event: str, payload: Any, delivery_id: str, *, forge: str,
-             api_url: str) -> RunCandidate | Ignored:
-    """What to do about one delivery of `event` with the parsed JSON `payload`."""
+def classify(event: str, payload: Any, delivery_id: str, *, identity: RepositoryIdentity | None,
+             forge: str, api_url: str) -> RunCandidate | Ignored:
+    """What to do about one delivery of `event` with the parsed JSON `payload`, whose
+    repository is `identity` (from `common.forge.identity.repository_identity(payload)`)."""
     if not isinstance(payload, dict):
         raise WebhookRejected(400, f"{event} payload is not a JSON object")
     if event == "push":
-        return _push(payload, delivery_id, forge, api_url)
+        return _push(payload, _named(identity, event), delivery_id, forge, api_url)
     if event in ("pull_request", "pull_request_sync"):
         if event == "pull_request_sync" and payload.get("action") is None:
             payload = {**payload, "action": "synchronized"}
-        return _pull_request(payload, delivery_id, forge, api_url)
+        return _pull_request(payload, _named(identity, event), delivery_id, forge, api_url)
     if event.startswith("pull_request_"):
         return Ignored(f"{event} event does not start runs")
     if event in REF_EVENTS:

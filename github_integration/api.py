@@ -1,7 +1,8 @@
 """The GitHub REST calls the integration makes, authenticated as an App installation.
 
 `GitHubApi` is also the `ForgeReader` of the shared fork policy (`fetch_file`, `can_write`).
-Repository calls take a `Repo` whose `installation_id` names the installation to act as.
+Repository calls take a `Repo` whose `installation_id` names the installation to act as; each
+is sent with a token scoped to that repository alone (see `AppAuth`).
 """
 from __future__ import annotations
 
@@ -59,7 +60,7 @@ class GitHubApi:
         """
         installation_id = _installation(repo)
         for first in (True, False):
-            token = await self.auth.installation_token(installation_id)
+            token = await self.auth.installation_token(installation_id, repo.full_name)
             response = await self._send(what, method, url, {"Authorization": f"token {token}"},
                                         **kwargs)
             if response.status_code == 401 and first:

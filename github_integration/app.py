@@ -3,8 +3,12 @@
 Answers, in the order they are decided:
 - 401: `X-Hub-Signature-256` missing or not `sha256=` + the HMAC-SHA256 of the raw body
   (checked before anything is parsed);
-- 400: no `X-GitHub-Event` / `X-GitHub-Delivery`, malformed JSON, an event Solstice does not
-  handle, a body missing what its event carries, an App not installed on the repository;
+- 408 / 413: a body too slow or too large (`BodyLimits`), before any of the rest;
+- 400: no `X-GitHub-Event` / `X-GitHub-Delivery`, malformed or hostile JSON (see
+  `common.forge.webhook.parse_json`), a body naming its repository two ways
+  (`common.forge.identity`), an event Solstice does not handle, a body missing what its event
+  carries, an App not installed on the repository, an installation named in the body that has
+  no access to the repository named in it (no token for that repository is ever obtained);
 - 200: a redelivery of a delivery already handled (`duplicate`), or an event that needs
   nothing (`ignored`: `ping`, a closed pull request, a deleted branch, an `on` that does not
   match, an invalid workflow reported as a failed check run);
@@ -25,8 +29,9 @@ from starlette.routing import Route
 from common.broker.base import BrokerError
 from common.forge.deliveries import DeliveryLog
 from common.forge.errors import WebhookRejected
+from common.forge.identity import repository_identity
 from common.forge.signature import verify_github
-from common.forge.webhook import answer, parse_json, read_body, webhook_app
+from common.forge.webhook import BodyLimits, answer, parse_json, read_body, webhook_app
 from github_integration.auth import AppAuth
 from github_integration.errors import GitHubApiError
 from github_integration.events import Ignored, classify
@@ -43,16 +48,18 @@ class GitHubWebhook:
     """The handler of `POST /webhooks/github`."""
 
     def __init__(self, *, secret: str | bytes, api_url: str, intake: Intake,
-                 deliveries: DeliveryLog, auth: AppAuth) -> None:
+                 deliveries: DeliveryLog, auth: AppAuth,
+                 limits: BodyLimits) -> None:
         self._secret = secret
         self._api_url = api_url
         self._intake = intake
         self._deliveries = deliveries
         self._auth = auth
+        self._limits = limits
 
     async def handle(self, request: Request) -> JSONResponse:
         """Verify, deduplicate, classify and act on one delivery (answers: module docstring)."""
-        body = await read_body(request)
+        body = await read_body(request, self._limits)
         if not verify_github(self._secret, body, request.headers.get("x-hub-signature-256")):
             raise WebhookRejected(401, "missing or wrong X-Hub-Signature-256",
                                   hint="the webhook secret of the App and of Solstice must match")
@@ -65,7 +72,8 @@ class GitHubWebhook:
             log.info("redelivery of a delivery already handled", extra=context)
             return answer("duplicate", f"delivery {delivery} was already handled")
         payload = parse_json(body)
-        outcome = classify(event, payload, delivery, api_url=self._api_url)
+        outcome = classify(event, payload, delivery, identity=repository_identity(payload),
+                           api_url=self._api_url)
         if isinstance(outcome, Ignored):
             self._forget_installation(event, payload)
             log.info("webhook ignored", extra=context | {"reason": outcome.reason})

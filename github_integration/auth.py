@@ -2,8 +2,15 @@
 
 A GitHub App proves who it is with a short JWT signed by its private key (RS256), and uses
 that JWT only to mint installation access tokens, which then authorise every repository call.
-Installation tokens live one hour; `AppAuth` caches one per installation and mints a new one
-a margin before GitHub's `expires_at`, so a request never goes out with a token about to lapse.
+Installation tokens live one hour; `AppAuth` caches one per installation and repository and
+mints a new one a margin before GitHub's `expires_at`, so a request never goes out with a
+token about to lapse.
+
+Every token is scoped to the one repository it is minted for (`repositories` in the request):
+GitHub refuses to mint it when the installation has no access to that repository, and
+`AppAuth` refuses one whose granted repositories do not include it. So an installation id
+taken from a webhook body can never yield a token that reaches another account's repository,
+nor one that reaches more than the repository the run is about.
 """
 from __future__ import annotations
 
@@ -68,8 +75,8 @@ class AppAuth:
         self._http = http
         self._refresh_margin = refresh_margin
         self._clock = clock
-        self._tokens: dict[int, InstallationToken] = {}
-        self._locks: dict[int, asyncio.Lock] = {}
+        self._tokens: dict[tuple[int, str], InstallationToken] = {}
+        self._locks: dict[tuple[int, str], asyncio.Lock] = {}
 
     def app_jwt(self) -> str:
         """A fresh RS256 JWT identifying the App (iat 60 s ago, exp 9 min ahead)."""
@@ -81,41 +88,62 @@ class AppAuth:
         """Headers authenticating a request as the App itself."""
         return {"Authorization": f"Bearer {self.app_jwt()}"}
 
-    async def installation_token(self, installation_id: int) -> str:
-        """A token for `installation_id`, from the cache unless it is near its expiry."""
-        cached = self._tokens.get(installation_id)
+    async def installation_token(self, installation_id: int, repository: str) -> str:
+        """A token of `installation_id` for `repository` (`owner/name`) only, from the cache
+        unless it is near its expiry.
+
+        Raises `GitHubApiError` (not retryable, status 422) when the installation has no access
+        to `repository`.
+        """
+        key = (installation_id, repository.lower())
+        cached = self._tokens.get(key)
         if cached and self._fresh(cached):
             return cached.token
-        # One mint per installation at a time: concurrent callers wait for it and share it.
-        lock = self._locks.setdefault(installation_id, asyncio.Lock())
+        # One mint per key at a time: concurrent callers wait for it and share it.
+        lock = self._locks.setdefault(key, asyncio.Lock())
         async with lock:
-            cached = self._tokens.get(installation_id)
+            cached = self._tokens.get(key)
             if cached and self._fresh(cached):
                 return cached.token
-            minted = await self._mint(installation_id)
-            self._tokens[installation_id] = minted
+            minted = await self._mint(installation_id, repository)
+            self._tokens[key] = minted
             return minted.token
 
     def invalidate(self, installation_id: int) -> None:
-        """Forget the cached token (GitHub refused it, or the installation went away)."""
-        self._tokens.pop(installation_id, None)
+        """Forget the installation's cached tokens (GitHub refused one, or it went away)."""
+        for key in [key for key in self._tokens if key[0] == installation_id]:
+            del self._tokens[key]
 
     def _fresh(self, token: InstallationToken) -> bool:
         return token.expires_at - self._refresh_margin > self._clock()
 
-    async def _mint(self, installation_id: int) -> InstallationToken:
-        what = f"installation token for installation {installation_id}"
+    async def _mint(self, installation_id: int, repository: str) -> InstallationToken:
+        what = f"installation token of installation {installation_id} for {repository}"
+        no_access = GitHubApiError(
+            f"GitHub installation {installation_id} has no access to {repository}",
+            status=422, retryable=False,
+            hint="the webhook names an installation that does not cover its repository")
+        name = repository.rpartition("/")[2]
         try:
             response = await self._http.post(f"/app/installations/{installation_id}/access_tokens",
-                                             headers=self.app_headers())
+                                             headers=self.app_headers(),
+                                             json={"repositories": [name]})
         except httpx.TransportError as exc:
             raise GitHubApiError.unreachable(FORGE, what, exc) from exc
+        if response.status_code == 422:  # GitHub: a repository the installation cannot access
+            raise no_access
         if response.status_code != 201:
             raise GitHubApiError.from_response(FORGE, what, response)
         body = response.json()
         try:
             expires_at = datetime.fromisoformat(body["expires_at"].replace("Z", "+00:00"))
-            return InstallationToken(token=body["token"], expires_at=expires_at.timestamp())
+            token = InstallationToken(token=body["token"], expires_at=expires_at.timestamp())
+            granted = {str(r["full_name"]).lower() for r in body["repositories"]}
         except (KeyError, TypeError, ValueError) as exc:
             raise GitHubApiError(f"GitHub {what}: malformed answer ({exc!r})",
                                  status=response.status_code, retryable=True) from exc
+        # The names are the installation account's: a repository of the same name elsewhere
+        # (the body named another account's installation) is not the one asked for.
+        if granted != {repository.lower()}:
+            raise no_access
+        return token

@@ -11,6 +11,8 @@ private_key_path = "/etc/solstice/github-app.pem"   # the App's key, from its se
 webhook_secret = "..."                              # the App's webhook secret
 api_url = "https://api.github.com"                  # GitHub Enterprise: https://HOST/api/v3
 approval_for_untrusted = false
+max_body_bytes = 26214400                           # larger webhook bodies are refused with 413
+body_timeout = 10.0                                 # seconds to receive a body, else 408
 
 [github_integration.repos."acme/app"]
 approval_for_untrusted = true   # untrusted pull requests wait for `ciadm approve RUN`
@@ -24,6 +26,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from common.errors import ConfigError
+from common.forge.webhook import BODY_TIMEOUT, MAX_BODY, BodyLimits
 from common.workflow import DEFAULT_PATH
 
 SECTION = "github_integration"
@@ -53,6 +56,8 @@ class GitHubIntegrationConfig(BaseModel):
     api_timeout: float = 10.0  # seconds per GitHub API request
     workflow_path: str = DEFAULT_PATH
     approval_for_untrusted: bool = False
+    max_body_bytes: int = Field(MAX_BODY, gt=0)
+    body_timeout: float = Field(BODY_TIMEOUT, gt=0)
     repos: dict[str, RepoSettings] = Field(default_factory=dict)
     log_level: str = "info"
 
@@ -67,6 +72,10 @@ class GitHubIntegrationConfig(BaseModel):
     @classmethod
     def _lower(cls, value: dict[str, RepoSettings]) -> dict[str, RepoSettings]:
         return {name.lower(): settings for name, settings in value.items()}
+
+    @property
+    def body_limits(self) -> BodyLimits:
+        return BodyLimits(self.max_body_bytes, self.body_timeout)
 
     def check(self) -> None:
         """Refuse a configuration the service cannot run with."""

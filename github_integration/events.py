@@ -7,8 +7,10 @@
 or raises `WebhookRejected` (400) for an event Solstice does not handle or a body that lacks
 what its event must carry. Only the fields used are modelled; GitHub adds fields freely.
 
-The `Repo` of a candidate carries the delivery's `installation.id`; a webhook sent by a
-repository hook rather than the App has none, and the intake looks it up.
+The `Repo` of a candidate is the `RepositoryIdentity` the caller took from the body once
+(`common.forge.identity`) and carries the delivery's `installation.id`; a webhook sent by a
+repository hook rather than the App has none, and the intake looks it up. A named installation
+is trusted with nothing: the intake checks it has access to that repository.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from common.forge.errors import WebhookRejected
+from common.forge.identity import RepositoryIdentity
 from common.forge.policy import RunCandidate
 from common.messages import EventKind, Repo
 
@@ -41,9 +44,6 @@ class _Account(_Model):
 
 class _Repository(_Model):
     id: int
-    name: str
-    full_name: str
-    owner: _Account
     clone_url: str
     default_branch: str = "main"
 
@@ -135,9 +135,15 @@ def _parse(model: type[_Model], event: str, payload: dict[str, Any]) -> Any:
                               ) from exc
 
 
-def _repo(delivery: _Delivery, api_url: str) -> Repo:
+def _named(identity: RepositoryIdentity | None, event: str) -> RepositoryIdentity:
+    if identity is None:
+        raise WebhookRejected(400, f"malformed {event} payload: repository: Field required")
+    return identity
+
+
+def _repo(delivery: _Delivery, identity: RepositoryIdentity, api_url: str) -> Repo:
     r = delivery.repository
-    return Repo(forge="github", owner=r.owner.login, name=r.name, clone_url=r.clone_url,
+    return Repo(forge="github", owner=identity.owner, name=identity.name, clone_url=r.clone_url,
                 default_branch=r.default_branch, api_url=api_url,
                 installation_id=delivery.installation.id if delivery.installation else None)
 
@@ -159,11 +165,11 @@ def parse_external_id(value: str | None) -> tuple[uuid.UUID, str] | None:
         return None
 
 
-def _push(payload: dict[str, Any], api_url: str) -> Outcome:
+def _push(payload: dict[str, Any], identity: RepositoryIdentity, api_url: str) -> Outcome:
     push = _parse(_Push, "push", payload)
     if push.deleted or push.after == ZERO_SHA:
         return Ignored(f"push deletes {push.ref}; nothing to build")
-    repo = _repo(push, api_url)
+    repo = _repo(push, identity, api_url)
     request_id = commit_request_id(push, push.ref, push.after)
     if push.ref.startswith("refs/heads/"):
         return RunCandidate(repo, EventKind.PUSH, push.after, push.ref, request_id,
@@ -174,20 +180,22 @@ def _push(payload: dict[str, Any], api_url: str) -> Outcome:
     return Ignored(f"push to {push.ref} is neither a branch nor a tag")
 
 
-def _pull_request(payload: dict[str, Any], delivery_id: str, api_url: str) -> Outcome:
+def _pull_request(payload: dict[str, Any], identity: RepositoryIdentity, delivery_id: str,
+                  api_url: str) -> Outcome:
     action = payload.get("action")
     if action not in PULL_REQUEST_ACTIONS:
         return Ignored(f"pull_request action {action!r} does not start runs")
     event = _parse(_PullRequestEvent, "pull_request", payload)
     pr = event.pull_request
     fork = pr.head.repo is None or pr.head.repo.id != event.repository.id
-    return RunCandidate(_repo(event, api_url), EventKind.PULL_REQUEST, pr.head.sha,
+    return RunCandidate(_repo(event, identity, api_url), EventKind.PULL_REQUEST, pr.head.sha,
                         f"refs/pull/{pr.number}/head", delivery_id, branch=pr.head.ref,
                         pull_request=pr.number, base_branch=pr.base.ref, author=pr.user.login,
                         fork=fork)
 
 
-def _check_suite(payload: dict[str, Any], delivery_id: str, api_url: str) -> Outcome:
+def _check_suite(payload: dict[str, Any], identity: RepositoryIdentity, delivery_id: str,
+                 api_url: str) -> Outcome:
     action = payload.get("action")
     if action not in CHECK_SUITE_ACTIONS:
         return Ignored(f"check_suite action {action!r} does not start runs")
@@ -200,11 +208,12 @@ def _check_suite(payload: dict[str, Any], delivery_id: str, api_url: str) -> Out
     ref = f"refs/heads/{suite.head_branch}"
     request_id = (commit_request_id(event, ref, suite.head_sha) if action == "requested"
                   else delivery_id)
-    return RunCandidate(_repo(event, api_url), EventKind.PUSH, suite.head_sha, ref, request_id,
+    return RunCandidate(_repo(event, identity, api_url), EventKind.PUSH, suite.head_sha, ref, request_id,
                         branch=suite.head_branch)
 
 
-def _check_run(payload: dict[str, Any], delivery_id: str, api_url: str) -> Outcome:
+def _check_run(payload: dict[str, Any], identity: RepositoryIdentity, delivery_id: str,
+               api_url: str) -> Outcome:
     action = payload.get("action")
     if action != "rerequested":
         return Ignored(f"check_run action {action!r} needs nothing from Solstice")
@@ -212,11 +221,13 @@ def _check_run(payload: dict[str, Any], delivery_id: str, api_url: str) -> Outco
     job = parse_external_id(event.check_run.external_id)
     if job is None:
         return Ignored(f"check run {event.check_run.name!r} was not created by Solstice")
-    return JobRerun(_repo(event, api_url), delivery_id, event.check_run.head_sha, *job)
+    return JobRerun(_repo(event, identity, api_url), delivery_id, event.check_run.head_sha, *job)
 
 
-def classify(event: str, payload: Any, delivery_id: str, *, api_url: str) -> Outcome:
-    """What to do about one delivery of `event` with body `payload` (parsed JSON).
+def classify(event: str, payload: Any, delivery_id: str, *, identity: RepositoryIdentity | None,
+             api_url: str) -> Outcome:
+    """What to do about one delivery of `event` with body `payload` (parsed JSON), whose
+    repository is `identity` (`common.forge.identity.repository_identity(payload)`).
 
     `api_url` is the GitHub API root recorded in the run's `Repo` for reporting back.
     """
@@ -227,13 +238,13 @@ def classify(event: str, payload: Any, delivery_id: str, *, api_url: str) -> Out
     if event in APP_LIFECYCLE_EVENTS:
         return Ignored(f"{event} event: nothing to build")
     if event == "push":
-        return _push(payload, api_url)
+        return _push(payload, _named(identity, event), api_url)
     if event == "pull_request":
-        return _pull_request(payload, delivery_id, api_url)
+        return _pull_request(payload, _named(identity, event), delivery_id, api_url)
     if event == "check_suite":
-        return _check_suite(payload, delivery_id, api_url)
+        return _check_suite(payload, _named(identity, event), delivery_id, api_url)
     if event == "check_run":
-        return _check_run(payload, delivery_id, api_url)
+        return _check_run(payload, _named(identity, event), delivery_id, api_url)
     raise WebhookRejected(400, f"unsupported event {event!r}",
                           hint=f"Solstice acts on {', '.join(HANDLED_EVENTS)}; "
                                "unsubscribe the App from the others")

@@ -2,7 +2,9 @@
 
 Trust, workflow fetch and trigger filtering are the shared fork policy
 (`common.forge.policy.plan_run`), with `GitHubApi` as its reader. What is GitHub's own:
-- the App acts as an installation, named in the delivery or looked up for the repository;
+- the App acts as an installation, named in the delivery or looked up for the repository; a
+  named one must have access to the repository, else the delivery is refused (400) before
+  anything is fetched;
 - a workflow that fails validation becomes a failed `solstice/workflow` check run (queued in
   the outbox, see `feedback`) whose summary lists every problem and whose annotations point
   at the lines of the file;
@@ -61,7 +63,8 @@ class Intake:
         """Fetch the workflow, decide trust, publish; `Ignored` when nothing should run.
 
         Raises `GitHubApiError` when GitHub could not answer, `BrokerError` when the broker
-        did not confirm, `WebhookRejected` (400) when the App is not installed on the repository.
+        did not confirm, `WebhookRejected` (400) when the App is not installed on the repository
+        or the installation the delivery names has no access to it.
         """
         with tracer(__name__).start_as_current_span("github.intake") as span:
             span.set_attribute("solstice.request_id", outcome.request_id)
@@ -72,6 +75,12 @@ class Intake:
 
     async def _with_installation(self, repo: Repo) -> Repo:
         if repo.installation_id is not None:
+            try:
+                await self._api.auth.installation_token(repo.installation_id, repo.full_name)
+            except GitHubApiError as exc:
+                if exc.status in (404, 422):  # no such installation / no access to the repo
+                    raise WebhookRejected(400, exc.message, hint=exc.hint) from exc
+                raise
             return repo
         try:
             installation_id = await self._api.repo_installation(repo.owner, repo.name)

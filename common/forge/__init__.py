@@ -8,7 +8,9 @@
   accepted them, in `sequence` order per job;
 - `policy`: `RunCandidate` -> `RunRequest` (fork/trust policy, workflow fetched at the right
   ref, `on` trigger filtering) through a forge's `ForgeReader`;
-- `webhook`: the Starlette edge (`webhook_app`, `read_body`, `parse_json`, `answer`, `serve`,
-  `running`);
+- `identity`: `repository_identity`, the one `RepositoryIdentity` a webhook body names, which
+  decides both the secret (or installation) and the run's repository;
+- `webhook`: the Starlette edge (`webhook_app`, `read_body` within `BodyLimits`, `parse_json`,
+  `answer`);
 - `errors`: `ForgeApiError` (with `retryable`) and `WebhookRejected` (with the HTTP status).
 """

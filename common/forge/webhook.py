@@ -1,8 +1,11 @@
 """The web edge both integrations share: a Starlette app served by uvicorn.
 
-- `read_body` reads the raw body (the signature covers those exact bytes), refusing more than
-  `MAX_BODY` bytes with 413;
-- `parse_json` turns a malformed body into a 400 with the parser's reason;
+- `read_body` reads the raw body (the signature covers those exact bytes) within `BodyLimits`:
+  more than `max_bytes` is refused with 413 as soon as it is declared or streamed, a body not
+  complete within `timeout` seconds with 408, a client gone mid-body with 400 (no traceback);
+- `parse_json` turns a body that is not JSON, nests too deeply, holds an integer longer than
+  Python accepts, or a string no service can store (a lone surrogate, a NUL) into a 400 with
+  the reason. Call it only on a body whose signature was verified: parsing costs time;
 - `webhook_app` builds the app: the routes given, `GET /healthz`, and the translation of
   `WebhookRejected` (and any `SolsticeError`) raised by a handler into a JSON answer
   `{"error": ..., "hint": ...}` with the right status, so handlers just raise;
@@ -11,14 +14,17 @@
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import re
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 from typing import Any
 
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
@@ -29,32 +35,84 @@ log = logging.getLogger(__name__)
 
 # Forgejo caps webhook bodies far below this; GitHub at 25 MB (and then omits the payload).
 MAX_BODY = 25 * 1024 * 1024
+# Forgejo gives up on a delivery after 5 s by default, GitHub after 10 s: a body still arriving
+# after that is nobody's webhook, only a held connection.
+BODY_TIMEOUT = 10.0
+# Only a \u escape can put a surrogate or a NUL into a parsed string (raw bytes cannot: UTF-8
+# has no surrogates and JSON forbids raw control characters), so bodies without one skip the walk.
+_UNSTORABLE_ESCAPE = re.compile(rb"\\u(?:[dD][89abcdefABCDEF]|0000)")
+# Answers to a body not read to its end: the connection cannot carry another request.
+_CLOSE = {408, 413}
 
 
-async def read_body(request: Request, limit: int = MAX_BODY) -> bytes:
-    """The raw request body, at most `limit` bytes (else 413 before reading the rest)."""
+@dataclass(frozen=True)
+class BodyLimits:
+    """How much of a request body the edge reads, and for how long."""
+
+    max_bytes: int = MAX_BODY
+    timeout: float = BODY_TIMEOUT
+
+
+async def read_body(request: Request, limits: BodyLimits = BodyLimits()) -> bytes:
+    """The raw request body within `limits` (413 too large, 408 too slow, 400 client gone)."""
+    limit = limits.max_bytes
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise WebhookRejected(413, f"body of {declared} bytes exceeds the {limit}-byte limit")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise WebhookRejected(413, f"body exceeds the {limit}-byte limit")
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(limits.timeout):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise WebhookRejected(413, f"body exceeds the {limit}-byte limit")
+                chunks.append(chunk)
+    except TimeoutError as exc:
+        raise WebhookRejected(408, f"body not received within {limits.timeout:g} s "
+                                   f"({size} bytes arrived)") from exc
+    except ClientDisconnect as exc:
+        raise WebhookRejected(400, f"client disconnected after {size} bytes of the body") from exc
     return b"".join(chunks)
 
 
+def _refuse_unstorable(payload: Any) -> None:
+    """400 if a string (or key) of `payload` holds a lone surrogate or a NUL: neither can be
+    encoded as UTF-8 for the broker nor stored in PostgreSQL text. Iterative: depth is no risk."""
+    pending = [payload]
+    while pending:
+        value = pending.pop()
+        if isinstance(value, dict):
+            pending.extend(value.keys())
+            pending.extend(value.values())
+        elif isinstance(value, list):
+            pending.extend(value)
+        elif isinstance(value, str):
+            if "\x00" in value:
+                raise WebhookRejected(400, "body holds a string with a NUL character")
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise WebhookRejected(400, "body holds a string with a lone UTF-16 surrogate "
+                                           f"({value[exc.start]!r})") from exc
+
+
 def parse_json(body: bytes) -> Any:
-    """The JSON document in `body`, or a 400 saying where it is malformed."""
+    """The JSON document in `body`, or a 400 saying why it is refused (see the module doc)."""
     try:
-        return json.loads(body)
+        payload = json.loads(body)
     except UnicodeDecodeError as exc:
         raise WebhookRejected(400, f"body is not UTF-8 JSON: {exc.reason} at byte {exc.start}") from exc
     except json.JSONDecodeError as exc:
         raise WebhookRejected(400, f"body is not valid JSON: {exc.msg} at line {exc.lineno} "
                                    f"column {exc.colno}") from exc
+    except RecursionError as exc:
+        raise WebhookRejected(400, "body nests arrays or objects too deeply") from exc
+    except ValueError as exc:  # an integer beyond sys.get_int_max_str_digits()
+        raise WebhookRejected(400, f"body is not acceptable JSON: {exc}") from exc
+    if _UNSTORABLE_ESCAPE.search(body):
+        _refuse_unstorable(payload)
+    return payload
 
 
 def answer(outcome: str, reason: str = "", status: int = 200, **fields: Any) -> JSONResponse:
@@ -66,7 +124,9 @@ async def _rejected(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, WebhookRejected)
     log.info("webhook refused", extra={"path": request.url.path, "status": exc.status,
                                        "reason": exc.message})
-    return JSONResponse({"error": exc.message, "hint": exc.hint}, status_code=exc.status)
+    headers = {"Connection": "close"} if exc.status in _CLOSE else None
+    return JSONResponse({"error": exc.message, "hint": exc.hint}, status_code=exc.status,
+                        headers=headers)
 
 
 async def _solstice_error(request: Request, exc: Exception) -> Response:

@@ -4,8 +4,11 @@ It implements the endpoints the integration uses, with GitHub's documented rules
 - `POST /app/installations/{id}/access_tokens` and `GET /repos/{o}/{r}/installation` need the
   App's RS256 JWT (checked against the App's public key: `iss` = App ID, `iat` not in the
   future, `exp` at most 10 minutes ahead of `iat` and not passed); tokens expire after
-  `token_lifetime` seconds of the fake's clock;
-- repository endpoints need a live installation token of the installation owning the repo;
+  `token_lifetime` seconds of the fake's clock. A body `{"repositories": [names]}` scopes the
+  token to those repositories of the installation, which the answer lists; a name the
+  installation has no repository of gets 422, as on GitHub;
+- repository endpoints need a live installation token of the installation owning the repo
+  (and, for a scoped token, naming it);
 - `POST`/`PATCH .../check-runs` validate the body: documented fields only, `status` and
   `conclusion` values, `conclusion` required with `status: completed` or `completed_at`,
   `output.title`/`summary` required, summary and text at most 65,535 characters, at most 50
@@ -68,6 +71,15 @@ class FakeRepo:
     files: dict[tuple[str, str], str] = field(default_factory=dict)  # (ref, path) -> text
     branches: dict[str, str] = field(default_factory=dict)  # branch -> sha
     permissions: dict[str, str] = field(default_factory=dict)  # login -> admin/write/read
+
+
+@dataclass(frozen=True)
+class Grant:
+    """An installation token: its installation, expiry and, when scoped, its repositories."""
+
+    installation_id: int
+    expires_at: float
+    repositories: frozenset[str] | None = None  # lower-case owner/name; None: all of them
 
 
 @dataclass
@@ -193,7 +205,7 @@ class FakeGitHub:
         self.clock = clock
         self.repos: dict[str, FakeRepo] = {}
         self.check_runs: dict[int, CheckRun] = {}
-        self.tokens: dict[str, tuple[int, float]] = {}  # token -> (installation, expires_at)
+        self.tokens: dict[str, Grant] = {}
         self.tokens_issued = 0
         self.requests: list[tuple[str, str]] = []  # (method, path) of every request received
         self._ids = itertools.count(1000)
@@ -293,13 +305,22 @@ class FakeGitHub:
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
         grant = self.tokens.get(token) if scheme.lower() in ("token", "bearer") else None
-        if grant is None or grant[1] <= self.clock():
+        if grant is None or grant.expires_at <= self.clock():
             return _error(401, "Bad credentials")
         key = f"{request.path_params['owner']}/{request.path_params['repo']}".lower()
         repo = self.repos.get(key)
-        if repo is None or grant[0] not in repo.installation_ids:
+        if repo is None or grant.installation_id not in repo.installation_ids \
+                or (grant.repositories is not None and key not in grant.repositories):
             return _error(404, "Not Found")
         return repo
+
+    def tokens_for(self, owner: str, name: str) -> list[str]:
+        """The live tokens issued so far that reach `owner/name`."""
+        key = f"{owner}/{name}".lower()
+        repo = self.repos.get(key)
+        return [token for token, grant in self.tokens.items()
+                if repo is not None and grant.installation_id in repo.installation_ids
+                and (grant.repositories is None or key in grant.repositories)]
 
     # ---- endpoints --------------------------------------------------------------------------
 
@@ -308,17 +329,32 @@ class FakeGitHub:
         if problem:
             return _error(401, problem)
         installation_id = request.path_params["installation_id"]
-        if not any(installation_id in r.installation_ids for r in self.repos.values()):
+        installed = [r for r in self.repos.values() if installation_id in r.installation_ids]
+        if not installed:
             return _error(404, "Not Found")
+        names = (await request.json() if await request.body() else {}).get("repositories")
+        scope: list[FakeRepo] | None = None
+        if names is not None:
+            scope = [r for r in installed if r.name.lower() in {n.lower() for n in names}]
+            if {r.name.lower() for r in scope} != {n.lower() for n in names}:
+                return JSONResponse({"message": "There is at least one repository that does not "
+                                                "exist or is not accessible to the parent "
+                                                "installation.",
+                                     "documentation_url": "https://docs.github.com/rest"}, 422)
         token = "ghs_" + secrets.token_hex(18)
         expires_at = self.clock() + self.token_lifetime
-        self.tokens[token] = (installation_id, expires_at)
+        self.tokens[token] = Grant(installation_id, expires_at, None if scope is None else
+                                   frozenset(f"{r.owner}/{r.name}".lower() for r in scope))
         self.tokens_issued += 1
         stamp = datetime.fromtimestamp(expires_at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        return JSONResponse({"token": token, "expires_at": stamp,
-                             "permissions": {"checks": "write", "contents": "read",
-                                             "metadata": "read"},
-                             "repository_selection": "selected"}, 201)
+        answer: dict[str, Any] = {"token": token, "expires_at": stamp,
+                                  "permissions": {"checks": "write", "contents": "read",
+                                                  "metadata": "read"},
+                                  "repository_selection": "selected"}
+        if scope is not None:
+            answer["repositories"] = [{"name": r.name, "full_name": f"{r.owner}/{r.name}",
+                                       "owner": {"login": r.owner}} for r in scope]
+        return JSONResponse(answer, 201)
 
     async def _repo_installation(self, request: Request) -> JSONResponse:
         problem = self._app_jwt_problem(request)

@@ -15,6 +15,8 @@ from github_integration.errors import GitHubApiError
 from tests.fakes.github_api import FakeGitHub
 from tests.github.conftest import APP_ID, INSTALLATION, OWNER, REPO, REPOSITORY, Clock
 
+FULL_NAME = f"{OWNER}/{REPO}"
+
 
 def test_jwt_claims_follow_githubs_rules(app_auth: AppAuth, app_key: rsa.RSAPrivateKey,
                                          clock: Clock) -> None:
@@ -30,12 +32,12 @@ def test_jwt_claims_follow_githubs_rules(app_auth: AppAuth, app_key: rsa.RSAPriv
 
 async def test_token_is_cached_until_near_expiry(app_auth: AppAuth, fake_github: FakeGitHub,
                                                  clock: Clock) -> None:
-    first = await app_auth.installation_token(INSTALLATION)
+    first = await app_auth.installation_token(INSTALLATION, FULL_NAME)
     clock.now += 50 * 60  # 10 minutes left: more than the 5-minute margin
-    assert await app_auth.installation_token(INSTALLATION) == first
+    assert await app_auth.installation_token(INSTALLATION, FULL_NAME) == first
     assert fake_github.tokens_issued == 1
     clock.now += 6 * 60  # 4 minutes left: inside the margin, refresh
-    second = await app_auth.installation_token(INSTALLATION)
+    second = await app_auth.installation_token(INSTALLATION, FULL_NAME)
     assert second != first
     assert fake_github.tokens_issued == 2
 
@@ -44,14 +46,14 @@ async def test_refresh_respects_expires_at(app_key: rsa.RSAPrivateKey, fake_gith
                                            http, clock: Clock) -> None:
     fake_github.token_lifetime = 400  # GitHub decides the lifetime; the App reads expires_at
     auth = AppAuth(APP_ID, app_key, http, clock=clock)
-    first = await auth.installation_token(INSTALLATION)
+    first = await auth.installation_token(INSTALLATION, FULL_NAME)
     clock.now += 120  # 280 s left < 300 s margin
-    assert await auth.installation_token(INSTALLATION) != first
+    assert await auth.installation_token(INSTALLATION, FULL_NAME) != first
 
 
 async def test_concurrent_callers_share_one_mint(app_auth: AppAuth,
                                                  fake_github: FakeGitHub) -> None:
-    tokens = await asyncio.gather(*(app_auth.installation_token(INSTALLATION) for _ in range(10)))
+    tokens = await asyncio.gather(*(app_auth.installation_token(INSTALLATION, FULL_NAME) for _ in range(10)))
     assert len(set(tokens)) == 1
     assert fake_github.tokens_issued == 1
 
@@ -68,7 +70,7 @@ async def test_wrong_key_is_refused(http, fake_github: FakeGitHub, clock: Clock)
     other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     auth = AppAuth(APP_ID, other, http, clock=clock)
     with pytest.raises(GitHubApiError) as caught:
-        await auth.installation_token(INSTALLATION)
+        await auth.installation_token(INSTALLATION, FULL_NAME)
     assert caught.value.status == 401
     assert "private key" in str(caught.value)
 
@@ -76,14 +78,14 @@ async def test_wrong_key_is_refused(http, fake_github: FakeGitHub, clock: Clock)
 async def test_app_clock_far_behind_is_refused(app_key, http, fake_github: FakeGitHub) -> None:
     auth = AppAuth(APP_ID, app_key, http, clock=lambda: fake_github.clock() - 3600)
     with pytest.raises(GitHubApiError) as caught:
-        await auth.installation_token(INSTALLATION)
+        await auth.installation_token(INSTALLATION, FULL_NAME)
     assert caught.value.status == 401
 
 
 async def test_unknown_installation_is_not_retryable(app_auth: AppAuth,
                                                      fake_github: FakeGitHub) -> None:
     with pytest.raises(GitHubApiError) as caught:
-        await app_auth.installation_token(999)
+        await app_auth.installation_token(999, FULL_NAME)
     assert caught.value.status == 404 and not caught.value.retryable
 
 
@@ -93,13 +95,13 @@ async def test_server_error_and_timeout_are_retryable(app_key, fake_github: Fake
         auth = AppAuth(APP_ID, app_key, http, clock=clock)
         fake_github.fail(1, status=502)
         with pytest.raises(GitHubApiError) as caught:
-            await auth.installation_token(INSTALLATION)
+            await auth.installation_token(INSTALLATION, FULL_NAME)
         assert caught.value.retryable and caught.value.status == 502
         fake_github.fail(1, status=0, delay=2.0)
         with pytest.raises(GitHubApiError) as caught:
-            await auth.installation_token(INSTALLATION)
+            await auth.installation_token(INSTALLATION, FULL_NAME)
         assert caught.value.retryable and caught.value.status == 0
-        assert await auth.installation_token(INSTALLATION)
+        assert await auth.installation_token(INSTALLATION, FULL_NAME)
 
 
 async def test_repo_installation_lookup(github_api: GitHubApi, fake_github: FakeGitHub) -> None:

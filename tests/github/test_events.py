@@ -7,9 +7,11 @@ import uuid
 import pytest
 
 from common.forge.errors import WebhookRejected
+from common.forge.identity import repository_identity
 from common.forge.policy import RunCandidate
 from common.messages import EventKind
-from github_integration.events import Ignored, JobRerun, classify, parse_external_id
+from github_integration.events import Ignored, JobRerun, Outcome, parse_external_id
+from github_integration.events import classify as classify_with
 from tests.fixtures import FIXTURES as ALL_FIXTURES
 
 FIXTURES = ALL_FIXTURES / "github"
@@ -18,6 +20,11 @@ API = "https://api.github.example"
 
 def load(name: str) -> dict:
     return json.loads((FIXTURES / name).read_text())
+
+
+def classify(event: str, body: object, delivery: str, *, api_url: str) -> Outcome:
+    """As the webhook handler calls it: with the identity taken from the same body."""
+    return classify_with(event, body, delivery, identity=repository_identity(body), api_url=api_url)
 
 
 def test_pull_request_from_a_deleted_fork_is_a_fork() -> None:

@@ -59,9 +59,9 @@ REJECTED = {f"{event}/{name}" for event, names in {
     "create": ("payload.json", "with-description.payload.json", "with-installation.payload.json",
                "with-organization.payload.json"),
     "delete": ("payload.json", "with-installation.payload.json", "with-organization.payload.json"),
-    # Not subscribed to yet (approval by comment is a later feature): refused with a hint.
-    "issue_comment": ("created.1.payload.json", "created.payload.json", "created.with-installation.payload.json",
-                      "deleted.payload.json", "edited.payload.json"),
+    "issue_comment": ("created.1.payload.json", "created.payload.json",
+                      "created.with-installation.payload.json", "deleted.payload.json",
+                      "edited.payload.json"),
 }.items() for name in names}
 
 
@@ -400,10 +400,10 @@ async def test_job_events_become_check_runs_despite_github_errors(stack: Stack) 
 
 async def test_installation_removed_drops_its_cached_token(stack: Stack) -> None:
     auth = stack.service.auth
-    first = await auth.installation_token(1)
+    first = await auth.installation_token(1, f"{OWNER}/{REPO}")
     body = load("installation/deleted.payload.json")
     body["installation"]["id"] = 1
     response = await stack.post("installation", body)
     assert response.status_code == 200 and response.json()["outcome"] == "ignored"
-    assert await auth.installation_token(1) != first
+    assert await auth.installation_token(1, f"{OWNER}/{REPO}") != first
     assert stack.fake.tokens_issued == 2
