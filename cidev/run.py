@@ -52,6 +52,7 @@ CIDEV_DATABASE = "cidev"
 JOB_COLOURS = ("36", "35", "34", "33", "32", "96", "95", "94")
 STATE_COLOURS = {"success": "32", "failure": "31", "error": "31", "timed_out": "31",
                  "cancelled": "33", "skipped": "90"}
+JOB_ENDINGS = frozenset(f"job {state.value}" for state in JobState)
 STEP_MARKS = {"running": ">", "success": "ok", "failure": "FAIL", "timed_out": "TIMEOUT",
               "cancelled": "CANCELLED", "skipped": "skipped"}
 
@@ -195,11 +196,11 @@ def check_secrets(planned: list[PlannedJob], given: list[str]) -> None:
                 missing.setdefault(name, []).append(job.key)
     if missing:
         names = sorted(missing)
-        needs = "; ".join(f"{', '.join(missing[n])} needs {n}" for n in names)
-        raise UsageError(f"the workflow declares {plural(len(names), 'secret')} not given: "
-                         f"{needs}",
-                         hint=" ".join(f"--secret {n}" for n in names) + " (the value from the "
-                              "environment variable of that name, else typed in)")
+        listed = ", ".join(f"{n} (needed by {', '.join(missing[n])})" for n in names)
+        raise UsageError(f"secret{'s' if len(names) > 1 else ''} {listed} not given",
+                         hint="pass " + " ".join(f"--secret {n}" for n in names) + "; each "
+                              "value comes from the environment variable of that name, else "
+                              "it is typed in")
 
 
 def now_ms() -> int:
@@ -259,6 +260,9 @@ class Printer:
     _colours: dict[str, str] = field(default_factory=dict)
     _partial: dict[tuple[str, int], bytes] = field(default_factory=dict)
     _system_lines: dict[str, set[str]] = field(default_factory=dict)
+    # Per job, the detail of its end once shown: the runner tells it after the step, again as
+    # `job failure: ...`, and the orchestrator's update once more; it is shown once.
+    _endings: dict[str, set[str]] = field(default_factory=dict)
 
     def paint(self, code: str, text: str) -> str:
         return f"\033[{code}m{text}\033[0m" if self.colour else text
@@ -289,7 +293,8 @@ class Printer:
         for raw in lines:
             text = raw.decode(errors="replace")
             if update.stream == runner_pb2.SYSTEM:
-                self._system_lines.setdefault(update.key, set()).add(text)
+                if self._told(update.key, text):
+                    continue
                 text = self.paint("2", text)
             elif update.stream == runner_pb2.STDERR:
                 text = self.paint("2;31", "!") + " " + text
@@ -308,12 +313,27 @@ class Printer:
     def job(self, update: JobUpdate) -> None:
         if update.state in (JobState.QUEUED, JobState.PROVISIONING, JobState.RUNNING):
             return
-        # A message may open with the state itself ("skipped: needed unit, ..."): not twice.
-        detail = update.message.removeprefix(f"{update.state.value}: ")
+        detail = job_detail(update.state, update.message)
+        self._endings.setdefault(update.key, set()).add(detail)
+        if detail in self._system_lines.get(update.key, ()):
+            detail = ""  # the line just above says why
         text = f"job {update.state.value}{f': {detail}' if detail else ''}"
-        if text in self._system_lines.get(update.key, ()):
-            return  # the runner said it already
         self.line(update.key, self.paint(STATE_COLOURS.get(update.state.value, "0"), text))
+
+    def _told(self, key: str, text: str) -> bool:
+        """Whether the system line `text` is (or repeats) how the job ended, which `job` shows
+        from the orchestrator's update; records the line if not."""
+        head, sep, _ = text.partition(": ")
+        if (sep and head in JOB_ENDINGS) or text in self._endings.get(key, ()):
+            return True
+        self._system_lines.setdefault(key, set()).add(text)
+        return False
+
+
+def job_detail(state: JobState, message: str) -> str:
+    """A job's message without its state in front ("skipped: needed unit, ..."), which the
+    state column or the `job skipped:` prefix already says."""
+    return message.removeprefix(f"{state.value}: ")
 
 
 def _duration(job: JobSummary) -> str:
@@ -328,7 +348,8 @@ def summary_table(summary: RunSummary, printer: Printer, elapsed: float) -> str:
     for job in summary.jobs:
         passed = sum(s.state == "success" for s in job.steps)
         state = printer.paint(STATE_COLOURS.get(job.state.value, "0"), f"{job.state.value:<10}")
-        detail = "" if job.state == JobState.SUCCESS else job.message.splitlines()[0] if job.message else ""
+        detail = "" if job.state == JobState.SUCCESS or not job.message else \
+            job_detail(job.state, job.message.splitlines()[0])
         rows.append(f"{job.key:<{width}}  {state} {_duration(job):>7}  "
                     f"{passed}/{len(job.steps):<4} {detail}".rstrip())
     ok = sum(j.state == JobState.SUCCESS for j in summary.jobs)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -165,6 +166,9 @@ def test_one_matrix_cell_from_a_subdirectory_of_a_dirty_tree(tmp_path: Path, sta
     assert "cell=3.12" not in out and "cell=3.11-slow" not in out
     assert "job skipped: needed unit, which did not succeed" in out
     assert "skipped: skipped" not in out
+    # How `unit` ended is told once in the log (and once in the table), not three times.
+    assert out.count("step 'u' failed with exit code 1") == 2
+    assert re.search(r"^unit +\| job failure$", out, re.MULTILINE)
     assert "run failure: 1 of 3 jobs succeeded" in out
     assert leftovers(state) == []
 
@@ -188,7 +192,8 @@ def test_a_declared_secret_not_given_is_refused_before_any_job(tmp_path: Path) -
     (source / ".solstice" / "workflow.kdl").write_text(FAILING)
     done = cidev(["run", "--job", "deploy"], tmp_path / "state", source)
     assert done.returncode == 2
-    assert "deploy needs DEPLOY_TOKEN" in done.stderr and "--secret DEPLOY_TOKEN" in done.stderr
+    assert "secret DEPLOY_TOKEN (needed by deploy) not given" in done.stderr
+    assert "pass --secret DEPLOY_TOKEN" in done.stderr
     assert "prepared" not in done.stdout  # the job it needs did not run either
     assert not (tmp_path / "state" / "solstice" / "pgdata").exists()  # nothing was started
     unrelated = cidev(["run", "--job", "unrelated"], tmp_path / "state", source)
