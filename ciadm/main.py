@@ -22,6 +22,8 @@ DEFAULT_ADDRESS = "127.0.0.1:50051"
 MAX_LIMIT = 10_000
 # gRPC has no scheme of its own: `http://` names the same plain-text port. TLS is not spoken.
 PLAIN_SCHEMES = ("http://", "grpc://")
+# Targets in gRPC's own naming (`unix:/run/solstice.sock`, `dns:///host:port`) go as they are.
+GRPC_TARGETS = ("unix:", "unix-abstract:", "dns:", "ipv4:", "ipv6:")
 
 
 class Client:
@@ -46,6 +48,8 @@ def _when(ms: int) -> str:
 
 def address(value: str) -> str:
     """`--orchestrator`'s HOST:PORT; `http://HOST:PORT` (and `grpc://`) name the same port."""
+    if value.startswith(GRPC_TARGETS):
+        return value
     for scheme in PLAIN_SCHEMES:
         if value.startswith(scheme):
             value = value.removeprefix(scheme).rstrip("/")
@@ -80,7 +84,8 @@ def _print_run(run: admin_pb2.Run) -> None:
         print(f"  {run.page_url}")
     for job in run.jobs:
         took = f"{job.duration_s:.1f}s" if job.duration_s >= 0 else ""
-        print(f"  job {job.key}  {job.state}  {took}  {job.message}".rstrip())
+        print("  " + "  ".join(part for part in (f"job {job.key}", job.state, took, job.message)
+                               if part))
         print(f"      id {job.job_id}")
         if job.page_url:
             print(f"      {job.page_url}")
