@@ -15,9 +15,15 @@ from datetime import UTC, datetime
 
 import grpc
 
+from common.cli import quiet_on_closed_stdout
 from protos import admin_pb2, admin_pb2_grpc
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
+MAX_LIMIT = 10_000
+# gRPC has no scheme of its own: `http://` names the same plain-text port. TLS is not spoken.
+PLAIN_SCHEMES = ("http://", "grpc://")
+# Targets in gRPC's own naming (`unix:/run/solstice.sock`, `dns:///host:port`) go as they are.
+GRPC_TARGETS = ("unix:", "unix-abstract:", "dns:", "ipv4:", "ipv6:")
 
 
 class Client:
@@ -40,17 +46,52 @@ def _when(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S") if ms else "-"
 
 
+def address(value: str) -> str:
+    """`--orchestrator`'s HOST:PORT; `http://HOST:PORT` (and `grpc://`) name the same port."""
+    if value.startswith(GRPC_TARGETS):
+        return value
+    for scheme in PLAIN_SCHEMES:
+        if value.startswith(scheme):
+            value = value.removeprefix(scheme).rstrip("/")
+            break
+    if "://" in value:
+        raise argparse.ArgumentTypeError(
+            f"{value!r}: ciadm speaks plain gRPC; give HOST:PORT (or http://HOST:PORT) of the "
+            "orchestrator's gRPC port")
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit() or "/" in value:
+        raise argparse.ArgumentTypeError(f"{value!r} is not HOST:PORT (e.g. {DEFAULT_ADDRESS})")
+    return value
+
+
+def limit(value: str) -> int:
+    """`runs --limit`: a whole number from 1 to MAX_LIMIT."""
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if not 1 <= number <= MAX_LIMIT:
+        raise argparse.ArgumentTypeError(f"{value!r}: give a whole number from 1 to {MAX_LIMIT}")
+    return number
+
+
 def _print_run(run: admin_pb2.Run) -> None:
     trust = "" if run.trusted else " (untrusted)"
     print(f"run {run.run_id}  {run.state}{trust}  {run.message}")
     print(f"  {run.repo} {run.event} {run.ref} @ {run.commit_sha[:12]}  workflow "
           f"{run.workflow_name or '-'}  created {_when(run.created_unix_ms)}")
+    if run.page_url:
+        print(f"  {run.page_url}")
     for job in run.jobs:
         took = f"{job.duration_s:.1f}s" if job.duration_s >= 0 else ""
-        print(f"  {job.job_id[:8]}  {job.key:<32} {job.state:<18} {took:>8}  {job.message}")
-        for step in job.steps:
+        print("  " + "  ".join(part for part in (f"job {job.key}", job.state, took, job.message)
+                               if part))
+        print(f"      id {job.job_id}")
+        if job.page_url:
+            print(f"      {job.page_url}")
+        for step in job.steps:  # numbered from 1, as on the web pages
             code = f"exit {step.exit_code}" if step.exit_code >= 0 else ""
-            print(f"      {step.index:>2}. {step.name:<30} {step.state:<10} {code}")
+            print(f"      {step.index + 1:>2}. {step.name:<30} {step.state:<10} {code}".rstrip())
 
 
 async def cmd_runs(client: Client, args: argparse.Namespace) -> int:
@@ -79,7 +120,8 @@ async def cmd_approve(client: Client, args: argparse.Namespace) -> int:
 
 async def cmd_cancel(client: Client, args: argparse.Namespace) -> int:
     run = await client.stub.CancelRun(admin_pb2.RunRef(run_id=args.run), metadata=client.metadata)
-    print(f"cancel requested for run {run.run_id}")
+    print(f"cancel requested for run {run.run_id}: queued jobs are cancelled, running ones "
+          "asked to stop")
     _print_run(run)
     return 0
 
@@ -111,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ciadm", description="Operate Solstice CI: runs, "
                                      "approvals, cancels, logs and orchestrator hosts.")
     parser.add_argument("--orchestrator", default=os.environ.get("SOLSTICE_ORCHESTRATOR_ADMIN",
-                                                                 DEFAULT_ADDRESS),
+                                                                 DEFAULT_ADDRESS), type=address,
                         help=f"HOST:PORT of any orchestrator's gRPC port (default {DEFAULT_ADDRESS})")
     parser.add_argument("--token", default=os.environ.get("SOLSTICE_ADMIN_TOKEN"),
                         help="admin token, if the orchestrator has one configured")
@@ -123,8 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     runs = add("runs", cmd_runs, "list recent runs")
-    runs.add_argument("--limit", type=int, default=20)
-    runs.add_argument("--state", default="", help="only runs in this state")
+    runs.add_argument("--limit", type=limit, default=20,
+                      help=f"at most this many runs, newest first (1 to {MAX_LIMIT}; default 20)")
+    runs.add_argument("--state", default="", help="only runs in this state, e.g. failure")
     add("show", cmd_show, "show a run, its jobs and steps").add_argument("run")
     add("approve", cmd_approve, "let an untrusted run that waits for approval start").add_argument("run")
     add("cancel", cmd_cancel, "cancel a run (queued jobs at once, running ones asked to stop)"
@@ -142,6 +185,10 @@ async def _run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    return quiet_on_closed_stdout(lambda: _main(argv))
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not hasattr(args, "handler"):

@@ -5,7 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from cidev.workflow_file import load, render
+from cidev.workflow_file import load, render, workflow_path
 from common.workflow import DEFAULT_PATH, PlannedJob, Workflow, WorkflowError, expand, topological_order
 from common.workflow.units import format_duration
 
@@ -15,8 +15,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "inspect", help="show the expanded jobs, their steps and the DAG",
         description="Show what a workflow expands to: every job (one per matrix combination)"
                     " in run order with its steps, then the dependency graph.")
-    parser.add_argument("path", nargs="?", type=Path, default=Path(DEFAULT_PATH), metavar="PATH",
-                        help=f"workflow file (default: {DEFAULT_PATH})")
+    parser.add_argument("path", nargs="?", type=Path, metavar="PATH",
+                        help=f"workflow file or repository directory (default: the {DEFAULT_PATH}"
+                             " of the current directory or the nearest one above it)")
     parser.add_argument("--dot", action="store_true", help="print the DAG in Graphviz dot format")
     parser.set_defaults(handler=run)
 
@@ -119,8 +120,9 @@ def dag_dot(ordered: list[PlannedJob]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    path = workflow_path(args.path)
     try:
-        workflow = load(args.path)
+        workflow = load(path)
     except WorkflowError as exc:
         print(render(exc), file=sys.stderr)
         return 1

@@ -11,6 +11,7 @@ import sys
 
 from cidev import inspect, run, validate
 from cidev.workflow_file import UsageError
+from common.cli import quiet_on_closed_stdout
 from common.errors import SolsticeError
 from common.observability import setup_observability
 
@@ -27,6 +28,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    return quiet_on_closed_stdout(lambda: _main(argv))
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not hasattr(args, "handler"):

@@ -28,14 +28,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-from cidev.workflow_file import UsageError, load, read_text, render
+from cidev.workflow_file import UsageError, load, read_text, render, workflow_path
 from common.messages import EventKind, JobState, Repo, RunRequest
-from common.workflow import DEFAULT_PATH, Workflow, WorkflowError, expand
+from common.text import plural
+from common.workflow import DEFAULT_PATH, PlannedJob, WorkflowError, expand
 from orchestrator.api import JobSummary, OrchestratorAPI, RunSummary
 from orchestrator.backends.local import LocalBackend
 from orchestrator.config import OrchestratorConfig
 from orchestrator.db.embedded import default_state_dir
-from orchestrator.intake import RunOptions
+from orchestrator.intake import RunOptions, select_jobs
 from orchestrator.standalone import running
 from orchestrator.updates import JobUpdate, LogUpdate, StepUpdate, Update, Watch
 from protos import runner_pb2
@@ -51,6 +52,7 @@ CIDEV_DATABASE = "cidev"
 JOB_COLOURS = ("36", "35", "34", "33", "32", "96", "95", "94")
 STATE_COLOURS = {"success": "32", "failure": "31", "error": "31", "timed_out": "31",
                  "cancelled": "33", "skipped": "90"}
+JOB_ENDINGS = frozenset(f"job {state.value}" for state in JobState)
 STEP_MARKS = {"running": ">", "success": "ok", "failure": "FAIL", "timed_out": "TIMEOUT",
               "cancelled": "CANCELLED", "skipped": "skipped"}
 
@@ -63,10 +65,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "Exit status: 0 every job succeeded, 1 a job did not or the workflow is "
                     "invalid, 2 usage error, 130 interrupted.",
         epilog=NO_ISOLATION)
-    parser.add_argument("path", nargs="?", type=Path, default=Path(DEFAULT_PATH), metavar="PATH",
-                        help=f"workflow file (default: {DEFAULT_PATH})")
+    parser.add_argument("path", nargs="?", type=Path, metavar="PATH",
+                        help=f"workflow file or repository directory (default: the {DEFAULT_PATH}"
+                             " of the current directory or the nearest one above it)")
     parser.add_argument("--job", action="append", default=[], metavar="ID",
-                        help="run only this job (and the jobs it needs); repeatable")
+                        help="run only this job (and the jobs it needs); one matrix cell with "
+                             "'test[python=3.11,mode=fast]', the cells of one value with "
+                             "'test[python=3.11]'; repeatable")
     parser.add_argument("--backend", choices=BACKENDS, default="local",
                         help="where jobs run (only `local`, which has no isolation)")
     parser.add_argument("--secret", action="append", default=[], metavar="NAME",
@@ -87,17 +92,43 @@ def _git(source: Path, *args: str) -> str | None:
     return done.stdout.strip() if done.returncode == 0 else None
 
 
-def working_tree() -> Path:
-    """The checkout source: the git work tree around the current directory, else the directory."""
+def working_tree(workflow: Path) -> Path:
+    """The checkout source: the git work tree around the current directory, else the directory
+    holding the workflow's `.solstice/`, else the current directory."""
     cwd = Path.cwd()
     top = _git(cwd, "rev-parse", "--show-toplevel")
-    return Path(top) if top else cwd
+    if top:
+        return Path(top)
+    if workflow.resolve().parent.name == ".solstice":
+        return workflow.resolve().parent.parent
+    return cwd
 
 
-def local_request(path: Path, text: str, source: Path) -> RunRequest:
+@dataclass(frozen=True)
+class Tree:
+    """What git knows of the tree a local run copies."""
+
+    commit: str  # "" outside a git repository
+    branch: str | None
+    dirty: bool
+
+    def describe(self) -> str:
+        if not self.commit:
+            return "not a git repository"
+        changes = " with uncommitted changes" if self.dirty else ""
+        return f"commit {self.commit[:12]}{changes}"
+
+
+def inspect_tree(source: Path) -> Tree:
+    commit = _git(source, "rev-parse", "--verify", "-q", "HEAD") or ""
+    status = _git(source, "status", "--porcelain") if commit else None
+    return Tree(commit=commit, branch=_git(source, "symbolic-ref", "--short", "-q", "HEAD"),
+                dirty=bool(status))
+
+
+def local_request(path: Path, text: str, source: Path, tree: Tree) -> RunRequest:
     """A manual run of the working tree at `source`, described with what git knows of it."""
-    commit = _git(source, "rev-parse", "HEAD") or "0" * 40
-    branch = _git(source, "symbolic-ref", "--short", "-q", "HEAD")
+    commit, branch = tree.commit, tree.branch
     try:
         workflow_path = str(path.resolve().relative_to(source))
     except ValueError:
@@ -126,15 +157,50 @@ def read_secrets(names: list[str]) -> dict[str, str]:
     return values
 
 
-def check_jobs(workflow: Workflow, wanted: list[str]) -> frozenset[str] | None:
+def _cells(planned: list[PlannedJob], wanted: str) -> list[str]:
+    """The keys `wanted` names: `id`, or `id[axis=value,...]` (every cell with those values)."""
+    job_id, _, rest = wanted.partition("[")
+    job_id = job_id.strip()
+    if not rest:
+        return [p.key for p in planned if p.job.id == job_id]
+    if not rest.endswith("]"):
+        return []
+    values = {}
+    for pair in rest[:-1].split(","):
+        axis, equals, value = pair.partition("=")
+        if not equals:
+            return []
+        values[axis.strip()] = value.strip()
+    return [p.key for p in planned
+            if p.job.id == job_id and all(p.matrix.get(a) == v for a, v in values.items())]
+
+
+def check_jobs(planned: list[PlannedJob], wanted: list[str]) -> frozenset[str] | None:
+    """The planned keys `--job` selects (None: all), or a `UsageError` naming what is not there."""
     if not wanted:
         return None
-    known = [job.id for job in workflow.jobs]
-    unknown = [w for w in wanted if w not in known]
+    chosen = {w: _cells(planned, w) for w in wanted}
+    unknown = [w for w, keys in chosen.items() if not keys]
     if unknown:
         raise UsageError(f"no job {', '.join(repr(u) for u in unknown)} in the workflow",
-                         hint=f"jobs: {', '.join(known)}")
-    return frozenset(wanted)
+                         hint=f"jobs: {', '.join(p.key for p in planned)}")
+    return frozenset(key for keys in chosen.values() for key in keys)
+
+
+def check_secrets(planned: list[PlannedJob], given: list[str]) -> None:
+    """Refuse, before any job starts, a run whose jobs declare a secret not given."""
+    missing: dict[str, list[str]] = {}
+    for job in planned:
+        for name in job.job.secrets:
+            if name not in given:
+                missing.setdefault(name, []).append(job.key)
+    if missing:
+        names = sorted(missing)
+        listed = ", ".join(f"{n} (needed by {', '.join(missing[n])})" for n in names)
+        raise UsageError(f"secret{'s' if len(names) > 1 else ''} {listed} not given",
+                         hint="pass " + " ".join(f"--secret {n}" for n in names) + "; each "
+                              "value comes from the environment variable of that name, else "
+                              "it is typed in")
 
 
 def now_ms() -> int:
@@ -194,6 +260,9 @@ class Printer:
     _colours: dict[str, str] = field(default_factory=dict)
     _partial: dict[tuple[str, int], bytes] = field(default_factory=dict)
     _system_lines: dict[str, set[str]] = field(default_factory=dict)
+    # Per job, the detail of its end once shown: the runner tells it after the step, again as
+    # `job failure: ...`, and the orchestrator's update once more; it is shown once.
+    _endings: dict[str, set[str]] = field(default_factory=dict)
 
     def paint(self, code: str, text: str) -> str:
         return f"\033[{code}m{text}\033[0m" if self.colour else text
@@ -224,7 +293,8 @@ class Printer:
         for raw in lines:
             text = raw.decode(errors="replace")
             if update.stream == runner_pb2.SYSTEM:
-                self._system_lines.setdefault(update.key, set()).add(text)
+                if self._told(update.key, text):
+                    continue
                 text = self.paint("2", text)
             elif update.stream == runner_pb2.STDERR:
                 text = self.paint("2;31", "!") + " " + text
@@ -243,11 +313,27 @@ class Printer:
     def job(self, update: JobUpdate) -> None:
         if update.state in (JobState.QUEUED, JobState.PROVISIONING, JobState.RUNNING):
             return
-        message = f": {update.message}" if update.message else ""
-        text = f"job {update.state.value}{message}"
-        if text in self._system_lines.get(update.key, ()):
-            return  # the runner said it already
+        detail = job_detail(update.state, update.message)
+        self._endings.setdefault(update.key, set()).add(detail)
+        if detail in self._system_lines.get(update.key, ()):
+            detail = ""  # the line just above says why
+        text = f"job {update.state.value}{f': {detail}' if detail else ''}"
         self.line(update.key, self.paint(STATE_COLOURS.get(update.state.value, "0"), text))
+
+    def _told(self, key: str, text: str) -> bool:
+        """Whether the system line `text` is (or repeats) how the job ended, which `job` shows
+        from the orchestrator's update; records the line if not."""
+        head, sep, _ = text.partition(": ")
+        if (sep and head in JOB_ENDINGS) or text in self._endings.get(key, ()):
+            return True
+        self._system_lines.setdefault(key, set()).add(text)
+        return False
+
+
+def job_detail(state: JobState, message: str) -> str:
+    """A job's message without its state in front ("skipped: needed unit, ..."), which the
+    state column or the `job skipped:` prefix already says."""
+    return message.removeprefix(f"{state.value}: ")
 
 
 def _duration(job: JobSummary) -> str:
@@ -262,12 +348,14 @@ def summary_table(summary: RunSummary, printer: Printer, elapsed: float) -> str:
     for job in summary.jobs:
         passed = sum(s.state == "success" for s in job.steps)
         state = printer.paint(STATE_COLOURS.get(job.state.value, "0"), f"{job.state.value:<10}")
-        detail = "" if job.state == JobState.SUCCESS else job.message.splitlines()[0] if job.message else ""
+        detail = "" if job.state == JobState.SUCCESS or not job.message else \
+            job_detail(job.state, job.message.splitlines()[0])
         rows.append(f"{job.key:<{width}}  {state} {_duration(job):>7}  "
                     f"{passed}/{len(job.steps):<4} {detail}".rstrip())
     ok = sum(j.state == JobState.SUCCESS for j in summary.jobs)
     verdict = printer.paint(STATE_COLOURS.get(summary.state, "0"), summary.state)
-    rows.append(f"run {verdict}: {ok} of {len(summary.jobs)} jobs succeeded in {elapsed:.1f}s")
+    rows.append(f"run {verdict}: {ok} of {plural(len(summary.jobs), 'job')} succeeded in "
+                f"{elapsed:.1f}s")
     return "\n".join(rows)
 
 
@@ -338,27 +426,29 @@ async def _follow(api: OrchestratorAPI, run_id: uuid.UUID, watch: Watch,
 
 
 def run(args: argparse.Namespace) -> int:
-    path: Path = args.path
+    path = workflow_path(args.path)
     try:
         workflow = load(path)
     except WorkflowError as exc:
-        count = len(exc.diagnostics)
-        print(f"{render(exc)}\n{path}: {count} error{'s' if count > 1 else ''}", file=sys.stderr)
+        print(f"{render(exc)}\n{path}: {plural(len(exc.diagnostics), 'error')}", file=sys.stderr)
         return 1
     if args.parallel < 1:
         raise UsageError("--parallel must be at least 1")
-    only = check_jobs(workflow, args.job)
-    source = working_tree()
-    request = local_request(path, read_text(path), source)
-    secrets = read_secrets(args.secret)
     planned = expand(workflow)
-    labels = {p.runs_on for p in planned}
+    only = check_jobs(planned, args.job)
+    selected = select_jobs(planned, only) if only is not None else planned
+    check_secrets(selected, args.secret)
+    source = working_tree(path)
+    tree = inspect_tree(source)
+    request = local_request(path, read_text(path), source, tree)
+    secrets = read_secrets(args.secret)
+    labels = {p.runs_on for p in selected}
     colour = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
-    printer = Printer(sys.stdout, colour, width=max(len(p.key) for p in planned))
+    printer = Printer(sys.stdout, colour, width=max(len(p.key) for p in selected))
     state_dir = default_state_dir()
     state_dir.mkdir(parents=True, exist_ok=True)
-    print(printer.paint("2", f"cidev: running {path} from {source} (local backend, no "
-                             "isolation)"), flush=True)
+    print(printer.paint("2", f"cidev: running {path} from {source}, {tree.describe()} (local "
+                             "backend, no isolation)"), flush=True)
     started = time.monotonic()
     summary = asyncio.run(execute(request, RunOptions(only_jobs=only, ignore_triggers=True),
                                   secrets=secrets, labels=labels, parallel=args.parallel,

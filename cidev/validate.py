@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from cidev.workflow_file import UsageError, load, render
+from cidev.workflow_file import UsageError, load, render, workflow_path
+from common.text import plural
 from common.workflow import DEFAULT_PATH, WorkflowError, expand
 
 
@@ -16,34 +17,37 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "validate", help="check workflow files and report every problem",
         description="Check KDL workflow files. Exit status: 0 all valid, 1 some invalid,"
                     " 2 a file could not be read.")
-    parser.add_argument("paths", nargs="*", type=Path, default=[Path(DEFAULT_PATH)],
-                        metavar="PATH", help=f"workflow files (default: {DEFAULT_PATH})")
+    parser.add_argument("paths", nargs="*", type=Path, metavar="PATH",
+                        help=f"workflow files, or repository directories holding {DEFAULT_PATH}"
+                             f" (default: the {DEFAULT_PATH} of the current directory or the "
+                             "nearest one above it)")
     parser.add_argument("--json", action="store_true", help="print one JSON document for machines")
     parser.set_defaults(handler=run)
 
 
-def _check(path: Path) -> tuple[dict[str, Any], str]:
-    """Validate one file: its JSON record and its human report."""
+def _check(given: Path | None) -> tuple[dict[str, Any], str]:
+    """Validate one file (`None`: the one found upwards): its JSON record and human report."""
+    path = given or Path(DEFAULT_PATH)
     try:
+        path = workflow_path(given)
         workflow = load(path)
     except UsageError as exc:
         record = {"path": str(path), "valid": False, "usage_error": exc.message, "hint": exc.hint,
                   "errors": []}
         return record, f"cidev: error: {exc}"
     except WorkflowError as exc:
-        count = len(exc.diagnostics)
         record = {"path": str(path), "valid": False,
                   "errors": [d.to_dict() for d in exc.diagnostics]}
-        summary = f"{path}: {count} error{'s' if count > 1 else ''}"
-        return record, f"{render(exc)}\n{summary}"
+        return record, f"{render(exc)}\n{path}: {plural(len(exc.diagnostics), 'error')}"
     planned = len(expand(workflow))
     record = {"path": str(path), "valid": True, "errors": [], "jobs": len(workflow.jobs),
               "planned_jobs": planned}
-    return record, f"{path}: ok ({len(workflow.jobs)} jobs, {planned} after matrix expansion)"
+    return record, (f"{path}: ok ({plural(len(workflow.jobs), 'job')}, {planned} after matrix"
+                    " expansion)")
 
 
 def run(args: argparse.Namespace) -> int:
-    results = [_check(path) for path in args.paths]
+    results = [_check(path) for path in args.paths or [None]]
     records = [record for record, _ in results]
     if args.json:
         json.dump({"valid": all(r["valid"] for r in records), "files": records}, sys.stdout, indent=2)

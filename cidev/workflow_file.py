@@ -1,15 +1,44 @@
 """Reading a workflow file from disk and showing its problems the way compilers do."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from common.errors import SolsticeError
-from common.workflow import Diagnostic, Workflow, WorkflowError, load_workflow
+from common.workflow import DEFAULT_PATH, Diagnostic, Workflow, WorkflowError, load_workflow
 from common.workflow.source import LineIndex
 
 
 class UsageError(SolsticeError):
     """The command cannot start (missing file, bad arguments): exit status 2."""
+
+
+def find_workflow(start: Path) -> Path:
+    """`.solstice/workflow.kdl` in `start` or the nearest directory above it that has one (as
+    git looks for `.git`), relative to `start` when it is below it."""
+    start = start.resolve()
+    for directory in (start, *start.parents):
+        candidate = directory / DEFAULT_PATH
+        if candidate.is_file():
+            return Path(os.path.relpath(candidate, start))
+    raise UsageError(f"no {DEFAULT_PATH} in {start} or any directory above it",
+                     hint="run inside a repository that has one, or pass the workflow's path:"
+                          " cidev validate path/to/workflow.kdl")
+
+
+def workflow_path(given: Path | None) -> Path:
+    """The workflow file a command works on: `given`, `given/.solstice/workflow.kdl` when
+    `given` is a directory, else the one found from the current directory upwards."""
+    if given is None:
+        return find_workflow(Path.cwd())
+    if given.is_dir():
+        inside = given / DEFAULT_PATH
+        if not inside.is_file():
+            raise UsageError(f"{given} is a directory without {DEFAULT_PATH}",
+                             hint="pass the workflow file itself, or the directory of a "
+                                  f"repository that has {DEFAULT_PATH}")
+        return inside
+    return given
 
 
 def read_text(path: Path) -> str:
@@ -18,11 +47,7 @@ def read_text(path: Path) -> str:
         data = path.read_bytes()
     except FileNotFoundError:
         raise UsageError(f"{path}: no such file",
-                         hint="run from the repository root, or pass the workflow's path:"
-                              " cidev validate path/to/workflow.kdl") from None
-    except IsADirectoryError:
-        raise UsageError(f"{path} is a directory",
-                         hint=f"pass the file itself, e.g. {path / '.solstice' / 'workflow.kdl'}") from None
+                         hint="pass the workflow's path, e.g. .solstice/workflow.kdl") from None
     except OSError as exc:
         raise UsageError(f"{path}: cannot read it ({exc.strerror})",
                          hint="check the file's permissions") from None

@@ -10,11 +10,11 @@ import asyncio
 import hmac
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import grpc
 
-from orchestrator.api import JobSummary, OrchestratorAPI, RunSummary
+from orchestrator.api import RUN_STATES, JobSummary, OrchestratorAPI, RunSummary
 from orchestrator.db import Database
 from orchestrator.hosts import HostRegistry
 from orchestrator.logstore import read_log
@@ -33,10 +33,11 @@ def _ms(value: object) -> int:
     return int(value.timestamp() * 1000) if value is not None else 0  # type: ignore[attr-defined]
 
 
-def _job_message(job: JobSummary) -> admin_pb2.Job:
+def _job_message(job: JobSummary, pages: str) -> admin_pb2.Job:
     return admin_pb2.Job(
         job_id=str(job.job_id), key=job.key, runs_on=job.runs_on, state=job.state.value,
         message=job.message, attempt=job.attempt,
+        page_url=f"{pages}/jobs/{job.job_id}" if pages else "",
         duration_s=job.duration_s if job.duration_s is not None else -1,
         steps=[admin_pb2.Step(index=s.index, name=s.name, state=s.state,
                               exit_code=-1 if s.exit_code is None else s.exit_code,
@@ -46,11 +47,14 @@ def _job_message(job: JobSummary) -> admin_pb2.Job:
 
 class AdminService(admin_pb2_grpc.AdminServicer):
     def __init__(self, *, db: Database, api: OrchestratorAPI, registry: HostRegistry,
-                 token: str | None) -> None:
+                 token: str | None, pages_url: Callable[[], str] = lambda: "") -> None:
         self.db = db
         self.api = api
         self.registry = registry
         self.token = token
+        # The web pages' base URL ("" while none are served); asked per call because the
+        # pages start after the gRPC server.
+        self.pages_url = pages_url
 
     async def _authorize(self, context: grpc.aio.ServicerContext) -> None:
         if not self.token:
@@ -81,16 +85,22 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         if summary is None or row is None:
             raise NotFound(str(run_id))
         repo = row["repo"]
+        pages = self.pages_url().rstrip("/")
         return admin_pb2.Run(
             run_id=str(run_id), state=summary.state, message=summary.message,
             workflow_name=summary.workflow_name, repo=f"{repo['owner']}/{repo['name']}",
             commit_sha=row["commit_sha"], ref=row["ref"], event=row["event"],
             trusted=row["trusted"], created_unix_ms=_ms(summary.created_at),
-            jobs=[_job_message(j) for j in summary.jobs])
+            page_url=f"{pages}/runs/{run_id}" if pages else "",
+            jobs=[_job_message(j, pages) for j in summary.jobs])
 
     async def ListRuns(self, request: admin_pb2.ListRunsRequest,
                        context: grpc.aio.ServicerContext) -> admin_pb2.ListRunsReply:
         await self._authorize(context)
+        if request.state and request.state not in RUN_STATES:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"no run state {request.state!r}; the states are "
+                                f"{', '.join(RUN_STATES)}")
         rows = await self.db.pool.fetch(
             "SELECT id FROM runs WHERE ($1 = '' OR state = $1) ORDER BY created_at DESC LIMIT $2",
             request.state, request.limit or 20)
@@ -116,6 +126,10 @@ class AdminService(admin_pb2_grpc.AdminServicer):
                         context: grpc.aio.ServicerContext) -> admin_pb2.Run:
         await self._authorize(context)
         run_id = await self._resolve("runs", request.run_id, context)
+        summary = await self.api.summary(run_id)
+        if summary is not None and summary.final:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                f"run {run_id} already ended ({summary.state}); nothing to cancel")
         await self.api.cancel_run(run_id, "cancelled by an operator")
         log.info("run cancelled", extra={"run_id": str(run_id)})
         return await self._run_message(run_id)

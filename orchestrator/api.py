@@ -17,6 +17,8 @@ from orchestrator.store import Store
 from orchestrator.updates import Hub, RunUpdate, Watch
 
 FINAL_RUN_STATES = frozenset({"success", "failure", "error", "cancelled", "skipped"})
+# Every state a run can be in (the CHECK on runs.state), in the order of a run's life.
+RUN_STATES = ("queued", "running", "success", "failure", "error", "cancelled", "skipped")
 
 
 @dataclass(frozen=True)

@@ -95,7 +95,8 @@ class Orchestrator:
             effects=self.effects, broker=self.broker,
             log_drain_timeout=self.config.log_drain_timeout), self.server)
         admin_pb2_grpc.add_AdminServicer_to_server(AdminService(
-            db=self.db, api=self.api, registry=self.registry, token=self.config.admin_token),
+            db=self.db, api=self.api, registry=self.registry, token=self.config.admin_token,
+            pages_url=lambda: self.relay.log_url_base),
             self.server)
         port = self.server.add_insecure_port(self.config.grpc_listen)
         await self.server.start()

@@ -5,17 +5,19 @@
 - `/jobs/{job_id}/log.txt?after=SEQ`: the log as plain text after a sequence number, with
   `X-Solstice-Last-Seq` and `X-Solstice-Done` headers (the page polls it).
 
-Read-only, from the shared Postgres, so any host serves every job. Logs were masked before
-they were stored.
+Runs and jobs are named by their full id; a unique prefix of at least 8 characters (what
+`ciadm` accepts too) redirects to the full id. Read-only, from the shared Postgres, so any host
+serves every job. Logs were masked before they were stored.
 """
 from __future__ import annotations
 
 import html
+import re
 import uuid
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, PlainTextResponse, Response
+from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from orchestrator.api import JobSummary, RunSummary, load_summary
@@ -58,6 +60,11 @@ def _state(state: str) -> str:
     return f"<span class='{html.escape(state)}'>{html.escape(state)}</span>"
 
 
+MIN_PREFIX = 8
+# Only what a UUID's text is made of: the prefix goes into a LIKE pattern.
+PREFIX_RE = re.compile(rf"[0-9a-f-]{{{MIN_PREFIX},36}}")
+
+
 def _uuid(request: Request, name: str) -> uuid.UUID | None:
     try:
         return uuid.UUID(request.path_params[name])
@@ -66,8 +73,30 @@ def _uuid(request: Request, name: str) -> uuid.UUID | None:
 
 
 def _not_found(what: str) -> Response:
-    return PlainTextResponse(f"no such {what}: runs and jobs are named by their full id",
-                             status_code=404)
+    return PlainTextResponse(f"no such {what}: give its full id, or at least {MIN_PREFIX} "
+                             "characters of it", status_code=404)
+
+
+async def _prefix_redirect(db: Database, request: Request, table: str, name: str,
+                           then: str) -> Response:
+    """The answer for an id that is not a full UUID: a redirect to the one run or job whose
+    id starts with it, else 404. `then` is what follows the id in the URL (`""`, `/log.txt`)."""
+    what = table[:-1]
+    prefix = request.path_params[name].lower()
+    if not PREFIX_RE.fullmatch(prefix):
+        return _not_found(what)
+    rows = await db.pool.fetch(f"SELECT id FROM {table} WHERE id::text LIKE $1 || '%' LIMIT 2",
+                               prefix)
+    if len(rows) > 1:
+        return PlainTextResponse(f"{prefix} is the start of more than one {what}'s id; give "
+                                 "more of it", status_code=404)
+    if not rows:
+        return _not_found(what)
+    # Relative, so the redirect holds behind a proxy that serves the pages under a path.
+    location = f"{rows[0]['id']}" if not then else f"../{rows[0]['id']}{then}"
+    if request.url.query:
+        location += f"?{request.url.query}"
+    return RedirectResponse(location, status_code=307)
 
 
 def _steps_table(job: JobSummary) -> str:
@@ -85,7 +114,9 @@ def build_app(db: Database) -> Starlette:
 
     async def run_page(request: Request) -> Response:
         run_id = _uuid(request, "run_id")
-        summary: RunSummary | None = await load_summary(db, run_id) if run_id else None
+        if run_id is None:
+            return await _prefix_redirect(db, request, "runs", "run_id", "")
+        summary: RunSummary | None = await load_summary(db, run_id)
         if summary is None:
             return _not_found("run")
         rows = "".join(
@@ -99,10 +130,11 @@ def build_app(db: Database) -> Starlette:
 
     async def job_page(request: Request) -> Response:
         job_id = _uuid(request, "job_id")
-        run_id = await db.pool.fetchval("SELECT run_id FROM jobs WHERE id = $1", job_id) \
-            if job_id else None
+        if job_id is None:
+            return await _prefix_redirect(db, request, "jobs", "job_id", "")
+        run_id = await db.pool.fetchval("SELECT run_id FROM jobs WHERE id = $1", job_id)
         summary = await load_summary(db, run_id) if run_id else None
-        log = await read_log(db, job_id) if job_id else None
+        log = await read_log(db, job_id)
         if summary is None or log is None:
             return _not_found("job")
         job = next(j for j in summary.jobs if j.job_id == job_id)
@@ -116,11 +148,13 @@ def build_app(db: Database) -> Starlette:
 
     async def job_log(request: Request) -> Response:
         job_id = _uuid(request, "job_id")
+        if job_id is None:
+            return await _prefix_redirect(db, request, "jobs", "job_id", "/log.txt")
         try:
             after = int(request.query_params.get("after", "0"))
         except ValueError:
             return PlainTextResponse("`after` must be a whole number", status_code=400)
-        log = await read_log(db, job_id, after_seq=after) if job_id else None
+        log = await read_log(db, job_id, after_seq=after)
         if log is None:
             return _not_found("job")
         body = b"".join(bytes(c["data"]) for c in log.chunks)

@@ -59,7 +59,11 @@ async def checkout(
     `masker` must already hold the checkout password, so git's own messages are masked too.
     """
     if spec.preloaded:
-        shipper.system(NO_STEP, f"using the preloaded tree at {spec.commit or 'working copy'}")
+        # A preloaded tree is a copy of a working tree (`cidev run`), not a checkout: it holds
+        # whatever was not committed too, and may not be a git repository at all.
+        shipper.system(NO_STEP, "using the preloaded copy of the working tree ("
+                       + (f"commit {spec.commit} plus any uncommitted changes)" if spec.commit
+                          else "not a git repository)"))
         return CheckoutResult(Ending.EXITED)
     if not spec.repo_url or not spec.commit:
         return CheckoutResult(Ending.EXITED, "the job names no repository URL or commit to check out")

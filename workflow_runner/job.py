@@ -18,6 +18,7 @@ from pathlib import Path, PurePosixPath
 
 from common.masking import SecretMasker
 from common.observability import tracer
+from common.text import plural
 from protos import runner_pb2
 from workflow_runner import artifacts
 from workflow_runner.checkout import checkout
@@ -69,7 +70,7 @@ def step_env(job: runner_pb2.Job, workspace: Path, inherited: Mapping[str, str])
 
 
 def _step_name(step: runner_pb2.StepSpec) -> str:
-    return step.name or f"step {step.index}"
+    return step.name or f"step {step.index + 1}"  # numbered from 1, as everywhere shown
 
 
 class JobExecution:
@@ -113,7 +114,7 @@ class JobExecution:
             outcome = await self._artifacts(outcome)
         if outcome is None:
             ran = sum(1 for step in job.steps if step.enabled)
-            outcome = Outcome(runner_pb2.JOB_SUCCESS, f"{ran} steps succeeded, "
+            outcome = Outcome(runner_pb2.JOB_SUCCESS, f"{plural(ran, 'step')} succeeded, "
                                                       f"{len(job.steps) - ran} skipped")
         return outcome
 
@@ -220,6 +221,6 @@ class JobExecution:
         except (OrchestratorError, OSError) as exc:
             self.shipper.system(NO_STEP, f"artifact upload failed: {exc}")
             return outcome or Outcome(runner_pb2.JOB_ERROR, f"artifact upload failed: {exc}")
-        self.shipper.system(NO_STEP, f"uploaded {ack.files} artifact files "
-                                           f"({ack.bytes} bytes)")
+        self.shipper.system(NO_STEP, f"uploaded {plural(ack.files, 'artifact file')} "
+                                     f"({plural(ack.bytes, 'byte')})")
         return outcome

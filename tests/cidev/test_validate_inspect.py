@@ -53,10 +53,48 @@ def test_default_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     monkeypatch.chdir(tmp_path)
     assert main(["validate"]) == 2
     err = capsys.readouterr().err
-    assert ".solstice/workflow.kdl: no such file" in err and "hint:" in err
+    assert f"no .solstice/workflow.kdl in {tmp_path} or any directory above it" in err
+    assert "hint:" in err
     (tmp_path / ".solstice").mkdir()
     (tmp_path / ".solstice" / "workflow.kdl").write_text(FULL.read_text())
     assert main(["validate"]) == 0
+
+
+def test_the_workflow_is_found_from_a_subdirectory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / ".solstice").mkdir()
+    (tmp_path / ".solstice" / "workflow.kdl").write_text(FULL.read_text())
+    deep = tmp_path / "src" / "pkg"
+    deep.mkdir(parents=True)
+    monkeypatch.chdir(deep)
+    assert main(["validate"]) == 0
+    assert capsys.readouterr().out.startswith("../../.solstice/workflow.kdl: ok (3 jobs,")
+    assert main(["inspect"]) == 0
+    assert "workflow 'Solstice CI'" in capsys.readouterr().out
+
+
+def test_a_directory_means_its_solstice_workflow(tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / ".solstice").mkdir()
+    (tmp_path / ".solstice" / "workflow.kdl").write_text('workflow { job id="a" runs_on="x" {'
+                                                         ' step name="a" run="a"; }; }')
+    assert main(["validate", str(tmp_path)]) == 0
+    out = capsys.readouterr().out.strip()
+    assert out == f"{tmp_path / '.solstice' / 'workflow.kdl'}: ok (1 job, 1 after matrix expansion)"
+
+
+def test_a_closed_pipe_ends_validate_quietly(tmp_path: Path) -> None:
+    """`cidev validate --json ... | head`: the reader leaves after one line, cidev is still
+    writing (far more than a pipe holds)."""
+    paths = [str(FULL)] * 2000
+    proc = subprocess.Popen([sys.executable, "-m", "cidev.main", "validate", "--json", *paths],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout.readline() == b"{\n"
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) in (0, 141)
+    assert err == ""  # no BrokenPipeError traceback, no "Exception ignored"
 
 
 def test_invalid_file_reads_like_a_compiler(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -95,9 +133,10 @@ def test_missing_file_among_others_is_a_usage_error(tmp_path: Path,
     assert "no such file" in record["usage_error"] and record["hint"]
 
 
-def test_directory_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_directory_without_a_workflow_is_a_usage_error(tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["validate", str(tmp_path)]) == 2
-    assert "is a directory" in capsys.readouterr().err
+    assert f"{tmp_path} is a directory without .solstice/workflow.kdl" in capsys.readouterr().err
 
 
 def test_not_utf8(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -119,3 +120,89 @@ def test_a_secret_without_a_value_is_a_usage_error(tmp_path: Path) -> None:
                  tmp_path / "state", REPO)
     assert done.returncode == 2
     assert "secret NOT_SET_ANYWHERE has no value" in done.stderr
+
+
+CELLS = '''
+workflow name="cells" {
+    job id="unit" runs_on="local" { step name="u" run="echo unit failing; exit 1"; }
+    job id="after" runs_on="local" { needs "unit"; step name="a" run="echo never"; }
+    job id="test" runs_on="local" {
+        matrix {
+            python "3.11" "3.12"
+            mode "fast" "slow"
+        }
+        step name="t" run="echo cell=${{ matrix.python }}-${{ matrix.mode }}"
+    }
+}
+'''
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t",
+                           *args], check=True, capture_output=True, text=True).stdout.strip()
+
+
+@pytest.mark.slow
+def test_one_matrix_cell_from_a_subdirectory_of_a_dirty_tree(tmp_path: Path, state: Path) -> None:
+    # What the runner itself says of the tree is tested in tests/runner/test_messages.py.
+    repo = tmp_path / "repo"
+    (repo / ".solstice").mkdir(parents=True)
+    (repo / ".solstice" / "workflow.kdl").write_text(CELLS)
+    (repo / "src").mkdir()
+    (repo / "src" / "a.txt").write_text("committed\n")
+    git(repo, "init", "-q")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "first")
+    commit = git(repo, "rev-parse", "HEAD")
+    (repo / "src" / "a.txt").write_text("changed, not committed\n")
+
+    done = cidev(["run", "--job", "test[python=3.11, mode=fast]", "--job", "after"], state,
+                 repo / "src")
+    assert done.returncode == 1, done.stdout + done.stderr
+    out = done.stdout
+    assert (f"running ../.solstice/workflow.kdl from {repo}, commit {commit[:12]} with "
+            "uncommitted changes") in out
+    assert "cell=3.11-fast" in out
+    assert "cell=3.12" not in out and "cell=3.11-slow" not in out
+    assert "job skipped: needed unit, which did not succeed" in out
+    assert "skipped: skipped" not in out
+    # How `unit` ended is told once in the log (and once in the table), not three times.
+    assert out.count("step 'u' failed with exit code 1") == 2
+    assert re.search(r"^unit +\| job failure$", out, re.MULTILINE)
+    assert "run failure: 1 of 3 jobs succeeded" in out
+    assert leftovers(state) == []
+
+
+@pytest.mark.slow
+def test_a_directory_outside_git_is_not_called_a_commit(tmp_path: Path, state: Path) -> None:
+    plain = tmp_path / "plain"
+    (plain / ".solstice").mkdir(parents=True)
+    (plain / ".solstice" / "workflow.kdl").write_text(
+        'workflow { job id="one" runs_on="local" { step name="s" run="echo [$SOLSTICE_COMMIT]"; }; }')
+    done = cidev(["run", str(plain)], state, tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"from {plain}, not a git repository" in done.stdout
+    assert "[]" in done.stdout and "0000000" not in done.stdout
+    assert leftovers(state) == []
+
+
+def test_a_declared_secret_not_given_is_refused_before_any_job(tmp_path: Path) -> None:
+    source = tmp_path / "repo"
+    (source / ".solstice").mkdir(parents=True)
+    (source / ".solstice" / "workflow.kdl").write_text(FAILING)
+    done = cidev(["run", "--job", "deploy"], tmp_path / "state", source)
+    assert done.returncode == 2
+    assert "secret DEPLOY_TOKEN (needed by deploy) not given" in done.stderr
+    assert "pass --secret DEPLOY_TOKEN" in done.stderr
+    assert "prepared" not in done.stdout  # the job it needs did not run either
+    assert not (tmp_path / "state" / "solstice" / "pgdata").exists()  # nothing was started
+    unrelated = cidev(["run", "--job", "unrelated"], tmp_path / "state", source)
+    assert "DEPLOY_TOKEN" not in unrelated.stderr  # only the selected jobs' secrets count
+
+
+def test_an_unknown_matrix_cell_is_a_usage_error(tmp_path: Path) -> None:
+    done = cidev(["run", "--job", "test[flavour=strawberry]", "examples/hello.kdl"],
+                 tmp_path / "state", REPO)
+    assert done.returncode == 2
+    assert "no job 'test[flavour=strawberry]'" in done.stderr
+    assert "test[flavour=vanilla]" in done.stderr

@@ -76,3 +76,31 @@ async def test_a_running_job_page_follows_the_log(orchestrator_factory) -> None:
         page = await http.get(f"/jobs/{summary.jobs[0].job_id}")
         assert "<script>" in page.text  # still running: the page polls for more
     assert (await harness.api.wait(run_id)).state == "success"
+
+
+async def test_an_id_prefix_redirects_to_the_full_id(orchestrator_factory) -> None:
+    harness = await orchestrator_factory(web_listen="127.0.0.1:0")
+    summary = await harness.run(WORKFLOW)
+    run_id, job_id = str(summary.run_id), str(summary.jobs[0].job_id)
+    async with httpx.AsyncClient(base_url=harness.orchestrator.web.url) as http:
+        moved = await http.get(f"/runs/{run_id[:8]}")
+        assert moved.status_code == 307 and moved.headers["location"] == run_id
+        page = await http.get(f"/runs/{run_id[:8].upper()}", follow_redirects=True)
+        assert page.status_code == 200 and str(page.url).endswith(f"/runs/{run_id}")
+
+        job_page = await http.get(f"/jobs/{job_id[:13]}", follow_redirects=True)
+        assert str(job_page.url).endswith(f"/jobs/{job_id}")
+        # Steps are numbered from 1, as `ciadm show` numbers them.
+        assert "<td>1</td><td>greet</td>" in job_page.text
+        assert "<td>2</td><td>boom</td>" in job_page.text
+
+        log = await http.get(f"/jobs/{job_id[:8]}/log.txt", params={"after": 0},
+                             follow_redirects=True)
+        assert str(log.url).endswith(f"/jobs/{job_id}/log.txt?after=0")
+        assert b"about to fail" in log.content
+
+        too_short = await http.get(f"/runs/{run_id[:7]}")
+        assert too_short.status_code == 404 and "at least 8 characters" in too_short.text
+        for pattern in ("%25%25%25%25%25%25%25%25", "________", f"{run_id[:8]}%25"):
+            assert (await http.get(f"/runs/{pattern}")).status_code == 404  # no LIKE wildcards
+        assert (await http.get("/jobs/00000000")).status_code == 404
