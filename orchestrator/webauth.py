@@ -55,7 +55,9 @@ class WebTokenRequired:
             if not token_matches(given, self._token):
                 return self._refuse(request, "wrong token")
             target = request.url.remove_query_params("token")
-            location = target.path + (f"?{target.query}" if target.query else "")
+            # Relative to the page itself, so it holds behind a proxy that strips a prefix.
+            location = (target.path.rsplit("/", 1)[-1] or "./") + \
+                (f"?{target.query}" if target.query else "")
             redirect = RedirectResponse(location, status_code=303,
                                         headers={"Referrer-Policy": "no-referrer"})
             redirect.set_cookie(COOKIE, self._session, max_age=COOKIE_MAX_AGE, path="/",

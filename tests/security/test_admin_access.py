@@ -269,11 +269,14 @@ async def test_web_pages_need_the_token_by_default(orchestrator_factory: Factory
         assert page.status_code == 200 and "private-log-line" in page.text
 
         # Once with ?token=: a cookie, and a redirect to the page without the token in its URL.
-        login = await http.get(pages[0], params={"token": ADMIN_TOKEN})
-        assert login.status_code == 303 and login.headers["location"] == pages[0]
+        login = await http.get(pages[0], params={"token": ADMIN_TOKEN, "x": "1"})
+        assert login.status_code == 303 and login.headers["location"] == f"{job_id}?x=1"
         cookie = login.headers["set-cookie"]
         assert "httponly" in cookie.lower() and "samesite=lax" in cookie.lower()
         assert ADMIN_TOKEN not in cookie  # a derived value: no use against the Admin service
+        error = await refused(harness.orchestrator.admin_url, "ListRuns",
+                              admin_pb2.ListRunsRequest(), bearer(login.cookies[COOKIE]))
+        assert error.code() == grpc.StatusCode.UNAUTHENTICATED
         raw = await http.get(pages[1])  # the client keeps the cookie, as a browser does
         assert raw.status_code == 200 and b"private-log-line" in raw.content
 
