@@ -176,6 +176,15 @@ def test_admin_may_not_share_the_runner_port(admin_listen: str, monkeypatch: pyt
     assert "is the Runner service's address" in capsys.readouterr().err
 
 
+async def test_no_second_server_can_share_a_taken_port(orchestrator_factory: Factory) -> None:
+    """Without SO_REUSEPORT a second bind fails, so no Admin server (this process's or
+    another's) can end up answering part of the Runner port's connections."""
+    first = await orchestrator_factory()
+    for taken in (first.orchestrator.grpc_url, first.orchestrator.admin_url):
+        with pytest.raises(ConfigError, match="cannot listen"):
+            await orchestrator_factory(admin_listen=taken)
+
+
 async def test_the_opt_out_on_loopback_serves_without_a_token_and_warns(
         orchestrator_factory: Factory, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="orchestrator.adminauth"):
