@@ -12,7 +12,7 @@ import hmac
 import ipaddress
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -61,17 +61,18 @@ def _overlap(a: str, b: str) -> bool:
 class AdminAccess:
     """The token the Admin service and the web pages demand; None only with the opt-out."""
 
-    token: str | None
+    token: str | None = field(repr=False)
     # The web pages' token: None when they are public (web_access = "public").
-    web_token: str | None
+    web_token: str | None = field(repr=False)
 
 
 def resolve_access(config: OrchestratorConfig) -> AdminAccess:
     """The admin token from `config` (reading `admin_token_file`), or a ConfigError saying
     what to set. Reads no network; safe to call before anything starts."""
     admin_host, _ = split_address(config.admin_listen)
+    advertise = (config.grpc_advertise or "").rpartition("://")[2]  # `grpcs://host:port` too
     if _overlap(config.admin_listen, config.grpc_listen) or (
-            config.grpc_advertise and _overlap(config.admin_listen, config.grpc_advertise)):
+            advertise and _overlap(config.admin_listen, advertise)):
         raise ConfigError(f"admin_listen ({config.admin_listen}) is the Runner service's address",
                           hint="job machines reach the Runner port: give the Admin service a "
                                "port of its own on a loopback address, e.g. 127.0.0.1:50552")
