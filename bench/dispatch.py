@@ -30,7 +30,7 @@ from pathlib import Path
 from common.messages import EventKind, Repo, RunRequest
 from orchestrator.backends.local import LocalBackend
 from orchestrator.config import OrchestratorConfig
-from orchestrator.standalone import running
+from orchestrator.standalone import private_admin, running
 
 WORKFLOW = 'workflow { job id="j" runs_on="local" { step name="true" run="true"; }; }'
 GOAL_P50_MS = 100.0
@@ -61,7 +61,8 @@ async def bench(args: argparse.Namespace, state: Path) -> tuple[float, float]:
         host_name=f"bench-{uuid.uuid4().hex[:6]}", state_dir=state,
         database_url=args.database_url, amqp_url=args.amqp_url,
         broker_prefix=f"bench-{uuid.uuid4().hex[:6]}", grpc_listen="127.0.0.1:0",
-        capacity={"local": args.concurrency}, allow_local_backend=True, log_level="warning")
+        capacity={"local": args.concurrency}, allow_local_backend=True, log_level="warning",
+        **private_admin())
     backend = LocalBackend(state / "machines")
     # On a given server, a private schema keeps the bench's tables out of everyone's way.
     schema = f"bench_{uuid.uuid4().hex[:8]}" if args.database_url else None

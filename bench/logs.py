@@ -30,7 +30,7 @@ from common.messages import EventKind, JobState, Repo, RunRequest
 from orchestrator.backends.base import VM, RunnerBootstrap
 from orchestrator.backends.local import LocalBackend
 from orchestrator.config import OrchestratorConfig
-from orchestrator.standalone import running
+from orchestrator.standalone import private_admin, running
 from orchestrator.updates import JobUpdate, StepUpdate
 from protos import runner_pb2, runner_pb2_grpc
 
@@ -97,7 +97,7 @@ async def stored_stream(args: argparse.Namespace, state: Path,
     config = OrchestratorConfig(
         host_name=f"bench-{uuid.uuid4().hex[:6]}", state_dir=state,
         database_url=args.database_url, grpc_listen="127.0.0.1:0", capacity={"local": 1},
-        allow_local_backend=True, boot_timeout=120, log_level="warning")
+        allow_local_backend=True, boot_timeout=120, log_level="warning", **private_admin())
     schema = f"bench_{uuid.uuid4().hex[:8]}" if args.database_url else None
     backend = SilentBackend(state / "silent")
     workflow = 'workflow { job id="replay" runs_on="local" { step name="x" run="true"; }; }'
@@ -140,7 +140,7 @@ async def bench(args: argparse.Namespace, state: Path) -> None:
     config = OrchestratorConfig(
         host_name=f"bench-{uuid.uuid4().hex[:6]}", state_dir=state,
         database_url=args.database_url, grpc_listen="127.0.0.1:0", capacity={"local": 1},
-        allow_local_backend=True, log_level="warning")
+        allow_local_backend=True, log_level="warning", **private_admin())
     schema = f"bench_{uuid.uuid4().hex[:8]}" if args.database_url else None
     workflow = (f'workflow {{ job id="logs" runs_on="local" {{ step name="emit" '
                 f'run="seq 1 {args.lines}"; }}; }}')

@@ -31,6 +31,7 @@ import psutil
 
 from common.broker.amqp import AmqpBroker
 from common.messages import EventKind, Repo, RunRequest
+from orchestrator.standalone import private_admin
 
 CAPACITY = 4
 GOAL_RATIO = 3.5
@@ -87,6 +88,8 @@ async def phase(args: argparse.Namespace, hosts: int, root: Path) -> Phase:
     source.mkdir(exist_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("SOLSTICE_")}
     env["SOLSTICE_ORCHESTRATOR__LOG_LEVEL"] = "warning"
+    # Each host's Admin service on a free loopback port, behind a token nobody needs here.
+    env.update({f"SOLSTICE_ORCHESTRATOR__{k.upper()}": v for k, v in private_admin().items()})
     procs: list[subprocess.Popen[bytes]] = []
     broker = AmqpBroker(args.amqp_url, prefix)
     try:

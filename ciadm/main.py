@@ -1,8 +1,9 @@
 """Entry point of `ciadm`, the operator CLI against an orchestrator's Admin gRPC service.
 
 Any orchestrator host answers for every run (the state is in the shared Postgres). The address
-and token come from `--orchestrator` / `--token`, else `SOLSTICE_ORCHESTRATOR_ADMIN` /
-`SOLSTICE_ADMIN_TOKEN`, else 127.0.0.1:50051 without a token.
+is `--orchestrator`, else `SOLSTICE_ORCHESTRATOR_ADMIN`, else the Admin listener's default
+127.0.0.1:50552. The admin token: `--token-file` / `--token`, else `SOLSTICE_ADMIN_TOKEN_FILE` /
+`SOLSTICE_ADMIN_TOKEN` (a file keeps it out of `ps` and the shell history).
 """
 from __future__ import annotations
 
@@ -15,15 +16,24 @@ from datetime import UTC, datetime
 
 import grpc
 
+from common.admin_auth import (
+    DEFAULT_ADMIN_ADDRESS,
+    TOKEN_ENV,
+    TOKEN_FILE_ENV,
+    bearer_metadata,
+    read_token_file,
+)
 from common.cli import quiet_on_closed_stdout
+from common.errors import SolsticeError
 from protos import admin_pb2, admin_pb2_grpc
 
-DEFAULT_ADDRESS = "127.0.0.1:50051"
 MAX_LIMIT = 10_000
 # gRPC has no scheme of its own: `http://` names the same plain-text port. TLS is not spoken.
 PLAIN_SCHEMES = ("http://", "grpc://")
 # Targets in gRPC's own naming (`unix:/run/solstice.sock`, `dns:///host:port`) go as they are.
 GRPC_TARGETS = ("unix:", "unix-abstract:", "dns:", "ipv4:", "ipv6:")
+TOKEN_HINT = (f"give the orchestrator's admin token: --token-file PATH (or {TOKEN_FILE_ENV}), "
+              f"or {TOKEN_ENV}; the operator finds it in the orchestrator's admin_token_file")
 
 
 class Client:
@@ -31,7 +41,7 @@ class Client:
 
     def __init__(self, address: str, token: str | None) -> None:
         self.address = address
-        self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self.metadata = bearer_metadata(token) if token else ()
         self.channel = grpc.aio.insecure_channel(address)
         self.stub = admin_pb2_grpc.AdminStub(self.channel)
 
@@ -57,10 +67,10 @@ def address(value: str) -> str:
     if "://" in value:
         raise argparse.ArgumentTypeError(
             f"{value!r}: ciadm speaks plain gRPC; give HOST:PORT (or http://HOST:PORT) of the "
-            "orchestrator's gRPC port")
+            "orchestrator's Admin listener")
     host, _, port = value.rpartition(":")
     if not host or not port.isdigit() or "/" in value:
-        raise argparse.ArgumentTypeError(f"{value!r} is not HOST:PORT (e.g. {DEFAULT_ADDRESS})")
+        raise argparse.ArgumentTypeError(f"{value!r} is not HOST:PORT (e.g. {DEFAULT_ADMIN_ADDRESS})")
     return value
 
 
@@ -153,10 +163,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ciadm", description="Operate Solstice CI: runs, "
                                      "approvals, cancels, logs and orchestrator hosts.")
     parser.add_argument("--orchestrator", default=os.environ.get("SOLSTICE_ORCHESTRATOR_ADMIN",
-                                                                 DEFAULT_ADDRESS), type=address,
-                        help=f"HOST:PORT of any orchestrator's gRPC port (default {DEFAULT_ADDRESS})")
-    parser.add_argument("--token", default=os.environ.get("SOLSTICE_ADMIN_TOKEN"),
-                        help="admin token, if the orchestrator has one configured")
+                                                                 DEFAULT_ADMIN_ADDRESS), type=address,
+                        help="HOST:PORT of any orchestrator's Admin listener (admin_listen; "
+                             f"default {DEFAULT_ADMIN_ADDRESS})")
+    token = parser.add_mutually_exclusive_group()
+    token.add_argument("--token-file", metavar="PATH",
+                       help=f"file holding the admin token (or {TOKEN_FILE_ENV})")
+    token.add_argument("--token", help=f"the admin token itself (or {TOKEN_ENV}); visible to "
+                                       "other users in `ps`, prefer --token-file")
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
 
     def add(name: str, handler: Command, help: str) -> argparse.ArgumentParser:
@@ -179,8 +193,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def admin_token(args: argparse.Namespace) -> str | None:
+    """The token from the flags, else the environment (a file before a literal value)."""
+    if args.token_file:
+        return read_token_file(args.token_file)
+    if args.token:
+        return args.token
+    if os.environ.get(TOKEN_FILE_ENV):
+        return read_token_file(os.environ[TOKEN_FILE_ENV])
+    return os.environ.get(TOKEN_ENV) or None
+
+
 async def _run(args: argparse.Namespace) -> int:
-    async with Client(args.orchestrator, args.token) as client:
+    async with Client(args.orchestrator, admin_token(args)) as client:
         return await args.handler(client, args)
 
 
@@ -196,6 +221,9 @@ def _main(argv: list[str] | None) -> int:
         return 2
     try:
         return asyncio.run(_run(args))
+    except SolsticeError as exc:
+        print(f"ciadm: error: {exc}", file=sys.stderr)
+        return 1
     except grpc.aio.AioRpcError as exc:
         code = exc.code()
         if code == grpc.StatusCode.UNAVAILABLE:
@@ -203,7 +231,13 @@ def _main(argv: list[str] | None) -> int:
                   "  hint: start one (solstice-orchestrator) or pass --orchestrator HOST:PORT",
                   file=sys.stderr)
         elif code == grpc.StatusCode.UNAUTHENTICATED:
-            print(f"ciadm: error: {exc.details()}", file=sys.stderr)
+            what = "refused the admin token given" if admin_token(args) else "needs the admin token"
+            print(f"ciadm: error: the orchestrator at {args.orchestrator} {what}\n"
+                  f"  hint: {TOKEN_HINT}", file=sys.stderr)
+        elif code == grpc.StatusCode.UNIMPLEMENTED:
+            print(f"ciadm: error: {args.orchestrator} does not serve the Admin service (the "
+                  "Runner port?)\n  hint: pass --orchestrator with the orchestrator's "
+                  f"admin_listen address (default {DEFAULT_ADMIN_ADDRESS})", file=sys.stderr)
         else:
             print(f"ciadm: error: {exc.details()}", file=sys.stderr)
         return 1

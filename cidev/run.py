@@ -37,7 +37,7 @@ from orchestrator.backends.local import LocalBackend
 from orchestrator.config import OrchestratorConfig
 from orchestrator.db.embedded import default_state_dir
 from orchestrator.intake import RunOptions, select_jobs
-from orchestrator.standalone import running
+from orchestrator.standalone import private_admin, running
 from orchestrator.updates import JobUpdate, LogUpdate, StepUpdate, Update, Watch
 from protos import runner_pb2
 
@@ -367,7 +367,8 @@ async def execute(request: RunRequest, options: RunOptions, *, secrets: dict[str
     config = OrchestratorConfig(
         host_name=f"cidev-{uuid.uuid4().hex[:8]}", state_dir=state_dir, database_url=None,
         amqp_url=None, grpc_listen="127.0.0.1:0", backend="local", allow_local_backend=True,
-        capacity={label: parallel for label in sorted(labels)}, log_level="warning")
+        capacity={label: parallel for label in sorted(labels)}, log_level="warning",
+        **private_admin())
     backend = LocalBackend(machines)
     schema = f"run_{uuid.uuid4().hex[:12]}"
     try:

@@ -2,12 +2,12 @@
 
 Every answer is read from the shared Postgres, so any orchestrator host answers for every run
 and job; `TailLogs --follow` polls the stored chunks, so it follows a job running on any host.
-When `admin_token` is configured, each call must carry `authorization: Bearer <token>`.
+Served on the Admin listener only, behind `adminauth.AdminTokenRequired` (every call carries
+the admin token); the Runner listener, which job machines reach, does not serve it.
 """
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -47,22 +47,13 @@ def _job_message(job: JobSummary, pages: str) -> admin_pb2.Job:
 
 class AdminService(admin_pb2_grpc.AdminServicer):
     def __init__(self, *, db: Database, api: OrchestratorAPI, registry: HostRegistry,
-                 token: str | None, pages_url: Callable[[], str] = lambda: "") -> None:
+                 pages_url: Callable[[], str] = lambda: "") -> None:
         self.db = db
         self.api = api
         self.registry = registry
-        self.token = token
         # The web pages' base URL ("" while none are served); asked per call because the
         # pages start after the gRPC server.
         self.pages_url = pages_url
-
-    async def _authorize(self, context: grpc.aio.ServicerContext) -> None:
-        if not self.token:
-            return
-        given = dict(context.invocation_metadata()).get("authorization", "")
-        if not hmac.compare_digest(given.encode(), f"Bearer {self.token}".encode()):
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED,
-                                "missing or wrong admin token (ciadm --token / SOLSTICE_ADMIN_TOKEN)")
 
     async def _resolve(self, table: str, ref: str, context: grpc.aio.ServicerContext) -> uuid.UUID:
         ref = ref.strip().lower()
@@ -96,7 +87,6 @@ class AdminService(admin_pb2_grpc.AdminServicer):
 
     async def ListRuns(self, request: admin_pb2.ListRunsRequest,
                        context: grpc.aio.ServicerContext) -> admin_pb2.ListRunsReply:
-        await self._authorize(context)
         if request.state and request.state not in RUN_STATES:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                 f"no run state {request.state!r}; the states are "
@@ -108,12 +98,10 @@ class AdminService(admin_pb2_grpc.AdminServicer):
 
     async def GetRun(self, request: admin_pb2.RunRef,
                      context: grpc.aio.ServicerContext) -> admin_pb2.Run:
-        await self._authorize(context)
         return await self._run_message(await self._resolve("runs", request.run_id, context))
 
     async def ApproveRun(self, request: admin_pb2.RunRef,
                          context: grpc.aio.ServicerContext) -> admin_pb2.Run:
-        await self._authorize(context)
         run_id = await self._resolve("runs", request.run_id, context)
         approver = context.peer() or "ciadm"
         if not await self.api.approve_run(run_id, approver):
@@ -124,7 +112,6 @@ class AdminService(admin_pb2_grpc.AdminServicer):
 
     async def CancelRun(self, request: admin_pb2.RunRef,
                         context: grpc.aio.ServicerContext) -> admin_pb2.Run:
-        await self._authorize(context)
         run_id = await self._resolve("runs", request.run_id, context)
         summary = await self.api.summary(run_id)
         if summary is not None and summary.final:
@@ -136,7 +123,6 @@ class AdminService(admin_pb2_grpc.AdminServicer):
 
     async def ListHosts(self, request: admin_pb2.ListHostsRequest,
                         context: grpc.aio.ServicerContext) -> admin_pb2.ListHostsReply:
-        await self._authorize(context)
         return admin_pb2.ListHostsReply(hosts=[
             admin_pb2.Host(name=h.name, capacity=h.capacity, state=h.state, alive=h.alive,
                            active_jobs=h.active_jobs,
@@ -145,7 +131,6 @@ class AdminService(admin_pb2_grpc.AdminServicer):
 
     async def TailLogs(self, request: admin_pb2.TailLogsRequest,
                        context: grpc.aio.ServicerContext) -> AsyncIterator[admin_pb2.LogLines]:
-        await self._authorize(context)
         job_id = await self._resolve("jobs", request.job_id, context)
         attempt, last_seq = None, 0
         while True:

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
+from common.admin_auth import DEFAULT_ADMIN_ADDRESS
 from orchestrator.db.embedded import default_state_dir
 
 
@@ -51,15 +52,23 @@ class OrchestratorConfig(BaseModel):
     database_url: str | None = None  # unset: embedded PostgreSQL under state_dir
     amqp_url: str | None = None      # unset: the in-process broker
     broker_prefix: str = "solstice"
-    # Where the Runner gRPC service listens, and the address runners are told to dial.
+    # Where the Runner gRPC service listens, and the address runners are told to dial. Job
+    # machines reach this port and no other of the orchestrator's.
     grpc_listen: str = "127.0.0.1:50051"
     grpc_advertise: str | None = None
-    # Required of `ciadm` (Admin service on the same port) when set.
-    admin_token: str | None = None
+    # The Admin gRPC service (`ciadm`) on a listener of its own, never forwarded to a job.
+    admin_listen: str = DEFAULT_ADMIN_ADDRESS
+    # The token every Admin call (and, by default, every web page) must present: one of the
+    # two is required unless `insecure_admin_no_auth` (loopback only; see orchestrator/adminauth.py).
+    admin_token: SecretStr | None = None
+    admin_token_file: Path | None = None
+    insecure_admin_no_auth: bool = False
     # Web log pages (the forges' status links): served on HOST:PORT when set; `public_url` is
-    # their base as users reach it (default: http://<web_listen>).
+    # their base as users reach it (default: http://<web_listen>). `web_access`: "token"
+    # (the admin token, as a bearer header or a cookie) or "public" (every log to anyone).
     web_listen: str | None = None
     public_url: str | None = None
+    web_access: Literal["token", "public"] = "token"
     backend: str = "local"
     # The local backend runs jobs without any isolation; it must be asked for by name.
     allow_local_backend: bool = False

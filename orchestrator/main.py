@@ -20,6 +20,7 @@ from typing import Any
 from common.config import load_config
 from common.errors import ConfigError, SolsticeError
 from common.observability import setup_observability
+from orchestrator.adminauth import resolve_access
 from orchestrator.backends.base import VMBackend
 from orchestrator.config import OrchestratorConfig
 from orchestrator.standalone import running
@@ -30,6 +31,10 @@ EPILOG = """\
 The `local` backend runs each job as a plain child process of the orchestrator, with its
 user, network and files: NO ISOLATION. It is refused unless --allow-local-backend (or
 allow_local_backend = true) is given. Use it for development only.
+
+The Admin service (ciadm) listens on --admin-listen, apart from the Runner port that job
+machines reach, and demands the admin token (admin_token_file); without one the orchestrator
+does not start. See docs/SECURITY.md.
 """
 
 
@@ -56,11 +61,22 @@ def _parser() -> argparse.ArgumentParser:
                         help="where the Runner service listens (port 0: any free port)")
     parser.add_argument("--grpc-advertise", metavar="HOST:PORT",
                         help="the address runners dial, if not the listen address")
+    parser.add_argument("--admin-listen", metavar="HOST:PORT",
+                        help="where the Admin service (ciadm) listens; keep it on loopback "
+                             "(default 127.0.0.1:50552)")
+    parser.add_argument("--admin-token-file", metavar="PATH",
+                        help="file holding the admin token ciadm and the web pages must present")
+    parser.add_argument("--insecure-admin-no-auth", action="store_true", default=None,
+                        help="DEVELOPMENT ONLY: serve the Admin service without a token "
+                             "(refused unless --admin-listen is a loopback address)")
     parser.add_argument("--broker-prefix", metavar="PREFIX", help="queue and exchange names")
     parser.add_argument("--web-listen", metavar="HOST:PORT",
                         help="serve the web log pages (the forges' status links) here")
     parser.add_argument("--public-url", metavar="URL",
                         help="base URL of the web log pages as users reach them")
+    parser.add_argument("--web-access", choices=("token", "public"),
+                        help="web pages behind the admin token (default), or public: every "
+                             "job's log readable by anyone reaching them")
     parser.add_argument("--state-dir", metavar="DIR",
                         help="embedded database and local machines live here")
     parser.add_argument("--drain-timeout", metavar="SECONDS", type=float,
@@ -77,7 +93,8 @@ def load(args: argparse.Namespace) -> OrchestratorConfig:
     cli: dict[str, Any] = {key: getattr(args, key) for key in (
         "database_url", "amqp_url", "capacity", "host_name", "backend", "allow_local_backend",
         "grpc_listen", "grpc_advertise", "broker_prefix", "state_dir", "drain_timeout",
-        "log_level", "web_listen", "public_url")}
+        "log_level", "web_listen", "public_url", "admin_listen", "admin_token_file",
+        "insecure_admin_no_auth", "web_access")}
     config = load_config(OrchestratorConfig, path=args.config, section="orchestrator", cli=cli)
     if args.standalone:
         config = config.model_copy(update={"database_url": None, "amqp_url": None})
@@ -85,6 +102,7 @@ def load(args: argparse.Namespace) -> OrchestratorConfig:
         raise ConfigError("multi-host mode needs both database_url and amqp_url",
                           hint="give both (--database-url and --amqp-url), or neither for "
                                "standalone")
+    resolve_access(config)  # no admin token: refuse now, before any database starts
     return config
 
 
@@ -103,9 +121,11 @@ def make_backend(config: OrchestratorConfig, config_path: str | None = None) -> 
 
         return BhyveBackend(load_bhyve_settings(config_path))
     if config.backend == "qemu":
-        from orchestrator.backends.qemu import QemuBackend, load_qemu_settings
+        from orchestrator.backends.qemu import QemuBackend, load_qemu_settings, refuse_admin_forwards
 
-        return QemuBackend(load_qemu_settings(config_path))
+        settings = load_qemu_settings(config_path)
+        refuse_admin_forwards(settings.forwards, config.admin_listen)
+        return QemuBackend(settings)
     raise ConfigError(f"unknown backend {config.backend!r}",
                       hint="this build offers: bhyve (illumos), qemu (Linux), local (development)")
 

@@ -1,5 +1,6 @@
-"""One orchestrator host, assembled: Postgres, a broker, the Runner gRPC server, run intake,
-the outbox relay, the log store and the executor. The same class serves the standalone mode
+"""One orchestrator host, assembled: Postgres, a broker, the Runner gRPC server (what job
+machines reach), the Admin gRPC server on a listener of its own behind the admin token, run
+intake, the outbox relay, the log store and the executor. The same class serves the standalone mode
 (embedded Postgres, in-process broker) and the multi-host mode (URLs); see `standalone`."""
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ from collections.abc import Mapping
 import grpc
 
 from common.broker import Broker, Delivery, Subscription
+from common.errors import ConfigError
 from common.http import BackgroundServer
 from common.messages import RunRequest, decode
 from orchestrator.admin import AdminService
+from orchestrator.adminauth import AdminTokenRequired, resolve_access, warn_about
 from orchestrator.api import OrchestratorAPI
 from orchestrator.backends.base import VMBackend
 from orchestrator.config import OrchestratorConfig
@@ -33,7 +36,9 @@ from protos import admin_pb2_grpc, runner_pb2_grpc
 
 log = logging.getLogger(__name__)
 
-GRPC_OPTIONS = [("grpc.max_receive_message_length", 16 * 1024 * 1024)]
+# so_reuseport off: a second server (or process) binding the same port would otherwise share
+# its connections, which could put the Admin service behind the Runner port.
+GRPC_OPTIONS = [("grpc.max_receive_message_length", 16 * 1024 * 1024), ("grpc.so_reuseport", 0)]
 
 
 def advertised(listen: str, port: int, advertise: str | None) -> str:
@@ -47,10 +52,13 @@ def advertised(listen: str, port: int, advertise: str | None) -> str:
 
 
 class Orchestrator:
-    """Start with `await start()`, stop with `await stop()`; `api` is the in-process API."""
+    """Start with `await start()`, stop with `await stop()`; `api` is the in-process API.
+
+    Raises ConfigError at construction when no admin token is configured (see `adminauth`)."""
 
     def __init__(self, config: OrchestratorConfig, *, db: Database, broker: Broker,
                  backend: VMBackend, secrets: Mapping[str, str] | None = None) -> None:
+        self.access = resolve_access(config)
         self.config = config
         self.db = db
         self.broker = broker
@@ -75,9 +83,11 @@ class Orchestrator:
                              interval=config.reap_interval)
         self._background: list[asyncio.Task[None]] = []
         self.server: grpc.aio.Server | None = None
+        self.admin_server: grpc.aio.Server | None = None
         self.executor: Executor | None = None
         self._runs: Subscription | None = None
         self.grpc_url = ""
+        self.admin_url = ""
         self.web: BackgroundServer | None = None
 
     async def start(self) -> None:
@@ -94,16 +104,16 @@ class Orchestrator:
             store=self.store, sessions=self.sessions, logs=self.logs, hub=self.hub,
             effects=self.effects, broker=self.broker,
             log_drain_timeout=self.config.log_drain_timeout), self.server)
-        admin_pb2_grpc.add_AdminServicer_to_server(AdminService(
-            db=self.db, api=self.api, registry=self.registry, token=self.config.admin_token,
-            pages_url=lambda: self.relay.log_url_base),
-            self.server)
         port = self.server.add_insecure_port(self.config.grpc_listen)
         await self.server.start()
         self.grpc_url = advertised(self.config.grpc_listen, port, self.config.grpc_advertise)
+        await self._start_admin()
         if self.config.web_listen:
             host, _, port = self.config.web_listen.rpartition(":")
-            self.web = BackgroundServer(build_app(self.db), host, int(port))
+            self.web = BackgroundServer(build_app(
+                self.db, token=self.access.web_token,
+                secure_cookie=(self.config.public_url or "").startswith("https://")),
+                host, int(port))
             await self.web.start()
             self.relay.log_url_base = self.config.public_url or self.web.url
         await self.relay.start()
@@ -115,8 +125,28 @@ class Orchestrator:
         self._runs = await self.broker.consume_runs(self._on_run)
         log.info("orchestrator started", extra={"host": self.config.host_name,
                                                 "grpc": self.grpc_url,
+                                                "admin": self.admin_url,
                                                 "backend": self.backend.name,
                                                 "capacity": self.config.capacity})
+
+    async def _start_admin(self) -> None:
+        """The Admin service on its own listener: never the port job machines are given."""
+        warn_about(self.config, self.access)
+        interceptors: list[grpc.aio.ServerInterceptor] = [DatabaseUnavailable()]
+        if self.access.token is not None:
+            interceptors.insert(0, AdminTokenRequired(self.access.token))
+        self.admin_server = grpc.aio.server(options=GRPC_OPTIONS, interceptors=interceptors)
+        admin_pb2_grpc.add_AdminServicer_to_server(AdminService(
+            db=self.db, api=self.api, registry=self.registry,
+            pages_url=lambda: self.relay.log_url_base), self.admin_server)
+        try:
+            port = self.admin_server.add_insecure_port(self.config.admin_listen)
+        except RuntimeError as exc:  # gRPC's way of saying the address is taken or invalid
+            raise ConfigError(f"the Admin service cannot listen on {self.config.admin_listen}"
+                              f" ({exc})", hint="another orchestrator on this machine? give "
+                              "each its own admin_listen (port 0: any free port)") from exc
+        await self.admin_server.start()
+        self.admin_url = advertised(self.config.admin_listen, port, None)
 
     async def _on_run(self, delivery: Delivery) -> None:
         request = decode(delivery.body, RunRequest)
@@ -145,6 +175,8 @@ class Orchestrator:
             await self.web.stop()
         if self.server is not None:
             await self.server.stop(1.0)
+        if self.admin_server is not None:
+            await self.admin_server.stop(1.0)
         await self.logs.close()
         await self.backend.close()
         log.info("orchestrator stopped", extra={"host": self.config.host_name})

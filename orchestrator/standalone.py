@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
+import secrets
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 
@@ -93,6 +94,14 @@ async def database(config: OrchestratorConfig, *, embedded_name: str = EMBEDDED_
         async with db.pool.acquire() as conn:
             await migrate(conn)
         yield db
+
+
+def private_admin() -> dict[str, str]:
+    """Config settings for an orchestrator embedded in one process (`cidev run`, tests,
+    benchmarks), which no operator administers: the Admin service on any free loopback port,
+    behind a random token made for this process and shown to no one. Authentication stays
+    on, and two such processes (or one beside a real orchestrator) never share a port."""
+    return {"admin_listen": "127.0.0.1:0", "admin_token": secrets.token_urlsafe(32)}
 
 
 @asynccontextmanager

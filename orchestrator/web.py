@@ -5,9 +5,12 @@
 - `/jobs/{job_id}/log.txt?after=SEQ`: the log as plain text after a sequence number, with
   `X-Solstice-Last-Seq` and `X-Solstice-Done` headers (the page polls it).
 
+- `/healthz`: always open.
+
 Runs and jobs are named by their full id; a unique prefix of at least 8 characters (what
 `ciadm` accepts too) redirects to the full id. Read-only, from the shared Postgres, so any host
-serves every job. Logs were masked before they were stored.
+serves every job. Logs were masked before they were stored. Unless `web_access = "public"`,
+every page but `/healthz` needs the admin token (`webauth`).
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ import re
 import uuid
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
@@ -23,6 +27,7 @@ from starlette.routing import Route
 from orchestrator.api import JobSummary, RunSummary, load_summary
 from orchestrator.db import Database
 from orchestrator.logstore import read_log
+from orchestrator.webauth import WebTokenRequired
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2rem; color: #222; }
@@ -109,8 +114,9 @@ def _steps_table(job: JobSummary) -> str:
             f"{rows}</table>")
 
 
-def build_app(db: Database) -> Starlette:
-    """The pages' ASGI app over `db`."""
+def build_app(db: Database, *, token: str | None, secure_cookie: bool = False) -> Starlette:
+    """The pages' ASGI app over `db`: behind `token` (None: public); `secure_cookie` when
+    users reach the pages over HTTPS."""
 
     async def run_page(request: Request) -> Response:
         run_id = _uuid(request, "run_id")
@@ -162,9 +168,15 @@ def build_app(db: Database) -> Starlette:
             "X-Solstice-Last-Seq": str(log.last_seq or after),
             "X-Solstice-Done": "1" if log.done else "0"})
 
+    async def healthz(request: Request) -> Response:
+        return PlainTextResponse("ok\n")
+
+    gate = [] if token is None else [
+        Middleware(WebTokenRequired, token=token, secure_cookie=secure_cookie)]
     return Starlette(routes=[
         Route("/runs/{run_id}", run_page),
         Route("/jobs/{job_id}", job_page),
         Route("/jobs/{job_id}/log.txt", job_log),
-    ])
+        Route("/healthz", healthz),
+    ], middleware=gate)
 

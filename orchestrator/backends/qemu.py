@@ -15,9 +15,10 @@ KVM really runs a guest here (probed once by booting a one-instruction boot sect
 software emulation (TCG) otherwise. Networking is QEMU's user mode with `restrict=on`: the guest
 reaches nothing, neither the host nor beyond, except one forwarded address
 (`guest_orchestrator_address`, 10.0.2.100 by default) whose connections QEMU hands to a relay
-(`socat`) dialling the orchestrator's gRPC port, plus the `forwards` the operator declares
-(typically the forge the runner clones from). The bootstrap the runner receives names the
-guest-side address.
+(`socat`) dialling the orchestrator's Runner gRPC port, plus the `forwards` the operator
+declares (typically the forge the runner clones from). The bootstrap the runner receives names
+the guest-side address. The Admin listener is never forwarded: a forward naming its port is
+refused (`refuse_admin_forwards`).
 
 QEMU runs in its own session; `stop` ends it, `destroy` kills it together with the relays it
 started (each in a session of its own) and deletes the directory. The reaper finds leftovers
@@ -43,6 +44,8 @@ import psutil
 from pydantic import BaseModel, ConfigDict, Field
 
 from common.config import load_config
+from common.errors import ConfigError
+from orchestrator.adminauth import is_loopback, split_address
 from orchestrator.backends import cloudinit
 from orchestrator.backends.base import VM, BackendError, Resources, RunnerBootstrap, VMBackend, VMSpec
 from orchestrator.backends.commands import CommandTimedOut, run_command
@@ -137,6 +140,21 @@ def load_qemu_settings(path: str | Path | None = None,
                        environ: Mapping[str, str] | None = None) -> QemuSettings:
     """`[orchestrator.qemu]` from the config file and `SOLSTICE_ORCHESTRATOR__QEMU__*`."""
     return load_config(_OrchestratorSection, path=path, section="orchestrator", environ=environ).qemu
+
+
+def refuse_admin_forwards(forwards: list[GuestForward], admin_listen: str) -> None:
+    """A ConfigError if a declared forward could reach the Admin listener: a guest must have
+    no path to administration, whatever the token."""
+    admin_host, admin_port = split_address(admin_listen)
+    wildcard = admin_host in ("", "0.0.0.0", "::")
+    for forward in forwards:
+        if forward.port == admin_port and (wildcard or is_loopback(forward.host)
+                                           or forward.host == admin_host):
+            raise ConfigError(
+                f"[orchestrator.qemu] forwards relays {forward.guest_address}:"
+                f"{forward.guest_port} to {forward.host}:{forward.port}, the Admin service "
+                f"(admin_listen {admin_listen})", hint="job machines must not reach the Admin "
+                "service: drop that forward, or move admin_listen to another port")
 
 
 def _opt(value: str | os.PathLike[str]) -> str:

@@ -26,7 +26,7 @@ from orchestrator.backends.bhyve import BhyveBackend, BhyveSettings, LabelImage
 from orchestrator.config import OrchestratorConfig
 from orchestrator.executor import host_prefix
 from orchestrator.service import Orchestrator
-from orchestrator.standalone import running
+from orchestrator.standalone import private_admin, running
 from orchestrator.updates import StepUpdate
 from tests.fakes.illumos.fixtures import CLONE_PARENT, IMAGE, LINK, FakeIllumos
 
@@ -100,7 +100,8 @@ async def bhyve_factory(pg_dsn: str, tmp_path: Path, fake_illumos: FakeIllumos) 
         values: dict[str, Any] = dict(
             host_name=host_name, state_dir=tmp_path / "state", database_url=pg_dsn,
             grpc_listen="127.0.0.1:0", backend="bhyve", capacity={"omnios": 2},
-            boot_timeout=60, heartbeat_timeout=10, cancel_grace=5, timeout_grace=5)
+            boot_timeout=60, heartbeat_timeout=10, cancel_grace=5, timeout_grace=5,
+            **private_admin())
         values.update(overrides)
         backend = backend_class(settings)
         context = running(OrchestratorConfig(**values), backend=backend)

@@ -9,7 +9,7 @@ import pytest
 
 from common.messages import JobState
 from orchestrator.api import RunSummary
-from tests.orchestrator.conftest import Harness
+from tests.orchestrator.conftest import ADMIN_TOKEN, Harness
 
 WORKFLOW = """
 workflow name="gate" {
@@ -20,9 +20,10 @@ workflow name="gate" {
 """
 
 
-async def ciadm(harness: Harness, *args: str, token: str | None = None) -> subprocess.CompletedProcess[str]:
-    """Run the real `ciadm` CLI in a subprocess against the harness' gRPC port."""
-    cmd = [sys.executable, "-m", "ciadm.main", "--orchestrator", harness.orchestrator.grpc_url]
+async def ciadm(harness: Harness, *args: str,
+                token: str | None = ADMIN_TOKEN) -> subprocess.CompletedProcess[str]:
+    """Run the real `ciadm` CLI in a subprocess against the harness' Admin listener."""
+    cmd = [sys.executable, "-m", "ciadm.main", "--orchestrator", harness.orchestrator.admin_url]
     if token:
         cmd += ["--token", token]
     proc = await asyncio.create_subprocess_exec(*cmd, *args, stdout=subprocess.PIPE,
@@ -77,10 +78,11 @@ async def test_unknown_and_ambiguous_ids_are_clear_errors(harness: Harness) -> N
 
 @pytest.mark.parametrize("given", [None, "wrong"])
 async def test_admin_token_is_enforced(orchestrator_factory, given: str | None) -> None:
-    harness = await orchestrator_factory(admin_token="s3cret-admin")
+    harness = await orchestrator_factory(admin_token="s3cret-admin-token-for-ciadm")
     refused = await ciadm(harness, "runs", token=given)
     assert refused.returncode == 1 and "admin token" in refused.stderr
-    allowed = await ciadm(harness, "runs", token="s3cret-admin")
+    assert "--token-file" in refused.stderr  # says what to do
+    allowed = await ciadm(harness, "runs", token="s3cret-admin-token-for-ciadm")
     assert allowed.returncode == 0, allowed.stderr
 
 

@@ -29,6 +29,8 @@ FAST = {
     "lease_ttl": "15", "host_heartbeat_interval": "0.5", "host_stale_after": "4",
     "reap_interval": "0.5", "boot_timeout": "60", "heartbeat_timeout": "15",
     "drain_timeout": "30", "log_level": "info",
+    # Admin on a free loopback port per host, behind a token (none: the host refuses to start).
+    "admin_listen": "127.0.0.1:0", "admin_token": "multihost-admin-token-0123456789",
 }
 FINAL = {s.value for s in JobState if s.final}
 

@@ -16,7 +16,9 @@ def _load(*argv: str, env: dict[str, str] | None = None,
     for key in list(os.environ):
         if key.startswith("SOLSTICE_"):
             monkeypatch.delenv(key)
-    for key, value in (env or {}).items():
+    # Without an admin token the orchestrator refuses to start (tests/security covers that).
+    env = {"SOLSTICE_ORCHESTRATOR__ADMIN_TOKEN": "cli-test-admin-token-0123456789", **(env or {})}
+    for key, value in env.items():
         monkeypatch.setenv(key, value)
     args: argparse.Namespace = _parser().parse_args(list(argv))
     return load(args)

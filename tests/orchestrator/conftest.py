@@ -1,5 +1,6 @@
 """An orchestrator per test: real Postgres (`pg_dsn`), the in-process broker, the real gRPC
-server on loopback, the local backend and the real runner process.
+servers on loopback (Runner and Admin, the latter behind `ADMIN_TOKEN`), the local backend
+and the real runner process.
 
 Every test ends by checking that no job left a machine directory or a process behind.
 """
@@ -21,6 +22,9 @@ from orchestrator.config import OrchestratorConfig
 from orchestrator.service import Orchestrator
 from orchestrator.standalone import running
 from orchestrator.updates import StepUpdate
+
+# The admin token of every test orchestrator (unless a test overrides admin_token).
+ADMIN_TOKEN = "test-admin-token-0123456789"
 
 
 def run_request(workflow: str, source: Path, **overrides: Any) -> RunRequest:
@@ -91,7 +95,8 @@ async def orchestrator_factory(pg_dsn: str, tmp_path: Path) -> AsyncIterator[Fac
                    backend_class: type[LocalBackend] = LocalBackend, **overrides: Any) -> Harness:
         values: dict[str, Any] = dict(
             host_name=f"test-{uuid.uuid4().hex[:8]}", state_dir=tmp_path / "state",
-            database_url=pg_dsn, grpc_listen="127.0.0.1:0", capacity={"local": 4},
+            database_url=pg_dsn, grpc_listen="127.0.0.1:0", admin_listen="127.0.0.1:0",
+            admin_token=ADMIN_TOKEN, capacity={"local": 4},
             allow_local_backend=True, boot_timeout=30, heartbeat_timeout=10, cancel_grace=5,
             timeout_grace=5)
         values.update(overrides)

@@ -24,7 +24,7 @@ from common.messages import EventKind, JobState, Repo, RunRequest
 from orchestrator.backends.qemu import GuestForward, QemuBackend, QemuLabel, QemuSettings
 from orchestrator.config import OrchestratorConfig
 from orchestrator.service import Orchestrator
-from orchestrator.standalone import running
+from orchestrator.standalone import private_admin, running
 from orchestrator.updates import StepUpdate
 
 # The first run builds the golden image too (a few minutes, more on a busy host).
@@ -90,7 +90,7 @@ async def orchestrator(pg_dsn: str, tmp_path: Path, linux_image: QemuLabel,
         host_name=f"vm-{uuid.uuid4().hex[:8]}", state_dir=tmp_path / "state", database_url=pg_dsn,
         grpc_listen="127.0.0.1:0", backend="qemu", capacity={"linux": 1},
         # Emulated boots are slow, more so on a busy host.
-        boot_timeout=420, heartbeat_timeout=90, lease_ttl=120)
+        boot_timeout=420, heartbeat_timeout=90, lease_ttl=120, **private_admin())
     async with running(config, backend=backend) as orchestrator:
         yield orchestrator, backend
 

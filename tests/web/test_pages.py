@@ -8,6 +8,10 @@ import httpx
 
 from common.broker import Delivery
 from common.messages import JobEvent, JobState, decode
+from tests.orchestrator.conftest import ADMIN_TOKEN
+
+# The pages sit behind the admin token by default (tests/security covers the refusals).
+AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 WORKFLOW = """
 workflow name="pages" {
@@ -32,7 +36,7 @@ async def test_job_and_run_pages_and_event_links(orchestrator_factory) -> None:
     summary = await harness.run(WORKFLOW)
     assert summary.state == "failure"
     job = summary.jobs[0]
-    async with httpx.AsyncClient(base_url=base) as http:
+    async with httpx.AsyncClient(base_url=base, headers=AUTH) as http:
         page = await http.get(f"/jobs/{job.job_id}")
         assert page.status_code == 200
         assert "&lt;b&gt;hello&lt;/b&gt; from the job" in page.text  # escaped, not markup
@@ -65,7 +69,7 @@ async def test_a_running_job_page_follows_the_log(orchestrator_factory) -> None:
     harness = await orchestrator_factory(web_listen="127.0.0.1:0")
     run_id = await harness.submit('workflow { job id="slow" runs_on="local" {'
                                   ' step name="s" run="echo first; sleep 2; echo second"; }; }')
-    async with httpx.AsyncClient(base_url=harness.orchestrator.web.url) as http:
+    async with httpx.AsyncClient(base_url=harness.orchestrator.web.url, headers=AUTH) as http:
         for _ in range(200):
             summary = await harness.api.summary(run_id)
             raw = await http.get(f"/jobs/{summary.jobs[0].job_id}/log.txt")
