@@ -10,7 +10,7 @@ import sys
 import httpx
 import pytest
 
-from tests.orchestrator.conftest import Harness
+from tests.orchestrator.conftest import ADMIN_TOKEN, Harness
 
 TWO_STEPS = """
 workflow name="edges" {
@@ -25,7 +25,7 @@ workflow name="edges" {
 async def ciadm(address: str, *args: str, stdout: int = subprocess.PIPE
                 ) -> subprocess.CompletedProcess[str]:
     """The real `ciadm` in a subprocess, talking to `address`."""
-    cmd = [sys.executable, "-m", "ciadm.main", "--orchestrator", address, *args]
+    cmd = [sys.executable, "-m", "ciadm.main", "--orchestrator", address, "--token", ADMIN_TOKEN, *args]
     proc = await asyncio.create_subprocess_exec(*cmd, stdout=stdout, stderr=subprocess.PIPE)
     out, err = await proc.communicate()
     return subprocess.CompletedProcess(cmd, proc.returncode or 0,
@@ -37,7 +37,7 @@ async def test_show_into_a_closed_pipe_ends_quietly(harness: Harness) -> None:
     reader, writer = os.pipe()
     os.close(reader)  # the reader is gone before ciadm writes a byte, as `| head -0` would be
     try:
-        shown = await ciadm(harness.orchestrator.grpc_url, "show", str(summary.run_id),
+        shown = await ciadm(harness.orchestrator.admin_url, "show", str(summary.run_id),
                             stdout=writer)
     finally:
         os.close(writer)
@@ -55,17 +55,17 @@ def test_a_negative_limit_is_a_usage_error() -> None:
 
 async def test_an_unknown_state_names_the_valid_ones(harness: Harness) -> None:
     await harness.run(TWO_STEPS)
-    bogus = await ciadm(harness.orchestrator.grpc_url, "runs", "--state", "bogus")
+    bogus = await ciadm(harness.orchestrator.admin_url, "runs", "--state", "bogus")
     assert bogus.returncode == 1
     assert "no run state 'bogus'" in bogus.stderr
     assert "queued, running, success, failure" in bogus.stderr
-    good = await ciadm(harness.orchestrator.grpc_url, "runs", "--state", "success")
+    good = await ciadm(harness.orchestrator.admin_url, "runs", "--state", "success")
     assert good.returncode == 0 and "success" in good.stdout
 
 
 async def test_cancel_of_an_ended_run_says_so(harness: Harness) -> None:
     summary = await harness.run(TWO_STEPS)
-    done = await ciadm(harness.orchestrator.grpc_url, "cancel", str(summary.run_id))
+    done = await ciadm(harness.orchestrator.admin_url, "cancel", str(summary.run_id))
     assert done.returncode == 1
     assert "already ended (success)" in done.stderr and "cancel requested" not in done.stdout
     assert (await harness.api.summary(summary.run_id)).state == "success"
@@ -73,10 +73,10 @@ async def test_cancel_of_an_ended_run_says_so(harness: Harness) -> None:
 
 async def test_an_http_address_names_the_same_port(harness: Harness) -> None:
     await harness.run(TWO_STEPS)
-    listed = await ciadm(f"http://{harness.orchestrator.grpc_url}/", "runs")
+    listed = await ciadm(f"http://{harness.orchestrator.admin_url}/", "runs")
     assert listed.returncode == 0, listed.stderr
     assert "1/1 jobs" in listed.stdout
-    tls = await ciadm(f"https://{harness.orchestrator.grpc_url}", "runs")
+    tls = await ciadm(f"https://{harness.orchestrator.admin_url}", "runs")
     assert tls.returncode == 2 and "plain gRPC" in tls.stderr
 
 
@@ -84,7 +84,7 @@ async def test_show_prints_full_ids_page_links_and_steps_from_one(orchestrator_f
     harness = await orchestrator_factory(web_listen="127.0.0.1:0")
     summary = await harness.run(TWO_STEPS)
     job = summary.jobs[0]
-    shown = await ciadm(harness.orchestrator.grpc_url, "show", str(summary.run_id)[:8])
+    shown = await ciadm(harness.orchestrator.admin_url, "show", str(summary.run_id)[:8])
     assert shown.returncode == 0, shown.stderr
     base = harness.orchestrator.web.url
     assert f"{base}/runs/{summary.run_id}" in shown.stdout
@@ -95,7 +95,7 @@ async def test_show_prints_full_ids_page_links_and_steps_from_one(orchestrator_f
     assert any(line.startswith("1. first") for line in lines)
     assert any(line.startswith("2. second") for line in lines)
     assert not any(line.startswith("0.") for line in lines)
-    async with httpx.AsyncClient() as http:  # the printed link is a real page
+    async with httpx.AsyncClient(headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as http:  # a real page
         assert (await http.get(page)).status_code == 200
 
 

@@ -86,7 +86,7 @@ async def test_an_id_prefix_redirects_to_the_full_id(orchestrator_factory) -> No
     harness = await orchestrator_factory(web_listen="127.0.0.1:0")
     summary = await harness.run(WORKFLOW)
     run_id, job_id = str(summary.run_id), str(summary.jobs[0].job_id)
-    async with httpx.AsyncClient(base_url=harness.orchestrator.web.url) as http:
+    async with httpx.AsyncClient(base_url=harness.orchestrator.web.url, headers=AUTH) as http:
         moved = await http.get(f"/runs/{run_id[:8]}")
         assert moved.status_code == 307 and moved.headers["location"] == run_id
         page = await http.get(f"/runs/{run_id[:8].upper()}", follow_redirects=True)
