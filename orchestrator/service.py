@@ -1,6 +1,10 @@
 """One orchestrator host, assembled: Postgres, a broker, the Runner gRPC server, run intake,
 the outbox relay, the log store and the executor. The same class serves the standalone mode
-(embedded Postgres, in-process broker) and the multi-host mode (URLs); see `standalone`."""
+(embedded Postgres, in-process broker) and the multi-host mode (URLs); see `standalone`.
+
+Its long-lived tasks (heartbeat, reaper, LISTEN, outbox relay, label workers, jobs, web
+server) run under `supervisor` (`common.supervise`): `solstice-orchestrator` waits on it and
+exits non-zero when one of them fails."""
 from __future__ import annotations
 
 import asyncio
@@ -10,8 +14,10 @@ from collections.abc import Mapping
 import grpc
 
 from common.broker import Broker, Delivery, Subscription
+from common.health import broker_check, database_check
 from common.http import BackgroundServer
 from common.messages import RunRequest, decode
+from common.supervise import NotReady, Supervisor
 from orchestrator.admin import AdminService
 from orchestrator.api import OrchestratorAPI
 from orchestrator.backends.base import VMBackend
@@ -26,7 +32,7 @@ from orchestrator.outbox import OutboxRelay
 from orchestrator.reaper import Reaper
 from orchestrator.rpc import DatabaseUnavailable, RunnerService
 from orchestrator.sessions import Sessions
-from orchestrator.store import Store
+from orchestrator.store import OUTBOX_CHANNEL, Store
 from orchestrator.updates import Hub
 from orchestrator.web import build_app
 from protos import admin_pb2_grpc, runner_pb2_grpc
@@ -50,8 +56,10 @@ class Orchestrator:
     """Start with `await start()`, stop with `await stop()`; `api` is the in-process API."""
 
     def __init__(self, config: OrchestratorConfig, *, db: Database, broker: Broker,
-                 backend: VMBackend, secrets: Mapping[str, str] | None = None) -> None:
+                 backend: VMBackend, secrets: Mapping[str, str] | None = None,
+                 supervisor: Supervisor | None = None) -> None:
         self.config = config
+        self.supervisor = supervisor or Supervisor()
         self.db = db
         self.broker = broker
         self.backend = backend
@@ -85,8 +93,10 @@ class Orchestrator:
         await self.registry.register()
         await self.reaper.at_start()
         self._background = [
-            asyncio.create_task(self.registry.run(on_fenced=self._fenced), name="host-heartbeat"),
-            asyncio.create_task(self.reaper.run(), name="reaper")]
+            # The heartbeat ends by itself only when fenced (see `_fenced`).
+            self.supervisor.spawn("host-heartbeat", self.registry.run(on_fenced=self._fenced),
+                                  finite=True),
+            self.supervisor.spawn("reaper", self.reaper.run())]
         await self.backend.prepare()
         self.logs.start()
         self.server = grpc.aio.server(options=GRPC_OPTIONS, interceptors=[DatabaseUnavailable()])
@@ -100,16 +110,26 @@ class Orchestrator:
         port = self.server.add_insecure_port(self.config.grpc_listen)
         await self.server.start()
         self.grpc_url = advertised(self.config.grpc_listen, port, self.config.grpc_advertise)
+        listener = await self.db.listen(OUTBOX_CHANNEL, lambda _payload: self.relay.kick())
+        self.supervisor.spawn("outbox-listen", listener.run())
+
+        async def listening() -> None:
+            if not listener.connected:
+                raise NotReady("the LISTEN connection is being reopened")
+
         if self.config.web_listen:
             host, _, port = self.config.web_listen.rpartition(":")
-            self.web = BackgroundServer(build_app(self.db), host, int(port))
-            await self.web.start()
+            checks = {"database": database_check(self.db.pool),
+                      "broker": broker_check(self.broker), "listen": listening,
+                      "tasks": self.supervisor.ready}
+            self.web = BackgroundServer(build_app(self.db, checks), host, int(port))
+            await self.web.start(self.supervisor)
             self.relay.log_url_base = self.config.public_url or self.web.url
-        await self.relay.start()
+        self.relay.start(self.supervisor)
         self.executor = Executor(config=self.config, store=self.store, broker=self.broker,
                                  backend=self.backend, sessions=self.sessions,
                                  effects=self.effects, secrets=self.secrets,
-                                 advertise_url=self.grpc_url)
+                                 advertise_url=self.grpc_url, supervisor=self.supervisor)
         await self.executor.start()
         self._runs = await self.broker.consume_runs(self._on_run)
         log.info("orchestrator started", extra={"host": self.config.host_name,
@@ -125,11 +145,19 @@ class Orchestrator:
     def _fenced(self) -> None:
         """Another process took this host name over: our leases are void, take no more jobs."""
         if self.executor is not None:
-            self._background.append(asyncio.create_task(self.executor.stop_taking()))
+            self._background.append(self.supervisor.spawn(
+                "stop-taking", self.executor.stop_taking(), finite=True))
 
     async def stop(self, grace: float = 0.0, *, hand_back: bool = False) -> None:
         """Stop taking work; give running jobs `grace` seconds, then end them (`error`) or,
-        with `hand_back` (the drain on SIGTERM), re-queue them for other hosts; close down."""
+        with `hand_back` (the drain on SIGTERM), re-queue them for other hosts; close down.
+
+        After a supervised task failed, running jobs are not given `grace`: the host is
+        broken (its heartbeat may be the part that failed) and its jobs are better re-run
+        elsewhere now than finished here while the other hosts think it is dead."""
+        self.supervisor.stop()
+        if self.supervisor.failure is not None:
+            grace = 0.0
         await self.registry.set_state("draining")
         if self._runs is not None:
             await self._runs.cancel()
@@ -146,4 +174,5 @@ class Orchestrator:
             await self.server.stop(1.0)
         await self.logs.close()
         await self.backend.close()
+        await self.supervisor.close()
         log.info("orchestrator stopped", extra={"host": self.config.host_name})

@@ -3,7 +3,8 @@
 - `/runs/{run_id}`: the run, its jobs and steps;
 - `/jobs/{job_id}`: the job's steps and log, following live while the job runs;
 - `/jobs/{job_id}/log.txt?after=SEQ`: the log as plain text after a sequence number, with
-  `X-Solstice-Last-Seq` and `X-Solstice-Done` headers (the page polls it).
+  `X-Solstice-Last-Seq` and `X-Solstice-Done` headers (the page polls it);
+- `/healthz` and `/readyz` (`common.health`), unauthenticated.
 
 Read-only, from the shared Postgres, so any host serves every job. Logs were masked before
 they were stored.
@@ -12,12 +13,14 @@ from __future__ import annotations
 
 import html
 import uuid
+from collections.abc import Mapping
 
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from common.health import Check, health_routes
 from orchestrator.api import JobSummary, RunSummary, load_summary
 from orchestrator.db import Database
 from orchestrator.logstore import read_log
@@ -80,8 +83,8 @@ def _steps_table(job: JobSummary) -> str:
             f"{rows}</table>")
 
 
-def build_app(db: Database) -> Starlette:
-    """The pages' ASGI app over `db`."""
+def build_app(db: Database, checks: Mapping[str, Check] | None = None) -> Starlette:
+    """The pages' ASGI app over `db`, with `/readyz` running `checks`."""
 
     async def run_page(request: Request) -> Response:
         run_id = _uuid(request, "run_id")
@@ -132,5 +135,6 @@ def build_app(db: Database) -> Starlette:
         Route("/runs/{run_id}", run_page),
         Route("/jobs/{job_id}", job_page),
         Route("/jobs/{job_id}/log.txt", job_log),
+        *health_routes(checks or {}),
     ])
 
