@@ -54,10 +54,15 @@ class BackgroundServer:
 
     async def stop(self) -> None:
         self._server.should_exit = True
-        if self._task is not None:
-            await asyncio.wait({self._task})
-            if not self._supervised:  # else the supervisor reported how it ended
-                self._task.result()
+        if self._task is None:
+            return
+        await asyncio.wait({self._task})
+        if self._server.started and (self._task.cancelled() or self._task.exception()):
+            # uvicorn died while serving: close what it left open, the app's lifespan above
+            # all (the integrations stop their consumers and workers there).
+            await self._server.shutdown()
+        if not self._supervised:  # else the supervisor reported how it ended
+            self._task.result()
 
 
 @contextlib.asynccontextmanager
