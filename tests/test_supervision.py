@@ -24,6 +24,7 @@ import pytest
 
 from common.broker.amqp import AmqpBroker
 from common.messages import EventKind, Repo, RunRequest
+from common.supervise import NotReady, Supervisor, TaskFailed
 from tests.broker.conftest import delete_topology
 from tests.multihost.cluster import FAST
 from tests.tcp_proxy import TcpProxy
@@ -116,6 +117,46 @@ def assert_failed_once(service: Service, task: str, status: int) -> None:
     assert status == 1, f"{service.name} exited {status}:\n{text[-3000:]}"
     assert f"task={task}" in text and "injected fault in" in text, text[-3000:]
     assert text.count(TRACEBACK) == 1, f"the traceback is logged once:\n{text[-5000:]}"
+
+
+async def test_supervisor_tells_expected_ends_from_failures(caplog) -> None:
+    async def forever() -> None:
+        await asyncio.Event().wait()
+
+    async def done() -> None:
+        return None
+
+    async def broken() -> None:
+        await asyncio.sleep(0.01)
+        raise ValueError("a bug")
+
+    async with Supervisor() as supervisor:
+        supervisor.spawn("job", done(), finite=True)
+        supervisor.spawn("cancelled", forever()).cancel()
+        await asyncio.sleep(0.05)
+        assert supervisor.failure is None
+        await supervisor.ready()
+        supervisor.spawn("loop", broken())
+        with pytest.raises(TaskFailed, match="task loop failed: ValueError: a bug") as failed:
+            await asyncio.wait_for(supervisor.wait(), 5)
+        assert isinstance(failed.value.__cause__, ValueError)
+        with pytest.raises(NotReady, match="task loop failed"):
+            await supervisor.ready()
+    assert [r.exc_info is not None for r in caplog.records if r.name == "common.supervise"] == [True]
+
+    async with Supervisor() as supervisor:
+        supervisor.spawn("returns", done())
+        with pytest.raises(TaskFailed, match="task returns ended while the service was running"):
+            await asyncio.wait_for(supervisor.wait(), 5)
+
+    async with Supervisor() as supervisor:
+        server = supervisor.spawn("server", forever())
+        supervisor.stop()  # a signal: ends from now on are the shutdown's
+        await asyncio.wait_for(supervisor.wait(), 5)
+        server.cancel()
+        supervisor.spawn("ends", done())
+        await asyncio.sleep(0.01)
+        assert supervisor.failure is None
 
 
 async def test_orchestrator_exits_when_any_of_its_tasks_fails(
