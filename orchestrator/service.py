@@ -17,7 +17,7 @@ from common.broker import Broker, Delivery, Subscription
 from common.health import broker_check, database_check
 from common.http import BackgroundServer
 from common.messages import RunRequest, decode
-from common.supervise import NotReady, Supervisor
+from common.supervise import Supervisor
 from orchestrator.admin import AdminService
 from orchestrator.api import OrchestratorAPI
 from orchestrator.backends.base import VMBackend
@@ -112,15 +112,10 @@ class Orchestrator:
         self.grpc_url = advertised(self.config.grpc_listen, port, self.config.grpc_advertise)
         listener = await self.db.listen(OUTBOX_CHANNEL, lambda _payload: self.relay.kick())
         self.supervisor.spawn("outbox-listen", listener.run())
-
-        async def listening() -> None:
-            if not listener.connected:
-                raise NotReady("the LISTEN connection is being reopened")
-
         if self.config.web_listen:
             host, _, port = self.config.web_listen.rpartition(":")
             checks = {"database": database_check(self.db.pool),
-                      "broker": broker_check(self.broker), "listen": listening,
+                      "broker": broker_check(self.broker), "listen": listener.ready,
                       "tasks": self.supervisor.ready}
             self.web = BackgroundServer(build_app(self.db, checks), host, int(port))
             await self.web.start(self.supervisor)

@@ -16,6 +16,7 @@ import asyncpg
 
 from common.postgres import TRANSIENT_ERRORS
 from common.retry import Backoff, retry_async
+from common.supervise import NotReady
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,11 @@ class Listener:
     @property
     def connected(self) -> bool:
         return self._conn is not None and not self._conn.is_closed()
+
+    async def ready(self) -> None:
+        """Readiness check: raises `NotReady` while the connection is being reopened."""
+        if not self.connected:
+            raise NotReady(f"the LISTEN connection ({self.channel}) is being reopened")
 
     async def connect(self) -> None:
         """Open the connection and LISTEN (raises what asyncpg raises if it cannot)."""
