@@ -1,5 +1,6 @@
-"""Serving a Starlette app with uvicorn: as a service until it is signalled to stop, or in the
-background of a running event loop (the orchestrator's web pages, tests, benchmarks)."""
+"""Serving a Starlette app with uvicorn: as a service until it is signalled to stop or one of
+its supervised tasks fails, or in the background of a running event loop (the orchestrator's
+web pages, tests, benchmarks)."""
 from __future__ import annotations
 
 import asyncio
@@ -9,6 +10,8 @@ from collections.abc import AsyncIterator, Callable, Iterator
 
 import uvicorn
 from starlette.applications import Starlette
+
+from common.supervise import Supervisor
 
 
 def _config(app: Starlette, host: str, port: int) -> uvicorn.Config:
@@ -31,10 +34,15 @@ class BackgroundServer:
         self.host = host
         self._server = _QuietServer(_config(app, host, port))
         self._task: asyncio.Task[None] | None = None
+        self._supervised = False
         self.url = ""
 
-    async def start(self) -> str:
-        self._task = asyncio.create_task(self._server.serve(), name="http-server")
+    async def start(self, supervisor: Supervisor | None = None) -> str:
+        """Listen; with `supervisor`, uvicorn ending before `stop()` fails the service."""
+        self._task = (asyncio.create_task(self._server.serve(), name="http-server")
+                      if supervisor is None
+                      else supervisor.spawn("http-server", self._server.serve()))
+        self._supervised = supervisor is not None
         while not self._server.started:
             if self._task.done():
                 self._task.result()
@@ -46,8 +54,15 @@ class BackgroundServer:
 
     async def stop(self) -> None:
         self._server.should_exit = True
-        if self._task is not None:
-            await self._task
+        if self._task is None:
+            return
+        await asyncio.wait({self._task})
+        if self._server.started and (self._task.cancelled() or self._task.exception()):
+            # uvicorn died while serving: close what it left open, the app's lifespan above
+            # all (the integrations stop their consumers and workers there).
+            await self._server.shutdown()
+        if not self._supervised:  # else the supervisor reported how it ended
+            self._task.result()
 
 
 @contextlib.asynccontextmanager
@@ -61,22 +76,28 @@ async def running(app: Starlette, host: str = "127.0.0.1", port: int = 0) -> Asy
 
 
 async def serve(app: Starlette, host: str, port: int,
-                ready: Callable[[str], None] | None = None) -> None:
+                ready: Callable[[str], None] | None = None, *,
+                supervisor: Supervisor | None = None) -> None:
     """Serve `app` until SIGTERM or SIGINT, finish the requests in flight, then return.
 
     Returning (where uvicorn's own handling re-raises the signal) lets the caller close its
     broker connection and database pool and exit 0. `ready` gets the base URL once listening.
+    The server runs under `supervisor`, with the tasks the app's lifespan spawned there: when
+    one of them fails, the server stops the same way and `TaskFailed` is raised (exit non-zero).
     """
-    stopping = asyncio.Event()
+    supervisor = supervisor or Supervisor()
     loop = asyncio.get_running_loop()
     signals = (signal.SIGTERM, signal.SIGINT)
     for sig in signals:
-        loop.add_signal_handler(sig, stopping.set)
+        loop.add_signal_handler(sig, supervisor.stop)
+    server = BackgroundServer(app, host, port)
     try:
-        async with running(app, host, port) as url:
-            if ready is not None:
-                ready(url)
-            await stopping.wait()
+        url = await server.start(supervisor)
+        if ready is not None:
+            ready(url)
+        await supervisor.wait()
     finally:
+        supervisor.stop()
+        await server.stop()
         for sig in signals:
             loop.remove_signal_handler(sig)

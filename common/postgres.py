@@ -15,6 +15,10 @@ from common.retry import Backoff, retry_async
 # InternalClientError: a pooled connection the server dropped in the middle of an operation.
 TRANSIENT_ERRORS = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
                     asyncpg.exceptions.OperatorInterventionError, asyncpg.InternalClientError)
+# Anything PostgreSQL, or reaching it, can raise: an HTTP edge answers 503 on these (the
+# caller retries), a periodic task (heartbeat, reaper pass) logs them and tries next round.
+# Not for retrying a single operation: a statement the server refused is not repeated.
+DATABASE_ERRORS = (*TRANSIENT_ERRORS, asyncpg.PostgresError)
 
 
 class DatabaseError(SolsticeError):

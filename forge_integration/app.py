@@ -13,7 +13,7 @@ Routes:
   `{"forge": "forgejo", "repository": "owner/name", "branch": "main", "sha": optional,
   "request_id": optional}`: the branch head (or `sha`) is planned like a push, with event
   `manual`. Repeating a `request_id` is answered `duplicate`.
-- `GET /healthz`.
+- `GET /healthz`, `GET /readyz` (database, broker, the status outbox worker alive).
 
 Job events are consumed from the broker's events exchange through the durable queue
 `<prefix>.events.<events_queue>`; each becomes an outbox row (acked once stored) that the
@@ -42,8 +42,11 @@ from common.forge.outbox import Outbox, OutboxWorker
 from common.forge.policy import InvalidWorkflow, RunCandidate, Skip, plan_run
 from common.forge.signature import verify_forgejo
 from common.forge.webhook import answer, parse_json, read_body, webhook_app
+from common.health import broker_check, database_check
 from common.messages import EventKind, JobEvent, Repo, decode
 from common.observability import tracer
+from common.postgres import DATABASE_ERRORS
+from common.supervise import Supervisor
 from forge_integration.api import ForgejoApi
 from forge_integration.config import ForgeIntegrationConfig, ForgeKind
 from forge_integration.events import Ignored, classify
@@ -61,7 +64,6 @@ MANUAL = "manual"
 # Header prefixes per endpoint: Forgejo sends X-Forgejo-* and, for compatibility, X-Gitea-*.
 HEADER_PREFIXES: dict[str, tuple[str, ...]] = {"forgejo": ("x-forgejo-", "x-gitea-"),
                                               "gitea": ("x-gitea-",)}
-DATABASE_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
 def _header(request: Request, forge: str, name: str) -> str | None:
@@ -76,9 +78,13 @@ class ForgeIntegration:
     """The service's state and handlers; `app()` is its Starlette application."""
 
     def __init__(self, config: ForgeIntegrationConfig, pool: asyncpg.Pool, broker: Broker,
-                 clients: dict[str, ForgejoApi], *, worker: OutboxWorker | None = None) -> None:
+                 clients: dict[str, ForgejoApi], *, worker: OutboxWorker | None = None,
+                 supervisor: Supervisor | None = None) -> None:
         self.config = config
+        self.pool = pool
         self.broker = broker
+        # `serve` waits on it: the outbox worker failing stops the service (exit non-zero).
+        self.supervisor = supervisor or Supervisor()
         self.clients = clients
         self.deliveries = DeliveryLog(pool)
         self.outbox = Outbox(pool, OUTBOX_TARGET)
@@ -90,7 +96,7 @@ class ForgeIntegration:
 
     async def start(self) -> None:
         """Start sending statuses and consuming job events."""
-        self._tasks.append(asyncio.create_task(self.worker.run(), name="forge-status-outbox"))
+        self._tasks.append(self.supervisor.spawn("forge-status-outbox", self.worker.run()))
         self._subscription = await self.broker.consume_events(self.config.events_queue,
                                                               self.on_job_event)
 
@@ -115,7 +121,9 @@ class ForgeIntegration:
         routes = [Route(f"/webhooks/{forge}", self._webhook_endpoint(forge), methods=["POST"])
                   for forge in self.config.sites]
         routes.append(Route("/runs", self.manual_run, methods=["POST"]))
-        return webhook_app(routes, lifespan=self._lifespan)
+        return webhook_app(routes, lifespan=self._lifespan, checks={
+            "database": database_check(self.pool), "broker": broker_check(self.broker),
+            "tasks": self.supervisor.ready})
 
     # ---- webhooks -------------------------------------------------------------------------
 

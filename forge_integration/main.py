@@ -20,6 +20,7 @@ from common.errors import SolsticeError
 from common.forge.migrate import open_pool
 from common.http import serve
 from common.observability import setup_observability
+from common.supervise import Supervisor, TaskFailed
 from forge_integration.api import ForgejoApi
 from forge_integration.app import ForgeIntegration
 from forge_integration.config import SECTION, ForgeIntegrationConfig
@@ -47,17 +48,19 @@ def clients_for(config: ForgeIntegrationConfig) -> dict[str, ForgejoApi]:
 
 
 async def run(config: ForgeIntegrationConfig) -> None:
-    """Serve until SIGTERM/SIGINT, then finish the requests in flight and close everything."""
+    """Serve until SIGTERM/SIGINT, then finish the requests in flight and close everything;
+    raise `TaskFailed` (after the same shutdown) when the status outbox worker failed."""
     pool = await open_pool(config.database_url)
     broker = open_broker(config.amqp_url, config.broker_prefix)
     clients = clients_for(config)
     try:
         await broker.connect()
-        service = ForgeIntegration(config, pool, broker, clients)
+        supervisor = Supervisor()
+        service = ForgeIntegration(config, pool, broker, clients, supervisor=supervisor)
         if config.insecure_no_signature:
             log.warning("accepting unsigned webhooks (--insecure-no-signature)")
         await serve(service.app(), config.listen_host, config.listen_port, ready=lambda url: log.info(
-            "ready", extra={"url": url, "forges": ",".join(config.sites)}))
+            "ready", extra={"url": url, "forges": ",".join(config.sites)}), supervisor=supervisor)
     finally:
         await broker.close()
         for client in clients.values():
@@ -78,6 +81,9 @@ def main(argv: list[str] | None = None) -> int:
         setup_observability("solstice-forge-integration", level=config.log_level,
                             console_spans=False)
         asyncio.run(run(config))
+    except TaskFailed as exc:
+        print(f"solstice-forge-integration: {exc}", file=sys.stderr)
+        return 1
     except SolsticeError as exc:
         print(f"solstice-forge-integration: {exc}", file=sys.stderr)
         return 2

@@ -19,6 +19,7 @@ from common.config import load_config
 from common.errors import SolsticeError
 from common.http import serve
 from common.observability import setup_observability
+from common.supervise import Supervisor, TaskFailed
 from github_integration.api import make_http_client
 from github_integration.auth import load_private_key
 from github_integration.config import SECTION, GitHubIntegrationConfig
@@ -40,16 +41,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 async def run(config: GitHubIntegrationConfig) -> None:
-    """Serve until SIGTERM/SIGINT."""
+    """Serve until SIGTERM/SIGINT; raise `TaskFailed` (after the same shutdown) when the check
+    run outbox worker failed."""
     private_key = load_private_key(config.private_key_pem())
     pool = await open_database(config.database_url)
     broker = open_broker(config.amqp_url, config.broker_prefix)
     http = make_http_client(config.api_url, timeout=config.api_timeout)
     try:
         await broker.connect()
-        service = GitHubIntegration(config, pool, broker, http, private_key)
+        supervisor = Supervisor()
+        service = GitHubIntegration(config, pool, broker, http, private_key,
+                                    supervisor=supervisor)
         await serve(service.app(), config.listen_host, config.listen_port, ready=lambda url: log.info(
-            "ready", extra={"url": url, "app_id": config.app_id, "api_url": config.api_url}))
+            "ready", extra={"url": url, "app_id": config.app_id, "api_url": config.api_url}),
+            supervisor=supervisor)
     finally:
         await broker.close()
         await http.aclose()
@@ -66,6 +71,9 @@ def main(argv: list[str] | None = None) -> int:
         config.check()
         setup_observability("solstice-github-integration", level=config.log_level)
         asyncio.run(run(config))
+    except TaskFailed as exc:
+        print(f"solstice-github-integration: {exc}", file=sys.stderr)
+        return 1
     except SolsticeError as exc:
         print(f"solstice-github-integration: {exc}", file=sys.stderr)
         return 2

@@ -2,7 +2,8 @@
 
 `GitHubIntegration` owns the webhook handler, the job-event consumer that feeds the status
 outbox, and the outbox worker that turns rows into check runs. `start` subscribes and starts
-the worker; `stop` cancels both (rows not yet delivered stay in PostgreSQL for the next start).
+the worker under `supervisor` (`serve` waits on it: the worker failing stops the service);
+`stop` cancels both (rows not yet delivered stay in PostgreSQL for the next start).
 """
 from __future__ import annotations
 
@@ -18,7 +19,9 @@ from starlette.applications import Starlette
 from common.broker import Broker, Subscription
 from common.forge.deliveries import DeliveryLog
 from common.forge.outbox import Outbox, OutboxWorker
+from common.health import broker_check, database_check
 from common.retry import Backoff
+from common.supervise import Supervisor
 from github_integration.api import GitHubApi
 from github_integration.app import GitHubWebhook, create_app
 from github_integration.auth import AppAuth
@@ -34,9 +37,11 @@ class GitHubIntegration:
     def __init__(self, config: GitHubIntegrationConfig, pool: asyncpg.Pool, broker: Broker,
                  http: httpx.AsyncClient, private_key: rsa.RSAPrivateKey, *,
                  outbox_backoff: Backoff = Backoff(initial=1.0, maximum=300.0),
-                 outbox_poll: float = 1.0) -> None:
+                 outbox_poll: float = 1.0, supervisor: Supervisor | None = None) -> None:
         assert config.app_id is not None, "config.check() first"
         self.config = config
+        self.pool = pool
+        self.supervisor = supervisor or Supervisor()
         self.auth = AppAuth(config.app_id, private_key, http)
         self.api = GitHubApi(http, self.auth)
         self.outbox = Outbox(pool, TARGET)
@@ -58,15 +63,15 @@ class GitHubIntegration:
         """Consume job events and send check runs (the broker must be connected)."""
         self._subscription = await self._broker.consume_events(
             self.config.events_queue, JobEventFeed(self.check_runs))
-        self._worker_task = asyncio.create_task(self.worker.run(), name="github-outbox")
+        self._worker_task = self.supervisor.spawn("github-outbox", self.worker.run())
 
     async def stop(self) -> None:
         if self._subscription is not None:
             await self._subscription.cancel()
         if self._worker_task is not None:
             self._worker_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._worker_task
+            # A failure was reported by the supervisor already.
+            await asyncio.gather(self._worker_task, return_exceptions=True)
 
     def app(self) -> Starlette:
         """The web app; its lifespan starts and stops the consumer and the worker."""
@@ -78,4 +83,6 @@ class GitHubIntegration:
             finally:
                 await self.stop()
 
-        return create_app(self.webhook, lifespan=lifespan)
+        return create_app(self.webhook, lifespan=lifespan, checks={
+            "database": database_check(self.pool), "broker": broker_check(self._broker),
+            "tasks": self.supervisor.ready})

@@ -28,6 +28,7 @@ from common.masking import SecretMasker
 from common.messages import JobRequest, JobState, decode
 from common.observability import tracer
 from common.retry import Backoff, retry_async
+from common.supervise import Supervisor
 from orchestrator import tokens
 from orchestrator.backends.base import (
     VM,
@@ -66,11 +67,13 @@ class LabelWorker:
     """Consumes one label's queue, keeping at most `capacity` jobs running."""
 
     def __init__(self, label: str, capacity: int, broker: Broker,
-                 take: Callable[[Delivery, Callable[[], None]], Awaitable[bool]]) -> None:
+                 take: Callable[[Delivery, Callable[[], None]], Awaitable[bool]],
+                 supervisor: Supervisor) -> None:
         self.label = label
         self.capacity = capacity
         self.broker = broker
         self._take = take
+        self._supervisor = supervisor
         self.active = 0
         self._subscription: Subscription | None = None
         self._running = False
@@ -80,7 +83,7 @@ class LabelWorker:
     async def start(self) -> None:
         self._running = True
         await self._sync()
-        self._control = asyncio.create_task(self._loop(), name=f"worker-{self.label}")
+        self._control = self._supervisor.spawn(f"worker-{self.label}", self._loop())
 
     async def stop(self) -> None:
         """Stop taking jobs (running ones go on)."""
@@ -131,7 +134,8 @@ class Executor:
 
     def __init__(self, *, config: OrchestratorConfig, store: Store, broker: Broker,
                  backend: VMBackend, sessions: Sessions, effects: Effects,
-                 secrets: Mapping[str, str], advertise_url: str) -> None:
+                 secrets: Mapping[str, str], advertise_url: str,
+                 supervisor: Supervisor) -> None:
         self.config = config
         self.store = store
         self.broker = broker
@@ -140,8 +144,9 @@ class Executor:
         self.effects = effects
         self.secrets = secrets
         self.advertise_url = advertise_url
+        self.supervisor = supervisor
         self.prefix = host_prefix(config.host_name)
-        self.workers = [LabelWorker(label, slots, broker, self._take)
+        self.workers = [LabelWorker(label, slots, broker, self._take, supervisor)
                         for label, slots in config.capacity.items()]
         self._jobs: set[asyncio.Task[None]] = set()
         self._hand_back = False
@@ -183,8 +188,10 @@ class Executor:
             log.info("job request for a job not queued here; ignored",
                      extra={"job_id": str(request.job_id), "redelivered": delivery.redelivered})
             return False
-        task = asyncio.create_task(self._run(lease, token_hash, token),
-                                   name=f"job-{lease.key}")
+        # A job's task ends by itself; an exception escaping it (its result not recorded)
+        # fails the host, whose restart hands the job back.
+        task = self.supervisor.spawn(f"job-{lease.key}", self._run(lease, token_hash, token),
+                                     finite=True)
         self._jobs.add(task)
 
         def done(finished: asyncio.Task[None]) -> None:

@@ -21,13 +21,11 @@ from datetime import datetime, timedelta
 import asyncpg
 
 from common.errors import SolsticeError
+from common.postgres import DATABASE_ERRORS
 from orchestrator.db import Database
 
 log = logging.getLogger(__name__)
 
-# A restarting server fails statements in many ways (closed connection, admin shutdown,
-# cannot-connect-now); a heartbeat survives all of them and tries again next interval.
-TRANSIENT = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 ACTIVE_JOB_STATES = ["provisioning", "running"]
 
 
@@ -134,7 +132,9 @@ class HostRegistry:
                     if on_fenced is not None:
                         on_fenced()
                     return
-            except TRANSIENT as exc:
+            except DATABASE_ERRORS as exc:
+                # A restarting server fails statements in many ways (closed connection, admin
+                # shutdown, cannot-connect-now); a heartbeat tries again next interval.
                 log.warning("heartbeat failed; retrying", extra={"host": self.name,
                                                                  "error": str(exc)})
             await asyncio.sleep(self.interval)

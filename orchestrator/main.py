@@ -6,7 +6,9 @@ real servers. Settings: defaults < `[orchestrator]` of the TOML file (`--config`
 `$SOLSTICE_CONFIG`) < `SOLSTICE_ORCHESTRATOR__*` < flags; docs/config.md lists every key.
 
 SIGTERM (and SIGINT) drain: stop consuming, let running jobs finish for `drain_timeout`
-seconds, hand the rest back to the queue for other hosts, deregister, exit 0.
+seconds, hand the rest back to the queue for other hosts, deregister, exit 0. When one of its
+tasks fails (`common.supervise`), it hands its jobs back at once, deregisters and exits 1, so
+that systemd / SMF restart it.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from typing import Any
 from common.config import load_config
 from common.errors import ConfigError, SolsticeError
 from common.observability import setup_observability
+from common.supervise import Supervisor, TaskFailed
 from orchestrator.adminauth import resolve_access
 from orchestrator.backends.base import VMBackend
 from orchestrator.config import OrchestratorConfig
@@ -131,16 +134,16 @@ def make_backend(config: OrchestratorConfig, config_path: str | None = None) -> 
 
 
 async def serve(config: OrchestratorConfig, config_path: str | None = None) -> None:
-    """Run until SIGTERM/SIGINT, then drain."""
-    stop = asyncio.Event()
+    """Run until SIGTERM/SIGINT, then drain; raise `TaskFailed` after a task failed."""
+    supervisor = Supervisor()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+        loop.add_signal_handler(signum, supervisor.stop)
     mode = "multi-host" if config.amqp_url else "standalone"
     async with running(config, backend=make_backend(config, config_path), grace=config.drain_timeout,
-                       hand_back=True):
+                       hand_back=True, supervisor=supervisor):
         log.info("ready", extra={"host": config.host_name, "mode": mode})
-        await stop.wait()
+        await supervisor.wait()
         log.info("draining", extra={"host": config.host_name,
                                     "drain_timeout": config.drain_timeout})
     log.info("drained; exiting", extra={"host": config.host_name})
@@ -156,6 +159,9 @@ def main(argv: list[str] | None = None) -> int:
     setup_observability("solstice-orchestrator", level=config.log_level)
     try:
         asyncio.run(serve(config, args.config))
+    except TaskFailed as exc:
+        print(f"solstice-orchestrator: error: {exc}", file=sys.stderr)
+        return 1
     except SolsticeError as exc:
         print(f"solstice-orchestrator: error: {exc}", file=sys.stderr)
         return 2

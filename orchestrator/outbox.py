@@ -1,10 +1,10 @@
 """The outbox relay: publishes what transactions wrote to `outbox`, then marks it published.
 
-Woken by NOTIFY (sent in the same transaction as the rows, so it arrives at commit) and by a
-slow sweep as a safety net. Rows are claimed with FOR UPDATE SKIP LOCKED, so several hosts
-relay one database without publishing a row twice at once; a crash between publish and mark
-publishes it again, which consumers absorb (job requests are idempotent by lease, events carry
-per-job sequence numbers).
+Woken by `kick()` (the host's LISTEN on the outbox channel calls it: the NOTIFY is sent in the
+same transaction as the rows, so it arrives at commit) and by a slow sweep as a safety net.
+Rows are claimed with FOR UPDATE SKIP LOCKED, so several hosts relay one database without
+publishing a row twice at once; a crash between publish and mark publishes it again, which
+consumers absorb (job requests are idempotent by lease, events carry per-job sequence numbers).
 """
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ from datetime import timedelta
 from common.broker import Broker
 from common.messages import JobEvent, JobRequest
 from common.retry import Backoff, retry_async
+from common.supervise import Supervisor, wait_event
 from orchestrator.db import TRANSIENT_ERRORS, Database
 from orchestrator.intake import WORKFLOW_JOB_KEY
-from orchestrator.store import OUTBOX_CHANNEL
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +37,10 @@ class OutboxRelay:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
-    async def start(self) -> None:
-        await self.db.listen(OUTBOX_CHANNEL, lambda _payload: self._wake.set())
-        self._task = asyncio.create_task(self._loop(), name="outbox-relay")
+    def start(self, supervisor: Supervisor) -> None:
+        """Relay under `supervisor` until `close()`, starting with what is there now."""
         self._wake.set()
+        self._task = supervisor.spawn("outbox-relay", self.run())
 
     async def close(self) -> None:
         if self._task is not None:
@@ -51,11 +51,10 @@ class OutboxRelay:
     def kick(self) -> None:
         self._wake.set()
 
-    async def _loop(self) -> None:
+    async def run(self) -> None:
+        """Relay whenever kicked, and sweep every SWEEP_SECONDS, until cancelled."""
         while True:
-            try:
-                await asyncio.wait_for(self._wake.wait(), SWEEP_SECONDS)
-            except TimeoutError:
+            if not await wait_event(self._wake, SWEEP_SECONDS):
                 await self._prune()
             self._wake.clear()
             try:

@@ -25,18 +25,14 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import asyncpg
-
 from common.messages import JobState
+from common.postgres import DATABASE_ERRORS
 from orchestrator.backends.base import BackendError, VMBackend
 from orchestrator.db import Database
 from orchestrator.hosts import HostRegistry
 from orchestrator.store import ACTIVE, DEFAULT_MAX_RETRIES, Changes, hand_back
 
 log = logging.getLogger(__name__)
-
-TRANSIENT = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
-
 
 @dataclass
 class ReapReport:
@@ -82,7 +78,7 @@ class Reaper:
             await asyncio.sleep(self.interval)
             try:
                 await self.reap_once()
-            except TRANSIENT as exc:
+            except DATABASE_ERRORS as exc:
                 log.warning("reaper pass failed (database); will retry", extra={"error": str(exc)})
             except Exception:
                 log.exception("reaper pass failed; will retry")

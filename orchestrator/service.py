@@ -1,7 +1,11 @@
 """One orchestrator host, assembled: Postgres, a broker, the Runner gRPC server (what job
 machines reach), the Admin gRPC server on a listener of its own behind the admin token, run
 intake, the outbox relay, the log store and the executor. The same class serves the standalone mode
-(embedded Postgres, in-process broker) and the multi-host mode (URLs); see `standalone`."""
+(embedded Postgres, in-process broker) and the multi-host mode (URLs); see `standalone`.
+
+Its long-lived tasks (heartbeat, reaper, LISTEN, outbox relay, label workers, jobs, web
+server) run under `supervisor` (`common.supervise`): `solstice-orchestrator` waits on it and
+exits non-zero when one of them fails."""
 from __future__ import annotations
 
 import asyncio
@@ -12,8 +16,10 @@ import grpc
 
 from common.broker import Broker, Delivery, Subscription
 from common.errors import ConfigError
+from common.health import broker_check, database_check
 from common.http import BackgroundServer
 from common.messages import RunRequest, decode
+from common.supervise import Supervisor
 from orchestrator.admin import AdminService
 from orchestrator.adminauth import AdminTokenRequired, resolve_access, warn_about
 from orchestrator.api import OrchestratorAPI
@@ -29,7 +35,7 @@ from orchestrator.outbox import OutboxRelay
 from orchestrator.reaper import Reaper
 from orchestrator.rpc import DatabaseUnavailable, RunnerService
 from orchestrator.sessions import Sessions
-from orchestrator.store import Store
+from orchestrator.store import OUTBOX_CHANNEL, Store
 from orchestrator.updates import Hub
 from orchestrator.web import build_app
 from protos import admin_pb2_grpc, runner_pb2_grpc
@@ -57,9 +63,11 @@ class Orchestrator:
     Raises ConfigError at construction when no admin token is configured (see `adminauth`)."""
 
     def __init__(self, config: OrchestratorConfig, *, db: Database, broker: Broker,
-                 backend: VMBackend, secrets: Mapping[str, str] | None = None) -> None:
+                 backend: VMBackend, secrets: Mapping[str, str] | None = None,
+                 supervisor: Supervisor | None = None) -> None:
         self.access = resolve_access(config)
         self.config = config
+        self.supervisor = supervisor or Supervisor()
         self.db = db
         self.broker = broker
         self.backend = backend
@@ -95,8 +103,10 @@ class Orchestrator:
         await self.registry.register()
         await self.reaper.at_start()
         self._background = [
-            asyncio.create_task(self.registry.run(on_fenced=self._fenced), name="host-heartbeat"),
-            asyncio.create_task(self.reaper.run(), name="reaper")]
+            # The heartbeat ends by itself only when fenced (see `_fenced`).
+            self.supervisor.spawn("host-heartbeat", self.registry.run(on_fenced=self._fenced),
+                                  finite=True),
+            self.supervisor.spawn("reaper", self.reaper.run())]
         await self.backend.prepare()
         self.logs.start()
         self.server = grpc.aio.server(options=GRPC_OPTIONS, interceptors=[DatabaseUnavailable()])
@@ -108,19 +118,24 @@ class Orchestrator:
         await self.server.start()
         self.grpc_url = advertised(self.config.grpc_listen, port, self.config.grpc_advertise)
         await self._start_admin()
+        listener = await self.db.listen(OUTBOX_CHANNEL, lambda _payload: self.relay.kick())
+        self.supervisor.spawn("outbox-listen", listener.run())
         if self.config.web_listen:
             host, _, port = self.config.web_listen.rpartition(":")
+            checks = {"database": database_check(self.db.pool),
+                      "broker": broker_check(self.broker), "listen": listener.ready,
+                      "tasks": self.supervisor.ready}
             self.web = BackgroundServer(build_app(
-                self.db, token=self.access.web_token,
+                self.db, checks, token=self.access.web_token,
                 secure_cookie=(self.config.public_url or "").startswith("https://")),
                 host, int(port))
-            await self.web.start()
+            await self.web.start(self.supervisor)
             self.relay.log_url_base = self.config.public_url or self.web.url
-        await self.relay.start()
+        self.relay.start(self.supervisor)
         self.executor = Executor(config=self.config, store=self.store, broker=self.broker,
                                  backend=self.backend, sessions=self.sessions,
                                  effects=self.effects, secrets=self.secrets,
-                                 advertise_url=self.grpc_url)
+                                 advertise_url=self.grpc_url, supervisor=self.supervisor)
         await self.executor.start()
         self._runs = await self.broker.consume_runs(self._on_run)
         log.info("orchestrator started", extra={"host": self.config.host_name,
@@ -156,11 +171,19 @@ class Orchestrator:
     def _fenced(self) -> None:
         """Another process took this host name over: our leases are void, take no more jobs."""
         if self.executor is not None:
-            self._background.append(asyncio.create_task(self.executor.stop_taking()))
+            self._background.append(self.supervisor.spawn(
+                "stop-taking", self.executor.stop_taking(), finite=True))
 
     async def stop(self, grace: float = 0.0, *, hand_back: bool = False) -> None:
         """Stop taking work; give running jobs `grace` seconds, then end them (`error`) or,
-        with `hand_back` (the drain on SIGTERM), re-queue them for other hosts; close down."""
+        with `hand_back` (the drain on SIGTERM), re-queue them for other hosts; close down.
+
+        After a supervised task failed, running jobs are not given `grace`: the host is
+        broken (its heartbeat may be the part that failed) and its jobs are better re-run
+        elsewhere now than finished here while the other hosts think it is dead."""
+        self.supervisor.stop()
+        if self.supervisor.failure is not None:
+            grace = 0.0
         await self.registry.set_state("draining")
         if self._runs is not None:
             await self._runs.cancel()
@@ -179,4 +202,5 @@ class Orchestrator:
             await self.admin_server.stop(1.0)
         await self.logs.close()
         await self.backend.close()
+        await self.supervisor.close()
         log.info("orchestrator stopped", extra={"host": self.config.host_name})

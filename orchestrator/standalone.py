@@ -16,6 +16,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 import asyncpg
 
 from common.broker import open_broker
+from common.supervise import Supervisor
 from orchestrator.backends.base import VMBackend
 from orchestrator.config import OrchestratorConfig
 from orchestrator.db import Database, migrate
@@ -108,9 +109,11 @@ def private_admin() -> dict[str, str]:
 async def running(config: OrchestratorConfig, *, backend: VMBackend,
                   secrets: Mapping[str, str] | None = None,
                   embedded_name: str = EMBEDDED_DATABASE, schema: str | None = None,
-                  grace: float = 0.0, hand_back: bool = False) -> AsyncIterator[Orchestrator]:
+                  grace: float = 0.0, hand_back: bool = False,
+                  supervisor: Supervisor | None = None) -> AsyncIterator[Orchestrator]:
     """A started orchestrator on `config`'s database and broker; stopped (jobs given `grace`
-    seconds, then ended, or re-queued with `hand_back`) and everything released on exit."""
+    seconds, then ended, or re-queued with `hand_back`) and everything released on exit.
+    Its tasks run under `supervisor` (else one of its own, `orchestrator.supervisor`)."""
     async with AsyncExitStack() as stack:
         db = await stack.enter_async_context(
             database(config, embedded_name=embedded_name, schema=schema))
@@ -118,7 +121,7 @@ async def running(config: OrchestratorConfig, *, backend: VMBackend,
         await broker.connect()
         stack.push_async_callback(broker.close)
         orchestrator = Orchestrator(config, db=db, broker=broker, backend=backend,
-                                    secrets=secrets)
+                                    secrets=secrets, supervisor=supervisor)
         stack.push_async_callback(orchestrator.stop, grace, hand_back=hand_back)
         await orchestrator.start()
         yield orchestrator

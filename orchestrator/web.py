@@ -3,20 +3,20 @@
 - `/runs/{run_id}`: the run, its jobs and steps;
 - `/jobs/{job_id}`: the job's steps and log, following live while the job runs;
 - `/jobs/{job_id}/log.txt?after=SEQ`: the log as plain text after a sequence number, with
-  `X-Solstice-Last-Seq` and `X-Solstice-Done` headers (the page polls it).
-
-- `/healthz`: always open.
+  `X-Solstice-Last-Seq` and `X-Solstice-Done` headers (the page polls it);
+- `/healthz` and `/readyz` (`common.health`), unauthenticated.
 
 Runs and jobs are named by their full id; a unique prefix of at least 8 characters (what
 `ciadm` accepts too) redirects to the full id. Read-only, from the shared Postgres, so any host
 serves every job. Logs were masked before they were stored. Unless `web_access = "public"`,
-every page but `/healthz` needs the admin token (`webauth`).
+every page but `/healthz` and `/readyz` needs the admin token (`webauth`).
 """
 from __future__ import annotations
 
 import html
 import re
 import uuid
+from collections.abc import Mapping
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -24,6 +24,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+from common.health import Check, health_routes
 from orchestrator.api import JobSummary, RunSummary, load_summary
 from orchestrator.db import Database
 from orchestrator.logstore import read_log
@@ -114,9 +115,10 @@ def _steps_table(job: JobSummary) -> str:
             f"{rows}</table>")
 
 
-def build_app(db: Database, *, token: str | None, secure_cookie: bool = False) -> Starlette:
-    """The pages' ASGI app over `db`: behind `token` (None: public); `secure_cookie` when
-    users reach the pages over HTTPS."""
+def build_app(db: Database, checks: Mapping[str, Check] | None = None, *, token: str | None,
+              secure_cookie: bool = False) -> Starlette:
+    """The pages' ASGI app over `db`, with `/readyz` running `checks`: behind `token` (None:
+    public); `secure_cookie` when users reach the pages over HTTPS."""
 
     async def run_page(request: Request) -> Response:
         run_id = _uuid(request, "run_id")
@@ -168,15 +170,12 @@ def build_app(db: Database, *, token: str | None, secure_cookie: bool = False) -
             "X-Solstice-Last-Seq": str(log.last_seq or after),
             "X-Solstice-Done": "1" if log.done else "0"})
 
-    async def healthz(request: Request) -> Response:
-        return PlainTextResponse("ok\n")
-
     gate = [] if token is None else [
         Middleware(WebTokenRequired, token=token, secure_cookie=secure_cookie)]
     return Starlette(routes=[
         Route("/runs/{run_id}", run_page),
         Route("/jobs/{job_id}", job_page),
         Route("/jobs/{job_id}/log.txt", job_log),
-        Route("/healthz", healthz),
+        *health_routes(checks or {}),
     ], middleware=gate)
 

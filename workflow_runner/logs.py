@@ -25,6 +25,7 @@ from typing import BinaryIO
 import grpc
 
 from common.masking import SecretMasker
+from common.supervise import wait_event
 from protos import runner_pb2
 from workflow_runner.client import OrchestratorError, RunnerClient, TransientRpcError, classify
 
@@ -216,9 +217,7 @@ class LogShipper:
                 remaining = deadline - asyncio.get_running_loop().time()
                 if remaining <= 0:
                     break
-                try:
-                    await asyncio.wait_for(self._wakeup.wait(), remaining)
-                except TimeoutError:
+                if not await wait_event(self._wakeup, remaining):
                     break
             if not call.done():
                 await call.done_writing()

@@ -221,6 +221,10 @@ class AmqpBroker(Broker):
             await self._connection.close()
             self._connection = None
 
+    @property
+    def connected(self) -> bool:
+        return self._connection is not None and self._connection.connected.is_set()
+
     def _channel(self) -> AbstractChannel:
         if self._publisher is None or self._connection is None:
             raise BrokerError("the RabbitMQ broker is closed",

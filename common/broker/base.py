@@ -146,6 +146,11 @@ class Broker(abc.ABC):
     async def close(self) -> None:
         """Stop every consumer; unsettled deliveries go back to their queues."""
 
+    @property
+    @abc.abstractmethod
+    def connected(self) -> bool:
+        """Connected now (False while closed or reconnecting): for readiness checks."""
+
     @abc.abstractmethod
     async def publish_run(self, request: RunRequest) -> None:
         """Returns once the broker holds the message durably; raises `BrokerError` if not."""

@@ -129,6 +129,10 @@ class MemoryBroker(Broker):
         self._queue(f"{self.prefix}.runs")
         self._queue(f"{self.prefix}.dead")
 
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
     async def close(self) -> None:
         self._connected = False
         tasks = list(self._consumers | self._tasks)

@@ -34,6 +34,7 @@ import asyncpg
 from common.observability import tracer
 from common.postgres import TRANSIENT_ERRORS
 from common.retry import Backoff, retry_async
+from common.supervise import wait_event
 
 log = logging.getLogger(__name__)
 
@@ -169,10 +170,7 @@ class OutboxWorker:
             await retry_async(self.run_once, retry_on=TRANSIENT_ERRORS,
                               backoff=Backoff(initial=0.5, maximum=10.0),
                               describe=f"{self.outbox.target} status outbox")
-            try:
-                await asyncio.wait_for(self._wake.wait(), self._poll_interval)
-            except TimeoutError:
-                pass
+            await wait_event(self._wake, self._poll_interval)
 
     async def _deliver(self, item: OutboxItem) -> None:
         with tracer(__name__).start_as_current_span("outbox.send") as span:

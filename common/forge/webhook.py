@@ -6,9 +6,10 @@
 - `parse_json` turns a body that is not JSON, nests too deeply, holds an integer longer than
   Python accepts, or a string no service can store (a lone surrogate, a NUL) into a 400 with
   the reason. Call it only on a body whose signature was verified: parsing costs time;
-- `webhook_app` builds the app: the routes given, `GET /healthz`, and the translation of
-  `WebhookRejected` (and any `SolsticeError`) raised by a handler into a JSON answer
-  `{"error": ..., "hint": ...}` with the right status, so handlers just raise;
+- `webhook_app` builds the app: the routes given, `GET /healthz` and `GET /readyz`
+  (`common.health`), and the translation of `WebhookRejected` (and any `SolsticeError`)
+  raised by a handler into a JSON answer `{"error": ..., "hint": ...}` with the right status,
+  so handlers just raise; a database error that escapes a handler is a 503 the same way;
 - `answer` is the JSON body of a handled webhook: `{"outcome": ..., "reason": ...}`;
 - `serve` and `running` (from `common.http`) serve the app in the foreground or background.
 """
@@ -18,7 +19,7 @@ import asyncio
 import json
 import logging
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any
@@ -26,10 +27,12 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute
 
 from common.errors import SolsticeError
 from common.forge.errors import WebhookRejected
+from common.health import Check, health_routes
+from common.postgres import DATABASE_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -137,16 +140,25 @@ async def _solstice_error(request: Request, exc: Exception) -> Response:
     return JSONResponse({"error": exc.message, "hint": exc.hint}, status_code=503)
 
 
-async def _healthz(request: Request) -> Response:
-    return JSONResponse({"status": "ok"})
+async def _database_unavailable(request: Request, exc: Exception) -> Response:
+    # The delivery was not recorded as handled, so its redelivery is processed afresh.
+    log.error("webhook failed: database unavailable", extra={
+        "path": request.url.path, "error": f"{type(exc).__name__}: {exc}"})
+    return JSONResponse({"error": f"database unavailable: {type(exc).__name__}: {exc}",
+                         "hint": "retry the delivery once the database is back"},
+                        status_code=503)
 
 
 def webhook_app(routes: Sequence[BaseRoute], *,
-                lifespan: Callable[[Starlette], AbstractAsyncContextManager[None]] | None = None
-                ) -> Starlette:
-    """A Starlette app with `routes`, `GET /healthz` and the error answers described above."""
+                lifespan: Callable[[Starlette], AbstractAsyncContextManager[None]] | None = None,
+                checks: Mapping[str, Check] | None = None) -> Starlette:
+    """A Starlette app with `routes`, `/healthz`, `/readyz` (running `checks`) and the error
+    answers described above."""
+    handlers: dict[type[Exception], Callable[[Request, Exception], Any]] = {
+        WebhookRejected: _rejected, SolsticeError: _solstice_error}
+    handlers.update({error: _database_unavailable for error in DATABASE_ERRORS})
     return Starlette(
-        routes=[*routes, Route("/healthz", _healthz, methods=["GET"])],
-        exception_handlers={WebhookRejected: _rejected, SolsticeError: _solstice_error},
+        routes=[*routes, *health_routes(checks or {})],
+        exception_handlers=handlers,
         lifespan=lifespan,
     )

@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 import asyncpg
 
 from common.postgres import create_pool
+from orchestrator.db.listen import Listener
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +27,7 @@ class Database:
         self.pool = pool
         self.dsn = dsn
         self.server_settings = server_settings
-        self._listeners: list[asyncpg.Connection] = []
+        self._listeners: list[Listener] = []
 
     @classmethod
     async def connect(cls, dsn: str, *, min_size: int = 2, max_size: int = 10,
@@ -41,8 +42,8 @@ class Database:
         return cls(pool, dsn, settings)
 
     async def close(self) -> None:
-        for conn in self._listeners:
-            await conn.close()
+        for listener in self._listeners:
+            await listener.close()
         self._listeners.clear()
         await self.pool.close()
 
@@ -52,8 +53,11 @@ class Database:
         async with self.pool.acquire() as conn, conn.transaction():
             yield conn
 
-    async def listen(self, channel: str, callback: Callable[[str], None]) -> None:
-        """Call `callback(payload)` for every NOTIFY on `channel`, on a dedicated connection."""
-        conn = await asyncpg.connect(self.dsn, server_settings=self.server_settings)
-        await conn.add_listener(channel, lambda _c, _pid, _ch, payload: callback(payload))
-        self._listeners.append(conn)
+    async def listen(self, channel: str, callback: Callable[[str], None]) -> Listener:
+        """Call `callback(payload)` for every NOTIFY on `channel`, on a dedicated connection,
+        listening once this returns; run the listener's `run()` (supervised) to keep it open
+        across database restarts (see `orchestrator.db.listen`)."""
+        listener = Listener(self.dsn, channel, callback, server_settings=self.server_settings)
+        await listener.connect()
+        self._listeners.append(listener)
+        return listener

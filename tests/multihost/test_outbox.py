@@ -12,10 +12,11 @@ import pytest
 
 from common.broker import MemoryBroker
 from common.messages import JobRequest
+from common.supervise import Supervisor
 from orchestrator import outbox
 from orchestrator.db import Database
 from orchestrator.outbox import OutboxRelay
-from orchestrator.store import add_outbox, notify_outbox
+from orchestrator.store import OUTBOX_CHANNEL, add_outbox, notify_outbox
 
 UNPUBLISHED = "SELECT count(*) FROM outbox WHERE published_at IS NULL"
 
@@ -41,7 +42,10 @@ async def test_relay_publishes_after_idle_sweeps_and_prunes_old_rows(
         await conn.execute("UPDATE outbox SET published_at = now() - interval '2 hours'")
     broker = RecordingBroker()
     relay = OutboxRelay(db, broker)
-    await relay.start()
+    supervisor = Supervisor()
+    listener = await db.listen(OUTBOX_CHANNEL, lambda _payload: relay.kick())
+    supervisor.spawn("outbox-listen", listener.run())
+    relay.start(supervisor)
     try:
         async with asyncio.timeout(10):
             while await db.pool.fetchval("SELECT count(*) FROM outbox"):
@@ -58,3 +62,5 @@ async def test_relay_publishes_after_idle_sweeps_and_prunes_old_rows(
     finally:
         async with asyncio.timeout(5):
             await relay.close()
+            await supervisor.close()
+        assert supervisor.failure is None
