@@ -2,46 +2,80 @@
 
 The runner masks at the source and the orchestrator masks again as a second line of defence,
 both with `SecretMasker`. Masking works on bytes (logs are bytes, not always UTF-8) with one
-compiled alternation of the secret values, longest first, so at any position the longest
-secret wins and masking 1M lines costs one C-level `re.sub` per block.
+compiled regular expression over every form of every secret, so masking 1M lines costs one
+C-level `re.sub` per block.
 
 Rules, chosen on purpose:
-- A multi-line secret (a PEM key) is masked line by line: each non-empty line of the value,
-  stripped of surrounding whitespace, is a secret of its own. Programs print such values with
-  their own indentation or line endings, so matching the whole value at once would miss them.
+- Each value is masked in every form `common.secret_forms` derives from it: as printed,
+  `set -x` quoted, whitespace-folded by an unquoted `echo`, JSON-escaped, URL-encoded,
+  base64 (also inside a longer encoded stream) and hex. At any position the longest form wins.
+- A multi-line secret (a PEM key) is also masked line by line: each non-empty line of the
+  value, stripped of surrounding whitespace, is a secret of its own. Programs print such values
+  with their own indentation or line endings, so matching the whole value at once would miss them.
 - Values (or lines of values) shorter than `MIN_SECRET_LENGTH` bytes are not masked. Masking
   a 1-2 byte value would replace that byte pair in every line (`a` -> `***` everywhere), which
   wrecks the log and still reveals the value through the pattern of asterisks; such a value
   protects nothing. `SecretMasker.too_short` counts them so callers can warn (without the value).
 - Output is only emitted when no secret can straddle the emit point: `LineMasker` holds a
   partial line until its newline arrives, so a secret split across two pipe reads is masked.
-  A line longer than `max_line` is emitted early except for its last `longest secret - 1`
+  A line longer than `max_line` is emitted early except for its last `longest form - 1`
   bytes, which is still exact: the result equals masking the whole stream at once.
+- Each output stream is masked on its own (one `LineMasker` per pipe): a secret a step splits
+  between stdout and stderr shows in neither stream whole, but the two halves are stored.
 """
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable
 
-MIN_SECRET_LENGTH = 3
+from common.secret_forms import MIN_SECRET_LENGTH, secret_forms
+
+__all__ = ["MASK", "MIN_SECRET_LENGTH", "LineMasker", "SecretMasker", "secret_pieces"]
+
 MASK = b"***"
 
 
 def secret_pieces(values: Iterable[str | bytes]) -> tuple[list[bytes], int]:
-    """The byte strings to mask for `values`, and how many non-empty pieces were too short."""
+    """The byte strings to mask for `values`, longest first, and how many non-empty lines
+    of the values were too short to mask."""
     pieces: set[bytes] = set()
     too_short = 0
     for value in values:
-        raw = value.encode() if isinstance(value, str) else value
-        for line in raw.splitlines():
-            line = line.strip()
-            if not line:
-                continue
-            if len(line) < MIN_SECRET_LENGTH:
-                too_short += 1
-            else:
-                pieces.add(line)
+        forms, short = secret_forms(value.encode() if isinstance(value, str) else value)
+        pieces |= forms
+        too_short += short
     return sorted(pieces, key=lambda p: (-len(p), p)), too_short
+
+
+def _alternation(pieces: list[bytes]) -> bytes:
+    """A regular expression matching any of `pieces`, the longest where several start at one
+    position. Written as a prefix tree: `re` tries alternatives one by one, so sharing
+    prefixes keeps the work per position small with dozens of forms per secret."""
+    tree: dict = {}
+    for piece in pieces:
+        node = tree
+        for byte in piece:
+            node = node.setdefault(byte, {})
+        node[None] = {}
+
+    def emit(node: dict) -> bytes:
+        # A run of nodes with a single child and no end becomes one literal (iteratively: a
+        # secret may be longer than Python's recursion limit); recursion only at branches.
+        chain = bytearray()
+        while len(node) == 1 and None not in node:
+            (byte, node), = node.items()
+            chain.append(byte)
+        branches = [re.escape(bytes([byte])) + emit(child)
+                    for byte, child in sorted((k, v) for k, v in node.items() if k is not None)]
+        if None in node:
+            branches.append(b"")  # after the longer branches: the longest match wins
+        if len(branches) > 1:
+            tail = b"(?:" + b"|".join(branches) + b")"
+        else:
+            tail = branches[0] if branches else b""
+        return re.escape(bytes(chain)) + tail
+
+    return emit(tree)
 
 
 class SecretMasker:
@@ -50,7 +84,7 @@ class SecretMasker:
     def __init__(self, values: Iterable[str | bytes] = ()) -> None:
         pieces, self.too_short = secret_pieces(values)
         self.max_len = len(pieces[0]) if pieces else 0
-        self._pattern = re.compile(b"|".join(re.escape(p) for p in pieces)) if pieces else None
+        self._pattern = re.compile(_alternation(pieces)) if pieces else None
 
     def __bool__(self) -> bool:
         return self._pattern is not None
@@ -58,6 +92,10 @@ class SecretMasker:
     def mask(self, data: bytes) -> bytes:
         """Mask a complete piece of output (no more bytes of it will follow)."""
         return self._pattern.sub(MASK, data) if self._pattern is not None else data
+
+    def contains(self, data: bytes) -> bool:
+        """Whether `data` holds a form of a secret (complete in `data`)."""
+        return self._pattern is not None and self._pattern.search(data) is not None
 
     def mask_text(self, text: str) -> str:
         """Mask a string (for lines the runner or orchestrator writes itself)."""
