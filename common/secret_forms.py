@@ -28,6 +28,8 @@ _IFS = re.compile(rb"[ \t\n]+")
 # bash's `sh_contains_shell_metas` (lib/sh/shquote.c): a word holding one of these is
 # printed by `set -x` in single quotes, every `'` becoming `'\''`.
 _SHELL_METAS = frozenset(b" \t\n'\"\\|&;()<>!{}*[?]^$`")
+# ... as is a word starting with `#`, and a `~` that starts the word or follows `=` or `:`.
+_QUOTED_TILDE_OR_HASH = re.compile(rb"\A#|(?:\A|[=:])~")
 # bash's `ansic_quote`: the characters written as a backslash letter inside `$'...'`.
 _ANSIC_LETTERS = {0x1B: b"\\E", 0x07: b"\\a", 0x0B: b"\\v", 0x08: b"\\b", 0x0C: b"\\f",
                   0x0A: b"\\n", 0x0D: b"\\r", 0x09: b"\\t", 0x5C: b"\\\\", 0x27: b"\\'"}
@@ -101,7 +103,7 @@ def ansi_c_quoted(value: bytes, *, utf8: bool) -> bytes:
 
 def xtrace_word(word: bytes, *, utf8: bool) -> bytes:
     """One word as `set -x` prints it (bash's `xtrace_print_word_list`)."""
-    if any(byte in _SHELL_METAS for byte in word) or word[:1] in (b"#", b"~"):
+    if any(byte in _SHELL_METAS for byte in word) or _QUOTED_TILDE_OR_HASH.search(word):
         return b"'" + single_quoted(word) + b"'"
     quoted = ansi_c_quoted(word, utf8=utf8)
     return word if quoted == word else b"$'" + quoted + b"'"

@@ -18,7 +18,7 @@ from common.masking import SecretMasker
 BLOCK_BYTES = 1024 * 1024
 
 
-def holds_secret(path: Path, masker: SecretMasker) -> bool:
+def holds_secret(path: Path, masker: SecretMasker, block_bytes: int = BLOCK_BYTES) -> bool:
     """Whether the file at `path` contains a form of a secret of `masker`."""
     if not masker:
         return False
@@ -26,7 +26,7 @@ def holds_secret(path: Path, masker: SecretMasker) -> bool:
     keep = masker.max_len - 1
     tail = b""
     with path.open("rb") as fh:
-        while block := fh.read(BLOCK_BYTES):
+        while block := fh.read(block_bytes):
             data = tail + block
             if masker.contains(data):
                 return True
