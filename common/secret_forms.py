@@ -62,12 +62,13 @@ def secret_forms(value: bytes) -> tuple[set[bytes], int]:
 
 
 def text_forms(value: bytes) -> set[bytes]:
-    """The value as shells and serialisers print it: raw, `set -x`, unquoted, JSON, URL."""
+    """The value as shells and serialisers print it: raw, `set -x`, unquoted, JSON, Python
+    `repr` (`print(os.environ)`, a dict in a log line, a test failure), URL."""
     forms = {value, single_quoted(value), collapsed(value)}
     for utf8 in (False, True):
         forms.add(ansi_c_quoted(value, utf8=utf8))
         forms.add(xtrace_words(value, utf8=utf8))
-    forms |= json_forms(value)
+    forms |= json_forms(value) | python_repr(value)
     forms |= {quote(value, safe=""), quote(value, safe="/"), quote_plus(value, safe="")}
     return {f.encode() if isinstance(f, str) else f for f in forms}
 
@@ -131,6 +132,14 @@ def json_forms(value: bytes) -> set[bytes]:
     except UnicodeDecodeError:
         return set()
     return {json.dumps(text, ensure_ascii=ascii_only)[1:-1].encode() for ascii_only in (True, False)}
+
+
+def python_repr(value: bytes) -> set[bytes]:
+    """`repr` of the value as a `str`, without the quotes (none for non-UTF-8 bytes)."""
+    try:
+        return {repr(value.decode())[1:-1].encode()}
+    except UnicodeDecodeError:
+        return set()
 
 
 def base64_forms(value: bytes) -> set[bytes]:

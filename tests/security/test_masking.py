@@ -185,6 +185,15 @@ def test_json_escaped(value: str, ascii_only: bool, cut_at: list[int], max_line:
 
 
 @EXAMPLES
+@given(value=values, in_dict=st.booleans(), cut_at=cuts, max_line=max_lines)
+def test_python_repr(value: str, in_dict: bool, cut_at: list[int], max_line: int) -> None:
+    masker = SecretMasker([value])
+    shown = repr({"API_KEY": value} if in_dict else value).encode()  # print(os.environ)
+    output = stream(masker, b"environ: " + shown + b"\n", cut_at, max_line)
+    assert_masked(output, [repr(value)[1:-1].encode()])
+
+
+@EXAMPLES
 @given(value=values, cut_at=cuts, max_line=max_lines)
 def test_whitespace_folded_by_unquoted_echo(value: str, cut_at: list[int],
                                             max_line: int) -> None:
