@@ -38,15 +38,20 @@ MASK = b"***"
 PREFILTER_MAX_FORMS = 48
 
 
-def secret_pieces(values: Iterable[str | bytes]) -> tuple[list[bytes], int]:
-    """The byte strings to mask for `values`, longest first, and how many non-empty lines
-    of the values were too short to mask."""
+def secret_pieces(values: Iterable[str | bytes],
+                  verbatim: Iterable[str | bytes] = ()) -> tuple[list[bytes], int]:
+    """The byte strings to mask for `values` (every form) and `verbatim` (as they are),
+    longest first, and how many non-empty lines of `values` were too short to mask."""
     pieces: set[bytes] = set()
     too_short = 0
     for value in values:
         forms, short = secret_forms(value.encode() if isinstance(value, str) else value)
         pieces |= forms
         too_short += short
+    for value in verbatim:
+        raw = (value.encode() if isinstance(value, str) else value).strip()
+        if len(raw) >= MIN_SECRET_LENGTH:
+            pieces.add(raw)
     return sorted(pieces, key=lambda p: (-len(p), p)), too_short
 
 
@@ -87,10 +92,17 @@ def _compile(pieces: tuple[bytes, ...]) -> re.Pattern[bytes]:
 
 
 class SecretMasker:
-    """Replaces every secret value with `***`; stateless and shareable between streams."""
+    """Replaces every secret value with `***`; stateless and shareable between streams.
 
-    def __init__(self, values: Iterable[str | bytes] = ()) -> None:
-        pieces, self.too_short = secret_pieces(values)
+    `values` are masked in every form; `verbatim` values only as they are: that is for the
+    runner's token, which no step is given (the runner strips it from their environment), so
+    only the runner or the orchestrator could print it, and never encoded. Every job masks the
+    token, most jobs nothing else, and a single literal is the fastest pattern there is.
+    """
+
+    def __init__(self, values: Iterable[str | bytes] = (),
+                 verbatim: Iterable[str | bytes] = ()) -> None:
+        pieces, self.too_short = secret_pieces(values, verbatim)
         self.max_len = len(pieces[0]) if pieces else 0
         self._pieces = tuple(pieces)
         self._pattern = _compile(self._pieces) if pieces else None

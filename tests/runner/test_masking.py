@@ -1,6 +1,7 @@
 """SecretMasker: exact, streaming-safe at any chunk boundary, fast on big logs."""
 from __future__ import annotations
 
+import base64
 import time
 
 from hypothesis import given, settings
@@ -9,6 +10,7 @@ from hypothesis import strategies as st
 from common.masking import MASK, MIN_SECRET_LENGTH, SecretMasker
 from protos import runner_pb2
 from tests.runner.double import make_job
+from workflow_runner.agent import job_masker
 
 ALPHABET = b"abcxyz01 \n"
 secret_text = st.binary(min_size=1, max_size=12).map(
@@ -115,3 +117,13 @@ async def test_the_runner_refuses_an_artifact_holding_a_secret(serve, tmp_path):
     assert s.result.message == "artifacts refused because they contain a secret: out/hex.txt"
     assert b"artifact out/hex.txt not uploaded: it contains a secret" in s.output(-1)
     assert secret.encode() not in s.output()
+
+
+def test_verbatim_values_are_masked_as_they_are_only():
+    """The runner token: masked as is, not in derived forms (no step is given it)."""
+    masker = SecretMasker(["s3cret-value"], verbatim=["tok-abcdef123"])
+    assert masker.mask(b"tok-abcdef123 s3cret-value\n") == b"*** ***\n"
+    assert masker.mask(base64.b64encode(b"s3cret-value") + b"\n") == b"***\n"
+    assert masker.mask(base64.b64encode(b"tok-abcdef123") + b"\n") != b"***\n"
+    assert job_masker(make_job(("x", "true"), secrets={"K": "s3cret-value"}),
+                      "tok-abcdef123").mask(b"tok-abcdef123\n") == b"***\n"
