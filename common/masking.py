@@ -7,8 +7,9 @@ C-level `re.sub` per block.
 
 Rules, chosen on purpose:
 - Each value is masked in every form `common.secret_forms` derives from it: as printed,
-  `set -x` quoted, whitespace-folded by an unquoted `echo`, JSON-escaped, URL-encoded,
-  base64 (also inside a longer encoded stream) and hex. At any position the longest form wins.
+  `set -x` quoted, whitespace-folded by an unquoted `echo`, JSON-escaped, Python `repr`,
+  URL-encoded, base64 (also inside a longer encoded stream) and hex. At any position the
+  longest form wins.
 - A multi-line secret (a PEM key) is also masked line by line: each non-empty line of the
   value, stripped of surrounding whitespace, is a secret of its own. Programs print such values
   with their own indentation or line endings, so matching the whole value at once would miss them.
