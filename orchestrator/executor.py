@@ -219,7 +219,7 @@ class Executor:
             job_id=lease.job_id, run_id=lease.run_id, key=lease.key, attempt=lease.attempt,
             token_hash=token_hash, spec=lease.spec, repo=lease.repo,
             commit_sha=lease.commit_sha, ref=lease.ref, secrets=secrets, preloaded=preloaded,
-            masker=SecretMasker([*secrets.values(), token]))
+            masker=SecretMasker(secrets.values(), verbatim=[token]))
         self.sessions.add(session)
         name = f"{self.prefix}-{lease.job_id.hex[:12]}-{lease.attempt}"
         vm: VM | None = None

@@ -10,6 +10,7 @@ PACKAGES=(
     debootstrap       # images/linux: the Debian root file system
     e2fsprogs         # mkfs.ext4 -d: fills the image's file system without mounting it
     socat             # the guest's only way out: relays its connections to the gRPC port
+    xxd               # tests/security: a step prints a secret with `xxd -p`
 )
 
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q '^install ok installed$'; }

@@ -38,11 +38,11 @@ OUTCOME_NAMES = {value: name for name, value in runner_pb2.JobOutcome.items()}
 
 def job_masker(job: runner_pb2.Job, token: str) -> SecretMasker:
     """Every value that must never appear in a log line of this job."""
-    values = [*job.secrets.values(), job.checkout.password, token]
+    values = [*job.secrets.values(), job.checkout.password]
     url_password = urlsplit(job.checkout.repo_url).password
     if url_password:
         values.append(url_password)
-    return SecretMasker(v for v in values if v)
+    return SecretMasker((v for v in values if v), verbatim=[token])
 
 
 def make_workspace(settings: RunnerSettings) -> tuple[Path, bool]:

@@ -3,7 +3,8 @@
 Outcome rules: the first failing step ends the job `failure` and the later steps are reported
 `skipped`; a step or job timeout ends it `timed_out`, a `CANCEL` `cancelled`, a checkout that
 cannot be done `error` (an infrastructure fault, never the user's). Artifacts are uploaded after
-the steps whatever they did, unless the job was cancelled or never got a tree.
+the steps whatever they did, unless the job was cancelled or never got a tree; a file holding
+a secret is not uploaded and fails a job that would otherwise succeed (`artifact_scan`).
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from common.masking import SecretMasker
 from common.observability import tracer
 from common.text import plural
 from protos import runner_pb2
-from workflow_runner import artifacts
+from workflow_runner import artifact_scan, artifacts
 from workflow_runner.checkout import checkout
 from workflow_runner.client import OrchestratorError, RunnerClient
 from workflow_runner.heartbeat import Heartbeat
@@ -215,12 +216,33 @@ class JobExecution:
         if not collected.files:
             self.shipper.system(NO_STEP, "no files match the artifact patterns")
             return outcome
+        outcome, files = await self._refuse_secrets(outcome, collected.files)
+        if not files:
+            return outcome
         try:
             with _tracer.start_as_current_span("artifacts"):
-                ack = await artifacts.upload(self.client, self.workspace, collected.files)
+                ack = await artifacts.upload(self.client, self.workspace, files)
         except (OrchestratorError, OSError) as exc:
             self.shipper.system(NO_STEP, f"artifact upload failed: {exc}")
             return outcome or Outcome(runner_pb2.JOB_ERROR, f"artifact upload failed: {exc}")
         self.shipper.system(NO_STEP, f"uploaded {plural(ack.files, 'artifact file')} "
                                      f"({plural(ack.bytes, 'byte')})")
         return outcome
+
+    async def _refuse_secrets(self, outcome: Outcome | None,
+                              files: list[Path]) -> tuple[Outcome | None, list[Path]]:
+        """Drop the files that hold a secret, saying so in the log; a job that would have
+        succeeded fails. Returns the outcome and the files to upload."""
+        try:
+            refused = await artifact_scan.refused(self.workspace, files, self.masker)
+        except OSError as exc:
+            self.shipper.system(NO_STEP, f"artifact upload failed: {exc}")
+            return outcome or Outcome(runner_pb2.JOB_ERROR, f"artifact upload failed: {exc}"), []
+        for rel in refused:
+            self.shipper.system(NO_STEP, f"artifact {rel} not uploaded: it contains a secret "
+                                         "(or an encoding of one)")
+        if refused and outcome is None:
+            names = self.masker.mask_text(", ".join(str(rel) for rel in refused))
+            outcome = Outcome(runner_pb2.JOB_FAILURE,
+                              f"artifacts refused because they contain a secret: {names}")
+        return outcome, [rel for rel in files if rel not in refused]

@@ -1,12 +1,16 @@
 """SecretMasker: exact, streaming-safe at any chunk boundary, fast on big logs."""
 from __future__ import annotations
 
+import base64
 import time
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from common.masking import MASK, MIN_SECRET_LENGTH, SecretMasker
+from protos import runner_pb2
+from tests.runner.double import make_job
+from workflow_runner.agent import job_masker
 
 ALPHABET = b"abcxyz01 \n"
 secret_text = st.binary(min_size=1, max_size=12).map(
@@ -95,3 +99,31 @@ def test_masks_a_million_lines_quickly():
         total += len(lines.feed(block))
     elapsed = time.perf_counter() - started
     assert total > 0 and elapsed < 5, elapsed
+
+
+async def test_the_runner_refuses_an_artifact_holding_a_secret(serve, tmp_path):
+    """Scanned before the upload: the file holding a form of the secret is not sent, the log
+    names it without the value, the other file is uploaded and the job fails."""
+    secret = "art1fact-s3cret"
+    job = make_job(("build", "mkdir -p out && echo fine > out/ok.txt && "
+                             "printf %s \"$K\" | xxd -p > out/hex.txt"),
+                   secrets={"K": secret}, artifact_patterns=["out/*"])
+    harness = await serve(job)
+    code, stderr = await harness.run_runner(tmp_path / "ws")
+    s = harness.servicer
+    assert code == 0, stderr
+    assert sorted(s.artifacts) == ["out/ok.txt"]
+    assert s.result.outcome == runner_pb2.JOB_FAILURE
+    assert s.result.message == "artifacts refused because they contain a secret: out/hex.txt"
+    assert b"artifact out/hex.txt not uploaded: it contains a secret" in s.output(-1)
+    assert secret.encode() not in s.output()
+
+
+def test_verbatim_values_are_masked_as_they_are_only():
+    """The runner token: masked as is, not in derived forms (no step is given it)."""
+    masker = SecretMasker(["s3cret-value"], verbatim=["tok-abcdef123"])
+    assert masker.mask(b"tok-abcdef123 s3cret-value\n") == b"*** ***\n"
+    assert masker.mask(base64.b64encode(b"s3cret-value") + b"\n") == b"***\n"
+    assert masker.mask(base64.b64encode(b"tok-abcdef123") + b"\n") != b"***\n"
+    assert job_masker(make_job(("x", "true"), secrets={"K": "s3cret-value"}),
+                      "tok-abcdef123").mask(b"tok-abcdef123\n") == b"***\n"
