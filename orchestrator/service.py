@@ -14,6 +14,7 @@ from common.http import BackgroundServer
 from common.messages import RunRequest, decode
 from orchestrator.admin import AdminService
 from orchestrator.api import OrchestratorAPI
+from orchestrator.artifacts import ArtifactLimits, ArtifactStore
 from orchestrator.backends.base import VMBackend
 from orchestrator.config import OrchestratorConfig
 from orchestrator.db import Database
@@ -75,6 +76,7 @@ class Orchestrator:
                              interval=config.reap_interval)
         self._background: list[asyncio.Task[None]] = []
         self.server: grpc.aio.Server | None = None
+        self.artifacts: ArtifactStore | None = None
         self.executor: Executor | None = None
         self._runs: Subscription | None = None
         self.grpc_url = ""
@@ -89,10 +91,14 @@ class Orchestrator:
             asyncio.create_task(self.reaper.run(), name="reaper")]
         await self.backend.prepare()
         self.logs.start()
+        self.artifacts = await ArtifactStore.open(self.db, self.config.host_name, ArtifactLimits(
+            file_bytes=self.config.max_artifact_file_bytes,
+            job_bytes=self.config.max_artifact_job_bytes,
+            concurrency=self.config.artifact_upload_concurrency))
         self.server = grpc.aio.server(options=GRPC_OPTIONS, interceptors=[DatabaseUnavailable()])
         runner_pb2_grpc.add_RunnerServicer_to_server(RunnerService(
             store=self.store, sessions=self.sessions, logs=self.logs, hub=self.hub,
-            effects=self.effects, broker=self.broker,
+            effects=self.effects, broker=self.broker, artifacts=self.artifacts,
             log_drain_timeout=self.config.log_drain_timeout), self.server)
         admin_pb2_grpc.add_AdminServicer_to_server(AdminService(
             db=self.db, api=self.api, registry=self.registry, token=self.config.admin_token),
@@ -144,6 +150,8 @@ class Orchestrator:
             await self.web.stop()
         if self.server is not None:
             await self.server.stop(1.0)
+        if self.artifacts is not None:
+            await self.artifacts.close()
         await self.logs.close()
         await self.backend.close()
         log.info("orchestrator stopped", extra={"host": self.config.host_name})

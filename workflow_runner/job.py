@@ -216,10 +216,14 @@ class JobExecution:
             return outcome
         try:
             with _tracer.start_as_current_span("artifacts"):
-                ack = await artifacts.upload(self.client, self.workspace, collected.files)
+                sent = await artifacts.upload(self.client, collected.files)
+        except artifacts.ArtifactRefused as exc:
+            # What the job produced was refused (too large, uploaded twice): the job's fault.
+            self.shipper.system(NO_STEP, f"artifact upload refused: {exc}")
+            return outcome or Outcome(runner_pb2.JOB_FAILURE, f"artifact upload refused: {exc}")
         except (OrchestratorError, OSError) as exc:
             self.shipper.system(NO_STEP, f"artifact upload failed: {exc}")
             return outcome or Outcome(runner_pb2.JOB_ERROR, f"artifact upload failed: {exc}")
-        self.shipper.system(NO_STEP, f"uploaded {ack.files} artifact files "
-                                           f"({ack.bytes} bytes)")
+        self.shipper.system(NO_STEP, f"uploaded {sent.files} artifact files "
+                                           f"({sent.bytes} bytes)")
         return outcome
