@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import random
+import sys
 import threading
 import time
 import uuid
@@ -22,6 +24,7 @@ import grpc
 import psutil
 import pytest
 
+from common.messages import JobState
 from orchestrator.backends.base import VM, RunnerBootstrap
 from orchestrator.backends.local import LocalBackend
 from orchestrator.config import OrchestratorConfig
@@ -36,14 +39,15 @@ WORKFLOW = 'workflow { job id="j" runs_on="local" { step name="x" run="true"; };
 
 
 class PlayerBackend(LocalBackend):
-    """Starts no runner: the test plays it with the bootstrap kept here."""
+    """Starts no runner: the test plays it, or starts it, with the bootstrap and workspace
+    kept here."""
 
     def __init__(self, root: Path) -> None:
         super().__init__(root)
-        self.bootstraps: asyncio.Queue[RunnerBootstrap] = asyncio.Queue()
+        self.bootstraps: asyncio.Queue[tuple[RunnerBootstrap, Path]] = asyncio.Queue()
 
     async def start(self, vm: VM, bootstrap: RunnerBootstrap) -> None:
-        self.bootstraps.put_nowait(bootstrap)
+        self.bootstraps.put_nowait((bootstrap, Path(vm.details["workspace"])))
 
 
 @dataclass
@@ -119,30 +123,45 @@ def sha256_of(blocks: Iterable[bytes]) -> str:
     return digest.hexdigest()
 
 
+Launch = Callable[..., Awaitable[Orchestrator]]
 StartRunner = Callable[..., Awaitable[Runner]]
 
 
 @pytest.fixture
-async def start_runner(pg_dsn: str, tmp_path: Path) -> AsyncIterator[StartRunner]:
-    """`await start_runner(**config)`: an orchestrator on `config`, one job submitted to it,
-    and its runner holding the job after `GetJob`."""
+async def launch(pg_dsn: str, tmp_path: Path) -> AsyncIterator[Launch]:
+    """`await launch(backend, **config)`: a started orchestrator on a fresh database, its
+    jobs' machines under `tmp_path/machines`."""
     contexts: list[Any] = []
-    channels: list[grpc.aio.Channel] = []
-    source = tmp_path / "src"
-    source.mkdir()
 
-    async def start(**overrides: Any) -> Runner:
+    async def start(backend: LocalBackend, **overrides: Any) -> Orchestrator:
         config = OrchestratorConfig(**{
             "host_name": f"test-{uuid.uuid4().hex[:8]}", "state_dir": tmp_path / "state",
             "database_url": pg_dsn, "grpc_listen": "127.0.0.1:0", "capacity": {"local": 1},
             "allow_local_backend": True, "boot_timeout": 30, "heartbeat_timeout": 60,
             **overrides})
-        backend = PlayerBackend(tmp_path / "machines")
         context = running(config, backend=backend)
         orchestrator = await context.__aenter__()
         contexts.append(context)
+        return orchestrator
+
+    yield start
+    for context in reversed(contexts):
+        await context.__aexit__(None, None, None)
+
+
+@pytest.fixture
+async def start_runner(launch: Launch, tmp_path: Path) -> AsyncIterator[StartRunner]:
+    """`await start_runner(**config)`: an orchestrator on `config`, one job submitted to it,
+    and its runner (the test) holding the job after `GetJob`."""
+    channels: list[grpc.aio.Channel] = []
+    source = tmp_path / "src"
+    source.mkdir()
+
+    async def start(**overrides: Any) -> Runner:
+        backend = PlayerBackend(tmp_path / "machines")
+        orchestrator = await launch(backend, **overrides)
         await orchestrator.api.submit(run_request(WORKFLOW, source))
-        boot = await asyncio.wait_for(backend.bootstraps.get(), 10)
+        boot, _ = await asyncio.wait_for(backend.bootstraps.get(), 10)
         channel = grpc.aio.insecure_channel(orchestrator.grpc_url)
         channels.append(channel)
         stub = runner_pb2_grpc.RunnerStub(channel)
@@ -152,8 +171,6 @@ async def start_runner(pg_dsn: str, tmp_path: Path) -> AsyncIterator[StartRunner
     yield start
     for channel in channels:
         await channel.close()
-    for context in reversed(contexts):
-        await context.__aexit__(None, None, None)
 
 
 class PeakRss:
@@ -326,3 +343,49 @@ async def test_damaged_and_malformed_uploads_store_nothing(start_runner: StartRu
     # After all that, the same paths still upload.
     await runner.upload("wrong-sha", [data])
     assert await runner.stored("wrong-sha") == data
+
+
+MAKE_ARTIFACTS = r"""
+mkdir out
+echo small > out/a.txt
+head -c 2097152 /dev/zero > out/big.bin
+touch "out/$(printf 'new\nline')" "out/$(printf '\u202e')txt.exe"
+ln -s /etc/passwd out/passwd
+"""
+
+
+async def test_the_real_runner_skips_hostile_names_and_reports_a_refusal_in_the_log(
+        launch: Launch, tmp_path: Path) -> None:
+    """The runner skips what the orchestrator would refuse (saying why in the job's log),
+    and a file over the job's cap fails the job with the orchestrator's reason in its log."""
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "make.sh").write_text(MAKE_ARTIFACTS)
+    backend = PlayerBackend(tmp_path / "machines")
+    orchestrator = await launch(backend, max_artifact_job_bytes=MIB)
+    run_id = await orchestrator.api.submit(run_request(
+        'workflow { job id="j" runs_on="local" { step name="make" run="bash make.sh"; '
+        'artifacts "out/*"; }; }', source))
+    boot, workspace = await asyncio.wait_for(backend.bootstraps.get(), 10)
+    # This tree's runner (the local backend would start the installed one).
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SOLSTICE_", "OTEL_"))}
+    env.update(SOLSTICE_ORCHESTRATOR_URL=boot.orchestrator_url, SOLSTICE_JOB_ID=boot.job_id,
+               SOLSTICE_TOKEN=boot.token, SOLSTICE_WORKSPACE=str(workspace))
+    runner = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "workflow_runner.main", env=env,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+    async with asyncio.timeout(20):
+        _, stderr = await runner.communicate()
+    assert runner.returncode == 0, stderr.decode()
+    [job] = (await orchestrator.api.wait(run_id)).jobs
+    rows = await orchestrator.db.pool.fetch(
+        "SELECT data FROM log_chunks WHERE job_id = $1 ORDER BY seq", job.job_id)
+    log = b"".join(bytes(r["data"]) for r in rows).decode()
+    assert job.state == JobState.FAILURE, (job.message, log)
+    assert "artifact upload refused: RESOURCE_EXHAUSTED" in job.message
+    assert "artifact 'out/big.bin' goes past the limit of 1048576 bytes" in log
+    assert "out/passwd skipped: it links outside the workspace" in log
+    assert "'out/new\\nline' refused: it contains the control character U+000A" in log
+    assert "bidirectional control U+202E" in log
+    stored = await orchestrator.db.pool.fetch("SELECT path, size FROM artifacts")
+    assert [(r["path"], r["size"]) for r in stored] == [("out/a.txt", 6)]
