@@ -11,8 +11,8 @@ attempt, including bytes still arriving on concurrent calls (`JobSession.artifac
 attempt runs on one host only, so the session sees all of its uploads). A path is stored once
 per attempt: a second upload of it is refused, never an overwrite.
 
-Uploads hold a connection for as long as their stream lasts, so they draw from a small pool of
-their own (`concurrency` connections): however many runners upload at once, the state
+An upload holds a connection for as long as its stream lasts, so uploads draw from a small pool
+of their own (`concurrency` connections): however many runners upload at once, the state
 machine's pool (leases, logs, results) never waits behind them.
 """
 from __future__ import annotations
@@ -111,16 +111,21 @@ class ArtifactStore:
         stream = _checked(session, chunks)
         files = size = 0
         try:
-            async for first in stream:
-                size += await self._store_file(session, first, stream)
-                files += 1
+            # The connection is taken before the first chunk is read: a call waiting for one
+            # holds no more of the runner's bytes than grpc's flow-control window.
+            async with self._pool.acquire() as conn:
+                async for first in stream:
+                    size += await self._store_file(conn, session, first, stream)
+                    files += 1
         except ArtifactRefused:
             await _drain(chunks)
             raise
         return Received(files, size)
 
-    async def _store_file(self, session: JobSession, first: runner_pb2.ArtifactChunk,
+    async def _store_file(self, conn: asyncpg.Connection, session: JobSession,
+                          first: runner_pb2.ArtifactChunk,
                           stream: AsyncIterator[runner_pb2.ArtifactChunk]) -> int:
+        """Store one file in one transaction; its size."""
         try:
             path = check_artifact_path(first.path)
         except ArtifactPathError as exc:
@@ -135,7 +140,7 @@ class ArtifactStore:
             reserved = 0
 
         try:
-            async with self._pool.acquire() as conn, conn.transaction():
+            async with conn.transaction():
                 artifact_id = await self._claim(conn, session, path)
                 digest = hashlib.sha256()
                 buffer = bytearray()

@@ -32,6 +32,8 @@ from orchestrator.service import Orchestrator
 from orchestrator.standalone import running
 from protos import runner_pb2, runner_pb2_grpc
 from tests.orchestrator.conftest import run_request
+from workflow_runner import artifacts as runner_artifacts
+from workflow_runner.client import RunnerClient
 
 MIB = 1024 * 1024
 BLOCK = 256 * 1024  # what the runner sends per message
@@ -55,6 +57,7 @@ class Runner:
     """A job's runner as the test plays it: the stub, the bootstrap, the orchestrator."""
 
     orchestrator: Orchestrator
+    channel: grpc.aio.Channel
     stub: runner_pb2_grpc.RunnerStub
     boot: RunnerBootstrap
     attempt: int
@@ -166,7 +169,7 @@ async def start_runner(launch: Launch, tmp_path: Path) -> AsyncIterator[StartRun
         channels.append(channel)
         stub = runner_pb2_grpc.RunnerStub(channel)
         job = await stub.GetJob(runner_pb2.GetJobRequest(job_id=boot.job_id, token=boot.token))
-        return Runner(orchestrator, stub, boot, job.attempt)
+        return Runner(orchestrator, channel, stub, boot, job.attempt)
 
     yield start
     for channel in channels:
@@ -389,3 +392,21 @@ async def test_the_real_runner_skips_hostile_names_and_reports_a_refusal_in_the_
     assert "bidirectional control U+202E" in log
     stored = await orchestrator.db.pool.fetch("SELECT path, size FROM artifacts")
     assert [(r["path"], r["size"]) for r in stored] == [("out/a.txt", 6)]
+
+
+async def test_the_runner_does_not_follow_a_symlink_swapped_in_after_collection(
+        start_runner: StartRunner, tmp_path: Path) -> None:
+    runner = await start_runner()
+    workspace = tmp_path / "ws"
+    (workspace / "out").mkdir(parents=True)
+    (workspace / "out" / "a.txt").write_text("mine\n")
+    (workspace / "out" / "b.txt").write_text("also mine\n")
+    collected = runner_artifacts.collect(workspace, ["out/*"])
+    assert [a.path for a in collected.files] == ["out/a.txt", "out/b.txt"]
+    # A process the job left behind replaces a collected file with a link to the machine's.
+    (workspace / "out" / "b.txt").unlink()
+    (workspace / "out" / "b.txt").symlink_to("/etc/passwd")
+    client = RunnerClient(runner.channel, runner.boot.job_id, runner.boot.token, 10)
+    with pytest.raises(OSError):
+        await runner_artifacts.upload(client, collected.files)
+    assert await runner.paths() == ["out/a.txt"]
