@@ -97,6 +97,11 @@ class OrchestratorConfig(BaseModel):
     drain_timeout: float = Field(default=600.0, ge=0)
     # ReportResult waits this long for the log chunks the runner says it sent.
     log_drain_timeout: float = Field(default=10.0, ge=0)
+    # Artifacts: bytes per file and per job attempt (over all its uploads), and how many
+    # uploads this host writes to PostgreSQL at once (each holds a connection of its own).
+    max_artifact_file_bytes: int = Field(default=256 * 1024 * 1024, gt=0)
+    max_artifact_job_bytes: int = Field(default=512 * 1024 * 1024, gt=0)
+    artifact_upload_concurrency: int = Field(default=4, ge=1)
     log_level: str = "info"
     # The backends' own tables, `[orchestrator.bhyve]` and `[orchestrator.qemu]`: read and
     # checked by the backend when it is the one chosen.

@@ -9,12 +9,10 @@ on this host. Anything else gets UNAUTHENTICATED and nothing more.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import inspect
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from pathlib import PurePosixPath
 from typing import Any
 
 import grpc
@@ -22,6 +20,7 @@ import grpc
 from common.broker import Broker
 from common.messages import JobState
 from orchestrator import tokens
+from orchestrator.artifacts import ArtifactRefused, ArtifactStore
 from orchestrator.db import TRANSIENT_ERRORS
 from orchestrator.effects import Effects
 from orchestrator.logstore import LogStore
@@ -44,7 +43,6 @@ OUTCOMES = {
     runner_pb2.JOB_TIMED_OUT: JobState.TIMED_OUT,
 }
 REFUSED = "invalid job token (wrong, already used, expired, or the job ended)"
-MAX_ARTIFACT_BYTES = 512 * 1024 * 1024
 
 
 def build_job(session: JobSession) -> runner_pb2.Job:
@@ -72,13 +70,15 @@ def _bearer(context: grpc.aio.ServicerContext) -> str | None:
 
 class RunnerService(runner_pb2_grpc.RunnerServicer):
     def __init__(self, *, store: Store, sessions: Sessions, logs: LogStore, hub: Hub,
-                 effects: Effects, broker: Broker, log_drain_timeout: float) -> None:
+                 effects: Effects, broker: Broker, artifacts: ArtifactStore,
+                 log_drain_timeout: float) -> None:
         self.store = store
         self.sessions = sessions
         self.logs = logs
         self.hub = hub
         self.effects = effects
         self.broker = broker
+        self.artifacts = artifacts
         self.log_drain_timeout = log_drain_timeout
 
     async def _session(self, context: grpc.aio.ServicerContext, job_id: str) -> JobSession:
@@ -203,40 +203,14 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
     async def UploadArtifact(self, request_iterator: Any,
                              context: grpc.aio.ServicerContext) -> runner_pb2.ArtifactAck:
         session = await self._session(context, "")
-        files = 0
-        total = 0
-        path: str | None = None
-        parts: list[bytes] = []
-        digest = hashlib.sha256()
-        async for chunk in request_iterator:
-            if chunk.job_id != str(session.job_id):
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                    "an artifact chunk names another job than the token's")
-            if path is None:
-                path = chunk.path
-                pure = PurePosixPath(path)
-                if not path or pure.is_absolute() or ".." in pure.parts:
-                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                        f"artifact path {path!r} is not relative to the workspace")
-            parts.append(chunk.data)
-            digest.update(chunk.data)
-            total += len(chunk.data)
-            if total > MAX_ARTIFACT_BYTES:
-                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                    f"artifacts of one job are limited to {MAX_ARTIFACT_BYTES} bytes")
-            session.touch()
-            if not chunk.last:
-                continue
-            data = b"".join(parts)
-            if digest.hexdigest() != chunk.sha256 or len(data) != chunk.size:
-                await context.abort(grpc.StatusCode.DATA_LOSS,
-                                    f"artifact {path!r} arrived damaged (size or sha256 differ)")
-            if not await self.store.save_artifact(session.job_id, session.attempt, path,
-                                                  chunk.sha256, data):
-                await context.abort(grpc.StatusCode.UNAUTHENTICATED, REFUSED)
-            files += 1
-            path, parts, digest = None, [], hashlib.sha256()
-        return runner_pb2.ArtifactAck(files=files, bytes=total)
+        try:
+            received = await self.artifacts.receive(session, request_iterator)
+        except ArtifactRefused as exc:
+            log.warning("artifact upload refused", extra={
+                "job_id": str(session.job_id), "attempt": session.attempt,
+                "code": exc.code.name, "error": exc.message})
+            await context.abort(exc.code, str(exc))
+        return runner_pb2.ArtifactAck(files=received.files, bytes=received.bytes)
 
 
 class DatabaseUnavailable(grpc.aio.ServerInterceptor):

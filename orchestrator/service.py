@@ -23,6 +23,7 @@ from common.supervise import Supervisor
 from orchestrator.admin import AdminService
 from orchestrator.adminauth import AdminTokenRequired, resolve_access, warn_about
 from orchestrator.api import OrchestratorAPI
+from orchestrator.artifacts import ArtifactLimits, ArtifactStore
 from orchestrator.backends.base import VMBackend
 from orchestrator.config import OrchestratorConfig
 from orchestrator.db import Database
@@ -92,6 +93,7 @@ class Orchestrator:
         self._background: list[asyncio.Task[None]] = []
         self.server: grpc.aio.Server | None = None
         self.admin_server: grpc.aio.Server | None = None
+        self.artifacts: ArtifactStore | None = None
         self.executor: Executor | None = None
         self._runs: Subscription | None = None
         self.grpc_url = ""
@@ -109,10 +111,14 @@ class Orchestrator:
             self.supervisor.spawn("reaper", self.reaper.run())]
         await self.backend.prepare()
         self.logs.start()
+        self.artifacts = await ArtifactStore.open(self.db, self.config.host_name, ArtifactLimits(
+            file_bytes=self.config.max_artifact_file_bytes,
+            job_bytes=self.config.max_artifact_job_bytes,
+            concurrency=self.config.artifact_upload_concurrency))
         self.server = grpc.aio.server(options=GRPC_OPTIONS, interceptors=[DatabaseUnavailable()])
         runner_pb2_grpc.add_RunnerServicer_to_server(RunnerService(
             store=self.store, sessions=self.sessions, logs=self.logs, hub=self.hub,
-            effects=self.effects, broker=self.broker,
+            effects=self.effects, broker=self.broker, artifacts=self.artifacts,
             log_drain_timeout=self.config.log_drain_timeout), self.server)
         port = self.server.add_insecure_port(self.config.grpc_listen)
         await self.server.start()
@@ -200,6 +206,8 @@ class Orchestrator:
             await self.server.stop(1.0)
         if self.admin_server is not None:
             await self.admin_server.stop(1.0)
+        if self.artifacts is not None:
+            await self.artifacts.close()
         await self.logs.close()
         await self.backend.close()
         await self.supervisor.close()

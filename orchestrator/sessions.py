@@ -41,6 +41,9 @@ class JobSession:
     contiguous: int = 0
     ahead: set[int] = field(default_factory=set)
     logs_progress: asyncio.Condition = field(default_factory=asyncio.Condition)
+    # Artifact bytes stored or arriving for this attempt, against the per-job cap
+    # (orchestrator/artifacts.py).
+    artifact_bytes: int = 0
 
     def touch(self) -> None:
         self.last_seen = time.monotonic()

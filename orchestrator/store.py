@@ -298,17 +298,6 @@ class Store:
             job_id, attempt, index, state, exit_code, duration_ms, started, self.host,
             ["pending"] if started else ["pending", "running"])
 
-    async def save_artifact(self, job_id: uuid.UUID, attempt: int, path: str, sha256: str,
-                            data: bytes) -> bool:
-        """Store one uploaded file of a running job; False if the attempt is not ours."""
-        return bool(await self.db.pool.fetchval(
-            "INSERT INTO artifacts (job_id, path, size, sha256, data)"
-            " SELECT id, $3, $4, $5, $6 FROM jobs WHERE id = $1 AND attempt = $2"
-            " AND lease_host = $7 AND state = 'running'"
-            " ON CONFLICT (job_id, path) DO UPDATE"
-            " SET size = $4, sha256 = $5, data = $6, created_at = now() RETURNING true",
-            job_id, attempt, path, len(data), sha256, data, self.host))
-
     async def finish(self, job_id: uuid.UUID, attempt: int, state: JobState,
                      message: str) -> Changes | None:
         """End this host's attempt of a job; release or skip its dependents; maybe end the run.

@@ -14,6 +14,7 @@ import asyncio
 from pathlib import Path
 
 from common.masking import SecretMasker
+from workflow_runner.artifacts import Artifact
 
 BLOCK_BYTES = 1024 * 1024
 
@@ -34,11 +35,10 @@ def holds_secret(path: Path, masker: SecretMasker, block_bytes: int = BLOCK_BYTE
     return False
 
 
-async def refused(workspace: Path, files: list[Path], masker: SecretMasker) -> list[Path]:
-    """The files (relative to `workspace`) that must not be uploaded; read in a thread so
-    a large artifact does not stall the heartbeat and the log stream. Raises `OSError` when a
-    file cannot be read."""
-    def scan() -> list[Path]:
-        return [rel for rel in files if holds_secret(workspace / rel, masker)]
+async def refused(files: list[Artifact], masker: SecretMasker) -> list[Artifact]:
+    """The artifacts that must not be uploaded; read in a thread so a large artifact does not
+    stall the heartbeat and the log stream. Raises `OSError` when a file cannot be read."""
+    def scan() -> list[Artifact]:
+        return [artifact for artifact in files if holds_secret(artifact.source, masker)]
 
     return await asyncio.to_thread(scan)

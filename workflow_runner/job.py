@@ -221,28 +221,32 @@ class JobExecution:
             return outcome
         try:
             with _tracer.start_as_current_span("artifacts"):
-                ack = await artifacts.upload(self.client, self.workspace, files)
+                sent = await artifacts.upload(self.client, files)
+        except artifacts.ArtifactRefused as exc:
+            # What the job produced was refused (too large, uploaded twice): the job's fault.
+            self.shipper.system(NO_STEP, f"artifact upload refused: {exc}")
+            return outcome or Outcome(runner_pb2.JOB_FAILURE, f"artifact upload refused: {exc}")
         except (OrchestratorError, OSError) as exc:
             self.shipper.system(NO_STEP, f"artifact upload failed: {exc}")
             return outcome or Outcome(runner_pb2.JOB_ERROR, f"artifact upload failed: {exc}")
-        self.shipper.system(NO_STEP, f"uploaded {plural(ack.files, 'artifact file')} "
-                                     f"({plural(ack.bytes, 'byte')})")
+        self.shipper.system(NO_STEP, f"uploaded {plural(sent.files, 'artifact file')} "
+                                     f"({plural(sent.bytes, 'byte')})")
         return outcome
 
-    async def _refuse_secrets(self, outcome: Outcome | None,
-                              files: list[Path]) -> tuple[Outcome | None, list[Path]]:
+    async def _refuse_secrets(self, outcome: Outcome | None, files: list[artifacts.Artifact]
+                              ) -> tuple[Outcome | None, list[artifacts.Artifact]]:
         """Drop the files that hold a secret, saying so in the log; a job that would have
         succeeded fails. Returns the outcome and the files to upload."""
         try:
-            refused = await artifact_scan.refused(self.workspace, files, self.masker)
+            refused = await artifact_scan.refused(files, self.masker)
         except OSError as exc:
             self.shipper.system(NO_STEP, f"artifact upload failed: {exc}")
             return outcome or Outcome(runner_pb2.JOB_ERROR, f"artifact upload failed: {exc}"), []
-        for rel in refused:
-            self.shipper.system(NO_STEP, f"artifact {rel} not uploaded: it contains a secret "
-                                         "(or an encoding of one)")
+        for artifact in refused:
+            self.shipper.system(NO_STEP, f"artifact {artifact.path} not uploaded: it contains a "
+                                         "secret (or an encoding of one)")
         if refused and outcome is None:
-            names = self.masker.mask_text(", ".join(str(rel) for rel in refused))
+            names = self.masker.mask_text(", ".join(artifact.path for artifact in refused))
             outcome = Outcome(runner_pb2.JOB_FAILURE,
                               f"artifacts refused because they contain a secret: {names}")
-        return outcome, [rel for rel in files if rel not in refused]
+        return outcome, [artifact for artifact in files if artifact not in refused]

@@ -1,0 +1,257 @@
+"""Artifact intake: a runner's `UploadArtifact` stream written to PostgreSQL chunk by chunk.
+
+A file is stored as one `artifacts` row and its bytes as ordered `artifact_chunks` rows of about
+`ROW_BYTES`, written inside one transaction as they arrive: memory per upload stays around one
+row whatever the file's size, and a file becomes visible only when it committed whole with
+the size and sha256 the runner announced. Anything else (a refused path, a cap reached, a
+damaged file, a dropped stream) rolls the transaction back and leaves nothing behind.
+
+Caps: `file_bytes` per file and `job_bytes` per job attempt, counted over every call of the
+attempt, including bytes still arriving on concurrent calls (`JobSession.artifact_bytes`; an
+attempt runs on one host only, so the session sees all of its uploads). A path is stored once
+per attempt: a second upload of it is refused, never an overwrite.
+
+An upload holds a connection for as long as its stream lasts, so uploads draw from a small pool
+of their own (`concurrency` connections): however many runners upload at once, the state
+machine's pool (leases, logs, results) never waits behind them.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import ClassVar
+
+import asyncpg
+import grpc
+
+from common.artifact_paths import ArtifactPathError, check_artifact_path
+from common.errors import SolsticeError
+from common.postgres import create_pool
+from orchestrator.db import Database
+from orchestrator.sessions import JobSession
+from protos import runner_pb2
+
+MIB = 1024 * 1024
+# Bytes per `artifact_chunks` row: large enough that a row's overhead does not matter, small
+# enough that a few concurrent uploads hold little memory.
+ROW_BYTES = MIB
+# How much of a refused upload is read and dropped before the refusal is answered (`_drain`).
+DRAIN_BYTES = 64 * MIB
+DRAIN_SECONDS = 10.0
+
+
+@dataclass(frozen=True)
+class ArtifactLimits:
+    """What one job attempt may upload, and how many uploads run at once on this host."""
+
+    file_bytes: int = 256 * MIB
+    job_bytes: int = 512 * MIB
+    concurrency: int = 4
+
+
+class ArtifactRefused(SolsticeError):
+    """An upload the orchestrator will not store; `code` is the gRPC answer."""
+
+    code: ClassVar[grpc.StatusCode] = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class ArtifactTooLarge(ArtifactRefused):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class ArtifactExists(ArtifactRefused):
+    code = grpc.StatusCode.ALREADY_EXISTS
+
+
+class ArtifactDamaged(ArtifactRefused):
+    code = grpc.StatusCode.DATA_LOSS
+
+
+class NotOurAttempt(ArtifactRefused):
+    """The job is not running on this host under this attempt any more."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+@dataclass(frozen=True)
+class Received:
+    files: int
+    bytes: int
+
+
+class ArtifactStore:
+    """Receives artifact uploads into PostgreSQL and reads them back. Open with `open`."""
+
+    def __init__(self, pool: asyncpg.Pool, db: Database, host: str,
+                 limits: ArtifactLimits) -> None:
+        self._pool = pool
+        self._db = db
+        self.host = host
+        self.limits = limits
+
+    @classmethod
+    async def open(cls, db: Database, host: str, limits: ArtifactLimits) -> ArtifactStore:
+        """A store writing through its own pool of `limits.concurrency` connections to `db`'s
+        server (opened on demand)."""
+        pool = await create_pool(db.dsn, min_size=0, max_size=limits.concurrency,
+                                 server_settings=db.server_settings)
+        return cls(pool, db, host, limits)
+
+    async def close(self) -> None:
+        await self._pool.close()
+
+    async def receive(self, session: JobSession,
+                      chunks: AsyncIterator[runner_pb2.ArtifactChunk]) -> Received:
+        """Store every file of one `UploadArtifact` stream; `ArtifactRefused` on the first
+        file that cannot be stored (the files before it stay stored)."""
+        stream = _checked(session, chunks)
+        files = size = 0
+        try:
+            # The connection is taken before the first chunk is read: a call waiting for one
+            # holds no more of the runner's bytes than grpc's flow-control window.
+            async with self._pool.acquire() as conn:
+                async for first in stream:
+                    size += await self._store_file(conn, session, first, stream)
+                    files += 1
+        except ArtifactRefused:
+            await _drain(chunks)
+            raise
+        return Received(files, size)
+
+    async def _store_file(self, conn: asyncpg.Connection, session: JobSession,
+                          first: runner_pb2.ArtifactChunk,
+                          stream: AsyncIterator[runner_pb2.ArtifactChunk]) -> int:
+        """Store one file in one transaction; its size."""
+        try:
+            path = check_artifact_path(first.path)
+        except ArtifactPathError as exc:
+            raise ArtifactRefused(exc.message, hint=exc.hint) from exc
+        reserved = 0
+
+        def release() -> None:
+            # Given back as soon as the file fails, not after its rollback: a concurrent upload
+            # of the same job must not be refused for bytes that will never be stored.
+            nonlocal reserved
+            session.artifact_bytes -= reserved
+            reserved = 0
+
+        try:
+            async with conn.transaction():
+                artifact_id = await self._claim(conn, session, path)
+                digest = hashlib.sha256()
+                buffer = bytearray()
+                seq = size = 0
+                chunk = first
+                while True:
+                    data = chunk.data
+                    size += len(data)
+                    if size > self.limits.file_bytes:
+                        release()
+                        raise ArtifactTooLarge(
+                            f"artifact {path!r} is larger than the limit of "
+                            f"{self.limits.file_bytes} bytes per file",
+                            hint="upload less (narrow the job's artifact patterns) or raise "
+                                 "max_artifact_file_bytes")
+                    if session.artifact_bytes + len(data) > self.limits.job_bytes:
+                        release()
+                        raise ArtifactTooLarge(
+                            f"artifact {path!r} goes past the limit of "
+                            f"{self.limits.job_bytes} bytes of artifacts per job",
+                            hint="upload less (narrow the job's artifact patterns) or raise "
+                                 "max_artifact_job_bytes")
+                    session.artifact_bytes += len(data)
+                    reserved += len(data)
+                    session.touch()
+                    digest.update(data)
+                    buffer += data
+                    if len(buffer) >= ROW_BYTES:
+                        await _write_row(conn, artifact_id, seq, buffer)
+                        seq += 1
+                        buffer.clear()
+                    if chunk.last:
+                        break
+                    chunk = await anext(stream, None)
+                    if chunk is None:
+                        raise ArtifactRefused(f"the upload ended in the middle of {path!r}")
+                    if chunk.path:
+                        raise ArtifactRefused(f"a chunk in the middle of {path!r} names the "
+                                              f"path {chunk.path!r}; only a file's first may")
+                if buffer:
+                    await _write_row(conn, artifact_id, seq, buffer)
+                if size != chunk.size or digest.hexdigest() != chunk.sha256.lower():
+                    raise ArtifactDamaged(
+                        f"artifact {path!r} arrived damaged: {size} bytes with sha256 "
+                        f"{digest.hexdigest()}, the runner sent {chunk.size} bytes with sha256 "
+                        f"{chunk.sha256 or '(none)'}",
+                        hint="the file changed while it was read, or the stream was corrupted")
+                # The job may have ended while the file arrived: checked again as it turns visible.
+                if not await conn.fetchval(
+                        "UPDATE artifacts a SET size = $2, sha256 = $3 FROM jobs j"
+                        " WHERE a.id = $1 AND j.id = a.job_id AND j.attempt = a.attempt"
+                        " AND j.lease_host = $4 AND j.state = 'running' RETURNING true",
+                        artifact_id, size, digest.hexdigest(), self.host):
+                    raise NotOurAttempt("the job ended or moved while its artifact was uploaded")
+        except BaseException:
+            release()
+            raise
+        return size
+
+    async def _claim(self, conn: asyncpg.Connection, session: JobSession, path: str) -> int:
+        """Insert the file's row (visible only at commit); a concurrent upload of the same path
+        waits here until the first one committed or failed."""
+        artifact_id = await conn.fetchval(
+            "INSERT INTO artifacts (job_id, attempt, path, size, sha256)"
+            " SELECT $1, $2, $4, 0, '' FROM jobs WHERE id = $1 AND attempt = $2"
+            " AND lease_host = $3 AND state = 'running'"
+            " ON CONFLICT (job_id, attempt, path) DO NOTHING RETURNING id",
+            session.job_id, session.attempt, self.host, path)
+        if artifact_id is not None:
+            return int(artifact_id)
+        if await conn.fetchval("SELECT EXISTS (SELECT 1 FROM artifacts WHERE job_id = $1"
+                               " AND attempt = $2 AND path = $3)",
+                               session.job_id, session.attempt, path):
+            raise ArtifactExists(f"artifact {path!r} was already uploaded by this job",
+                                 hint="each path is stored once per job attempt")
+        raise NotOurAttempt("the job is not running on this host under this attempt")
+
+    async def read(self, job_id: uuid.UUID, attempt: int, path: str) -> AsyncIterator[bytes]:
+        """The bytes of a stored artifact, one chunk row at a time; nothing if there is none."""
+        async with self._db.pool.acquire() as conn, conn.transaction():
+            async for row in conn.cursor(
+                    "SELECT c.data FROM artifact_chunks c JOIN artifacts a ON a.id = c.artifact_id"
+                    " WHERE a.job_id = $1 AND a.attempt = $2 AND a.path = $3 ORDER BY c.seq",
+                    job_id, attempt, path, prefetch=2):
+                yield row["data"]
+
+
+async def _write_row(conn: asyncpg.Connection, artifact_id: int, seq: int,
+                     data: bytearray) -> None:
+    await conn.execute("INSERT INTO artifact_chunks (artifact_id, seq, data) VALUES ($1, $2, $3)",
+                       artifact_id, seq, bytes(data))
+
+
+async def _drain(chunks: AsyncIterator[runner_pb2.ArtifactChunk]) -> None:
+    """Read and drop what the runner still sends (up to `DRAIN_BYTES`, `DRAIN_SECONDS`) before
+    a refusal is answered. grpc's asyncio client reports a write that fails because the call
+    just ended as INTERNAL in place of the server's status (grpc/grpc#36066): answered only
+    once the runner stopped sending, the refusal reaches it with its own code."""
+    drained = 0
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(DRAIN_SECONDS):
+            async for chunk in chunks:
+                drained += len(chunk.data)
+                if drained > DRAIN_BYTES:
+                    return
+
+
+async def _checked(session: JobSession, chunks: AsyncIterator[runner_pb2.ArtifactChunk],
+                   ) -> AsyncIterator[runner_pb2.ArtifactChunk]:
+    """The stream's chunks, refusing one that names another job than the token's."""
+    async for chunk in chunks:
+        if chunk.job_id != str(session.job_id):
+            raise ArtifactRefused("an artifact chunk names another job than the token's")
+        yield chunk
