@@ -24,7 +24,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from common.errors import ConfigError
-from common.workflow import DEFAULT_PATH
+from common.workflow import DEFAULT_PATH, Limits
 
 SECTION = "github_integration"
 
@@ -55,6 +55,8 @@ class GitHubIntegrationConfig(BaseModel):
     approval_for_untrusted: bool = False
     repos: dict[str, RepoSettings] = Field(default_factory=dict)
     log_level: str = "info"
+    # What one workflow file may cost to validate and plan (docs/config.md).
+    workflow_limits: Limits = Field(default_factory=Limits)
 
     @field_validator("api_url")
     @classmethod

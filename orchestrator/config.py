@@ -12,6 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from common.workflow import Limits
 from orchestrator.db.embedded import default_state_dir
 
 
@@ -89,6 +90,8 @@ class OrchestratorConfig(BaseModel):
     # ReportResult waits this long for the log chunks the runner says it sent.
     log_drain_timeout: float = Field(default=10.0, ge=0)
     log_level: str = "info"
+    # What one workflow file may cost to validate and plan (docs/config.md).
+    workflow_limits: Limits = Field(default_factory=Limits)
     # The backends' own tables, `[orchestrator.bhyve]` and `[orchestrator.qemu]`: read and
     # checked by the backend when it is the one chosen.
     bhyve: dict[str, Any] | None = None

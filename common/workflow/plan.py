@@ -37,17 +37,27 @@ class PlannedJob:
 
 
 def matrix_combinations(matrix: Matrix) -> list[dict[str, str]]:
-    """Every combination in a stable order: the axes' product minus `exclude`, then `include`."""
+    """Every combination in a stable order: the axes' product minus `exclude`, then `include`.
+
+    Exclude rules naming the same axes are one set lookup per combination, so the work is the
+    product times the number of distinct axis sets the rules name (the loader bounds both).
+    """
     names = matrix.axis_names
-    combos = []
-    for values in product(*(values for _, values in matrix.axes)):
-        combo = dict(zip(names, values, strict=False))
-        if not any(all(combo[k] == v for k, v in rule.items()) for rule in matrix.exclude):
-            combos.append(combo)
+    position = {name: i for i, name in enumerate(names)}
+    excluded: dict[tuple[int, ...], set[tuple[str, ...]]] = {}
+    for rule in matrix.exclude:
+        axes = tuple(sorted(position[axis] for axis in rule))
+        excluded.setdefault(axes, set()).add(tuple(rule[names[i]] for i in axes))
+    shapes = list(excluded.items())
+    kept = [values for values in product(*(values for _, values in matrix.axes))
+            if not any(tuple(values[i] for i in axes) in rules for axes, rules in shapes)]
+    seen = set(kept)
     for extra in matrix.include:
-        if extra not in combos:
-            combos.append(dict(extra))
-    return combos
+        values = tuple(extra[name] for name in names)
+        if values not in seen:
+            seen.add(values)
+            kept.append(values)
+    return [dict(zip(names, values, strict=True)) for values in kept]
 
 
 def job_key(job_id: str, matrix: dict[str, str]) -> str:
