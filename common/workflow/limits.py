@@ -36,6 +36,8 @@ class Limits:
     job means needing each of its combinations)."""
     max_steps: Annotated[int, Field(gt=0)] = 500
     """Steps of one job."""
+    max_run_steps: Annotated[int, Field(gt=0)] = 50_000
+    """Steps of all jobs of one run, after matrix expansion (each is a row to store)."""
     max_matrix_jobs: Annotated[int, Field(gt=0)] = 256
     """Jobs one matrix makes, after `exclude` and `include`."""
     max_matrix_combinations: Annotated[int, Field(gt=0)] = 4096
@@ -45,6 +47,9 @@ class Limits:
     """Axes of one matrix."""
     max_matrix_rules: Annotated[int, Field(gt=0)] = 256
     """`exclude` plus `include` rules of one matrix."""
+    max_patterns: Annotated[int, Field(gt=0)] = 256
+    """Branch and tag patterns of all `on` triggers together (each event is matched against
+    them on the integrations' and orchestrators' event loops)."""
     max_expression_length: Annotated[int, Field(gt=0)] = 4096
     """Characters of one `if` condition."""
     max_expression_depth: Annotated[int, Field(gt=0, le=EXPRESSION_DEPTH_CEILING)] = 32

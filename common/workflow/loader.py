@@ -163,6 +163,8 @@ class _Checker:
         # exclude rules have enumerated so far (`Limits.max_matrix_combinations`).
         self.planned: dict[str, int] = {}
         self.enumerated = 0
+        self.patterns = 0  # branch and tag patterns of the triggers so far
+        self.planned_steps = 0  # steps of the run after matrix expansion
 
     def error(self, path: Path, message: str, hint: str | None = None, *, arg: int | None = None,
               prop: str | None = None, inner: int | None = None, value: bool = False) -> None:
@@ -361,6 +363,10 @@ class _Checker:
                        f" at most {self.limits.max_jobs} are allowed",
                        self.limits.hint("max_jobs", "drop jobs or matrix values, or split the"
                                         " workflow"))
+        elif self.planned_steps > self.limits.max_run_steps:
+            self.error(path, f"the workflow makes {self.planned_steps} steps after matrix"
+                       f" expansion; at most {self.limits.max_run_steps} are allowed",
+                       self.limits.hint("max_run_steps", "join steps, or move them into scripts"))
         self.dependencies(declared, path)
         return Workflow(name=name, jobs=tuple(jobs), fail_fast=fail_fast,
                         triggers=tuple(triggers), env=env)
@@ -403,6 +409,10 @@ class _Checker:
             if patterns:
                 self.error(path, f"{event} events take no patterns",
                            "remove the extra arguments", arg=1)
+        self.patterns += len(branches) + len(tags)
+        if self.patterns > self.limits.max_patterns >= self.patterns - len(branches) - len(tags):
+            self.error(path, f"the triggers have more than {self.limits.max_patterns} branch and"
+                       " tag patterns", self.limits.hint("max_patterns", "use wildcards (release/*)"))
         return Trigger(event=event, branches=tuple(branches), tags=tuple(tags))
 
     def env(self, node: ckdl.Node, path: Path, what: str) -> dict[str, str]:
@@ -458,6 +468,7 @@ class _Checker:
         if job_id is not None:
             self.planned[job_id] = max(self.planned.get(job_id, 0), size)
         step_count = sum(1 for child in children if child.name == "step")
+        self.planned_steps += size * step_count
         too_many_steps = step_count > self.limits.max_steps
         if too_many_steps:
             self.error(path, f"the job has {step_count} steps; at most {self.limits.max_steps}"
