@@ -115,9 +115,10 @@ class _Vocabulary:
 
     def _candidates(self, length: int) -> Iterator[str]:
         # Beyond 7/3 (or under 3/7) of the length, no ratio reaches 0.6.
-        for delta in range(length * 4 // 3 + 1):
-            for size in {length - delta, length + delta}:
-                yield from self.by_length.get(size, ())
+        yield from self.by_length.get(length, ())
+        for delta in range(1, length * 4 // 3 + 1):
+            yield from self.by_length.get(length - delta, ())
+            yield from self.by_length.get(length + delta, ())
 
 
 def _plain(value: Any) -> Any:
