@@ -866,20 +866,32 @@ def _cycles(nodes: list[str], edges: dict[str, list[str]]) -> list[list[str]]:
 
 def _locate(problems: list[_Pending], text: str, path: str) -> list[Diagnostic]:
     """The problems with line:col, in order; past `MAX_DIAGNOSTICS`, one more says how many
-    were left out."""
-    source = SourceMap(text, (p.path for p in problems))
+    were left out.
+
+    Only the problems shown are located, so only the nodes they are in are scanned in detail:
+    ordering by child-index path is document order (a node's own entries come before its
+    children), so they are those of the first nodes in path order.
+    """
+    ordered = sorted(problems, key=lambda p: p.path)
+    if len(ordered) > MAX_DIAGNOSTICS:
+        # Up to the first one left out (to say where the rest start), with its node's others.
+        cut = MAX_DIAGNOSTICS + 1
+        while cut < len(ordered) and ordered[cut].path == ordered[cut - 1].path:
+            cut += 1
+        ordered = ordered[:cut]
+    source = SourceMap(text, (p.path for p in ordered))
     located = []
-    for p in problems:
+    for p in ordered:
         offset = source.offset(p.path, arg=p.arg, prop=p.prop, inner=p.inner, value=p.at_value)
         line, col = source.position(offset)
         located.append(Diagnostic(path=path, line=line, col=col, message=p.message, hint=p.hint,
                                   job=p.job, step=p.step))
     located.sort(key=lambda d: (d.line, d.col))
-    if len(located) > MAX_DIAGNOSTICS:
+    if len(problems) > MAX_DIAGNOSTICS:
         rest = located[MAX_DIAGNOSTICS]
         located[MAX_DIAGNOSTICS:] = [Diagnostic(
             path=path, line=rest.line, col=rest.col,
-            message=f"{len(located) - MAX_DIAGNOSTICS} more problems from here on are not shown",
+            message=f"{len(problems) - MAX_DIAGNOSTICS} more problems from here on are not shown",
             hint="fix the problems above and validate again (cidev validate)")]
     return located
 

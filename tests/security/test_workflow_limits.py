@@ -8,6 +8,7 @@ integration (HTTP, fake Forgejo, PostgreSQL) and the real orchestrator intake.
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -94,6 +95,7 @@ class LagMeter:
 
     async def __aexit__(self, *exc: object) -> None:
         assert self._task is not None
+        await asyncio.sleep(0.02)  # the ticker wakes up once more, to see a stall just ended
         self._task.cancel()
         await asyncio.gather(self._task, return_exceptions=True)
 
@@ -232,28 +234,54 @@ def test_limits_are_configured_per_service(model: Any, section: str, tmp_path: P
 
 # -- the event loops ---------------------------------------------------------------------------
 
-LARGE = generate(jobs=1300)  # about 1 MB, under the default max_bytes: valid, the worst case
+LARGE = generate(jobs=1300)  # about 1 MB: a valid workflow as large as the defaults allow
+HOSTILE = unknown_needs(13_000)  # about 1 MB of jobs needing unknown jobs: the slowest refusal
+TRIES = 3
+
+
+async def least_lag(action: Callable[[], Awaitable[object]]) -> float:
+    """The smallest, over `TRIES` tries, of the longest stall of the loop during `action`.
+
+    A stall caused by `action` shows in every try; one caused by the neighbours on a shared
+    machine (or a garbage collection left over from earlier tests) seldom shows in all three.
+    """
+    least = float("inf")
+    for _ in range(TRIES):
+        gc.collect()
+        async with LagMeter() as lag:
+            await action()
+        least = min(least, lag.worst)
+    return least
+
+
+def test_the_loop_tests_can_fail() -> None:
+    """On the loop, validating each input would stall it well past the bound."""
+    assert len(LARGE.encode()) <= DEFAULT_LIMITS.max_bytes >= len(HOSTILE.encode())
+    assert timed(lambda: load_workflow(LARGE)) > LOOP_LAG_LIMIT / 2
+    assert timed(lambda: rejected(HOSTILE)) > 2 * LOOP_LAG_LIMIT
 
 
 async def test_validation_leaves_the_event_loop_responsive() -> None:
-    assert 900_000 < len(LARGE.encode()) <= Limits().max_bytes
     await load_workflow_async(MINIMAL)  # start the worker process outside the measurement
-    async with LagMeter() as lag:
-        start = time.perf_counter()
-        workflow = await load_workflow_async(LARGE, "big.kdl")
-        took = time.perf_counter() - start
-    assert len(workflow.jobs) == 1300
-    assert lag.worst < LOOP_LAG_LIMIT, f"the loop stalled {lag.worst * 1000:.0f} ms (validation: {took:.2f} s)"
-    with pytest.raises(WorkflowError) as info:  # errors cross the process boundary whole
-        await load_workflow_async(unknown_needs(3), "bad.kdl")
-    assert [d.message for d in info.value.diagnostics] == [
-        f"needs unknown job 'jobb-{i}'" for i in range(3)]
+
+    async def valid() -> None:
+        assert len((await load_workflow_async(LARGE, "big.kdl")).jobs) == 1300
+
+    async def hostile() -> None:
+        with pytest.raises(WorkflowError) as info:  # errors cross the process boundary whole
+            await load_workflow_async(HOSTILE, "bad.kdl")
+        assert "13000 jobs" in info.value.diagnostics[0].message
+        assert len(info.value.diagnostics) == 101
+
+    for action in (valid, hostile):
+        lag = await least_lag(action)
+        assert lag < LOOP_LAG_LIMIT, f"{action.__name__}: the loop stalled {lag * 1000:.0f} ms"
 
 
 @pytest.fixture
 async def forge() -> AsyncIterator[FakeForgejo]:
     async with FakeForgejo() as fake:
-        add_fixture_repos(fake, workflow=LARGE)
+        add_fixture_repos(fake, workflow=HOSTILE)
         yield fake
 
 
@@ -266,28 +294,41 @@ async def pool(pg_dsn: str) -> AsyncIterator[asyncpg.Pool]:
 
 async def test_the_forge_integration_answers_healthz_while_validating(
         forge: FakeForgejo, pool: asyncpg.Pool, broker_prefix: str) -> None:
+    # 40k unclosed `${{` froze /healthz for 27 s.
     broker = MemoryBroker(broker_prefix)
     await broker.connect()
     try:
         await load_workflow_async(MINIMAL)  # the worker process is up
         async with service_with(make_config(forge), forge, broker=broker, pool=pool) as h:
-            slowest = 0.0
-            webhook = asyncio.create_task(h.post(PUSH, "push"))
-            while not webhook.done():
-                start = time.perf_counter()
-                assert (await h.http.get("/healthz")).status_code == 200
-                slowest = max(slowest, time.perf_counter() - start)
-                await asyncio.sleep(0.01)
-            assert (await webhook).status_code == 202
+            slowest = float("inf")
+            for _ in range(TRIES):
+                gc.collect()
+                webhook = asyncio.create_task(h.post(PUSH, "push"))
+                worst = 0.0
+                while not webhook.done():
+                    # From one answer to the next, less the pause: a stall during the pause
+                    # counts too.
+                    start = time.perf_counter()
+                    await asyncio.sleep(0.01)
+                    assert (await h.http.get("/healthz")).status_code == 200
+                    worst = max(worst, time.perf_counter() - start - 0.01)
+                answer = (await webhook).json()
+                assert answer["outcome"] == "invalid_workflow"
+                assert "13000 jobs after matrix expansion" in answer["reason"]
+                slowest = min(slowest, worst)
+            assert slowest < LOOP_LAG_LIMIT, f"/healthz took {slowest * 1000:.0f} ms"
+            # The configured limits apply: within them, the same file would be valid, but
+            # for its unknown needs.
+            repo = forge.repos["gordon/hello-world"]
+            repo.files[(PUSH["after"], ".solstice/workflow.kdl")] = LARGE
+            assert (await h.post(PUSH, "push")).status_code == 202
             await h.wait_for(lambda: len(h.runs) == 1)
             assert h.runs[0].workflow_source == LARGE
-            assert slowest < LOOP_LAG_LIMIT, f"/healthz took {slowest * 1000:.0f} ms"
-            # A hostile file is an ordinary invalid workflow, reported to the forge.
-            forge.repos["gordon/hello-world"].files[(PUSH["after"], ".solstice/workflow.kdl")] = (
-                'workflow { job id="a" runs_on="x" { step name="s" run="' + "${{" * 40_000 + '" } }')
-            answer = await h.post(PUSH, "push")
-            assert answer.json()["outcome"] == "invalid_workflow"
-            assert "is never closed" in answer.json()["reason"]
+        small = make_config(forge, workflow_limits={"max_jobs": 100})
+        async with service_with(small, forge, broker=broker, pool=pool) as h:
+            answer = (await h.post(PUSH, "push")).json()
+            assert answer["outcome"] == "invalid_workflow"
+            assert "1304 jobs after matrix expansion; at most 100" in answer["reason"]
     finally:
         await broker.close()
 
@@ -323,16 +364,21 @@ def request(workflow: str) -> RunRequest:
 
 async def test_the_orchestrator_intake_validates_off_its_loop_with_its_limits(
         orchestrator: Start) -> None:
-    # The jobs need a label this host does not serve: they are planned, never run.
+    # 51,200 jobs stalled an orchestrator's loop for 36 s: a healthy job on it ended `error`.
     orch = await orchestrator(workflow_limits={"max_jobs": 1000})
-    big = await orch.api.submit(request(generate(jobs=1100)))
-    summary = await orch.api.summary(big)
-    assert summary.state == "failure"
-    assert "makes 1104 jobs after matrix expansion" in summary.message
-    assert "workflow_limits.max_jobs" in summary.message
     await load_workflow_async(MINIMAL)
-    async with LagMeter() as lag:
-        planned = await orch.api.submit(request(generate(jobs=300)))
-    summary = await orch.api.summary(planned)
-    assert len(summary.jobs) == 304
-    assert lag.worst < LOOP_LAG_LIMIT, f"the loop stalled {lag.worst * 1000:.0f} ms"
+    runs = []
+
+    async def submit() -> None:
+        runs.append(await orch.api.submit(request(HOSTILE)))
+
+    lag = await least_lag(submit)
+    assert lag < LOOP_LAG_LIMIT, f"the loop stalled {lag * 1000:.0f} ms"
+    summary = await orch.api.summary(runs[0])
+    assert summary.state == "failure"
+    assert "makes 13000 jobs after matrix expansion; at most 1000" in summary.message
+    # Its own limits, not the defaults: 304 jobs pass, 1,104 do not.
+    planned = await orch.api.summary(await orch.api.submit(request(generate(jobs=300))))
+    assert len(planned.jobs) == 304  # they need labels this host does not serve: never run
+    refused = await orch.api.summary(await orch.api.submit(request(generate(jobs=1100))))
+    assert "makes 1104 jobs" in refused.message and "workflow_limits.max_jobs" in refused.message
