@@ -100,7 +100,6 @@ class _Vocabulary:
     """
 
     def __init__(self, names: Sequence[str]) -> None:
-        self.names = names
         self.by_length: dict[int, list[str]] = {}
         for name in names:
             self.by_length.setdefault(len(name), []).append(name)

@@ -17,6 +17,7 @@ from typing import Any
 
 import asyncpg
 import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from bench.kdl_validate import generate
 from common.broker import MemoryBroker
@@ -38,8 +39,11 @@ from orchestrator.backends.local import LocalBackend
 from orchestrator.config import OrchestratorConfig
 from orchestrator.standalone import running
 from tests.fakes.forgejo_api import FakeForgejo
+from tests.fakes.github_api import FakeGitHub
 from tests.forge.conftest import add_fixture_repos, make_config, service_with
 from tests.forge.test_webhooks import PUSH
+from tests.github.conftest import INSTALLATION
+from tests.github.test_webhooks import FIXTURE_SHAS, OWNER, REPO, load, running_stack, until
 
 STEP = 'step name="s" run="true"'
 MINIMAL = f'workflow {{ job id="a" runs_on="x" {{ {STEP} }} }}'
@@ -331,6 +335,23 @@ async def test_the_forge_integration_answers_healthz_while_validating(
             assert "1304 jobs after matrix expansion; at most 100" in answer["reason"]
     finally:
         await broker.close()
+
+
+async def test_the_github_integration_applies_its_limits(pg_dsn: str) -> None:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    two_steps = f'workflow {{ job id="a" runs_on="x" {{ {STEP}; {STEP} }} }}'
+    async with FakeGitHub(1, key.public_key()) as fake, \
+            MemoryBroker(f"gh-{uuid.uuid4().hex[:8]}") as broker:
+        fake.add_repo(OWNER, REPO, installation_ids={1, INSTALLATION},
+                      files={(sha, ".solstice/workflow.kdl"): two_steps for sha in FIXTURE_SHAS})
+        async with running_stack(pg_dsn, fake, key, broker,
+                                 workflow_limits={"max_steps": 1}) as stack:
+            response = await stack.post("push", load("push/with-new-branch.payload.json"))
+            assert response.status_code == 200 and "invalid" in response.json()["reason"]
+            await until(lambda: stack.fake.check_runs)
+            [check] = stack.fake.check_runs.values()
+            assert check.conclusion == "failure"
+            assert "workflow_limits.max_steps" in check.output["summary"]
 
 
 Start = Callable[..., Awaitable[Any]]
