@@ -6,8 +6,11 @@ webhooks). Validation runs in a worker process: ckdl's C parser holds the GIL fo
 parse (about 0.1 s per 500 KiB), so a thread would not keep the loop running. The process is
 started on first use with `spawn` (forking a process that runs gRPC threads is unsafe) and
 serves every later validation; one worker, so concurrent validations queue instead of
-competing for the CPU. Expansion is plain Python, which gives the GIL up every few
-milliseconds: a thread is enough, and spares pickling the planned jobs.
+competing for the CPU. As with any `spawn`, the main module of the process must be safe to
+import (`if __name__ == "__main__":`); every Solstice entry point is.
+
+Expansion is plain Python, which gives the GIL up every few milliseconds: a thread is enough,
+and spares pickling the planned jobs.
 """
 from __future__ import annotations
 

@@ -259,10 +259,9 @@ async def least_lag(action: Callable[[], Awaitable[object]]) -> float:
 
 
 def test_the_loop_tests_can_fail() -> None:
-    """On the loop, validating each input would stall it well past the bound."""
+    """On the loop, validating the hostile input would stall it past the bound."""
     assert len(LARGE.encode()) <= DEFAULT_LIMITS.max_bytes >= len(HOSTILE.encode())
-    assert timed(lambda: load_workflow(LARGE)) > LOOP_LAG_LIMIT / 2
-    assert timed(lambda: rejected(HOSTILE)) > 2 * LOOP_LAG_LIMIT
+    assert timed(lambda: rejected(HOSTILE)) > LOOP_LAG_LIMIT
 
 
 async def test_validation_leaves_the_event_loop_responsive() -> None:
