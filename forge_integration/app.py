@@ -197,7 +197,7 @@ class ForgeIntegration:
         client = self.clients[candidate.repo.forge]
         try:
             plan = await plan_run(candidate, client, approval_for_untrusted=self.config.approval_for(
-                candidate.repo.full_name))
+                candidate.repo.full_name), limits=self.config.workflow_limits)
         except ForgeApiError as exc:
             raise WebhookRejected(503, f"cannot read the workflow: {exc.message}",
                                   hint=exc.hint) from exc

@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from common.errors import ConfigError
 from common.forge.webhook import BODY_TIMEOUT, MAX_BODY, BodyLimits
+from common.workflow import Limits
 
 SECTION = "forge_integration"
 ForgeKind = Literal["forgejo", "gitea"]
@@ -82,6 +83,8 @@ class ForgeIntegrationConfig(BaseModel):
     sites: dict[ForgeKind, Site] = Field(default_factory=dict)
     repos: dict[str, RepoSettings] = Field(default_factory=dict)
     log_level: str = "info"
+    # What one workflow file may cost to validate and plan (docs/config.md).
+    workflow_limits: Limits = Field(default_factory=Limits)
 
     @field_validator("repos")
     @classmethod

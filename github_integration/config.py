@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from common.errors import ConfigError
 from common.forge.webhook import BODY_TIMEOUT, MAX_BODY, BodyLimits
-from common.workflow import DEFAULT_PATH
+from common.workflow import DEFAULT_PATH, Limits
 
 SECTION = "github_integration"
 
@@ -60,6 +60,8 @@ class GitHubIntegrationConfig(BaseModel):
     body_timeout: float = Field(BODY_TIMEOUT, gt=0)
     repos: dict[str, RepoSettings] = Field(default_factory=dict)
     log_level: str = "info"
+    # What one workflow file may cost to validate and plan (docs/config.md).
+    workflow_limits: Limits = Field(default_factory=Limits)
 
     @field_validator("api_url")
     @classmethod

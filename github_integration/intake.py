@@ -30,7 +30,7 @@ from common.forge.policy import (
 )
 from common.messages import EventKind, Repo, RerunOf, RunRequest
 from common.observability import tracer
-from common.workflow import DEFAULT_PATH
+from common.workflow import DEFAULT_LIMITS, DEFAULT_PATH, Limits
 from github_integration.api import GitHubApi
 from github_integration.errors import GitHubApiError
 from github_integration.events import Ignored, JobRerun
@@ -51,9 +51,11 @@ class Intake:
 
     def __init__(self, api: GitHubApi, broker: Broker, outbox: CheckRunOutbox, *,
                  approval_for: Callable[[str], bool],
-                 workflow_path: str = DEFAULT_PATH) -> None:
+                 workflow_path: str = DEFAULT_PATH,
+                 workflow_limits: Limits = DEFAULT_LIMITS) -> None:
         """`approval_for(owner/name)`: whether that repository's untrusted runs wait for approval."""
         self._api = api
+        self._workflow_limits = workflow_limits
         self._broker = broker
         self._outbox = outbox
         self._approval_for = approval_for
@@ -102,7 +104,7 @@ class Intake:
     async def _candidate(self, candidate: RunCandidate) -> Published | Ignored:
         plan = await plan_run(candidate, self._api,
                               approval_for_untrusted=self._approval_for(candidate.repo.full_name),
-                              workflow_path=self._workflow_path)
+                              workflow_path=self._workflow_path, limits=self._workflow_limits)
         if isinstance(plan, Skip):
             return Ignored(plan.reason)
         if isinstance(plan, InvalidWorkflow):

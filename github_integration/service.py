@@ -54,7 +54,8 @@ class GitHubIntegration:
         self.webhook = GitHubWebhook(
             secret=config.webhook_secret.get_secret_value(), api_url=config.api_url,
             intake=Intake(self.api, broker, self.check_runs, approval_for=config.approval_for,
-                          workflow_path=config.workflow_path),
+                          workflow_path=config.workflow_path,
+                          workflow_limits=config.workflow_limits),
             deliveries=DeliveryLog(pool), auth=self.auth, limits=config.body_limits)
         self._subscription: Subscription | None = None
         self._worker_task: asyncio.Task[None] | None = None

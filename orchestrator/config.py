@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from common.admin_auth import DEFAULT_ADMIN_ADDRESS
+from common.workflow import Limits
 from orchestrator.db.embedded import default_state_dir
 
 
@@ -103,6 +104,8 @@ class OrchestratorConfig(BaseModel):
     max_artifact_job_bytes: int = Field(default=512 * 1024 * 1024, gt=0)
     artifact_upload_concurrency: int = Field(default=4, ge=1)
     log_level: str = "info"
+    # What one workflow file may cost to validate and plan (docs/config.md).
+    workflow_limits: Limits = Field(default_factory=Limits)
     # The backends' own tables, `[orchestrator.bhyve]` and `[orchestrator.qemu]`: read and
     # checked by the backend when it is the one chosen.
     bhyve: dict[str, Any] | None = None

@@ -14,13 +14,15 @@ from typing import Any
 
 from common.messages import JobEvent, JobState, RunRequest
 from common.workflow import (
+    DEFAULT_LIMITS,
     EvalContext,
+    Limits,
     PlannedJob,
     Workflow,
     WorkflowError,
     evaluate_if,
-    expand,
-    load_workflow,
+    expand_async,
+    load_workflow_async,
     matches_trigger,
 )
 from orchestrator.db import Database
@@ -82,10 +84,12 @@ def run_context(request: RunRequest) -> EvalContext:
 
 
 class Intake:
-    def __init__(self, db: Database, effects: Effects, *, default_job_timeout: int) -> None:
+    def __init__(self, db: Database, effects: Effects, *, default_job_timeout: int,
+                 workflow_limits: Limits = DEFAULT_LIMITS) -> None:
         self.db = db
         self.effects = effects
         self.default_job_timeout = default_job_timeout
+        self.workflow_limits = workflow_limits
 
     async def accept(self, request: RunRequest, options: RunOptions = RunOptions()) -> uuid.UUID:
         """Record the run of `request` (once) and plan its jobs; return the run id.
@@ -102,7 +106,9 @@ class Intake:
         workflow: Workflow | None = None
         problem: WorkflowError | None = None
         try:
-            workflow = load_workflow(request.workflow_source, request.workflow_path)
+            # Off the event loop: validating a large file takes long enough to starve runners.
+            workflow = await load_workflow_async(request.workflow_source, request.workflow_path,
+                                                 self.workflow_limits)
         except WorkflowError as exc:
             problem = exc
         changes = Changes()
@@ -163,7 +169,7 @@ class Intake:
         # An untrusted run the repository wants approved waits for `ciadm approve` first.
         waiting = JobState.AWAITING_APPROVAL if request.needs_approval else JobState.QUEUED
         note = f"waiting for approval: ciadm approve {run_id}" if request.needs_approval else ""
-        jobs = expand(workflow)
+        jobs = await expand_async(workflow)
         if options.only_jobs is not None:
             jobs = select_jobs(jobs, options.only_jobs)
         for position, planned in enumerate(jobs):

@@ -77,7 +77,8 @@ class Orchestrator:
         self.effects = Effects(self.hub, self.sessions)
         self.store = Store(db, config.host_name)
         self.logs = LogStore(db)
-        self.intake = Intake(db, self.effects, default_job_timeout=config.default_job_timeout)
+        self.intake = Intake(db, self.effects, default_job_timeout=config.default_job_timeout,
+                             workflow_limits=config.workflow_limits)
         self.relay = OutboxRelay(db, broker)
         self.effects.outbox_written = self.relay.kick
         self.api = OrchestratorAPI(db=db, intake=self.intake, store=self.store, hub=self.hub,

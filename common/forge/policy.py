@@ -19,7 +19,15 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from common.messages import EventKind, Repo, RunRequest
-from common.workflow import DEFAULT_PATH, Workflow, WorkflowError, load_workflow, matches_trigger
+from common.workflow import (
+    DEFAULT_LIMITS,
+    DEFAULT_PATH,
+    Limits,
+    Workflow,
+    WorkflowError,
+    load_workflow_async,
+    matches_trigger,
+)
 
 # Runs are consumed highest priority first: a human waiting on a manual run, then what lands
 # on the default branch and releases, then other branches, then pull requests.
@@ -137,7 +145,8 @@ def matches(workflow: Workflow, candidate: RunCandidate) -> bool:
 
 
 async def plan_run(candidate: RunCandidate, forge: ForgeReader, *, approval_for_untrusted: bool,
-                   workflow_path: str = DEFAULT_PATH) -> PlanOutcome:
+                   workflow_path: str = DEFAULT_PATH,
+                   limits: Limits = DEFAULT_LIMITS) -> PlanOutcome:
     """Decide trust, fetch the workflow at the trusted ref, validate it and filter by trigger.
 
     Raises `ForgeApiError` when the forge cannot be asked (the caller answers 503 so the forge
@@ -148,7 +157,7 @@ async def plan_run(candidate: RunCandidate, forge: ForgeReader, *, approval_for_
     if source is None:
         return Skip(f"no {workflow_path} at {trust.workflow_ref}")
     try:
-        workflow = load_workflow(source, workflow_path)
+        workflow = await load_workflow_async(source, workflow_path, limits)
     except WorkflowError as exc:
         return InvalidWorkflow(candidate, exc, trust.workflow_ref)
     if not matches(workflow, candidate):

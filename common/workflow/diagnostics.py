@@ -50,5 +50,9 @@ class WorkflowError(SolsticeError):
         self.diagnostics = diagnostics
         self.source = source
 
+    def __reduce__(self) -> tuple[type[WorkflowError], tuple[list[Diagnostic], str | None]]:
+        """Pickle it whole: validation runs in a worker process (`offload.py`)."""
+        return WorkflowError, (self.diagnostics, self.source)
+
     def __str__(self) -> str:
         return "\n".join(d.format() for d in self.diagnostics)

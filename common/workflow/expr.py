@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 from common.errors import SolsticeError
+from common.workflow.limits import EXPRESSION_DEPTH_CEILING
 
 VARIABLES = ("event", "branch", "tag", "ref", "repo")
 _TOKEN_RE = re.compile(
@@ -34,6 +35,11 @@ class ExprError(SolsticeError):
     def __init__(self, message: str, offset: int, *, hint: str) -> None:
         super().__init__(message, hint=hint)
         self.offset = offset
+
+
+class ExprTooDeep(ExprError):
+    """A condition nested deeper (in `(` and `!`) than allowed; stops the recursive parser
+    well before the interpreter's recursion limit."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,9 +117,11 @@ def _tokenize(text: str) -> list[_Tok]:
 
 
 class _Parser:
-    def __init__(self, text: str) -> None:
+    def __init__(self, text: str, max_depth: int) -> None:
         self.tokens = _tokenize(text)
         self.i = 0
+        self.depth = 0
+        self.max_depth = max_depth
 
     def peek(self) -> _Tok:
         return self.tokens[self.i]
@@ -148,17 +156,22 @@ class _Parser:
 
     def unary(self) -> Node:
         tok = self.peek()
-        if tok.kind == "op" and tok.text == "!":
+        if tok.kind == "op" and tok.text in ("!", "("):
+            self.depth += 1
+            if self.depth > self.max_depth:
+                raise ExprTooDeep(f"condition nests `(` and `!` deeper than {self.max_depth} levels",
+                                  tok.offset, hint="remove redundant parentheses and negations")
             self.take()
-            return Not(self.unary())
-        if tok.kind == "op" and tok.text == "(":
-            self.take()
-            inner = self.expr()
-            close = self.take()
-            if close.text != ")":
-                raise ExprError("missing `)` in condition", close.offset,
-                                hint="close every ( with a )")
-            return inner
+            if tok.text == "!":
+                node: Node = Not(self.unary())
+            else:
+                node = self.expr()
+                close = self.take()
+                if close.text != ")":
+                    raise ExprError("missing `)` in condition", close.offset,
+                                    hint="close every ( with a )")
+            self.depth -= 1
+            return node
         return self.comparison()
 
     def comparison(self) -> Node:
@@ -189,9 +202,10 @@ class _Parser:
 
 
 @lru_cache(maxsize=1024)
-def parse_expr(text: str) -> Node:
-    """Parse an `if` condition, raising `ExprError` with the offset of the problem."""
-    return _Parser(text).parse()
+def parse_expr(text: str, max_depth: int = EXPRESSION_DEPTH_CEILING) -> Node:
+    """Parse an `if` condition, raising `ExprError` with the offset of the problem
+    (`ExprTooDeep` past `max_depth` levels of `(` and `!`)."""
+    return _Parser(text, max_depth).parse()
 
 
 def variables(node: Node) -> list[Variable]:

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import difflib
 import gc
+import math
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from itertools import islice
 from typing import Any
 
 import ckdl
@@ -20,14 +22,14 @@ import ckdl
 from common.messages import EventKind
 from common.workflow.diagnostics import Diagnostic, WorkflowError
 from common.workflow.document import KdlSyntaxError, parse_kdl
-from common.workflow.expr import ExprError, parse_expr, variables
+from common.workflow.expr import ExprError, ExprTooDeep, parse_expr, variables
+from common.workflow.limits import DEFAULT_LIMITS, Limits
 from common.workflow.model import Job, Matrix, Resources, Step, Trigger, Workflow
 from common.workflow.plan import matrix_combinations
 from common.workflow.source import SourceMap
 from common.workflow.units import parse_duration, parse_size_mb
 
 DEFAULT_PATH = ".solstice/workflow.kdl"
-MAX_COMBINATIONS = 256
 EVENTS = tuple(kind.value for kind in EventKind)
 BRANCH_EVENTS = ("push", "pull_request")
 WORKFLOW_CHILDREN = ("on", "env", "job")
@@ -40,11 +42,15 @@ _JOB_KEYS = frozenset(JOB_PROPERTIES)
 JOB_ID_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 AXIS_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
-TEMPLATE_RE = re.compile(r"\$\{\{(.*?)\}\}", re.DOTALL)
 MATRIX_REF_RE = re.compile(r"\s*matrix\.([A-Za-z_][A-Za-z0-9_-]*)\s*")
 MINIMAL = 'workflow { job id="build" runs_on="illumos" { step name="Build" run="make" } }'
-# Combinations beyond this are not materialised just to count what `exclude` leaves.
-_COUNT_LIMIT = 1 << 16
+# A file with more problems than this reports these and how many more there are: the report
+# goes into a commit status and the database, and nobody reads the 40,000th problem.
+MAX_DIAGNOSTICS = 100
+# Names a hint lists, and candidates a did-you-mean compares, at most: both run once per
+# problem, so with every id of a 2,000-job workflow they would make the report quadratic.
+_LISTED = 20
+_CANDIDATES = 200
 
 # Other CI dialects' top-level names, and what they are in a Solstice workflow.
 _TOP_LEVEL_HINTS = {
@@ -74,8 +80,44 @@ class _Pending:
 
 
 def _suggest(word: str, known: Iterable[str]) -> str:
-    close = difflib.get_close_matches(word, list(known), n=1, cutoff=0.6)
+    """`did you mean 'x'? ` for the closest of (the first `_CANDIDATES` of) `known`, or ''."""
+    close = difflib.get_close_matches(word, list(islice(known, _CANDIDATES)), n=1, cutoff=0.6)
     return f"did you mean {close[0]!r}? " if close else ""
+
+
+def _listing(names: Sequence[str]) -> str:
+    """`a, b, c`, or the first `_LISTED` of them and how many more."""
+    if len(names) <= _LISTED:
+        return ", ".join(names)
+    return f"{', '.join(names[:_LISTED])}, ... ({len(names) - _LISTED} more)"
+
+
+class _Vocabulary:
+    """Known names (job ids) for did-you-mean suggestions in time independent of their number.
+
+    A close match (difflib ratio >= 0.6) has a length within a factor of 7/3 of the word's;
+    the candidates compared are the known names nearest in length, at most `_CANDIDATES`.
+    """
+
+    def __init__(self, names: Sequence[str]) -> None:
+        self.by_length: dict[int, list[str]] = {}
+        for name in names:
+            self.by_length.setdefault(len(name), []).append(name)
+        self.cache: dict[str, str] = {}
+
+    def suggest(self, word: str) -> str:
+        """A did-you-mean for the first `MAX_DIAGNOSTICS` distinct words (no more are shown)."""
+        if word not in self.cache:
+            found = len(self.cache) < MAX_DIAGNOSTICS
+            self.cache[word] = _suggest(word, self._candidates(len(word))) if found else ""
+        return self.cache[word]
+
+    def _candidates(self, length: int) -> Iterator[str]:
+        # Beyond 7/3 (or under 3/7) of the length, no ratio reaches 0.6.
+        yield from self.by_length.get(length, ())
+        for delta in range(1, length * 4 // 3 + 1):
+            yield from self.by_length.get(length - delta, ())
+            yield from self.by_length.get(length + delta, ())
 
 
 def _plain(value: Any) -> Any:
@@ -110,12 +152,19 @@ def _describe(value: Any) -> str:
 class _Checker:
     """Walks the document, building the model and collecting `_Pending` problems."""
 
-    def __init__(self) -> None:
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
         self.problems: list[_Pending] = []
         self.job: str | None = None
         self.step: str | None = None
         # (job id, needed id, where the `needs` node is, argument index), checked at the end.
         self.need_refs: list[tuple[str, str, Path, int]] = []
+        # Jobs each job id plans (its matrix combinations), and the combinations matrices with
+        # exclude rules have enumerated so far (`Limits.max_matrix_combinations`).
+        self.planned: dict[str, int] = {}
+        self.enumerated = 0
+        self.patterns = 0  # branch and tag patterns of the triggers so far
+        self.planned_steps = 0  # steps of the run after matrix expansion
 
     def error(self, path: Path, message: str, hint: str | None = None, *, arg: int | None = None,
               prop: str | None = None, inner: int | None = None, value: bool = False) -> None:
@@ -186,10 +235,18 @@ class _Checker:
     def condition(self, text: str, path: Path, axes: tuple[str, ...] | None, *,
                   arg: int | None = None, prop: str | None = None) -> None:
         """Report an `if` that does not parse or names a matrix axis the job lacks."""
+        limit = self.limits.max_expression_length
+        if len(text) > limit:
+            self.error(path, f"the condition is {len(text)} characters long; at most {limit}"
+                       " are allowed", self.limits.hint("max_expression_length", "shorten it"),
+                       arg=arg, prop=prop, value=prop is not None)
+            return
         try:
-            tree = parse_expr(text)
+            tree = parse_expr(text, self.limits.max_expression_depth)
         except ExprError as exc:
-            self.error(path, f"condition does not parse: {exc.message}", exc.hint,
+            hint = (self.limits.hint("max_expression_depth", exc.hint or "")
+                    if isinstance(exc, ExprTooDeep) else exc.hint)
+            self.error(path, f"condition does not parse: {exc.message}", hint,
                        arg=arg, prop=prop, inner=exc.offset)
             return
         if "matrix." not in text:
@@ -207,25 +264,33 @@ class _Checker:
                        arg=arg, prop=prop, inner=inner)
         elif axis not in axes:
             self.error(path, f"unknown matrix axis {axis!r}",
-                       f"{_suggest(axis, axes)}the job's axes: {', '.join(axes)}",
+                       f"{_suggest(axis, axes)}the job's axes: {_listing(axes)}",
                        arg=arg, prop=prop, inner=inner)
 
     def templates(self, value: str, path: Path, prop: str, axes: tuple[str, ...] | None) -> None:
-        """Check each `${{ ... }}` in a value; only `${{ matrix.AXIS }}` is substituted."""
-        if "${{" not in value:
-            return
-        for m in TEMPLATE_RE.finditer(value):
-            ref = MATRIX_REF_RE.fullmatch(m.group(1))
+        """Check each `${{ ... }}` in a value; only `${{ matrix.AXIS }}` is substituted.
+
+        One forward scan: each `${{` is closed by the first `}}` after it, and once a `${{`
+        has no `}}` after it, neither has any later one (searching from every `${{` to the end
+        of the value would be quadratic in a value of many unclosed ones).
+        """
+        start = value.find("${{")
+        while start >= 0:
+            end = value.find("}}", start + 3)
+            if end < 0:
+                self.error(path, "`${{` is never closed", "write ${{ matrix.AXIS }}", prop=prop,
+                           inner=value.rfind("${{"))
+                return
+            ref = MATRIX_REF_RE.fullmatch(value, start + 3, end)
             if ref is None:
-                self.error(path, f"unsupported substitution {m.group()!r}",
+                shown = value[start:end + 2]
+                shown = shown if len(shown) <= 60 else shown[:57] + "..."
+                self.error(path, f"unsupported substitution {shown!r}",
                            "only ${{ matrix.AXIS }} is substituted; secrets and env reach steps"
-                           " as environment variables", prop=prop, inner=m.start())
+                           " as environment variables", prop=prop, inner=start)
             else:
-                self.axis_ref(ref.group(1), path, axes, prop=prop, inner=m.start())
-        unclosed = value.rfind("${{")
-        if unclosed >= 0 and "}}" not in value[unclosed:]:
-            self.error(path, "`${{` is never closed", "write ${{ matrix.AXIS }}", prop=prop,
-                       inner=unclosed)
+                self.axis_ref(ref.group(1), path, axes, prop=prop, inner=start)
+            start = value.find("${{", end + 2)
 
     # -- the schema ----------------------------------------------------------------------
     def document(self, doc: ckdl.Document) -> Workflow | None:
@@ -292,7 +357,17 @@ class _Checker:
         if not any(child.name == "job" for child in node.children):
             self.error(path, "the workflow has no jobs",
                        'add a job: job id="build" runs_on="illumos" { step name="Build" run="make" }')
-        self.dependencies(declared)
+        planned = sum(self.planned.values())
+        if planned > self.limits.max_jobs:
+            self.error(path, f"the workflow makes {planned} jobs after matrix expansion;"
+                       f" at most {self.limits.max_jobs} are allowed",
+                       self.limits.hint("max_jobs", "drop jobs or matrix values, or split the"
+                                        " workflow"))
+        elif self.planned_steps > self.limits.max_run_steps:
+            self.error(path, f"the workflow makes {self.planned_steps} steps after matrix"
+                       f" expansion; at most {self.limits.max_run_steps} are allowed",
+                       self.limits.hint("max_run_steps", "join steps, or move them into scripts"))
+        self.dependencies(declared, path)
         return Workflow(name=name, jobs=tuple(jobs), fail_fast=fail_fast,
                         triggers=tuple(triggers), env=env)
 
@@ -334,6 +409,10 @@ class _Checker:
             if patterns:
                 self.error(path, f"{event} events take no patterns",
                            "remove the extra arguments", arg=1)
+        self.patterns += len(branches) + len(tags)
+        if self.patterns > self.limits.max_patterns >= self.patterns - len(branches) - len(tags):
+            self.error(path, f"the triggers have more than {self.limits.max_patterns} branch and"
+                       " tag patterns", self.limits.hint("max_patterns", "use wildcards (release/*)"))
         return Trigger(event=event, branches=tuple(branches), tags=tuple(tags))
 
     def env(self, node: ckdl.Node, path: Path, what: str) -> dict[str, str]:
@@ -380,11 +459,21 @@ class _Checker:
         # The matrix first: steps, `if` and runs_on may refer to its axes.
         matrix = None
         axes = None
+        size = 1
         for index, child in enumerate(children):
             if child.name == "matrix":
-                matrix = self.matrix(child, path + (index,))
+                matrix, size = self.matrix(child, path + (index,))
                 axes = matrix.axis_names if matrix is not None else self.declared_axes(child)
                 break
+        if job_id is not None:
+            self.planned[job_id] = max(self.planned.get(job_id, 0), size)
+        step_count = sum(1 for child in children if child.name == "step")
+        self.planned_steps += size * step_count
+        too_many_steps = step_count > self.limits.max_steps
+        if too_many_steps:
+            self.error(path, f"the job has {step_count} steps; at most {self.limits.max_steps}"
+                       " are allowed",
+                       self.limits.hint("max_steps", "join steps, or move them into a script"))
         if runs_on is not None:
             self.templates(runs_on, path, "runs_on", axes)
 
@@ -400,6 +489,8 @@ class _Checker:
         for index, child in enumerate(children):
             name = child.name
             if name == "step":
+                if too_many_steps:
+                    continue
                 step = _plain_step(child)
                 if step is None:
                     step = self.step_node(child, path + (index,), len(steps) + 1, axes)
@@ -432,10 +523,10 @@ class _Checker:
                 hint = (f"{close}a job holds {', '.join(JOB_CHILDREN)}" if close or name != "job"
                         else "jobs cannot nest; declare it next to this one in the workflow")
                 self.error(where, f"unknown node `{name}` in job", hint)
-        if not steps:
+        if not step_count:
             self.error(path, "the job has no steps",
                        'add at least one: step name="Build" run="make"')
-        if job_id is None or runs_on is None or None in steps:
+        if job_id is None or runs_on is None or too_many_steps or None in steps:
             return None
         return Job(id=job_id, runs_on=runs_on, steps=tuple(steps),  # type: ignore[arg-type]
                    timeout=timeout, needs=tuple(dict.fromkeys(needs)), if_expr=if_expr,
@@ -517,10 +608,20 @@ class _Checker:
         """Axis names of a matrix that has problems, so references to them are still checked."""
         return tuple(c.name for c in node.children if c.name not in ("include", "exclude"))
 
-    def matrix(self, node: ckdl.Node, path: Path) -> Matrix | None:
+    def matrix(self, node: ckdl.Node, path: Path) -> tuple[Matrix | None, int]:
+        """The matrix and how many jobs it makes (1 when it has problems)."""
         before = len(self.problems)
         self.props(node, path, (), "matrix")
         self.no_args(node, path, "matrix", "declare axes inside: matrix { os \"omnios\" \"openindiana\" }")
+        limits = self.limits
+        declared = sum(1 for child in node.children if child.name not in ("include", "exclude"))
+        rules = len(node.children) - declared
+        if declared > limits.max_matrix_axes or rules > limits.max_matrix_rules:
+            what, count, key = (("axes", declared, "max_matrix_axes") if declared > limits.max_matrix_axes
+                                else ("exclude and include rules", rules, "max_matrix_rules"))
+            self.error(path, f"the matrix has {count} {what}; at most {getattr(limits, key)}"
+                       " are allowed", limits.hint(key, "simplify the matrix, or split the job"))
+            return None, 1
         axes: dict[str, tuple[str, ...]] = {}
         filters: dict[str, list[tuple[int, ckdl.Node]]] = {"include": [], "exclude": []}
         for index, child in enumerate(node.children):
@@ -538,7 +639,7 @@ class _Checker:
             if not child.args:
                 self.error(where, f"matrix axis {child.name!r} has no values",
                            f'list them: {child.name} "a" "b"')
-            values: list[str] = []
+            values: dict[str, None] = {}  # ordered, with constant-time membership
             for arg_index, raw in enumerate(child.args):
                 text = _matrix_text(_plain(raw))
                 if text is None:
@@ -548,19 +649,28 @@ class _Checker:
                 if text in values:
                     self.error(where, f"matrix axis {child.name!r} lists {text!r} twice",
                                "remove the repeated value", arg=arg_index)
-                values.append(text)
+                values[text] = None
             axes[child.name] = tuple(values)
         if not node.children:
             self.error(path, "the matrix has no axes", 'add one: matrix { os "omnios" "openindiana" }')
+        product = math.prod(len(values) for values in axes.values())
+        if filters["exclude"] and product > limits.max_matrix_combinations - self.enumerated:
+            # Exclude rules are applied to every combination: count them before making them.
+            self.error(path, f"the matrix makes {product} combinations before exclude; the"
+                       f" workflow's matrices with exclude rules may make at most"
+                       f" {limits.max_matrix_combinations} together",
+                       limits.hint("max_matrix_combinations",
+                                   "drop values, or list the wanted combinations with include"))
+            return None, 1
         excludes = [self.combination(c, path + (i,), axes, "exclude") for i, c in filters["exclude"]]
         includes = [self.combination(c, path + (i,), axes, "include") for i, c in filters["include"]]
         if len(self.problems) > before:
-            return None
+            return None, 1
         matrix = Matrix(axes=tuple(axes.items()),
                         exclude=tuple(e for e in excludes if e is not None),
                         include=tuple(i for i in includes if i is not None))
-        self.combination_count(matrix, path)
-        return matrix
+        count = self.combination_count(matrix, product, path)
+        return (matrix, count) if 0 < count <= limits.max_matrix_jobs else (None, 1)
 
     def combination(self, node: ckdl.Node, path: Path, axes: dict[str, tuple[str, ...]],
                     kind: str) -> dict[str, str] | None:
@@ -577,10 +687,10 @@ class _Checker:
                            _MATRIX_VALUE_HINT, prop=key, value=True)
             elif key not in axes:
                 self.error(path, f"{kind} names unknown matrix axis {key!r}",
-                           f"{_suggest(key, axes)}axes: {', '.join(axes) or 'none'}", prop=key)
+                           f"{_suggest(key, axes)}axes: {_listing(list(axes)) or 'none'}", prop=key)
             elif kind == "exclude" and text not in axes[key]:
                 self.error(path, f"exclude {key}={text!r} matches nothing: the axis has no such value",
-                           f"{_suggest(text, axes[key])}values of {key}: {', '.join(axes[key])}",
+                           f"{_suggest(text, axes[key])}values of {key}: {_listing(axes[key])}",
                            prop=key)
             values[key] = text or ""  # reported above when None; only its presence counts now
         missing = [axis for axis in axes if axis not in values]
@@ -592,20 +702,27 @@ class _Checker:
         # Keep the axis order of the declaration, whatever order the properties were written in.
         return {axis: values[axis] for axis in axes if axis in values}
 
-    def combination_count(self, matrix: Matrix, path: Path) -> None:
-        total = 1
-        for _, values in matrix.axes:
-            total *= len(values)
-        if total > _COUNT_LIMIT:
-            count = total
-        else:
+    def combination_count(self, matrix: Matrix, product: int, path: Path) -> int:
+        """How many jobs the matrix makes (`product` combinations before exclude), reporting
+        too many or none. Only a matrix with exclude rules is enumerated (its `product` was
+        checked against `max_matrix_combinations`): without, the count is arithmetic."""
+        if matrix.exclude:
+            self.enumerated += product
             count = len(matrix_combinations(matrix))
-        if count > MAX_COMBINATIONS:
-            self.error(path, f"the matrix makes {count} jobs; at most {MAX_COMBINATIONS} are allowed",
-                       "drop values, add exclude rules, or split the job")
+        else:
+            value_sets = [frozenset(values) for _, values in matrix.axes]
+            outside = {tuple(rule.values()) for rule in matrix.include
+                       if any(v not in known for v, known in zip(rule.values(), value_sets, strict=True))}
+            count = product + len(outside)
+        limit = self.limits.max_matrix_jobs
+        if count > limit:
+            self.error(path, f"the matrix makes {count} jobs; at most {limit} are allowed",
+                       self.limits.hint("max_matrix_jobs",
+                                        "drop values, add exclude rules, or split the job"))
         elif count == 0:
             self.error(path, "exclude rules remove every combination of the matrix",
                        "loosen the exclude rules")
+        return count
 
     def step_node(self, node: ckdl.Node, path: Path, position: int,
                   axes: tuple[str, ...] | None) -> Step | None:
@@ -643,8 +760,9 @@ class _Checker:
             name = first_line if len(first_line) <= 60 else first_line[:57] + "..."
         return Step(name=name, run=run, timeout=timeout, if_expr=if_expr)
 
-    def dependencies(self, jobs: list[tuple[str, Path]]) -> None:
-        """Unknown and duplicate ids, self-needs and cycles, once every job id is known."""
+    def dependencies(self, jobs: list[tuple[str, Path]], workflow_path: Path) -> None:
+        """Unknown and duplicate ids, self-needs, cycles and the number of dependencies after
+        matrix expansion, once every job id is known."""
         self.step = None
         first_at: dict[str, Path] = {}
         for job_id, path in jobs:
@@ -655,22 +773,35 @@ class _Checker:
             else:
                 first_at[job_id] = path
         known = list(first_at)
+        vocabulary = _Vocabulary(known)
+        listing = _listing(known)
         edges: dict[str, list[str]] = {}
         need_at: dict[tuple[str, str], tuple[Path, int]] = {}
+        expanded = 0
         for job_id, need, where, arg in self.need_refs:
             self.job = job_id
-            need_at.setdefault((job_id, need), (where, arg))
+            if (job_id, need) in need_at:
+                continue  # a repeated need adds nothing (and was reported the first time)
+            need_at[(job_id, need)] = (where, arg)
             if need == job_id:
                 self.error(where, f"job {job_id!r} needs itself", "remove it from needs", arg=arg)
             elif need not in first_at:
                 self.error(where, f"needs unknown job {need!r}",
-                           f"{_suggest(need, known)}jobs: {', '.join(known)}", arg=arg)
+                           f"{vocabulary.suggest(need)}jobs: {listing}", arg=arg)
             else:
                 edges.setdefault(job_id, []).append(need)
+                expanded += self.planned.get(job_id, 1) * self.planned.get(need, 1)
+        self.job = None
+        if expanded > self.limits.max_dependencies:
+            self.error(workflow_path, f"the jobs' needs make {expanded} dependencies after matrix"
+                       f" expansion; at most {self.limits.max_dependencies} are allowed",
+                       self.limits.hint("max_dependencies", "need fewer jobs, or fewer matrixed"
+                                        " jobs (needing one means needing each combination)"))
         for cycle in _cycles(known, edges):
             self.job = cycle[0]
             where, arg = need_at[(cycle[0], cycle[1])]
-            self.error(where, "dependency cycle: " + " -> ".join(cycle),
+            shown = cycle if len(cycle) <= _LISTED else cycle[:_LISTED // 2] + ["..."] + cycle[-_LISTED // 2:]
+            self.error(where, "dependency cycle: " + " -> ".join(shown),
                        "remove one of these needs; a job cannot wait for itself", arg=arg)
         self.job = None
 
@@ -697,13 +828,18 @@ def _plain_step(node: ckdl.Node) -> Step | None:
 
 
 def _cycles(nodes: list[str], edges: dict[str, list[str]]) -> list[list[str]]:
-    """Each cycle closed by a back edge of an iterative depth-first search, spelled out."""
+    """Each cycle closed by a back edge of an iterative depth-first search, spelled out.
+
+    At most `MAX_DIAGNOSTICS` of them: each can be as long as the workflow, so spelling out
+    every one of a workflow's back edges would be quadratic.
+    """
     state: dict[str, int] = {}  # 1 = on the stack, 2 = done
     cycles: list[list[str]] = []
     for root in nodes:
         if root in state:
             continue
         stack: list[tuple[str, int]] = [(root, 0)]
+        depth: dict[str, int] = {root: 0}  # where each node on the path is on it
         on_path: list[str] = [root]
         state[root] = 1
         while stack:
@@ -713,10 +849,12 @@ def _cycles(nodes: list[str], edges: dict[str, list[str]]) -> list[list[str]]:
                 stack[-1] = (node, next_edge + 1)
                 target = targets[next_edge]
                 if state.get(target) == 1:
-                    cycles.append(on_path[on_path.index(target):] + [target])
+                    if len(cycles) < MAX_DIAGNOSTICS:
+                        cycles.append(on_path[depth[target]:] + [target])
                 elif target not in state:
                     state[target] = 1
                     stack.append((target, 0))
+                    depth[target] = len(on_path)
                     on_path.append(target)
             else:
                 state[node] = 2
@@ -726,14 +864,42 @@ def _cycles(nodes: list[str], edges: dict[str, list[str]]) -> list[list[str]]:
 
 
 def _locate(problems: list[_Pending], text: str, path: str) -> list[Diagnostic]:
-    source = SourceMap(text, (p.path for p in problems))
+    """The problems with line:col, in order; past `MAX_DIAGNOSTICS`, one more says how many
+    were left out.
+
+    Only the problems shown are located, so only the nodes they are in are scanned in detail:
+    ordering by child-index path is document order (a node's own entries come before its
+    children), so they are those of the first nodes in path order.
+    """
+    ordered = sorted(problems, key=lambda p: p.path)
+    if len(ordered) > MAX_DIAGNOSTICS:
+        # Up to the first one left out (to say where the rest start), with its node's others.
+        cut = MAX_DIAGNOSTICS + 1
+        while cut < len(ordered) and ordered[cut].path == ordered[cut - 1].path:
+            cut += 1
+        ordered = ordered[:cut]
+    source = SourceMap(text, (p.path for p in ordered))
     located = []
-    for p in problems:
+    for p in ordered:
         offset = source.offset(p.path, arg=p.arg, prop=p.prop, inner=p.inner, value=p.at_value)
         line, col = source.position(offset)
         located.append(Diagnostic(path=path, line=line, col=col, message=p.message, hint=p.hint,
                                   job=p.job, step=p.step))
-    return sorted(located, key=lambda d: (d.line, d.col))
+    located.sort(key=lambda d: (d.line, d.col))
+    if len(problems) > MAX_DIAGNOSTICS:
+        rest = located[MAX_DIAGNOSTICS]
+        located[MAX_DIAGNOSTICS:] = [Diagnostic(
+            path=path, line=rest.line, col=rest.col,
+            message=f"{len(problems) - MAX_DIAGNOSTICS} more problems from here on are not shown",
+            hint="fix the problems above and validate again (cidev validate)")]
+    return located
+
+
+def _encoded_size(text: str, limit: int) -> int:
+    """The UTF-8 size of `text`, or just its length when that alone exceeds `limit`."""
+    if len(text) > limit:
+        return len(text)
+    return len(text.encode("utf-8", "surrogatepass"))
 
 
 @contextmanager
@@ -753,11 +919,19 @@ def _collector_paused() -> Iterator[None]:
             gc.enable()
 
 
-def load_workflow(text: str, path: str = DEFAULT_PATH) -> Workflow:
+def load_workflow(text: str, path: str = DEFAULT_PATH, limits: Limits = DEFAULT_LIMITS) -> Workflow:
     """Parse and validate a workflow file's text; `path` names it in diagnostics.
 
-    Raises `WorkflowError` listing every problem (KDL syntax, or all schema problems at once).
+    Raises `WorkflowError` listing every problem (KDL syntax, or all schema problems at once,
+    at most `MAX_DIAGNOSTICS`), including any of `limits` exceeded. The work is bounded by
+    `limits` and linear in the size of the text; in an event loop use `load_workflow_async`.
     """
+    size = _encoded_size(text, limits.max_bytes)
+    if size > limits.max_bytes:
+        raise WorkflowError([Diagnostic(
+            path, 1, 1, f"the file is {size} bytes; at most {limits.max_bytes} are accepted",
+            limits.hint("max_bytes", "shorten the workflow, or move long scripts into files of"
+                        " the repository that steps run"))])
     with _collector_paused():
         try:
             doc = parse_kdl(text)
@@ -765,7 +939,7 @@ def load_workflow(text: str, path: str = DEFAULT_PATH) -> Workflow:
             p = exc.problem
             raise WorkflowError([Diagnostic(path, p.line, p.col, p.message, p.hint, p.job,
                                             p.step)], text) from None
-        checker = _Checker()
+        checker = _Checker(limits)
         workflow = checker.document(doc)
     if checker.problems or workflow is None:
         raise WorkflowError(_locate(checker.problems, text, path), text)

@@ -37,17 +37,27 @@ class PlannedJob:
 
 
 def matrix_combinations(matrix: Matrix) -> list[dict[str, str]]:
-    """Every combination in a stable order: the axes' product minus `exclude`, then `include`."""
+    """Every combination in a stable order: the axes' product minus `exclude`, then `include`.
+
+    Exclude rules naming the same axes are one set lookup per combination, so the work is the
+    product times the number of distinct axis sets the rules name (the loader bounds both).
+    """
     names = matrix.axis_names
-    combos = []
-    for values in product(*(values for _, values in matrix.axes)):
-        combo = dict(zip(names, values, strict=False))
-        if not any(all(combo[k] == v for k, v in rule.items()) for rule in matrix.exclude):
-            combos.append(combo)
+    position = {name: i for i, name in enumerate(names)}
+    excluded: dict[tuple[int, ...], set[tuple[str, ...]]] = {}
+    for rule in matrix.exclude:
+        axes = tuple(sorted(position[axis] for axis in rule))
+        excluded.setdefault(axes, set()).add(tuple(rule[names[i]] for i in axes))
+    shapes = list(excluded.items())
+    kept = [values for values in product(*(values for _, values in matrix.axes))
+            if not any(tuple(values[i] for i in axes) in rules for axes, rules in shapes)]
+    seen = set(kept)
     for extra in matrix.include:
-        if extra not in combos:
-            combos.append(dict(extra))
-    return combos
+        values = tuple(extra[name] for name in names)
+        if values not in seen:
+            seen.add(values)
+            kept.append(values)
+    return [dict(zip(names, values, strict=True)) for values in kept]
 
 
 def job_key(job_id: str, matrix: dict[str, str]) -> str:
@@ -112,16 +122,48 @@ def topological_order(jobs: Sequence[PlannedJob]) -> list[PlannedJob]:
 
 
 @lru_cache(maxsize=256)
-def _glob(pattern: str) -> re.Pattern[str]:
-    """`*` matches within one path segment, `**` across segments, `?` one character."""
-    parts = re.split(r"(\*\*|\*|\?)", pattern)
-    regex = "".join({"**": ".*", "*": "[^/]*", "?": "[^/]"}.get(p, re.escape(p)) for p in parts)
-    return re.compile(regex)
+def _glob(pattern: str) -> tuple[str, ...]:
+    """The pattern as tokens: `**`, `*`, `?` and single literal characters; a run of stars is
+    one token (`**` if any of them is)."""
+    tokens: list[str] = []
+    for part in re.split(r"(\*\*|\*|\?)", pattern):
+        if part in ("*", "**") and tokens and tokens[-1] in ("*", "**"):
+            tokens[-1] = "**" if "**" in (part, tokens[-1]) else "*"
+        elif part in ("*", "**", "?"):
+            tokens.append(part)
+        else:
+            tokens.extend(part)
+    return tuple(tokens)
 
 
 def glob_matches(pattern: str, name: str) -> bool:
-    """Whether branch or tag `name` matches `pattern` (`release/*`, `v*`, `feature/**`)."""
-    return _glob(pattern).fullmatch(name) is not None
+    """Whether branch or tag `name` matches `pattern` (`release/*`, `v*`, `feature/**`).
+
+    `*` matches within one path segment, `**` across segments, `?` one character. The pattern
+    comes from the workflow and the name from whoever pushed, so this walks every way the
+    pattern can match at once, in time linear in the name (times the pattern's live
+    positions); a backtracking regex takes exponential time on `*a*a*a*a...c`.
+    """
+    tokens = _glob(pattern)
+    end = len(tokens)
+
+    def past_stars(states: set[int]) -> set[int]:
+        # A star may match nothing: every position on a star also stands after it.
+        return states | {s + 1 for s in states if s < end and tokens[s] in ("*", "**")}
+
+    states = past_stars({0})
+    for char in name:
+        following: set[int] = set()
+        for s in states:
+            token = tokens[s] if s < end else None
+            if token == "**" or (token == "*" and char != "/"):
+                following.add(s)
+            elif token == char or (token == "?" and char != "/"):
+                following.add(s + 1)
+        states = past_stars(following)
+        if not states:
+            return False
+    return end in states
 
 
 def matches_trigger(workflow: Workflow, event: str, branch: str | None = None,

@@ -92,17 +92,22 @@ class SourceNode:
     children: list[SourceNode] = field(default_factory=list)  # kept by ckdl, by index
     all_children: list[SourceNode] = field(default_factory=list)  # including slashdashed
     brace: int | None = None
+    # The arguments and properties ckdl kept, made on first use: once per node, as a node
+    # may hold thousands of them.
+    kept_args: list[Entry] | None = None
+    kept_props: dict[str, Entry] | None = None
 
     def arg(self, index: int) -> Entry | None:
-        kept = [e for e in self.entries if e.key is None and not e.discarded]
+        if self.kept_args is None:
+            self.kept_args = [e for e in self.entries if e.key is None and not e.discarded]
+        kept = self.kept_args
         return kept[index] if 0 <= index < len(kept) else None
 
     def prop(self, key: str) -> Entry | None:
-        found = None
-        for entry in self.entries:
-            if entry.key == key and not entry.discarded:
-                found = entry  # the last one wins, as in ckdl
-        return found
+        if self.kept_props is None:
+            # The last one wins, as in ckdl.
+            self.kept_props = {e.key: e for e in self.entries if e.key is not None and not e.discarded}
+        return self.kept_props.get(key)
 
 
 def _decode_string(raw: str, kind: str) -> str:
