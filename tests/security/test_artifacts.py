@@ -29,7 +29,7 @@ from orchestrator.backends.base import VM, RunnerBootstrap
 from orchestrator.backends.local import LocalBackend
 from orchestrator.config import OrchestratorConfig
 from orchestrator.service import Orchestrator
-from orchestrator.standalone import running
+from orchestrator.standalone import private_admin, running
 from protos import runner_pb2, runner_pb2_grpc
 from tests.orchestrator.conftest import run_request
 from workflow_runner import artifacts as runner_artifacts
@@ -141,7 +141,7 @@ async def launch(pg_dsn: str, tmp_path: Path) -> AsyncIterator[Launch]:
             "host_name": f"test-{uuid.uuid4().hex[:8]}", "state_dir": tmp_path / "state",
             "database_url": pg_dsn, "grpc_listen": "127.0.0.1:0", "capacity": {"local": 1},
             "allow_local_backend": True, "boot_timeout": 30, "heartbeat_timeout": 60,
-            **overrides})
+            **private_admin(), **overrides})
         context = running(config, backend=backend)
         orchestrator = await context.__aenter__()
         contexts.append(context)

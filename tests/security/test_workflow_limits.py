@@ -37,7 +37,7 @@ from forge_integration.config import ForgeIntegrationConfig
 from github_integration.config import GitHubIntegrationConfig
 from orchestrator.backends.local import LocalBackend
 from orchestrator.config import OrchestratorConfig
-from orchestrator.standalone import running
+from orchestrator.standalone import private_admin, running
 from tests.fakes.forgejo_api import FakeForgejo
 from tests.fakes.github_api import FakeGitHub
 from tests.forge.conftest import add_fixture_repos, make_config, service_with
@@ -365,7 +365,7 @@ async def orchestrator(pg_dsn: str, tmp_path: Path) -> AsyncIterator[Start]:
         config = OrchestratorConfig(
             host_name=f"test-{uuid.uuid4().hex[:8]}", state_dir=tmp_path / "state",
             database_url=pg_dsn, grpc_listen="127.0.0.1:0", capacity={"local": 1},
-            allow_local_backend=True, **overrides)
+            allow_local_backend=True, **private_admin(), **overrides)
         context = running(config, backend=LocalBackend(tmp_path / "machines"))
         contexts.append(context)
         return await context.__aenter__()
