@@ -88,6 +88,10 @@ class OrchestratorConfig(BaseModel):
     drain_timeout: float = Field(default=600.0, ge=0)
     # ReportResult waits this long for the log chunks the runner says it sent.
     log_drain_timeout: float = Field(default=10.0, ge=0)
+    # A job's log quota: its bytes in all, and how far past the last chunk stored without a
+    # gap a chunk may arrive. The first chunk past either fails the job (see rpc.StreamLogs).
+    log_quota_bytes: int = Field(default=128 * 1024 * 1024, gt=0)
+    log_reorder_window: int = Field(default=1024, ge=1)
     log_level: str = "info"
     # The backends' own tables, `[orchestrator.bhyve]` and `[orchestrator.qemu]`: read and
     # checked by the backend when it is the one chosen.

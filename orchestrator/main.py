@@ -22,6 +22,7 @@ from common.errors import ConfigError, SolsticeError
 from common.observability import setup_observability
 from orchestrator.backends.base import VMBackend
 from orchestrator.config import OrchestratorConfig
+from orchestrator.service import ServiceFailed
 from orchestrator.standalone import running
 
 log = logging.getLogger("orchestrator")
@@ -111,18 +112,30 @@ def make_backend(config: OrchestratorConfig, config_path: str | None = None) -> 
 
 
 async def serve(config: OrchestratorConfig, config_path: str | None = None) -> None:
-    """Run until SIGTERM/SIGINT, then drain."""
+    """Run until SIGTERM/SIGINT, then drain; `ServiceFailed` when a part the host cannot run
+    without stopped (its jobs are handed back at once)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     mode = "multi-host" if config.amqp_url else "standalone"
     async with running(config, backend=make_backend(config, config_path), grace=config.drain_timeout,
-                       hand_back=True):
+                       hand_back=True) as orchestrator:
         log.info("ready", extra={"host": config.host_name, "mode": mode})
-        await stop.wait()
-        log.info("draining", extra={"host": config.host_name,
-                                    "drain_timeout": config.drain_timeout})
+        assert orchestrator.failure is not None
+        stopping = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({stopping, orchestrator.failure}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        failure = orchestrator.failure.result() if orchestrator.failure.done() else None
+        if failure is not None:
+            log.critical("stopping so that the service manager restarts this host: %s", failure,
+                         extra={"host": config.host_name})
+        else:
+            log.info("draining", extra={"host": config.host_name,
+                                        "drain_timeout": config.drain_timeout})
+    if failure is not None:
+        raise ServiceFailed(f"the orchestrator failed: {failure}",
+                            hint="see the log above; systemd restarts it (Restart=on-failure)")
     log.info("drained; exiting", extra={"host": config.host_name})
 
 
@@ -136,6 +149,9 @@ def main(argv: list[str] | None = None) -> int:
     setup_observability("solstice-orchestrator", level=config.log_level)
     try:
         asyncio.run(serve(config, args.config))
+    except ServiceFailed as exc:
+        print(f"solstice-orchestrator: error: {exc}", file=sys.stderr)
+        return 1
     except SolsticeError as exc:
         print(f"solstice-orchestrator: error: {exc}", file=sys.stderr)
         return 2

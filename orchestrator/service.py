@@ -10,6 +10,7 @@ from collections.abc import Mapping
 import grpc
 
 from common.broker import Broker, Delivery, Subscription
+from common.errors import SolsticeError
 from common.http import BackgroundServer
 from common.messages import RunRequest, decode
 from orchestrator.admin import AdminService
@@ -25,7 +26,7 @@ from orchestrator.logstore import LogStore
 from orchestrator.outbox import OutboxRelay
 from orchestrator.reaper import Reaper
 from orchestrator.rpc import DatabaseUnavailable, RunnerService
-from orchestrator.sessions import Sessions
+from orchestrator.sessions import LogQuota, Sessions
 from orchestrator.store import Store
 from orchestrator.updates import Hub
 from orchestrator.web import build_app
@@ -46,8 +47,15 @@ def advertised(listen: str, port: int, advertise: str | None) -> str:
     return f"{host}:{port}"
 
 
+class ServiceFailed(SolsticeError):
+    """A part the host cannot run without stopped; the process exits so it is restarted."""
+
+
 class Orchestrator:
-    """Start with `await start()`, stop with `await stop()`; `api` is the in-process API."""
+    """Start with `await start()`, stop with `await stop()`; `api` is the in-process API.
+
+    `failure` resolves (with the reason) if a part the host cannot run without stops on its
+    own (the log writer); whoever runs the host must then stop it and exit non-zero."""
 
     def __init__(self, config: OrchestratorConfig, *, db: Database, broker: Broker,
                  backend: VMBackend, secrets: Mapping[str, str] | None = None) -> None:
@@ -79,6 +87,7 @@ class Orchestrator:
         self._runs: Subscription | None = None
         self.grpc_url = ""
         self.web: BackgroundServer | None = None
+        self.failure: asyncio.Future[str] | None = None
 
     async def start(self) -> None:
         # Hold the host name and clear up after a previous life before taking any job.
@@ -88,12 +97,15 @@ class Orchestrator:
             asyncio.create_task(self.registry.run(on_fenced=self._fenced), name="host-heartbeat"),
             asyncio.create_task(self.reaper.run(), name="reaper")]
         await self.backend.prepare()
-        self.logs.start()
+        self.failure = asyncio.get_running_loop().create_future()
+        self.logs.start(on_failure=self._fail)
         self.server = grpc.aio.server(options=GRPC_OPTIONS, interceptors=[DatabaseUnavailable()])
         runner_pb2_grpc.add_RunnerServicer_to_server(RunnerService(
             store=self.store, sessions=self.sessions, logs=self.logs, hub=self.hub,
             effects=self.effects, broker=self.broker,
-            log_drain_timeout=self.config.log_drain_timeout), self.server)
+            log_drain_timeout=self.config.log_drain_timeout,
+            log_quota=LogQuota(max_bytes=self.config.log_quota_bytes,
+                               window=self.config.log_reorder_window)), self.server)
         admin_pb2_grpc.add_AdminServicer_to_server(AdminService(
             db=self.db, api=self.api, registry=self.registry, token=self.config.admin_token),
             self.server)
@@ -122,6 +134,10 @@ class Orchestrator:
         await self.intake.accept(request)
         await delivery.ack()
 
+    def _fail(self, reason: str) -> None:
+        if self.failure is not None and not self.failure.done():
+            self.failure.set_result(reason)
+
     def _fenced(self) -> None:
         """Another process took this host name over: our leases are void, take no more jobs."""
         if self.executor is not None:
@@ -129,7 +145,10 @@ class Orchestrator:
 
     async def stop(self, grace: float = 0.0, *, hand_back: bool = False) -> None:
         """Stop taking work; give running jobs `grace` seconds, then end them (`error`) or,
-        with `hand_back` (the drain on SIGTERM), re-queue them for other hosts; close down."""
+        with `hand_back` (the drain on SIGTERM), re-queue them for other hosts; close down.
+        A failed host (see `failure`) gives them no grace: it cannot store their logs."""
+        if self.failure is not None and self.failure.done():
+            grace = 0.0
         await self.registry.set_state("draining")
         if self._runs is not None:
             await self._runs.cancel()
