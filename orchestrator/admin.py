@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 
+from orchestrator import validate
 from orchestrator.api import JobSummary, OrchestratorAPI, RunSummary
 from orchestrator.db import Database
 from orchestrator.hosts import HostRegistry
@@ -61,10 +62,10 @@ class AdminService(admin_pb2_grpc.AdminServicer):
                                 "missing or wrong admin token (ciadm --token / SOLSTICE_ADMIN_TOKEN)")
 
     async def _resolve(self, table: str, ref: str, context: grpc.aio.ServicerContext) -> uuid.UUID:
-        ref = ref.strip().lower()
-        if len(ref) < 4:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                f"give at least 4 characters of the {table[:-1]} id")
+        try:
+            ref = validate.id_prefix(f"{table[:-1]} id", ref)
+        except validate.InvalidMessage as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         rows = await self.db.pool.fetch(
             f"SELECT id FROM {table} WHERE id::text LIKE $1 || '%' LIMIT 2", ref)
         if not rows:
@@ -91,6 +92,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
     async def ListRuns(self, request: admin_pb2.ListRunsRequest,
                        context: grpc.aio.ServicerContext) -> admin_pb2.ListRunsReply:
         await self._authorize(context)
+        await validate.require(context, validate.list_runs_request, request)
         rows = await self.db.pool.fetch(
             "SELECT id FROM runs WHERE ($1 = '' OR state = $1) ORDER BY created_at DESC LIMIT $2",
             request.state, request.limit or 20)

@@ -21,6 +21,7 @@ from starlette.routing import Route
 from orchestrator.api import JobSummary, RunSummary, load_summary
 from orchestrator.db import Database
 from orchestrator.logstore import read_log
+from orchestrator.validate import INT64_MAX
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2rem; color: #222; }
@@ -119,7 +120,11 @@ def build_app(db: Database) -> Starlette:
         try:
             after = int(request.query_params.get("after", "0"))
         except ValueError:
-            return PlainTextResponse("`after` must be a whole number", status_code=400)
+            after = -1
+        # Sequence numbers are bigint: anything outside would overflow the query.
+        if not 0 <= after <= INT64_MAX:
+            return PlainTextResponse(f"`after` must be a whole number from 0 to {INT64_MAX}",
+                                     status_code=400)
         log = await read_log(db, job_id, after_seq=after) if job_id else None
         if log is None:
             return _not_found("job")
