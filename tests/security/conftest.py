@@ -1,0 +1,3 @@
+from tests.orchestrator.conftest import orchestrator_factory
+
+__all__ = ["orchestrator_factory"]
