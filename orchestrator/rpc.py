@@ -202,9 +202,10 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
         if state is None:
             state, message = JobState.ERROR, f"the runner reported no outcome ({message})"
         try:
-            async with session.logs_progress:
-                await asyncio.wait_for(session.logs_progress.wait_for(
-                    lambda: session.contiguous >= request.last_log_seq), self.log_drain_timeout)
+            # asyncio.timeout, not wait_for, which can swallow a cancel (CPython gh-86296).
+            async with asyncio.timeout(self.log_drain_timeout), session.logs_progress:
+                await session.logs_progress.wait_for(
+                    lambda: session.contiguous >= request.last_log_seq)
         except TimeoutError:
             log.warning("result reported before all its logs arrived",
                         extra={"job_id": request.job_id, "have": session.contiguous,

@@ -1,3 +1,3 @@
-from tests.orchestrator.conftest import orchestrator_factory
+from tests.orchestrator.conftest import harness, orchestrator_factory
 
-__all__ = ["orchestrator_factory"]
+__all__ = ["harness", "orchestrator_factory"]

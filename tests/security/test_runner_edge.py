@@ -27,7 +27,7 @@ from orchestrator.backends.qemu import GuestForward, write_relay_script
 from orchestrator.config import OrchestratorConfig
 from orchestrator.sessions import LogQuota, LogQuotaExceeded
 from orchestrator.standalone import running
-from protos import runner_pb2, runner_pb2_grpc
+from protos import admin_pb2, admin_pb2_grpc, runner_pb2, runner_pb2_grpc
 from tests.orchestrator.conftest import Factory, Harness, run_request
 
 WORKFLOW = '''
@@ -175,6 +175,40 @@ async def test_hostile_runner_messages_get_invalid_argument_and_logs_keep_flowin
     assert [j.state for j in summary.jobs] == [JobState.SUCCESS, JobState.SUCCESS]
     assert await stored(harness, b.job_id) == b"b one\nb two\n"
     assert await stored(harness, a.job_id) == b"a one\n"
+
+
+async def test_the_real_runner_passes_the_edge(orchestrator_factory: Factory) -> None:
+    """What our own runner sends (logs of every stream, step reports, multi-chunk and empty
+    artifacts, the result) is all inside the bounds."""
+    harness = await orchestrator_factory()
+    summary = await harness.run('''
+workflow {
+    job id="a" runs_on="local" {
+        artifacts "out/*"
+        step name="files" run="mkdir out && head -c 600000 /dev/zero > out/big && : > out/empty"
+        step name="talk" run="echo made && echo warned >&2"
+    }
+}''')
+    [job] = summary.jobs
+    assert job.state == JobState.SUCCESS, job.message
+    text = await harness.logs(job.job_id)
+    assert b"made\n" in text and b"warned\n" in text
+    assert b"uploaded 2 artifact files (600000 bytes)" in text
+
+
+async def test_admin_inputs_are_validated(harness: Harness) -> None:
+    async with grpc.aio.insecure_channel(harness.orchestrator.grpc_url) as channel:
+        admin = admin_pb2_grpc.AdminStub(channel)
+        # LIKE wildcards would match any run; NUL would reach Postgres as an error.
+        for ref in ("%%%%", "____", "abcd\x00", "ab", "0" * 37):
+            await refused(admin.GetRun(admin_pb2.RunRef(run_id=ref)))
+            await refused(admin.CancelRun(admin_pb2.RunRef(run_id=ref)))
+            await refused(admin.TailLogs(admin_pb2.TailLogsRequest(job_id=ref)).read())
+        for request in (admin_pb2.ListRunsRequest(limit=1_000_000),
+                        admin_pb2.ListRunsRequest(state="running\x00"),
+                        admin_pb2.ListRunsRequest(state="x" * 1000)):
+            await refused(admin.ListRuns(request))
+        assert (await admin.ListRuns(admin_pb2.ListRunsRequest(limit=1000))).runs == []
 
 
 async def test_a_batch_the_database_refuses_costs_only_its_bad_records(
