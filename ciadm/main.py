@@ -27,7 +27,7 @@ from common.cli import quiet_on_closed_stdout
 from common.errors import SolsticeError
 from protos import admin_pb2, admin_pb2_grpc
 
-MAX_LIMIT = 10_000
+MAX_LIMIT = 1000  # the Admin service's own bound (orchestrator/validate.py)
 # gRPC has no scheme of its own: `http://` names the same plain-text port. TLS is not spoken.
 PLAIN_SCHEMES = ("http://", "grpc://")
 # Targets in gRPC's own naming (`unix:/run/solstice.sock`, `dns:///host:port`) go as they are.

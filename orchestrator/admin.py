@@ -14,7 +14,8 @@ from collections.abc import AsyncIterator, Callable
 
 import grpc
 
-from orchestrator.api import RUN_STATES, JobSummary, OrchestratorAPI, RunSummary
+from orchestrator import validate
+from orchestrator.api import JobSummary, OrchestratorAPI, RunSummary
 from orchestrator.db import Database
 from orchestrator.hosts import HostRegistry
 from orchestrator.logstore import read_log
@@ -56,10 +57,10 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         self.pages_url = pages_url
 
     async def _resolve(self, table: str, ref: str, context: grpc.aio.ServicerContext) -> uuid.UUID:
-        ref = ref.strip().lower()
-        if len(ref) < 4:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                f"give at least 4 characters of the {table[:-1]} id")
+        try:
+            ref = validate.id_prefix(f"{table[:-1]} id", ref)
+        except validate.InvalidMessage as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         rows = await self.db.pool.fetch(
             f"SELECT id FROM {table} WHERE id::text LIKE $1 || '%' LIMIT 2", ref)
         if not rows:
@@ -87,10 +88,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
 
     async def ListRuns(self, request: admin_pb2.ListRunsRequest,
                        context: grpc.aio.ServicerContext) -> admin_pb2.ListRunsReply:
-        if request.state and request.state not in RUN_STATES:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                f"no run state {request.state!r}; the states are "
-                                f"{', '.join(RUN_STATES)}")
+        await validate.require(context, validate.list_runs_request, request)
         rows = await self.db.pool.fetch(
             "SELECT id FROM runs WHERE ($1 = '' OR state = $1) ORDER BY created_at DESC LIMIT $2",
             request.state, request.limit or 20)

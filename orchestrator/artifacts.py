@@ -31,6 +31,7 @@ import grpc
 from common.artifact_paths import ArtifactPathError, check_artifact_path
 from common.errors import SolsticeError
 from common.postgres import create_pool
+from orchestrator import validate
 from orchestrator.db import Database
 from orchestrator.sessions import JobSession
 from protos import runner_pb2
@@ -250,8 +251,15 @@ async def _drain(chunks: AsyncIterator[runner_pb2.ArtifactChunk]) -> None:
 
 async def _checked(session: JobSession, chunks: AsyncIterator[runner_pb2.ArtifactChunk],
                    ) -> AsyncIterator[runner_pb2.ArtifactChunk]:
-    """The stream's chunks, refusing one that names another job than the token's."""
+    """The stream's chunks, each checked at the edge (`validate.artifact_chunk`), refusing one
+    that names another job than the token's."""
+    first = True
     async for chunk in chunks:
+        try:
+            validate.artifact_chunk(chunk, first=first)
+        except validate.InvalidMessage as exc:
+            raise ArtifactRefused(str(exc)) from exc
         if chunk.job_id != str(session.job_id):
             raise ArtifactRefused("an artifact chunk names another job than the token's")
+        first = chunk.last
         yield chunk

@@ -103,6 +103,10 @@ class OrchestratorConfig(BaseModel):
     max_artifact_file_bytes: int = Field(default=256 * 1024 * 1024, gt=0)
     max_artifact_job_bytes: int = Field(default=512 * 1024 * 1024, gt=0)
     artifact_upload_concurrency: int = Field(default=4, ge=1)
+    # A job's log quota: its bytes in all, and how far past the last chunk stored without a
+    # gap a chunk may arrive. The first chunk past either fails the job (see rpc.StreamLogs).
+    log_quota_bytes: int = Field(default=128 * 1024 * 1024, gt=0)
+    log_reorder_window: int = Field(default=1024, ge=1)
     log_level: str = "info"
     # What one workflow file may cost to validate and plan (docs/config.md).
     workflow_limits: Limits = Field(default_factory=Limits)

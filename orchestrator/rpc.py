@@ -5,6 +5,11 @@ this job and attempt, before it expires, and only while this host holds the job'
 (checked in one conditional UPDATE). Every other call carries the same token as
 `authorization: Bearer <token>` metadata and is accepted only while the job's session is open
 on this host. Anything else gets UNAUTHENTICATED and nothing more.
+
+Every field of every message is checked (`orchestrator.validate`) before it is used: a value
+the protocol or the database does not allow gets INVALID_ARGUMENT. A job's log is bounded by
+its `LogQuota`; the first chunk past it closes the log with a line saying so, fails the job
+and gets RESOURCE_EXHAUSTED.
 """
 from __future__ import annotations
 
@@ -19,12 +24,12 @@ import grpc
 
 from common.broker import Broker
 from common.messages import JobState
-from orchestrator import tokens
+from orchestrator import tokens, validate
 from orchestrator.artifacts import ArtifactRefused, ArtifactStore
 from orchestrator.db import TRANSIENT_ERRORS
 from orchestrator.effects import Effects
-from orchestrator.logstore import LogStore
-from orchestrator.sessions import JobSession, Sessions
+from orchestrator.logstore import LogStore, LogStoreFailed
+from orchestrator.sessions import JobSession, LogQuota, LogQuotaExceeded, Sessions
 from orchestrator.store import Store
 from orchestrator.updates import Hub, LogUpdate, StepUpdate
 from protos import runner_pb2, runner_pb2_grpc
@@ -71,7 +76,7 @@ def _bearer(context: grpc.aio.ServicerContext) -> str | None:
 class RunnerService(runner_pb2_grpc.RunnerServicer):
     def __init__(self, *, store: Store, sessions: Sessions, logs: LogStore, hub: Hub,
                  effects: Effects, broker: Broker, artifacts: ArtifactStore,
-                 log_drain_timeout: float) -> None:
+                 log_drain_timeout: float, log_quota: LogQuota) -> None:
         self.store = store
         self.sessions = sessions
         self.logs = logs
@@ -80,6 +85,7 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
         self.broker = broker
         self.artifacts = artifacts
         self.log_drain_timeout = log_drain_timeout
+        self.log_quota = log_quota
 
     async def _session(self, context: grpc.aio.ServicerContext, job_id: str) -> JobSession:
         """The open session the bearer token belongs to; aborts UNAUTHENTICATED otherwise."""
@@ -94,6 +100,7 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
 
     async def GetJob(self, request: runner_pb2.GetJobRequest,
                      context: grpc.aio.ServicerContext) -> runner_pb2.Job:
+        await validate.require(context, validate.get_job_request, request)
         token_hash = tokens.digest(request.token)
         session = self.sessions.by_token(token_hash)
         if session is None or request.job_id != str(session.job_id):
@@ -112,31 +119,57 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
                          context: grpc.aio.ServicerContext) -> runner_pb2.LogAck:
         session = await self._session(context, "")
         job_id = str(session.job_id)
-        async for chunk in request_iterator:
-            if chunk.job_id != job_id:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                    "a log chunk names another job than the token's")
-            if chunk.seq < 1:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "log seq starts at 1")
-            if not session.accept_seq(chunk.seq):
-                continue
-            data = session.masker.mask(chunk.data)
-            ts = datetime.fromtimestamp(chunk.timestamp_unix_ms / 1000, UTC)
-            self.logs.add((session.job_id, session.attempt, chunk.seq, chunk.step_index,
-                           chunk.stream, ts, data))
-            if self.hub.watching_logs:
-                self.hub.publish(LogUpdate(session.run_id, session.job_id, session.key,
-                                           chunk.step_index, chunk.stream, data,
-                                           chunk.timestamp_unix_ms))
-            await self.broker.publish_log(job_id, data)
-        session.touch()
-        await self.logs.sync()
+        steps = len(session.spec["steps"])
+        try:
+            async for chunk in request_iterator:
+                await validate.require(context, validate.log_chunk, chunk)
+                if chunk.job_id != job_id:
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                        "a log chunk names another job than the token's")
+                if chunk.step_index >= steps:
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                        f"step_index: the job has {steps} steps")
+                try:
+                    if not session.accept_chunk(chunk.seq, len(chunk.data), self.log_quota):
+                        continue
+                except LogQuotaExceeded as exc:
+                    if exc.first:
+                        await self._close_log(session, exc)
+                    await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+                await self._store_chunk(session, chunk.seq, chunk.step_index, chunk.stream,
+                                        chunk.timestamp_unix_ms, session.masker.mask(chunk.data))
+            session.touch()
+            await self.logs.sync()
+        except LogStoreFailed as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
         async with session.logs_progress:
             session.logs_progress.notify_all()
         return runner_pb2.LogAck(last_seq=session.contiguous)
 
+    async def _store_chunk(self, session: JobSession, seq: int, step_index: int, stream: int,
+                           timestamp_ms: int, data: bytes) -> None:
+        """Hand one (masked) chunk to the log store, the live watchers and the broker."""
+        ts = datetime.fromtimestamp(timestamp_ms / 1000, UTC)
+        self.logs.add((session.job_id, session.attempt, seq, step_index, stream, ts, data))
+        if self.hub.watching_logs:
+            self.hub.publish(LogUpdate(session.run_id, session.job_id, session.key, step_index,
+                                       stream, data, timestamp_ms))
+        await self.broker.publish_log(str(session.job_id), data)
+
+    async def _close_log(self, session: JobSession, exc: LogQuotaExceeded) -> None:
+        """The first chunk past the quota: end the log with a line saying why, fail the job."""
+        log.warning("job log quota exceeded; the job fails",
+                    extra={"job_id": str(session.job_id), "reason": session.log_closed})
+        line = f"solstice: {session.log_closed}; the rest of this job's log was dropped\n"
+        now_ms = int(datetime.now(UTC).timestamp() * 1000)
+        await self._store_chunk(session, session.next_free_seq, validate.NO_STEP,
+                                runner_pb2.SYSTEM, now_ms, line.encode())
+        session.set_result(JobState.FAILURE, exc.message)
+        await self.logs.sync()
+
     async def ReportStep(self, request: runner_pb2.StepReport,
                          context: grpc.aio.ServicerContext) -> runner_pb2.Ack:
+        await validate.require(context, validate.step_report, request)
         session = await self._session(context, request.job_id)
         state = STEP_STATES.get(request.state)
         if state is None or state == "pending":
@@ -162,15 +195,17 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
 
     async def ReportResult(self, request: runner_pb2.JobResult,
                            context: grpc.aio.ServicerContext) -> runner_pb2.Ack:
+        await validate.require(context, validate.job_result, request)
         session = await self._session(context, request.job_id)
         state = OUTCOMES.get(request.outcome)
         message = request.message
         if state is None:
             state, message = JobState.ERROR, f"the runner reported no outcome ({message})"
         try:
-            async with session.logs_progress:
-                await asyncio.wait_for(session.logs_progress.wait_for(
-                    lambda: session.contiguous >= request.last_log_seq), self.log_drain_timeout)
+            # asyncio.timeout, not wait_for, which can swallow a cancel (CPython gh-86296).
+            async with asyncio.timeout(self.log_drain_timeout), session.logs_progress:
+                await session.logs_progress.wait_for(
+                    lambda: session.contiguous >= request.last_log_seq)
         except TimeoutError:
             log.warning("result reported before all its logs arrived",
                         extra={"job_id": request.job_id, "have": session.contiguous,
@@ -194,6 +229,10 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
                 message = await ping
                 if message is grpc.aio.EOF:
                     return
+                await validate.require(context, validate.heartbeat_ping, message)
+                if message.job_id not in ("", str(session.job_id)):
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                        "a heartbeat names another job than the token's")
                 session.touch()
                 if not session.cancel.is_set():
                     await context.write(runner_pb2.Control(action=runner_pb2.Control.CONTINUE))

@@ -35,7 +35,7 @@ from orchestrator.logstore import LogStore
 from orchestrator.outbox import OutboxRelay
 from orchestrator.reaper import Reaper
 from orchestrator.rpc import DatabaseUnavailable, RunnerService
-from orchestrator.sessions import Sessions
+from orchestrator.sessions import LogQuota, Sessions
 from orchestrator.store import OUTBOX_CHANNEL, Store
 from orchestrator.updates import Hub
 from orchestrator.web import build_app
@@ -111,7 +111,7 @@ class Orchestrator:
                                   finite=True),
             self.supervisor.spawn("reaper", self.reaper.run())]
         await self.backend.prepare()
-        self.logs.start()
+        self.logs.start(self.supervisor.spawn)
         self.artifacts = await ArtifactStore.open(self.db, self.config.host_name, ArtifactLimits(
             file_bytes=self.config.max_artifact_file_bytes,
             job_bytes=self.config.max_artifact_job_bytes,
@@ -120,7 +120,9 @@ class Orchestrator:
         runner_pb2_grpc.add_RunnerServicer_to_server(RunnerService(
             store=self.store, sessions=self.sessions, logs=self.logs, hub=self.hub,
             effects=self.effects, broker=self.broker, artifacts=self.artifacts,
-            log_drain_timeout=self.config.log_drain_timeout), self.server)
+            log_drain_timeout=self.config.log_drain_timeout,
+            log_quota=LogQuota(max_bytes=self.config.log_quota_bytes,
+                               window=self.config.log_reorder_window)), self.server)
         port = self.server.add_insecure_port(self.config.grpc_listen)
         await self.server.start()
         self.grpc_url = advertised(self.config.grpc_listen, port, self.config.grpc_advertise)
@@ -186,7 +188,8 @@ class Orchestrator:
         with `hand_back` (the drain on SIGTERM), re-queue them for other hosts; close down.
 
         After a supervised task failed, running jobs are not given `grace`: the host is
-        broken (its heartbeat may be the part that failed) and its jobs are better re-run
+        broken (its heartbeat or its log writer may be the part that
+        failed) and its jobs are better re-run
         elsewhere now than finished here while the other hosts think it is dead."""
         self.supervisor.stop()
         if self.supervisor.failure is not None:

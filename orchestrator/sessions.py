@@ -2,6 +2,8 @@
 
 A `JobSession` lives from the lease to the end of the job. The runner's token is checked
 against it (and, for GetJob, against the database); when the session closes the token is dead.
+It also holds the job's log quota: the bytes a job may log and how far ahead of the stored
+sequence its chunks may arrive. The first chunk past either closes the job's log for good.
 """
 from __future__ import annotations
 
@@ -11,8 +13,28 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from common.errors import SolsticeError
 from common.masking import SecretMasker
 from common.messages import JobState, Repo
+
+
+@dataclass(frozen=True)
+class LogQuota:
+    """What one job attempt may log: `max_bytes` in all, and chunks at most `window` sequence
+    numbers past the last one stored without a gap (an honest runner resends in order, so
+    only a hostile one leaves gaps that wide)."""
+
+    max_bytes: int
+    window: int
+
+
+class LogQuotaExceeded(SolsticeError):
+    """The job's log went past its quota; nothing more of it is stored. `first` on the
+    chunk that closed the log (the one call that writes the closing line)."""
+
+    def __init__(self, message: str, *, hint: str, first: bool) -> None:
+        super().__init__(message, hint=hint)
+        self.first = first
 
 
 @dataclass
@@ -40,6 +62,9 @@ class JobSession:
     # Log sequence bookkeeping: every seq <= `contiguous` was accepted, plus those in `ahead`.
     contiguous: int = 0
     ahead: set[int] = field(default_factory=set)
+    log_bytes: int = 0
+    # Why the job's log is closed (its quota was hit); empty while it is open.
+    log_closed: str = ""
     logs_progress: asyncio.Condition = field(default_factory=asyncio.Condition)
     # Artifact bytes stored or arriving for this attempt, against the per-job cap
     # (orchestrator/artifacts.py).
@@ -53,10 +78,26 @@ class JobSession:
         self.touch()
         self.started.set()
 
-    def accept_seq(self, seq: int) -> bool:
-        """Whether chunk `seq` is new (False for a resent duplicate)."""
-        if seq <= self.contiguous or seq in self.ahead:
+    def accept_chunk(self, seq: int, size: int, quota: LogQuota) -> bool:
+        """Whether chunk `seq` of `size` bytes is new (False for a resent duplicate).
+
+        `LogQuotaExceeded` when the log is closed or this chunk goes past `quota`; the first
+        such chunk closes the log (see `log_closed`)."""
+        was_open = not self.log_closed
+        if was_open:
+            if seq > self.contiguous + quota.window:
+                self.log_closed = (f"log chunk {seq} arrived more than {quota.window} chunks "
+                                   f"after the last one stored without a gap ({self.contiguous})")
+            elif self.log_bytes + size > quota.max_bytes and not self._duplicate(seq):
+                self.log_closed = f"the job's log exceeded its quota of {quota.max_bytes} bytes"
+        if self.log_closed:
+            raise LogQuotaExceeded(
+                f"{self.log_closed}; nothing more of this job's log is stored",
+                hint="the limits are the orchestrator's log_quota_bytes and log_reorder_window",
+                first=was_open)
+        if self._duplicate(seq):
             return False
+        self.log_bytes += size
         if seq == self.contiguous + 1:
             self.contiguous = seq
             while self.contiguous + 1 in self.ahead:
@@ -65,6 +106,14 @@ class JobSession:
         else:
             self.ahead.add(seq)
         return True
+
+    def _duplicate(self, seq: int) -> bool:
+        return seq <= self.contiguous or seq in self.ahead
+
+    @property
+    def next_free_seq(self) -> int:
+        """A sequence number above every chunk accepted (where a closing line goes)."""
+        return max([self.contiguous, *self.ahead]) + 1
 
     def request_cancel(self, reason: str) -> None:
         if not self.cancel.is_set():

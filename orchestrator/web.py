@@ -28,6 +28,7 @@ from common.health import Check, health_routes
 from orchestrator.api import JobSummary, RunSummary, load_summary
 from orchestrator.db import Database
 from orchestrator.logstore import read_log
+from orchestrator.validate import INT64_MAX
 from orchestrator.webauth import WebTokenRequired
 
 STYLE = """
@@ -161,8 +162,12 @@ def build_app(db: Database, checks: Mapping[str, Check] | None = None, *, token:
         try:
             after = int(request.query_params.get("after", "0"))
         except ValueError:
-            return PlainTextResponse("`after` must be a whole number", status_code=400)
-        log = await read_log(db, job_id, after_seq=after)
+            after = -1
+        # Sequence numbers are bigint: anything outside would overflow the query.
+        if not 0 <= after <= INT64_MAX:
+            return PlainTextResponse(f"`after` must be a whole number from 0 to {INT64_MAX}",
+                                     status_code=400)
+        log = await read_log(db, job_id, after_seq=after) if job_id else None
         if log is None:
             return _not_found("job")
         body = b"".join(bytes(c["data"]) for c in log.chunks)

@@ -8,7 +8,9 @@ Per job, under `<state_dir>/<name>/`:
 - `seed.iso`: a NoCloud seed (`cidata`) whose user-data writes the runner bootstrap, built at
   `start` because that is when the one-time token exists;
 - `console.log`: the serial console, for the job's infrastructure log; `qemu.log`: QEMU's own
-  messages.
+  messages;
+- `relay.sh`: what QEMU runs per guest connection to a forwarded address (below), with its
+  lock files `relay.slot.N` and `relay.log`, the connections it refused.
 
 The machine boots the image's kernel directly (`-kernel`/`-initrd`/`-append`), with KVM when
 KVM really runs a guest here (probed once by booting a one-instruction boot sector) and
@@ -18,7 +20,11 @@ reaches nothing, neither the host nor beyond, except one forwarded address
 (`socat`) dialling the orchestrator's Runner gRPC port, plus the `forwards` the operator
 declares (typically the forge the runner clones from). The bootstrap the runner receives names
 the guest-side address. The Admin listener is never forwarded: a forward naming its port is
-refused (`refuse_admin_forwards`).
+refused (`refuse_admin_forwards`). QEMU starts one relay per guest connection, so the relays
+are bounded: `relay.sh` takes one of `max_guest_connections` slots (a `flock` on
+`relay.slot.N`) for as long as its connection lasts, and a connection finding every slot taken
+is closed at once and written to `relay.log` (shown with the console and logged when the
+machine is destroyed).
 
 QEMU runs in its own session; `stop` ends it, `destroy` kills it together with the relays it
 started (each in a session of its own) and deletes the directory. The reaper finds leftovers
@@ -32,9 +38,11 @@ import json
 import logging
 import os
 import re
+import shlex
 import shutil
 import signal
 import tempfile
+import textwrap
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
@@ -58,6 +66,10 @@ SEED_FILE = "seed.iso"
 CONSOLE_FILE = "console.log"
 QEMU_LOG_FILE = "qemu.log"
 PID_FILE = "qemu.pid"
+RELAY_SCRIPT = "relay.sh"
+RELAY_LOG = "relay.log"
+# flock's exit status when the slot is taken (chosen to differ from any socat status).
+SLOT_TAKEN = 75
 DEFAULT_APPEND = "root=/dev/vda rw console=ttyS0 panic=-1 net.ifnames=0"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 # Host names and addresses only: the relay command goes through QEMU's `sh -c`.
@@ -123,6 +135,9 @@ class QemuSettings(BaseModel):
     qemu_binary: str = "qemu-system-x86_64"
     qemu_img: str = "qemu-img"
     relay: str = "socat"
+    # Guest connections relayed at once per machine (over all forwarded addresses); more are
+    # refused. The runner needs one (its gRPC channel) plus what its clones open.
+    max_guest_connections: int = Field(default=32, ge=1)
     # Inside QEMU's user-mode network (10.0.2.0/24): where the guest dials the orchestrator.
     guest_orchestrator_address: str = Field(default="10.0.2.100",
                                             pattern=r"^10\.0\.2\.[0-9]{1,3}$")
@@ -160,6 +175,36 @@ def refuse_admin_forwards(forwards: list[GuestForward], admin_listen: str) -> No
 def _opt(value: str | os.PathLike[str]) -> str:
     """A value inside a QEMU `-opt key=value,...` list: commas are doubled."""
     return str(value).replace(",", ",,")
+
+
+def relay_script(relay: str, directory: Path, max_connections: int) -> str:
+    """`relay.sh`: QEMU runs it per guest connection with the relay's arguments (`- TCP:HOST:
+    PORT`) and the connection as stdin/stdout. It holds one of `max_connections` slots while
+    the relay runs; with none free it records the refusal in `relay.log` and closes."""
+    slot = shlex.quote(str(directory / "relay.slot."))
+    refused = shlex.quote(str(directory / RELAY_LOG))
+    return textwrap.dedent(f"""\
+        #!/bin/sh
+        # Written by the qemu backend (orchestrator/backends/qemu.py); see relay_script.
+        i=0
+        while [ "$i" -lt {max_connections} ]; do
+            i=$((i + 1))
+            flock -n -E {SLOT_TAKEN} {slot}"$i" {shlex.quote(relay)} "$@"
+            status=$?
+            [ "$status" -eq {SLOT_TAKEN} ] || exit "$status"
+        done
+        printf '%s refused a guest connection (%s): {max_connections} already relayed\\n' \\
+            "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$*" >> {refused}
+        exit 1
+        """)
+
+
+def write_relay_script(relay: str, directory: Path, max_connections: int) -> str:
+    """Write `relay.sh` into the machine's directory; the relay command QEMU is given."""
+    script = directory / RELAY_SCRIPT
+    script.write_text(relay_script(relay, directory, max_connections))
+    script.chmod(0o700)
+    return f"/bin/sh {shlex.quote(str(script))}"
 
 
 def qemu_argv(
@@ -319,7 +364,7 @@ class QemuBackend(VMBackend):
         rather than in the first job."""
         settings = self.settings
         problems = [f"`{tool}` is not installed" for tool in
-                    (settings.qemu_binary, settings.qemu_img, settings.relay)
+                    (settings.qemu_binary, settings.qemu_img, settings.relay, "flock")
                     if shutil.which(tool) is None]
         if not problems:
             for name, label in sorted(settings.labels.items()):
@@ -365,20 +410,23 @@ class QemuBackend(VMBackend):
         guest_address = self.settings.guest_orchestrator_address
         forwards = [GuestForward(guest_address=guest_address, guest_port=port, host=host,
                                  port=port), *self.settings.forwards]
-        if shutil.which(self.settings.relay) is None:
-            raise BackendError(f"`{self.settings.relay}` is not installed",
-                               hint="the qemu backend relays the guest's gRPC connection with "
-                                    "it; run scripts/system-packages.sh")
+        missing = [t for t in (self.settings.relay, "flock") if shutil.which(t) is None]
+        if missing:
+            raise BackendError(f"`{'`, `'.join(missing)}` not installed",
+                               hint="the qemu backend relays the guest's connections with "
+                                    "them; run scripts/system-packages.sh")
         guest = RunnerBootstrap(
             orchestrator_url=f"{scheme}{guest_address}:{port}",
             job_id=bootstrap.job_id, token=bootstrap.token)
         seed = directory / SEED_FILE
         await asyncio.to_thread(write_seed, seed, user_data=cloudinit.user_data(guest),
                                 meta_data=cloudinit.meta_data(vm.name))
+        relay = await asyncio.to_thread(write_relay_script, self.settings.relay, directory,
+                                        self.settings.max_guest_connections)
         accel = await self.accelerator()
         argv = qemu_argv(binary=self.settings.qemu_binary, name=vm.name, accel=accel,
                          label=label, resources=vm.spec.resources, directory=directory,
-                         forwards=forwards, relay=self.settings.relay)
+                         forwards=forwards, relay=relay)
         with open(directory / QEMU_LOG_FILE, "ab") as qemu_log:
             try:
                 proc = await asyncio.create_subprocess_exec(
@@ -413,6 +461,11 @@ class QemuBackend(VMBackend):
             await proc.wait()
 
     async def destroy(self, vm: VM) -> None:
+        refused = self._read(vm.name, RELAY_LOG).splitlines()
+        if refused:
+            log.warning("qemu backend: %s had %d guest connection(s) refused (more than %d at "
+                        "once); last: %s", vm.name, len(refused),
+                        self.settings.max_guest_connections, refused[-1])
         # By name first: it finds QEMU's relays (QEMU starts each in a session of its own)
         # while QEMU still is their parent.
         await self.destroy_by_name(vm.name)
@@ -443,13 +496,18 @@ class QemuBackend(VMBackend):
         except FileNotFoundError:
             console = ""
         said = self._qemu_messages(vm.name)
-        return console + (f"\n--- qemu ---\n{said}" if said.strip() else "")
+        refused = self._read(vm.name, RELAY_LOG)
+        return (console + (f"\n--- qemu ---\n{said}" if said.strip() else "")
+                + (f"\n--- relay ---\n{refused}" if refused.strip() else ""))
 
     # -- processes -----------------------------------------------------------------------
 
     def _qemu_messages(self, name: str) -> str:
+        return self._read(name, QEMU_LOG_FILE)
+
+    def _read(self, name: str, file: str) -> str:
         try:
-            return (self._dir(name) / QEMU_LOG_FILE).read_text(errors="replace")
+            return (self._dir(name) / file).read_text(errors="replace")
         except FileNotFoundError:
             return ""
 
