@@ -28,7 +28,6 @@ from typing import ClassVar
 import asyncpg
 import grpc
 
-from common.artifact_paths import ArtifactPathError, check_artifact_path
 from common.errors import SolsticeError
 from common.postgres import create_pool
 from orchestrator import validate
@@ -126,11 +125,9 @@ class ArtifactStore:
     async def _store_file(self, conn: asyncpg.Connection, session: JobSession,
                           first: runner_pb2.ArtifactChunk,
                           stream: AsyncIterator[runner_pb2.ArtifactChunk]) -> int:
-        """Store one file in one transaction; its size."""
-        try:
-            path = check_artifact_path(first.path)
-        except ArtifactPathError as exc:
-            raise ArtifactRefused(exc.message, hint=exc.hint) from exc
+        """Store one file in one transaction; its size. The chunks come through `_checked`:
+        the path (first chunk only) and sha256 (last chunk only) are already validated."""
+        path = first.path
         reserved = 0
 
         def release() -> None:
@@ -178,9 +175,6 @@ class ArtifactStore:
                     chunk = await anext(stream, None)
                     if chunk is None:
                         raise ArtifactRefused(f"the upload ended in the middle of {path!r}")
-                    if chunk.path:
-                        raise ArtifactRefused(f"a chunk in the middle of {path!r} names the "
-                                              f"path {chunk.path!r}; only a file's first may")
                 if buffer:
                     await _write_row(conn, artifact_id, seq, buffer)
                 if size != chunk.size or digest.hexdigest() != chunk.sha256.lower():
