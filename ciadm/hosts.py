@@ -1,0 +1,23 @@
+"""`ciadm hosts`: the orchestrator hosts, their capacity and health."""
+from __future__ import annotations
+
+import argparse
+
+from ciadm.client import AddCommand, Client, when
+from protos import admin_pb2
+
+
+async def cmd_hosts(client: Client, args: argparse.Namespace) -> int:
+    reply = await client.stub.ListHosts(admin_pb2.ListHostsRequest(), metadata=client.metadata)
+    if not reply.hosts:
+        print("no orchestrator hosts registered")
+    for host in reply.hosts:
+        capacity = ",".join(f"{k}={v}" for k, v in sorted(host.capacity.items()))
+        health = "alive" if host.alive else "STALE" if host.state != "stopped" else "stopped"
+        print(f"{host.name:<24} {host.state:<9} {health:<8} jobs {host.active_jobs:<3} "
+              f"capacity {capacity}  heartbeat {when(host.last_heartbeat_unix_ms)}")
+    return 0
+
+
+def register(add: AddCommand) -> None:
+    add("hosts", cmd_hosts, "list orchestrator hosts, their capacity and health")
