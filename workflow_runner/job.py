@@ -208,13 +208,13 @@ class JobExecution:
             timestamp_unix_ms=now_ms()))
 
     async def _artifacts(self, outcome: Outcome | None) -> Outcome | None:
-        if not self.job.artifact_patterns:
-            return outcome
-        collected = artifacts.collect(self.workspace, list(self.job.artifact_patterns))
+        patterns = list(self.job.artifact_patterns)
+        collected = artifacts.collect(self.workspace, [*patterns, artifacts.OUT_PATTERN])
         for problem in collected.problems:
             self.shipper.system(NO_STEP, problem)
         if not collected.files:
-            self.shipper.system(NO_STEP, "no files match the artifact patterns")
+            if patterns:
+                self.shipper.system(NO_STEP, "no files match the artifact patterns")
             return outcome
         outcome, files = await self._refuse_secrets(outcome, collected.files)
         if not files:
