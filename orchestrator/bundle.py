@@ -24,6 +24,11 @@ class BundleError(Exception):
     """A stored artifact does not match its manifest entry (size): the bundle is cut short."""
 
 
+def member_name(job_key: str, attempt: int, path: str) -> str:
+    """Where an artifact sits in a run's record (the bundle, `cidev run --record`)."""
+    return f"jobs/{job_key}/attempt-{attempt}/{path}"
+
+
 def _header(name: str, size: int, mtime: float) -> bytes:
     info = tarfile.TarInfo(name)
     info.size = size
@@ -43,7 +48,7 @@ async def _tar(manifest: dict[str, Any], jobs: dict[str, uuid.UUID],
     yield _header("manifest.json", len(document), now) + document + _padding(len(document))
     for job in manifest["jobs"]:
         for artifact in job["artifacts"]:
-            name = f"jobs/{job['key']}/attempt-{job['attempt']}/{artifact['path']}"
+            name = member_name(job["key"], job["attempt"], artifact["path"])
             yield _header(name, artifact["size"], now)
             sent = 0
             async for chunk in read(jobs[job["key"]], job["attempt"], artifact["path"]):
