@@ -14,6 +14,10 @@ def print_run(run: admin_pb2.Run) -> None:
     print(f"run {run.run_id}  {run.state}{trust}  {run.message}")
     print(f"  {run.repo} {run.event} {run.ref} @ {run.commit_sha[:12]}  workflow "
           f"{run.workflow_name or '-'}  created {when(run.created_unix_ms)}")
+    if run.approved_by:
+        print(f"  approved by {run.approved_by} at {when(run.approved_unix_ms)}")
+    if run.cancelled_by:
+        print(f"  cancelled by {run.cancelled_by} at {when(run.cancelled_unix_ms)}")
     if run.page_url:
         print(f"  {run.page_url}")
     for job in run.jobs:
@@ -72,7 +76,8 @@ def register(add: AddCommand) -> None:
     runs = add("runs", cmd_runs, "list recent runs")
     runs.add_argument("--limit", type=limit, default=20,
                       help=f"at most this many runs, newest first (1 to {MAX_LIMIT}; default 20)")
-    runs.add_argument("--state", default="", help="only runs in this state, e.g. failure")
+    runs.add_argument("--state", default="", help="only runs in this state, e.g. failure or "
+                      "awaiting_approval")
     add("show", cmd_show, "show a run, its jobs and steps").add_argument("run")
     add("approve", cmd_approve, "let an untrusted run that waits for approval start").add_argument("run")
     add("cancel", cmd_cancel, "cancel a run (queued jobs at once, running ones asked to stop)"

@@ -12,6 +12,7 @@ import hmac
 import ipaddress
 import logging
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +28,7 @@ SET_TOKEN_HINT = (
     "set admin_token_file (or SOLSTICE_ORCHESTRATOR__ADMIN_TOKEN_FILE / --admin-token-file) to"
     f" a file holding a random token; {GENERATE_HINT}. For a development machine only:"
     " --insecure-admin-no-auth with admin_listen on a loopback address")
+NO_AUTH_CALLER = "insecure-no-auth"
 CIADM_HINT = ("pass the orchestrator's admin token to ciadm: --token-file PATH, or"
               " SOLSTICE_ADMIN_TOKEN_FILE / SOLSTICE_ADMIN_TOKEN")
 
@@ -130,13 +132,25 @@ def token_matches(given: str | None, token: str) -> bool:
     return given is not None and hmac.compare_digest(_digest(given), _digest(token))
 
 
-class AdminTokenRequired(grpc.aio.ServerInterceptor):
-    """Every call on the Admin listener must carry `authorization: Bearer <admin token>`;
-    otherwise it ends UNAUTHENTICATED before any handler runs. A new RPC is covered without
-    anyone remembering to check."""
+# The name of the admin token the current Admin call presented ("bootstrap" for the configured
+# one). Set by `AdminTokenRequired` in the call's own task, before its handler runs.
+_caller: ContextVar[str] = ContextVar("admin_caller", default=NO_AUTH_CALLER)
 
-    def __init__(self, token: str) -> None:
-        self._token = token
+
+def caller() -> str:
+    """The admin token name of the Admin call being handled (`NO_AUTH_CALLER` with the
+    development opt-out, where calls present no token)."""
+    return _caller.get()
+
+
+class AdminTokenRequired(grpc.aio.ServerInterceptor):
+    """Every call on the Admin listener must carry `authorization: Bearer <admin token>`, the
+    bootstrap token or a named one (`identify` resolves it to its name, None if it is no valid
+    token); otherwise it ends UNAUTHENTICATED before any handler runs. A new RPC is covered
+    without anyone remembering to check. The handler learns the name from `caller()`."""
+
+    def __init__(self, identify: Callable[[str], Awaitable[str | None]]) -> None:
+        self._identify = identify
 
     async def intercept_service(self, continuation: Callable[[Any], Awaitable[Any]],
                                 handler_call_details: Any) -> Any:
@@ -146,8 +160,12 @@ class AdminTokenRequired(grpc.aio.ServerInterceptor):
         header = dict(handler_call_details.invocation_metadata or ()).get("authorization")
         given = header[len("Bearer "):] if isinstance(header, str) and \
             header.startswith("Bearer ") else None
-        if token_matches(given, self._token):
-            return handler
+        name = await self._identify(given) if given else None
+        if name is not None:
+            for kind in ("unary_unary", "unary_stream", "stream_unary", "stream_stream"):
+                if getattr(handler, kind) is not None:
+                    return handler._replace(**{kind: _as_caller(kind, getattr(handler, kind),
+                                                                name)})
         message = ("wrong admin token" if given is not None
                    else "this call needs the admin token") + f"; {CIADM_HINT}"
         log.warning("admin call refused", extra={"method": handler_call_details.method,
@@ -156,6 +174,24 @@ class AdminTokenRequired(grpc.aio.ServerInterceptor):
             if getattr(handler, kind) is not None:
                 return handler._replace(**{kind: _refusal(kind, message)})
         return None
+
+
+def _as_caller(kind: str, behaviour: Callable[..., Any], name: str) -> Callable[..., Any]:
+    """`behaviour` run with `caller()` answering `name` (each call runs in a task of its own,
+    so the value does not leak into another call)."""
+    if kind.endswith("_stream"):
+        async def stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            _caller.set(name)
+            async for reply in behaviour(request, context):
+                yield reply
+
+        return stream
+
+    async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        _caller.set(name)
+        return await behaviour(request, context)
+
+    return unary
 
 
 def _refusal(kind: str, message: str) -> Callable[..., Any]:

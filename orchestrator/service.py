@@ -22,6 +22,7 @@ from common.messages import RunRequest, decode
 from common.supervise import Supervisor
 from orchestrator.admin import AdminService
 from orchestrator.adminauth import AdminTokenRequired, resolve_access, warn_about
+from orchestrator.admintokens import AdminTokens
 from orchestrator.api import OrchestratorAPI
 from orchestrator.artifacts import ArtifactLimits, ArtifactStore
 from orchestrator.backends.base import VMBackend
@@ -84,6 +85,7 @@ class Orchestrator:
         self.api = OrchestratorAPI(db=db, intake=self.intake, store=self.store, hub=self.hub,
                                    effects=self.effects)
         self.secrets = dict(secrets or {})
+        self.admin_tokens = AdminTokens(db, self.access.token)
         self.registry = HostRegistry(db, config.host_name, config.capacity,
                                      interval=config.host_heartbeat_interval,
                                      stale_after=config.host_stale_after)
@@ -158,10 +160,10 @@ class Orchestrator:
         warn_about(self.config, self.access)
         interceptors: list[grpc.aio.ServerInterceptor] = [DatabaseUnavailable()]
         if self.access.token is not None:
-            interceptors.insert(0, AdminTokenRequired(self.access.token))
+            interceptors.insert(0, AdminTokenRequired(self.admin_tokens.identify))
         self.admin_server = grpc.aio.server(options=GRPC_OPTIONS, interceptors=interceptors)
         admin_pb2_grpc.add_AdminServicer_to_server(AdminService(
-            db=self.db, api=self.api, registry=self.registry,
+            db=self.db, api=self.api, registry=self.registry, tokens=self.admin_tokens,
             pages_url=lambda: self.relay.log_url_base), self.admin_server)
         try:
             port = self.admin_server.add_insecure_port(self.config.admin_listen)
