@@ -19,6 +19,7 @@ from orchestrator.adminauth import caller
 from orchestrator.admintokens import AdminTokenInfo, AdminTokens, TokenRefused
 from orchestrator.api import JobSummary, OrchestratorAPI, RunSummary
 from orchestrator.db import Database
+from orchestrator.grants import GrantSigner, grant_link
 from orchestrator.hosts import HostRegistry
 from orchestrator.logstore import read_log
 from protos import admin_pb2, admin_pb2_grpc
@@ -41,11 +42,11 @@ def _ms(value: object) -> int:
     return int(value.timestamp() * 1000) if value is not None else 0  # type: ignore[attr-defined]
 
 
-def _job_message(job: JobSummary, pages: str) -> admin_pb2.Job:
+def _job_message(job: JobSummary, pages: str, link: Callable[[str], str]) -> admin_pb2.Job:
     return admin_pb2.Job(
         job_id=str(job.job_id), key=job.key, runs_on=job.runs_on, state=job.state.value,
         message=job.message, attempt=job.attempt,
-        page_url=f"{pages}/jobs/{job.job_id}" if pages else "",
+        page_url=link(f"{pages}/jobs/{job.job_id}") if pages else "",
         duration_s=job.duration_s if job.duration_s is not None else -1,
         steps=[admin_pb2.Step(index=s.index, name=s.name, state=s.state,
                               exit_code=-1 if s.exit_code is None else s.exit_code,
@@ -67,11 +68,14 @@ def actor() -> str:
 
 class AdminService(admin_pb2_grpc.AdminServicer):
     def __init__(self, *, db: Database, api: OrchestratorAPI, registry: HostRegistry,
-                 tokens: AdminTokens, pages_url: Callable[[], str] = lambda: "") -> None:
+                 tokens: AdminTokens, pages_url: Callable[[], str] = lambda: "",
+                 grants: GrantSigner | None = None) -> None:
         self.db = db
         self.api = api
         self.registry = registry
         self.tokens = tokens
+        # Signed page links, so that an operator can hand a run's link on.
+        self.grants = grants
         # The web pages' base URL ("" while none are served); asked per call because the
         # pages start after the gRPC server.
         self.pages_url = pages_url
@@ -110,13 +114,17 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             raise NotFound(str(run_id))
         repo = row["repo"]
         pages = self.pages_url().rstrip("/")
+
+        def link(url: str) -> str:
+            return grant_link(url, self.grants, run_id)
+
         return admin_pb2.Run(
             run_id=str(run_id), state=summary.state, message=summary.message,
             workflow_name=summary.workflow_name, repo=f"{repo['owner']}/{repo['name']}",
             commit_sha=row["commit_sha"], ref=row["ref"], event=row["event"],
             trusted=row["trusted"], created_unix_ms=_ms(summary.created_at),
-            page_url=f"{pages}/runs/{run_id}" if pages else "",
-            jobs=[_job_message(j, pages) for j in summary.jobs],
+            page_url=link(f"{pages}/runs/{run_id}") if pages else "",
+            jobs=[_job_message(j, pages, link) for j in summary.jobs],
             approved_by=summary.approved_by or "", approved_unix_ms=_ms(summary.approved_at),
             cancelled_by=summary.cancelled_by or "", cancelled_unix_ms=_ms(summary.cancelled_at))
 

@@ -21,6 +21,7 @@ import grpc
 from common.admin_auth import GENERATE_HINT, check_token, read_token_file
 from common.errors import ConfigError
 from orchestrator.config import OrchestratorConfig
+from orchestrator.grants import MIN_KEY_LENGTH, derive_key
 
 log = logging.getLogger(__name__)
 
@@ -61,11 +62,31 @@ def _overlap(a: str, b: str) -> bool:
 
 @dataclass(frozen=True)
 class AdminAccess:
-    """The token the Admin service and the web pages demand; None only with the opt-out."""
+    """The bootstrap admin token (None only with the opt-out), and the key the web pages' grants
+    and sessions are signed with (None when the pages are public or not served)."""
 
     token: str | None = field(repr=False)
-    # The web pages' token: None when they are public (web_access = "public").
-    web_token: str | None = field(repr=False)
+    web_key: bytes | None = field(repr=False)
+
+
+def _web_key(config: OrchestratorConfig, token: str | None) -> bytes | None:
+    """The web signing key: `web_grant_key_file`, else derived from the admin token."""
+    if not config.web_listen or config.web_access == "public":
+        return None
+    if config.web_grant_key_file is not None:
+        key = read_token_file(config.web_grant_key_file)
+        if len(key) < MIN_KEY_LENGTH:
+            raise ConfigError(f"the web grant key in {config.web_grant_key_file} is too short "
+                              f"({len(key)} characters; at least {MIN_KEY_LENGTH})",
+                              hint=GENERATE_HINT.replace("admin-token", "web-grant-key"))
+        return derive_key(key)
+    if token is None:
+        raise ConfigError(f"web_access = \"{config.web_access}\" signs its links and sessions "
+                          "with the admin token or web_grant_key_file, and neither is set",
+                          hint="set web_grant_key_file, or configure an admin token, or set "
+                               "web_access = \"public\" (every job's log readable by anyone "
+                               "reaching web_listen)")
+    return derive_key(token)
 
 
 def resolve_access(config: OrchestratorConfig) -> AdminAccess:
@@ -96,7 +117,7 @@ def resolve_access(config: OrchestratorConfig) -> AdminAccess:
                               "authentication is switched off",
                               hint="configure an admin token, or set web_access = \"public\" "
                                    "(every job's log readable by anyone reaching web_listen)")
-        return AdminAccess(token=None, web_token=None)
+        return AdminAccess(token=None, web_key=_web_key(config, None))
     if config.admin_token is not None:
         token = check_token(config.admin_token.get_secret_value().strip(), "admin_token")
     elif config.admin_token_file is not None:
@@ -105,7 +126,7 @@ def resolve_access(config: OrchestratorConfig) -> AdminAccess:
     else:
         raise ConfigError("no admin token is configured, and the Admin service (approve, "
                           "cancel, logs) is never served without one", hint=SET_TOKEN_HINT)
-    return AdminAccess(token=token, web_token=token if config.web_access == "token" else None)
+    return AdminAccess(token=token, web_key=_web_key(config, token))
 
 
 def warn_about(config: OrchestratorConfig, access: AdminAccess) -> None:
@@ -118,7 +139,7 @@ def warn_about(config: OrchestratorConfig, access: AdminAccess) -> None:
         log.warning("the Admin service listens on %s without TLS: the admin token crosses the "
                     "network in clear text; prefer a loopback address and an SSH tunnel",
                     config.admin_listen)
-    if config.web_listen and access.web_token is None:
+    if config.web_listen and config.web_access == "public":
         log.warning("web pages are PUBLIC (web_access = \"public\"): every job's log is "
                     "readable by anyone who reaches %s", config.web_listen)
 

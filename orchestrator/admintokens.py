@@ -65,6 +65,14 @@ class AdminTokens:
         return row["name"] if row is not None and tokens.matches(given, row["token_hash"]) \
             else None
 
+    async def active_hash(self, name: str) -> bytes | None:
+        """The stored hash of the valid token `name` (the bootstrap token's too); None if
+        there is none or it is revoked. Web sessions are bound to it."""
+        if name == BOOTSTRAP:
+            return tokens.digest(self._bootstrap) if self._bootstrap is not None else None
+        return await self.db.pool.fetchval(
+            "SELECT token_hash FROM admin_tokens WHERE name = $1 AND revoked_at IS NULL", name)
+
     async def create(self, name: str, actor: str) -> str:
         """A new token named `name`; returns the token, which is not stored and cannot be
         shown again."""
