@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Callable
 import grpc
 
 from orchestrator import admintokens, audit, validate
-from orchestrator.adminauth import caller
+from orchestrator.adminauth import NO_AUTH_CALLER, caller
 from orchestrator.admintokens import AdminTokenInfo, AdminTokens, TokenRefused
 from orchestrator.api import JobSummary, OrchestratorAPI, RunSummary
 from orchestrator.db import Database
@@ -62,8 +62,10 @@ def _token_message(info: AdminTokenInfo) -> admin_pb2.AdminToken:
 
 
 def actor() -> str:
-    """Who the current Admin call acts as, for the run and the audit log: `token:NAME`."""
-    return audit.token_actor(caller())
+    """Who the current Admin call acts as, for the run and the audit log: `token:NAME`
+    (`insecure-no-auth` under the development opt-out, where no token is presented)."""
+    name = caller()
+    return name if name == NO_AUTH_CALLER else audit.token_actor(name)
 
 
 class AdminService(admin_pb2_grpc.AdminServicer):

@@ -17,6 +17,7 @@ OK = "ok"
 # as `github:LOGIN` or `forgejo:LOGIN`.
 TOKEN_ACTOR_PREFIX = "token:"
 MAX_LIMIT = 1000
+MAX_TEXT = 500
 
 Executor = asyncpg.Connection | asyncpg.Pool
 
@@ -41,10 +42,12 @@ def token_actor(name: str) -> str:
 
 async def record(db: Executor, *, actor: str, action: str, target: str = "",
                  outcome: str = OK, detail: str = "") -> None:
-    """Append one entry; `outcome` is `ok` or why the action was refused."""
+    """Append one entry; `outcome` is `ok` or why the action was refused. Over-long values
+    (a refused name can be anything a caller sent) are cut to MAX_TEXT characters."""
     await db.execute(
         "INSERT INTO audit_log (actor, action, target, outcome, detail)"
-        " VALUES ($1, $2, $3, $4, $5)", actor, action, target, outcome, detail)
+        " VALUES ($1, $2, $3, $4, $5)",
+        *(value[:MAX_TEXT] for value in (actor, action, target, outcome, detail)))
 
 
 async def recent(db: Executor, limit: int = 50) -> list[AuditEntry]:

@@ -193,3 +193,22 @@ async def test_signing_keys_are_checked_at_start(orchestrator_factory: Factory,
     (run_id,), links = await final_links(harness, 1)
     async with httpx.AsyncClient() as browser:
         assert (await browser.get(links[run_id])).status_code == 200
+
+
+async def test_the_run_page_says_who_approved_and_who_cancelled(
+        orchestrator_factory: Factory) -> None:
+    harness = await orchestrator_factory(web_listen="127.0.0.1:0")
+    approved = await harness.submit(WORKFLOW.replace("{n}", "a"), trusted=False,
+                                    needs_approval=True)
+    cancelled = await harness.submit(WORKFLOW.replace("{n}", "c"), trusted=False,
+                                     needs_approval=True)
+    assert await harness.api.approve_run(approved, "github:octocat")
+    assert await harness.api.cancel_run(cancelled, "not this one", actor="forgejo:maintainer")
+    await asyncio.wait_for(harness.api.wait(approved), 60)
+    async with httpx.AsyncClient(base_url=harness.orchestrator.web.url, headers=AUTH) as admin:
+        page = (await admin.get(f"/runs/{approved}")).text
+        assert re.search(r"approved by github:octocat at 20\d\d-\d\d-\d\d \d\d:\d\d:\d\d UTC",
+                         page)
+        assert "cancelled by" not in page
+        page = (await admin.get(f"/runs/{cancelled}")).text
+        assert "cancelled by forgejo:maintainer at 20" in page and "approved by" not in page
