@@ -20,6 +20,7 @@ import grpc
 
 from common.admin_auth import GENERATE_HINT, check_token, read_token_file
 from common.errors import ConfigError
+from common.postgres import TRANSIENT_ERRORS
 from orchestrator.config import OrchestratorConfig
 from orchestrator.grants import MIN_KEY_LENGTH, derive_key
 
@@ -167,7 +168,7 @@ def caller() -> str:
 class AdminTokenRequired(grpc.aio.ServerInterceptor):
     """Every call on the Admin listener must carry `authorization: Bearer <admin token>`, the
     bootstrap token or a named one (`identify` resolves it to its name, None if it is no valid
-    token); otherwise it ends UNAUTHENTICATED before any handler runs. A new RPC is covered
+    token); otherwise it ends UNAUTHENTICATED before its handler runs. A new RPC is covered
     without anyone remembering to check. The handler learns the name from `caller()`."""
 
     def __init__(self, identify: Callable[[str], Awaitable[str | None]]) -> None:
@@ -181,49 +182,48 @@ class AdminTokenRequired(grpc.aio.ServerInterceptor):
         header = dict(handler_call_details.invocation_metadata or ()).get("authorization")
         given = header[len("Bearer "):] if isinstance(header, str) and \
             header.startswith("Bearer ") else None
-        name = await self._identify(given) if given else None
-        if name is not None:
-            for kind in ("unary_unary", "unary_stream", "stream_unary", "stream_stream"):
-                if getattr(handler, kind) is not None:
-                    return handler._replace(**{kind: _as_caller(kind, getattr(handler, kind),
-                                                                name)})
-        message = ("wrong admin token" if given is not None
-                   else "this call needs the admin token") + f"; {CIADM_HINT}"
-        log.warning("admin call refused", extra={"method": handler_call_details.method,
-                                                  "token": "wrong" if given else "missing"})
         for kind in ("unary_unary", "unary_stream", "stream_unary", "stream_stream"):
-            if getattr(handler, kind) is not None:
-                return handler._replace(**{kind: _refusal(kind, message)})
+            behaviour = getattr(handler, kind)
+            if behaviour is not None:
+                admit = self._admission(given, handler_call_details.method)
+                return handler._replace(**{kind: _admitted(kind, behaviour, admit)})
         return None
 
-
-def _as_caller(kind: str, behaviour: Callable[..., Any], name: str) -> Callable[..., Any]:
-    """`behaviour` run with `caller()` answering `name` (each call runs in a task of its own,
-    so the value does not leak into another call)."""
-    if kind.endswith("_stream"):
-        async def stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
+    def _admission(self, given: str | None,
+                   method: str) -> Callable[[grpc.aio.ServicerContext], Awaitable[None]]:
+        async def admit(context: grpc.aio.ServicerContext) -> None:
+            """Set `caller()` for this call, or end it."""
+            try:
+                name = await self._identify(given) if given else None
+            except TRANSIENT_ERRORS:
+                # Named tokens live in the database: say so rather than refuse a valid token.
+                await context.abort(grpc.StatusCode.UNAVAILABLE, "the orchestrator's database "
+                                    "is unavailable, so the admin token cannot be checked; retry")
+            if name is None:
+                log.warning("admin call refused", extra={"method": method,
+                                                          "token": "wrong" if given else "missing"})
+                await context.abort(grpc.StatusCode.UNAUTHENTICATED,
+                                    ("wrong admin token" if given is not None
+                                     else "this call needs the admin token") + f"; {CIADM_HINT}")
             _caller.set(name)
+
+        return admit
+
+
+def _admitted(kind: str, behaviour: Callable[..., Any],
+              admit: Callable[[grpc.aio.ServicerContext], Awaitable[None]]) -> Callable[..., Any]:
+    """`behaviour`, run only once `admit` let the call in (each call runs in a task of its own,
+    so `caller()` does not leak into another call)."""
+    if kind.endswith("_stream"):  # the server iterates a streaming reply: a generator
+        async def stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            await admit(context)
             async for reply in behaviour(request, context):
                 yield reply
 
         return stream
 
     async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        _caller.set(name)
+        await admit(context)
         return await behaviour(request, context)
 
     return unary
-
-
-def _refusal(kind: str, message: str) -> Callable[..., Any]:
-    if kind.endswith("_stream"):  # the server iterates a streaming reply: a generator
-        async def refuse_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
-            yield  # pragma: no cover  (abort raises)
-
-        return refuse_stream
-
-    async def refuse(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
-
-    return refuse
