@@ -10,7 +10,7 @@ import uuid
 
 from common.messages import JobState
 from orchestrator.api import RUN_STATES
-from tests.orchestrator.conftest import ADMIN_TOKEN, Harness
+from tests.orchestrator.conftest import ADMIN_TOKEN, Factory, Harness
 
 GATED = """
 workflow name="gated" {
@@ -19,10 +19,10 @@ workflow name="gated" {
 """
 
 
-async def ciadm(harness: Harness, *args: str, token: str = ADMIN_TOKEN
+async def ciadm(harness: Harness, *args: str, token: str | None = ADMIN_TOKEN
                 ) -> subprocess.CompletedProcess[str]:
     cmd = [sys.executable, "-m", "ciadm.main", "--orchestrator",
-           harness.orchestrator.admin_url, "--token", token, *args]
+           harness.orchestrator.admin_url, *(("--token", token) if token else ()), *args]
     proc = await asyncio.create_subprocess_exec(*cmd, stdout=subprocess.PIPE,
                                                 stderr=subprocess.PIPE)
     out, err = await proc.communicate()
@@ -145,3 +145,12 @@ async def test_an_integration_approves_and_cancels_as_a_forge_login(harness: Har
     assert rows == [("forgejo:someone", "cancel", "refused:"),
                     ("github:octocat", "approve", "refused:"),
                     ("github:octocat", "approve", "ok")]
+
+
+async def test_the_development_opt_out_is_recorded_as_such(orchestrator_factory: Factory) -> None:
+    harness = await orchestrator_factory(admin_token=None, insecure_admin_no_auth=True)
+    run_id = await harness.submit(GATED, trusted=False, needs_approval=True)
+    cancelled = await ciadm(harness, "cancel", str(run_id), token=None)
+    assert "cancelled by insecure-no-auth at" in cancelled.stdout, cancelled.stderr
+    rows = audit_rows((await ciadm(harness, "audit", token=None)).stdout)
+    assert [(r[2], r[3]) for r in rows] == [("insecure-no-auth", "cancel")]
