@@ -29,6 +29,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from common.postgres import TRANSIENT_ERRORS
 from orchestrator.admintokens import AdminTokens
 from orchestrator.db import Database
 from orchestrator.grants import GrantRefused, GrantSigner
@@ -86,7 +87,12 @@ class WebAccess:
         if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
             await self.app(scope, receive, send)
             return
-        answer = await self._answer(Request(scope))
+        try:
+            answer = await self._answer(Request(scope))
+        except TRANSIENT_ERRORS:
+            # Named tokens and the runs live in the database: a retry later may pass.
+            answer = PlainTextResponse("the orchestrator's database is unavailable, so access "
+                                       "cannot be checked; retry shortly\n", status_code=503)
         if isinstance(answer, Response):
             await answer(scope, receive, send)
         else:
