@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import uuid
 from collections.abc import AsyncIterator, Callable
 
@@ -68,6 +69,10 @@ def actor() -> str:
     return name if name == NO_AUTH_CALLER else audit.token_actor(name)
 
 
+# What `RunRef.on_behalf_of` may name: a forge and a login on it.
+ON_BEHALF_OF = re.compile(r"[a-z][a-z0-9-]{0,31}:[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
 class AdminService(admin_pb2_grpc.AdminServicer):
     def __init__(self, *, db: Database, api: OrchestratorAPI, registry: HostRegistry,
                  tokens: AdminTokens, pages_url: Callable[[], str] = lambda: "",
@@ -108,6 +113,18 @@ class AdminService(admin_pb2_grpc.AdminServicer):
                                outcome=f"refused: {message}")
         await context.abort(code, message)
 
+    async def _acting(self, request: admin_pb2.RunRef, action: str,
+                      context: grpc.aio.ServicerContext) -> str:
+        """Who the approve or cancel is recorded as: the caller's token, or the forge user an
+        integration acts for (`on_behalf_of`) with the token it used."""
+        if not request.on_behalf_of:
+            return actor()
+        if not ON_BEHALF_OF.fullmatch(request.on_behalf_of):
+            await self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT,
+                               "on_behalf_of must be FORGE:LOGIN, e.g. github:octocat",
+                               action, request.run_id)
+        return f"{request.on_behalf_of} via {actor()}"
+
     async def _run_message(self, run_id: uuid.UUID) -> admin_pb2.Run:
         summary: RunSummary | None = await self.api.summary(run_id)
         row = await self.db.pool.fetchrow(
@@ -144,8 +161,8 @@ class AdminService(admin_pb2_grpc.AdminServicer):
 
     async def ApproveRun(self, request: admin_pb2.RunRef,
                          context: grpc.aio.ServicerContext) -> admin_pb2.Run:
+        who = await self._acting(request, "approve", context)
         run_id = await self._resolve("runs", request.run_id, context, "approve")
-        who = actor()
         # A refusal is audited by the store, with the run's state.
         if not await self.api.approve_run(run_id, who):
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
@@ -155,8 +172,8 @@ class AdminService(admin_pb2_grpc.AdminServicer):
 
     async def CancelRun(self, request: admin_pb2.RunRef,
                         context: grpc.aio.ServicerContext) -> admin_pb2.Run:
+        who = await self._acting(request, "cancel", context)
         run_id = await self._resolve("runs", request.run_id, context, "cancel")
-        who = actor()
         if not await self.api.cancel_run(run_id, f"cancelled by {who}", actor=who):
             summary = await self.api.summary(run_id)
             state = summary.state if summary is not None else "gone"

@@ -154,3 +154,24 @@ async def test_the_development_opt_out_is_recorded_as_such(orchestrator_factory:
     assert "cancelled by insecure-no-auth at" in cancelled.stdout, cancelled.stderr
     rows = audit_rows((await ciadm(harness, "audit", token=None)).stdout)
     assert [(r[2], r[3]) for r in rows] == [("insecure-no-auth", "cancel")]
+
+
+async def test_an_integration_acts_for_a_forge_user_through_the_admin_service(
+        harness: Harness) -> None:
+    """An integration in another process holds a token of its own and names the forge user
+    whose permission it checked; both are recorded."""
+    created = await ciadm(harness, "token", "create", "github-app")
+    app_token = created.stdout.strip()
+    run_id = await harness.submit(GATED, trusted=False, needs_approval=True)
+    bad = await ciadm(harness, "approve", str(run_id), "--on-behalf-of", "octocat",
+                      token=app_token)
+    assert bad.returncode == 1 and "FORGE:LOGIN" in bad.stderr
+    approved = await ciadm(harness, "approve", str(run_id), "--on-behalf-of", "github:octocat",
+                           token=app_token)
+    assert approved.returncode == 0, approved.stderr
+    assert "approved by github:octocat via token:github-app at" in approved.stdout
+    await asyncio.wait_for(harness.api.wait(run_id), 60)
+    rows = [(r[2:6], r[6:]) for r in audit_rows((await ciadm(harness, "audit")).stdout)]
+    assert rows[0] == (["github:octocat", "via", "token:github-app", "approve"],
+                       [str(run_id), "ok"])
+    assert rows[1][0] == ["token:github-app", "approve", str(run_id), "refused:"]
