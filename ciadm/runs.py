@@ -14,6 +14,10 @@ def print_run(run: admin_pb2.Run) -> None:
     print(f"run {run.run_id}  {run.state}{trust}  {run.message}")
     print(f"  {run.repo} {run.event} {run.ref} @ {run.commit_sha[:12]}  workflow "
           f"{run.workflow_name or '-'}  created {when(run.created_unix_ms)}")
+    if run.approved_by:
+        print(f"  approved by {run.approved_by} at {when(run.approved_unix_ms)}")
+    if run.cancelled_by:
+        print(f"  cancelled by {run.cancelled_by} at {when(run.cancelled_unix_ms)}")
     if run.page_url:
         print(f"  {run.page_url}")
     if run.gate:
@@ -39,7 +43,7 @@ async def cmd_runs(client: Client, args: argparse.Namespace) -> int:
         print("no runs")
     for run in reply.runs:
         done = sum(j.state == "success" for j in run.jobs)
-        print(f"{run.run_id}  {run.state:<10} {run.repo:<28} {run.ref:<24} "
+        print(f"{run.run_id}  {run.state:<17} {run.repo:<28} {run.ref:<24} "
               f"{done}/{len(run.jobs)} jobs  {when(run.created_unix_ms)}")
     return 0
 
@@ -50,14 +54,18 @@ async def cmd_show(client: Client, args: argparse.Namespace) -> int:
 
 
 async def cmd_approve(client: Client, args: argparse.Namespace) -> int:
-    run = await client.stub.ApproveRun(admin_pb2.RunRef(run_id=args.run), metadata=client.metadata)
+    run = await client.stub.ApproveRun(admin_pb2.RunRef(run_id=args.run,
+                                                        on_behalf_of=args.on_behalf_of),
+                                       metadata=client.metadata)
     print(f"approved: run {run.run_id} may start its jobs")
     print_run(run)
     return 0
 
 
 async def cmd_cancel(client: Client, args: argparse.Namespace) -> int:
-    run = await client.stub.CancelRun(admin_pb2.RunRef(run_id=args.run), metadata=client.metadata)
+    run = await client.stub.CancelRun(admin_pb2.RunRef(run_id=args.run,
+                                                       on_behalf_of=args.on_behalf_of),
+                                      metadata=client.metadata)
     print(f"cancel requested for run {run.run_id}: queued jobs are cancelled, running ones "
           "asked to stop")
     print_run(run)
@@ -76,11 +84,18 @@ def register(add: AddCommand) -> None:
     runs = add("runs", cmd_runs, "list recent runs")
     runs.add_argument("--limit", type=limit, default=20,
                       help=f"at most this many runs, newest first (1 to {MAX_LIMIT}; default 20)")
-    runs.add_argument("--state", default="", help="only runs in this state, e.g. failure")
+    runs.add_argument("--state", default="", help="only runs in this state, e.g. failure or "
+                      "awaiting_approval")
     add("show", cmd_show, "show a run, its jobs and steps").add_argument("run")
-    add("approve", cmd_approve, "let an untrusted run that waits for approval start").add_argument("run")
-    add("cancel", cmd_cancel, "cancel a run (queued jobs at once, running ones asked to stop)"
-        ).add_argument("run")
+    for name, handler, text in [
+            ("approve", cmd_approve, "let an untrusted run that waits for approval start"),
+            ("cancel", cmd_cancel, "cancel a run (queued jobs at once, running ones asked to "
+                                   "stop)")]:
+        command = add(name, handler, text)
+        command.add_argument("run")
+        command.add_argument("--on-behalf-of", metavar="FORGE:LOGIN", default="",
+                             help="record it as this forge user's (whose permission you "
+                                  "checked), e.g. github:octocat")
     logs = add("logs", cmd_logs, "print a job's log")
     logs.add_argument("job")
     logs.add_argument("-f", "--follow", action="store_true", help="keep printing until the job ends")

@@ -10,16 +10,20 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import uuid
 from collections.abc import AsyncIterator, Callable
 
 import grpc
 
-from orchestrator import validate
+from orchestrator import admintokens, audit, validate
+from orchestrator.adminauth import NO_AUTH_CALLER, caller
+from orchestrator.admintokens import AdminTokenInfo, AdminTokens, TokenRefused
 from orchestrator.api import JobSummary, OrchestratorAPI, RunSummary
 from orchestrator.artifacts import ArtifactStore
 from orchestrator.bundle import BundleError, stream_bundle
 from orchestrator.db import Database
+from orchestrator.grants import GrantSigner, grant_link
 from orchestrator.hosts import HostRegistry
 from orchestrator.logstore import read_log
 from protos import admin_pb2, admin_pb2_grpc
@@ -27,6 +31,11 @@ from protos import admin_pb2, admin_pb2_grpc
 log = logging.getLogger(__name__)
 
 FOLLOW_POLL_SECONDS = 0.3
+DEFAULT_AUDIT_LIMIT = 50
+TOKEN_REFUSALS = {admintokens.INVALID: grpc.StatusCode.INVALID_ARGUMENT,
+                  admintokens.EXISTS: grpc.StatusCode.ALREADY_EXISTS,
+                  admintokens.UNKNOWN: grpc.StatusCode.NOT_FOUND,
+                  admintokens.REVOKED: grpc.StatusCode.FAILED_PRECONDITION}
 
 
 class NotFound(LookupError):
@@ -37,11 +46,11 @@ def _ms(value: object) -> int:
     return int(value.timestamp() * 1000) if value is not None else 0  # type: ignore[attr-defined]
 
 
-def _job_message(job: JobSummary, pages: str) -> admin_pb2.Job:
+def _job_message(job: JobSummary, pages: str, link: Callable[[str], str]) -> admin_pb2.Job:
     return admin_pb2.Job(
         job_id=str(job.job_id), key=job.key, runs_on=job.runs_on, state=job.state.value,
         message=job.message, attempt=job.attempt,
-        page_url=f"{pages}/jobs/{job.job_id}" if pages else "",
+        page_url=link(f"{pages}/jobs/{job.job_id}") if pages else "",
         duration_s=job.duration_s if job.duration_s is not None else -1,
         steps=[admin_pb2.Step(index=s.index, name=s.name, state=s.state,
                               exit_code=-1 if s.exit_code is None else s.exit_code,
@@ -49,31 +58,77 @@ def _job_message(job: JobSummary, pages: str) -> admin_pb2.Job:
                for s in job.steps])
 
 
+def _token_message(info: AdminTokenInfo) -> admin_pb2.AdminToken:
+    return admin_pb2.AdminToken(
+        name=info.name, created_unix_ms=_ms(info.created_at), created_by=info.created_by,
+        last_used_unix_ms=_ms(info.last_used_at), revoked_unix_ms=_ms(info.revoked_at),
+        revoked_by=info.revoked_by or "")
+
+
+def actor() -> str:
+    """Who the current Admin call acts as, for the run and the audit log: `token:NAME`
+    (`insecure-no-auth` under the development opt-out, where no token is presented)."""
+    name = caller()
+    return name if name == NO_AUTH_CALLER else audit.token_actor(name)
+
+
+# What `RunRef.on_behalf_of` may name: a forge and a login on it.
+ON_BEHALF_OF = re.compile(r"[a-z][a-z0-9-]{0,31}:[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
 class AdminService(admin_pb2_grpc.AdminServicer):
     def __init__(self, *, db: Database, api: OrchestratorAPI, registry: HostRegistry,
-                 artifacts: ArtifactStore | None = None,
-                 pages_url: Callable[[], str] = lambda: "") -> None:
+                 tokens: AdminTokens, artifacts: ArtifactStore | None = None,
+                 pages_url: Callable[[], str] = lambda: "",
+                 grants: GrantSigner | None = None) -> None:
         self.db = db
         self.artifacts = artifacts
         self.api = api
         self.registry = registry
+        self.tokens = tokens
+        # Signed page links, so that an operator can hand a run's link on.
+        self.grants = grants
         # The web pages' base URL ("" while none are served); asked per call because the
         # pages start after the gRPC server.
         self.pages_url = pages_url
 
-    async def _resolve(self, table: str, ref: str, context: grpc.aio.ServicerContext) -> uuid.UUID:
+    async def _resolve(self, table: str, ref: str, context: grpc.aio.ServicerContext,
+                       action: str | None = None) -> uuid.UUID:
+        """The id `ref` names; else the call ends with why (audited when it was `action`)."""
         try:
             ref = validate.id_prefix(f"{table[:-1]} id", ref)
         except validate.InvalidMessage as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            await self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc), action, ref)
         rows = await self.db.pool.fetch(
             f"SELECT id FROM {table} WHERE id::text LIKE $1 || '%' LIMIT 2", ref)
         if not rows:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"no {table[:-1]} with id {ref}")
+            await self._refuse(context, grpc.StatusCode.NOT_FOUND,
+                               f"no {table[:-1]} with id {ref}", action, ref)
         if len(rows) > 1:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
-                                f"{ref} matches more than one {table[:-1]}; give more of the id")
+            await self._refuse(context, grpc.StatusCode.FAILED_PRECONDITION,
+                               f"{ref} matches more than one {table[:-1]}; give more of the id",
+                               action, ref)
         return rows[0]["id"]
+
+    async def _refuse(self, context: grpc.aio.ServicerContext, code: grpc.StatusCode,
+                      message: str, action: str | None, target: str) -> None:
+        """End the call with `message`; an administrative `action` is audited as refused."""
+        if action is not None:
+            await audit.record(self.db.pool, actor=actor(), action=action, target=target,
+                               outcome=f"refused: {message}")
+        await context.abort(code, message)
+
+    async def _acting(self, request: admin_pb2.RunRef, action: str,
+                      context: grpc.aio.ServicerContext) -> str:
+        """Who the approve or cancel is recorded as: the caller's token, or the forge user an
+        integration acts for (`on_behalf_of`) with the token it used."""
+        if not request.on_behalf_of:
+            return actor()
+        if not ON_BEHALF_OF.fullmatch(request.on_behalf_of):
+            await self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT,
+                               "on_behalf_of must be FORGE:LOGIN, e.g. github:octocat",
+                               action, request.run_id)
+        return f"{request.on_behalf_of} via {actor()}"
 
     async def _run_message(self, run_id: uuid.UUID) -> admin_pb2.Run:
         summary: RunSummary | None = await self.api.summary(run_id)
@@ -84,13 +139,19 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             raise NotFound(str(run_id))
         repo = row["repo"]
         pages = self.pages_url().rstrip("/")
+
+        def link(url: str) -> str:
+            return grant_link(url, self.grants, run_id)
+
         return admin_pb2.Run(
             run_id=str(run_id), state=summary.state, message=summary.message,
             workflow_name=summary.workflow_name, repo=f"{repo['owner']}/{repo['name']}",
             commit_sha=row["commit_sha"], ref=row["ref"], event=row["event"],
             trusted=row["trusted"], created_unix_ms=_ms(summary.created_at),
-            page_url=f"{pages}/runs/{run_id}" if pages else "",
-            jobs=[_job_message(j, pages) for j in summary.jobs],
+            page_url=link(f"{pages}/runs/{run_id}") if pages else "",
+            jobs=[_job_message(j, pages, link) for j in summary.jobs],
+            approved_by=summary.approved_by or "", approved_unix_ms=_ms(summary.approved_at),
+            cancelled_by=summary.cancelled_by or "", cancelled_unix_ms=_ms(summary.cancelled_at),
             gate=row["gate"] or "", gate_reasons=row["gate_reasons"] or [])
 
     async def ListRuns(self, request: admin_pb2.ListRunsRequest,
@@ -135,23 +196,25 @@ class AdminService(admin_pb2_grpc.AdminServicer):
 
     async def ApproveRun(self, request: admin_pb2.RunRef,
                          context: grpc.aio.ServicerContext) -> admin_pb2.Run:
-        run_id = await self._resolve("runs", request.run_id, context)
-        approver = context.peer() or "ciadm"
-        if not await self.api.approve_run(run_id, approver):
+        who = await self._acting(request, "approve", context)
+        run_id = await self._resolve("runs", request.run_id, context, "approve")
+        # A refusal is audited by the store, with the run's state.
+        if not await self.api.approve_run(run_id, who):
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
                                 f"run {run_id} is not waiting for approval")
-        log.info("run approved", extra={"run_id": str(run_id), "by": approver})
+        log.info("run approved", extra={"run_id": str(run_id), "by": who})
         return await self._run_message(run_id)
 
     async def CancelRun(self, request: admin_pb2.RunRef,
                         context: grpc.aio.ServicerContext) -> admin_pb2.Run:
-        run_id = await self._resolve("runs", request.run_id, context)
-        summary = await self.api.summary(run_id)
-        if summary is not None and summary.final:
+        who = await self._acting(request, "cancel", context)
+        run_id = await self._resolve("runs", request.run_id, context, "cancel")
+        if not await self.api.cancel_run(run_id, f"cancelled by {who}", actor=who):
+            summary = await self.api.summary(run_id)
+            state = summary.state if summary is not None else "gone"
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
-                                f"run {run_id} already ended ({summary.state}); nothing to cancel")
-        await self.api.cancel_run(run_id, "cancelled by an operator")
-        log.info("run cancelled", extra={"run_id": str(run_id)})
+                                f"run {run_id} already ended ({state}); nothing to cancel")
+        log.info("run cancelled", extra={"run_id": str(run_id), "by": who})
         return await self._run_message(run_id)
 
     async def ListHosts(self, request: admin_pb2.ListHostsRequest,
@@ -180,3 +243,38 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             if not request.follow or (piece.done and not piece.chunks):
                 return
             await asyncio.sleep(FOLLOW_POLL_SECONDS)
+
+    async def CreateAdminToken(self, request: admin_pb2.AdminTokenName,
+                               context: grpc.aio.ServicerContext) -> admin_pb2.NewAdminToken:
+        try:
+            token = await self.tokens.create(request.name, actor())
+        except TokenRefused as exc:  # audited by `tokens`
+            await context.abort(TOKEN_REFUSALS[exc.reason], str(exc))
+        log.info("admin token created", extra={"name": request.name, "by": actor()})
+        info = next(t for t in await self.tokens.list() if t.name == request.name)
+        return admin_pb2.NewAdminToken(info=_token_message(info), token=token)
+
+    async def ListAdminTokens(self, request: admin_pb2.ListAdminTokensRequest,
+                              context: grpc.aio.ServicerContext
+                              ) -> admin_pb2.ListAdminTokensReply:
+        return admin_pb2.ListAdminTokensReply(
+            tokens=[_token_message(t) for t in await self.tokens.list()])
+
+    async def RevokeAdminToken(self, request: admin_pb2.AdminTokenName,
+                               context: grpc.aio.ServicerContext) -> admin_pb2.AdminToken:
+        try:
+            await self.tokens.revoke(request.name, actor())
+        except TokenRefused as exc:  # audited by `tokens`
+            await context.abort(TOKEN_REFUSALS[exc.reason], str(exc))
+        log.info("admin token revoked", extra={"name": request.name, "by": actor()})
+        return _token_message(next(t for t in await self.tokens.list()
+                                   if t.name == request.name))
+
+    async def ListAudit(self, request: admin_pb2.ListAuditRequest,
+                        context: grpc.aio.ServicerContext) -> admin_pb2.ListAuditReply:
+        await validate.require(context, validate.list_audit_request, request)
+        entries = await audit.recent(self.db.pool, request.limit or DEFAULT_AUDIT_LIMIT)
+        return admin_pb2.ListAuditReply(entries=[
+            admin_pb2.AuditEntry(id=e.id, at_unix_ms=_ms(e.at), actor=e.actor, action=e.action,
+                                 target=e.target, outcome=e.outcome, detail=e.detail)
+            for e in entries])

@@ -12,6 +12,7 @@ import hmac
 import ipaddress
 import logging
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,7 +20,9 @@ import grpc
 
 from common.admin_auth import GENERATE_HINT, check_token, read_token_file
 from common.errors import ConfigError
+from common.postgres import TRANSIENT_ERRORS
 from orchestrator.config import OrchestratorConfig
+from orchestrator.grants import MIN_KEY_LENGTH, derive_key
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +30,7 @@ SET_TOKEN_HINT = (
     "set admin_token_file (or SOLSTICE_ORCHESTRATOR__ADMIN_TOKEN_FILE / --admin-token-file) to"
     f" a file holding a random token; {GENERATE_HINT}. For a development machine only:"
     " --insecure-admin-no-auth with admin_listen on a loopback address")
+NO_AUTH_CALLER = "insecure-no-auth"
 CIADM_HINT = ("pass the orchestrator's admin token to ciadm: --token-file PATH, or"
               " SOLSTICE_ADMIN_TOKEN_FILE / SOLSTICE_ADMIN_TOKEN")
 
@@ -59,11 +63,31 @@ def _overlap(a: str, b: str) -> bool:
 
 @dataclass(frozen=True)
 class AdminAccess:
-    """The token the Admin service and the web pages demand; None only with the opt-out."""
+    """The bootstrap admin token (None only with the opt-out), and the key the web pages' grants
+    and sessions are signed with (None when the pages are public or not served)."""
 
     token: str | None = field(repr=False)
-    # The web pages' token: None when they are public (web_access = "public").
-    web_token: str | None = field(repr=False)
+    web_key: bytes | None = field(repr=False)
+
+
+def _web_key(config: OrchestratorConfig, token: str | None) -> bytes | None:
+    """The web signing key: `web_grant_key_file`, else derived from the admin token."""
+    if not config.web_listen or config.web_access == "public":
+        return None
+    if config.web_grant_key_file is not None:
+        key = read_token_file(config.web_grant_key_file)
+        if len(key) < MIN_KEY_LENGTH:
+            raise ConfigError(f"the web grant key in {config.web_grant_key_file} is too short "
+                              f"({len(key)} characters; at least {MIN_KEY_LENGTH})",
+                              hint=GENERATE_HINT.replace("admin-token", "web-grant-key"))
+        return derive_key(key)
+    if token is None:
+        raise ConfigError(f"web_access = \"{config.web_access}\" signs its links and sessions "
+                          "with the admin token or web_grant_key_file, and neither is set",
+                          hint="set web_grant_key_file, or configure an admin token, or set "
+                               "web_access = \"public\" (every job's log readable by anyone "
+                               "reaching web_listen)")
+    return derive_key(token)
 
 
 def resolve_access(config: OrchestratorConfig) -> AdminAccess:
@@ -94,7 +118,7 @@ def resolve_access(config: OrchestratorConfig) -> AdminAccess:
                               "authentication is switched off",
                               hint="configure an admin token, or set web_access = \"public\" "
                                    "(every job's log readable by anyone reaching web_listen)")
-        return AdminAccess(token=None, web_token=None)
+        return AdminAccess(token=None, web_key=_web_key(config, None))
     if config.admin_token is not None:
         token = check_token(config.admin_token.get_secret_value().strip(), "admin_token")
     elif config.admin_token_file is not None:
@@ -103,7 +127,7 @@ def resolve_access(config: OrchestratorConfig) -> AdminAccess:
     else:
         raise ConfigError("no admin token is configured, and the Admin service (approve, "
                           "cancel, logs) is never served without one", hint=SET_TOKEN_HINT)
-    return AdminAccess(token=token, web_token=token if config.web_access == "token" else None)
+    return AdminAccess(token=token, web_key=_web_key(config, token))
 
 
 def warn_about(config: OrchestratorConfig, access: AdminAccess) -> None:
@@ -116,7 +140,7 @@ def warn_about(config: OrchestratorConfig, access: AdminAccess) -> None:
         log.warning("the Admin service listens on %s without TLS: the admin token crosses the "
                     "network in clear text; prefer a loopback address and an SSH tunnel",
                     config.admin_listen)
-    if config.web_listen and access.web_token is None:
+    if config.web_listen and config.web_access == "public":
         log.warning("web pages are PUBLIC (web_access = \"public\"): every job's log is "
                     "readable by anyone who reaches %s", config.web_listen)
 
@@ -130,13 +154,25 @@ def token_matches(given: str | None, token: str) -> bool:
     return given is not None and hmac.compare_digest(_digest(given), _digest(token))
 
 
-class AdminTokenRequired(grpc.aio.ServerInterceptor):
-    """Every call on the Admin listener must carry `authorization: Bearer <admin token>`;
-    otherwise it ends UNAUTHENTICATED before any handler runs. A new RPC is covered without
-    anyone remembering to check."""
+# The name of the admin token the current Admin call presented ("bootstrap" for the configured
+# one). Set by `AdminTokenRequired` in the call's own task, before its handler runs.
+_caller: ContextVar[str] = ContextVar("admin_caller", default=NO_AUTH_CALLER)
 
-    def __init__(self, token: str) -> None:
-        self._token = token
+
+def caller() -> str:
+    """The admin token name of the Admin call being handled (`NO_AUTH_CALLER` with the
+    development opt-out, where calls present no token)."""
+    return _caller.get()
+
+
+class AdminTokenRequired(grpc.aio.ServerInterceptor):
+    """Every call on the Admin listener must carry `authorization: Bearer <admin token>`, the
+    bootstrap token or a named one (`identify` resolves it to its name, None if it is no valid
+    token); otherwise it ends UNAUTHENTICATED before its handler runs. A new RPC is covered
+    without anyone remembering to check. The handler learns the name from `caller()`."""
+
+    def __init__(self, identify: Callable[[str], Awaitable[str | None]]) -> None:
+        self._identify = identify
 
     async def intercept_service(self, continuation: Callable[[Any], Awaitable[Any]],
                                 handler_call_details: Any) -> Any:
@@ -146,27 +182,48 @@ class AdminTokenRequired(grpc.aio.ServerInterceptor):
         header = dict(handler_call_details.invocation_metadata or ()).get("authorization")
         given = header[len("Bearer "):] if isinstance(header, str) and \
             header.startswith("Bearer ") else None
-        if token_matches(given, self._token):
-            return handler
-        message = ("wrong admin token" if given is not None
-                   else "this call needs the admin token") + f"; {CIADM_HINT}"
-        log.warning("admin call refused", extra={"method": handler_call_details.method,
-                                                  "token": "wrong" if given else "missing"})
         for kind in ("unary_unary", "unary_stream", "stream_unary", "stream_stream"):
-            if getattr(handler, kind) is not None:
-                return handler._replace(**{kind: _refusal(kind, message)})
+            behaviour = getattr(handler, kind)
+            if behaviour is not None:
+                admit = self._admission(given, handler_call_details.method)
+                return handler._replace(**{kind: _admitted(kind, behaviour, admit)})
         return None
 
+    def _admission(self, given: str | None,
+                   method: str) -> Callable[[grpc.aio.ServicerContext], Awaitable[None]]:
+        async def admit(context: grpc.aio.ServicerContext) -> None:
+            """Set `caller()` for this call, or end it."""
+            try:
+                name = await self._identify(given) if given else None
+            except TRANSIENT_ERRORS:
+                # Named tokens live in the database: say so rather than refuse a valid token.
+                await context.abort(grpc.StatusCode.UNAVAILABLE, "the orchestrator's database "
+                                    "is unavailable, so the admin token cannot be checked; retry")
+            if name is None:
+                log.warning("admin call refused", extra={"method": method,
+                                                          "token": "wrong" if given else "missing"})
+                await context.abort(grpc.StatusCode.UNAUTHENTICATED,
+                                    ("wrong admin token" if given is not None
+                                     else "this call needs the admin token") + f"; {CIADM_HINT}")
+            _caller.set(name)
 
-def _refusal(kind: str, message: str) -> Callable[..., Any]:
+        return admit
+
+
+def _admitted(kind: str, behaviour: Callable[..., Any],
+              admit: Callable[[grpc.aio.ServicerContext], Awaitable[None]]) -> Callable[..., Any]:
+    """`behaviour`, run only once `admit` let the call in (each call runs in a task of its own,
+    so `caller()` does not leak into another call)."""
     if kind.endswith("_stream"):  # the server iterates a streaming reply: a generator
-        async def refuse_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
-            yield  # pragma: no cover  (abort raises)
+        async def stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            await admit(context)
+            async for reply in behaviour(request, context):
+                yield reply
 
-        return refuse_stream
+        return stream
 
-    async def refuse(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+    async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await admit(context)
+        return await behaviour(request, context)
 
-    return refuse
+    return unary

@@ -18,7 +18,8 @@ from orchestrator.updates import Hub, RunUpdate, Watch
 
 FINAL_RUN_STATES = frozenset({"success", "failure", "error", "cancelled", "skipped"})
 # Every state a run can be in (the CHECK on runs.state), in the order of a run's life.
-RUN_STATES = ("queued", "running", "success", "failure", "error", "cancelled", "skipped")
+RUN_STATES = ("awaiting_approval", "queued", "running", "success", "failure", "error",
+              "cancelled", "skipped")
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,11 @@ class RunSummary:
     created_at: datetime
     finished_at: datetime | None
     jobs: list[JobSummary] = field(default_factory=list)
+    # Who approved / cancelled the run (`token:NAME`, `github:LOGIN`, ...) and when.
+    approved_by: str | None = None
+    approved_at: datetime | None = None
+    cancelled_by: str | None = None
+    cancelled_at: datetime | None = None
 
     @property
     def final(self) -> bool:
@@ -86,7 +92,9 @@ async def load_summary(db: Database, run_id: uuid.UUID) -> RunSummary | None:
     return RunSummary(
         run_id=run["id"], state=run["state"], message=run["message"],
         workflow_name=run["workflow_name"], created_at=run["created_at"],
-        finished_at=run["finished_at"],
+        finished_at=run["finished_at"], approved_by=run["approved_by"],
+        approved_at=run["approved_at"], cancelled_by=run["cancelled_by"],
+        cancelled_at=run["cancelled_at"],
         jobs=[JobSummary(job_id=j["id"], key=j["key"], runs_on=j["runs_on"],
                          state=JobState(j["state"]), message=j["message"], attempt=j["attempt"],
                          queued_at=j["created_at"], started_at=j["started_at"],
@@ -127,12 +135,21 @@ class OrchestratorAPI:
                 assert summary is not None
             return summary
 
-    async def cancel_run(self, run_id: uuid.UUID, reason: str = "cancelled") -> None:
-        self.effects.apply(await self.store.cancel_run(run_id, reason))
+    async def cancel_run(self, run_id: uuid.UUID, reason: str = "cancelled", *,
+                         actor: str | None = None) -> bool:
+        """Cancel a run that has not ended; False if it ended already (or is unknown).
 
-    async def approve_run(self, run_id: uuid.UUID, approver: str) -> bool:
-        """Let a run waiting for approval start; False if it was not waiting."""
-        approved, changes = await self.store.approve_run(run_id, approver)
+        `actor` is who asks (`token:NAME`, `github:LOGIN`, ...): recorded on the run and in the
+        audit log with the outcome. None for the orchestrator's own cancels."""
+        cancelled, changes = await self.store.cancel_run(run_id, reason, actor=actor)
+        self.effects.apply(changes)
+        return cancelled
+
+    async def approve_run(self, run_id: uuid.UUID, actor: str) -> bool:
+        """Let a run waiting for approval start; False if it was not waiting. `actor` (who
+        approves: `token:NAME`, `github:LOGIN`, ...) is recorded on the run, with the time,
+        and in the audit log, refusal included."""
+        approved, changes = await self.store.approve_run(run_id, actor)
         self.effects.apply(changes)
         return approved
 

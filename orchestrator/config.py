@@ -65,11 +65,17 @@ class OrchestratorConfig(BaseModel):
     admin_token_file: Path | None = None
     insecure_admin_no_auth: bool = False
     # Web log pages (the forges' status links): served on HOST:PORT when set; `public_url` is
-    # their base as users reach it (default: http://<web_listen>). `web_access`: "token"
-    # (the admin token, as a bearer header or a cookie) or "public" (every log to anyone).
+    # their base as users reach it (default: http://<web_listen>). `web_access` (see
+    # orchestrator/webauth.py): "signed" (the links the integrations publish carry a grant to
+    # their run, valid `web_grant_ttl` seconds; an admin token opens everything), "token" (an
+    # admin token only) or "public" (every log to anyone).
     web_listen: str | None = None
     public_url: str | None = None
-    web_access: Literal["token", "public"] = "token"
+    web_access: Literal["signed", "token", "public"] = "signed"
+    # The key grants and web sessions are signed with, shared by every orchestrator host;
+    # unset: derived from the admin token (then every host needs the same admin token).
+    web_grant_key_file: Path | None = None
+    web_grant_ttl: float = Field(default=30 * 24 * 3600.0, gt=0)
     backend: str = "local"
     # The local backend runs jobs without any isolation; it must be asked for by name.
     allow_local_backend: bool = False

@@ -184,6 +184,12 @@ class Intake:
                 state=waiting if runs else JobState.SKIPPED,
                 message=note if runs else f"skipped: `if {planned.job.if_expr}` is false",
                 steps=[s.name for s in planned.steps], changes=changes)
+        if request.needs_approval:
+            # The run waits with its jobs (until none does: all skipped ends it in `settle`).
+            await conn.execute(
+                "UPDATE runs SET state = 'awaiting_approval' WHERE id = $1 AND EXISTS"
+                " (SELECT 1 FROM jobs WHERE run_id = $1 AND state = 'awaiting_approval')",
+                run_id)
 
     async def _invalid(self, conn: Any, run_id: uuid.UUID, request: RunRequest,
                        problem: WorkflowError, changes: Changes) -> None:

@@ -77,9 +77,13 @@ def _parser() -> argparse.ArgumentParser:
                         help="serve the web log pages (the forges' status links) here")
     parser.add_argument("--public-url", metavar="URL",
                         help="base URL of the web log pages as users reach them")
-    parser.add_argument("--web-access", choices=("token", "public"),
-                        help="web pages behind the admin token (default), or public: every "
-                             "job's log readable by anyone reaching them")
+    parser.add_argument("--web-access", choices=("signed", "token", "public"),
+                        help="signed (default): the forges' links open their own run, an "
+                             "admin token every page; token: an admin token only; public: "
+                             "every job's log readable by anyone reaching the pages")
+    parser.add_argument("--web-grant-key-file", metavar="PATH",
+                        help="key the web links are signed with, the same on every host "
+                             "(default: derived from the admin token)")
     parser.add_argument("--state-dir", metavar="DIR",
                         help="embedded database and local machines live here")
     parser.add_argument("--drain-timeout", metavar="SECONDS", type=float,
@@ -97,7 +101,7 @@ def load(args: argparse.Namespace) -> OrchestratorConfig:
         "database_url", "amqp_url", "capacity", "host_name", "backend", "allow_local_backend",
         "grpc_listen", "grpc_advertise", "broker_prefix", "state_dir", "drain_timeout",
         "log_level", "web_listen", "public_url", "admin_listen", "admin_token_file",
-        "insecure_admin_no_auth", "web_access")}
+        "insecure_admin_no_auth", "web_access", "web_grant_key_file")}
     config = load_config(OrchestratorConfig, path=args.config, section="orchestrator", cli=cli)
     if args.standalone:
         config = config.model_copy(update={"database_url": None, "amqp_url": None})

@@ -17,6 +17,7 @@ from common.messages import JobEvent, JobRequest
 from common.retry import Backoff, retry_async
 from common.supervise import Supervisor, wait_event
 from orchestrator.db import TRANSIENT_ERRORS, Database
+from orchestrator.grants import GrantSigner, grant_link
 from orchestrator.intake import WORKFLOW_JOB_KEY
 
 log = logging.getLogger(__name__)
@@ -32,8 +33,10 @@ class OutboxRelay:
     def __init__(self, db: Database, broker: Broker) -> None:
         self.db = db
         self.broker = broker
-        # Base of the web log pages; events get `log_url` from it (set once pages are served).
+        # Base of the web log pages; events get `log_url` from it (set once pages are served),
+        # with a grant to the run from `grants` when links are signed.
         self.log_url_base = ""
+        self.grants: GrantSigner | None = None
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -94,7 +97,8 @@ class OutboxRelay:
         # The pseudo-job of an invalid workflow has no page of its own: its run page says why.
         page = (f"runs/{event.run_id}" if event.job_key == WORKFLOW_JOB_KEY
                 else f"jobs/{event.job_id}")
-        return event.model_copy(update={"log_url": f"{self.log_url_base.rstrip('/')}/{page}"})
+        url = grant_link(f"{self.log_url_base.rstrip('/')}/{page}", self.grants, event.run_id)
+        return event.model_copy(update={"log_url": url})
 
     async def _prune(self) -> None:
         try:

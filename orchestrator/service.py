@@ -22,6 +22,7 @@ from common.messages import RunRequest, decode
 from common.supervise import Supervisor
 from orchestrator.admin import AdminService
 from orchestrator.adminauth import AdminTokenRequired, resolve_access, warn_about
+from orchestrator.admintokens import AdminTokens
 from orchestrator.api import OrchestratorAPI
 from orchestrator.artifacts import ArtifactLimits, ArtifactStore
 from orchestrator.backends.base import VMBackend
@@ -29,6 +30,7 @@ from orchestrator.config import OrchestratorConfig
 from orchestrator.db import Database
 from orchestrator.effects import Effects
 from orchestrator.executor import Executor, host_prefix
+from orchestrator.grants import GrantSigner
 from orchestrator.hosts import HostRegistry
 from orchestrator.intake import Intake
 from orchestrator.logstore import LogStore
@@ -39,6 +41,7 @@ from orchestrator.sessions import LogQuota, Sessions
 from orchestrator.store import OUTBOX_CHANNEL, Store
 from orchestrator.updates import Hub
 from orchestrator.web import build_app
+from orchestrator.webauth import WebPolicy
 from protos import admin_pb2_grpc, runner_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -84,6 +87,11 @@ class Orchestrator:
         self.api = OrchestratorAPI(db=db, intake=self.intake, store=self.store, hub=self.hub,
                                    effects=self.effects)
         self.secrets = dict(secrets or {})
+        self.admin_tokens = AdminTokens(db, self.access.token)
+        # Signed links to the pages (`web_access = "signed"`): the relay puts them into events.
+        self.grants = (GrantSigner(self.access.web_key, config.web_grant_ttl)
+                       if self.access.web_key is not None and config.web_access == "signed"
+                       else None)
         self.registry = HostRegistry(db, config.host_name, config.capacity,
                                      interval=config.host_heartbeat_interval,
                                      stale_after=config.host_stale_after)
@@ -134,12 +142,11 @@ class Orchestrator:
             checks = {"database": database_check(self.db.pool),
                       "broker": broker_check(self.broker), "listen": listener.ready,
                       "tasks": self.supervisor.ready}
-            self.web = BackgroundServer(build_app(
-                self.db, checks, token=self.access.web_token,
-                secure_cookie=(self.config.public_url or "").startswith("https://")),
-                host, int(port))
+            self.web = BackgroundServer(build_app(self.db, checks, policy=self._web_policy()),
+                                        host, int(port))
             await self.web.start(self.supervisor)
             self.relay.log_url_base = self.config.public_url or self.web.url
+            self.relay.grants = self.grants
         self.relay.start(self.supervisor)
         self.executor = Executor(config=self.config, store=self.store, broker=self.broker,
                                  backend=self.backend, sessions=self.sessions,
@@ -153,16 +160,25 @@ class Orchestrator:
                                                 "backend": self.backend.name,
                                                 "capacity": self.config.capacity})
 
+    def _web_policy(self) -> WebPolicy | None:
+        """Who may read the pages (`web_access`); None: everyone."""
+        if self.access.web_key is None:
+            return None
+        return WebPolicy(db=self.db, tokens=self.admin_tokens, key=self.access.web_key,
+                         grants=self.grants,
+                         secure_cookie=(self.config.public_url or "").startswith("https://"))
+
     async def _start_admin(self) -> None:
         """The Admin service on its own listener: never the port job machines are given."""
         warn_about(self.config, self.access)
         interceptors: list[grpc.aio.ServerInterceptor] = [DatabaseUnavailable()]
         if self.access.token is not None:
-            interceptors.insert(0, AdminTokenRequired(self.access.token))
+            interceptors.insert(0, AdminTokenRequired(self.admin_tokens.identify))
         self.admin_server = grpc.aio.server(options=GRPC_OPTIONS, interceptors=interceptors)
         admin_pb2_grpc.add_AdminServicer_to_server(AdminService(
-            db=self.db, api=self.api, registry=self.registry, artifacts=self.artifacts,
-            pages_url=lambda: self.relay.log_url_base), self.admin_server)
+            db=self.db, api=self.api, registry=self.registry, tokens=self.admin_tokens,
+            artifacts=self.artifacts,
+            pages_url=lambda: self.relay.log_url_base, grants=self.grants), self.admin_server)
         try:
             port = self.admin_server.add_insecure_port(self.config.admin_listen)
         except RuntimeError as exc:  # gRPC's way of saying the address is taken or invalid

@@ -24,6 +24,7 @@ from common.messages import (
     JobState,
     Repo,
 )
+from orchestrator import audit
 from orchestrator.db import Database
 from orchestrator.manifest import record_manifest
 
@@ -375,35 +376,60 @@ class Store:
         changes.cancel += [r["id"] for r in active]
         changes.cancel_reason = message
 
-    async def cancel_run(self, run_id: uuid.UUID, message: str = "cancelled") -> Changes:
-        """Cancel the run's queued jobs now and ask its running ones to stop."""
-        changes = Changes()
-        async with self.db.transaction() as conn:
-            if await lock_run(conn, run_id) is None:
-                return changes
-            await self._cancel_rest(conn, run_id, message, changes)
-            await settle(conn, run_id, changes)
-            await notify_outbox(conn)
-        return changes
+    async def cancel_run(self, run_id: uuid.UUID, message: str = "cancelled", *,
+                         actor: str | None = None) -> tuple[bool, Changes]:
+        """Cancel the run's queued jobs now and ask its running ones to stop; False (nothing
+        done) if the run is unknown or ended already.
 
-    async def approve_run(self, run_id: uuid.UUID, approver: str) -> tuple[bool, Changes]:
-        """Queue the jobs of a run that waits for approval; False if it was not waiting."""
+        `actor` (`token:NAME`, `github:LOGIN`, ...) is recorded on the run and in the audit log,
+        refusal included; None for the orchestrator's own cancels (Ctrl-C of `cidev run`)."""
         changes = Changes()
         async with self.db.transaction() as conn:
-            if await lock_run(conn, run_id) is None:
-                return False, changes
-            waiting = await conn.fetch(
+            run = await lock_run(conn, run_id)
+            if run is not None and run["finished_at"] is None:
+                await self._cancel_rest(conn, run_id, message, changes)
+                if actor is not None:
+                    await conn.execute("UPDATE runs SET cancelled_by = $2, cancelled_at = now()"
+                                       " WHERE id = $1", run_id, actor)
+                    await audit.record(conn, actor=actor, action="cancel", target=str(run_id),
+                                       detail=message)
+                await settle(conn, run_id, changes)
+                await notify_outbox(conn)
+                return True, changes
+        if actor is not None:
+            why = "no such run" if run is None else f"the run already ended ({run['state']})"
+            await audit.record(self.db.pool, actor=actor, action="cancel", target=str(run_id),
+                               outcome=f"refused: {why}")
+        return False, changes
+
+    async def approve_run(self, run_id: uuid.UUID, actor: str) -> tuple[bool, Changes]:
+        """Queue the jobs of a run that waits for approval, recording who approved (`actor`:
+        `token:NAME`, `github:LOGIN`, ...) and when, on the run and in the audit log; False
+        (and the refusal audited) if the run was not waiting."""
+        changes = Changes()
+        async with self.db.transaction() as conn:
+            run = await lock_run(conn, run_id)
+            waiting = [] if run is None else await conn.fetch(
                 "SELECT id FROM jobs WHERE run_id = $1 AND state = 'awaiting_approval'", run_id)
             for job in waiting:
                 await _transition(conn, job["id"], JobState.QUEUED,
                                   [JobState.AWAITING_APPROVAL.value],
-                                  f"approved by {approver}", changes)
+                                  f"approved by {actor}", changes)
             if waiting:
-                await conn.execute("UPDATE runs SET approved_by = $2 WHERE id = $1",
-                                   run_id, approver)
+                await conn.execute(
+                    "UPDATE runs SET approved_by = $2, approved_at = now(),"
+                    " state = CASE WHEN state = 'awaiting_approval' THEN 'queued' ELSE state END"
+                    " WHERE id = $1", run_id, actor)
+                await audit.record(conn, actor=actor, action="approve", target=str(run_id))
                 await settle(conn, run_id, changes)
                 await notify_outbox(conn)
-        return bool(waiting), changes
+                return True, changes
+        why = ("no such run" if run is None else
+               f"the run is not waiting for approval ({run['state']}"
+               + (f", approved by {run['approved_by']})" if run["approved_by"] else ")"))
+        await audit.record(self.db.pool, actor=actor, action="approve", target=str(run_id),
+                           outcome=f"refused: {why}")
+        return False, changes
 
     async def cancel_job(self, job_id: uuid.UUID, message: str = "cancelled") -> Changes:
         """Cancel one job: at once if queued, else ask its runner to stop."""

@@ -167,6 +167,10 @@ def list_runs_request(message: admin_pb2.ListRunsRequest) -> None:
         _fail("state", f"no run state {message.state!r}; the states are {', '.join(RUN_STATES)}")
 
 
+def list_audit_request(message: admin_pb2.ListAuditRequest) -> None:
+    _int("limit", message.limit, 0, MAX_LIST_LIMIT)
+
+
 # -- The edge ---------------------------------------------------------------------------------
 
 async def require(context: grpc.aio.ServicerContext, check: Callable[..., Any],

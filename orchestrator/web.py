@@ -9,7 +9,7 @@
 Runs and jobs are named by their full id; a unique prefix of at least 8 characters (what
 `ciadm` accepts too) redirects to the full id. Read-only, from the shared Postgres, so any host
 serves every job. Logs were masked before they were stored. Unless `web_access = "public"`,
-every page but `/healthz` and `/readyz` needs the admin token (`webauth`).
+every page but `/healthz` and `/readyz` needs an admin token or a grant to its run (`webauth`).
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ from orchestrator.api import JobSummary, RunSummary, load_summary
 from orchestrator.db import Database
 from orchestrator.logstore import read_log
 from orchestrator.validate import INT64_MAX
-from orchestrator.webauth import WebTokenRequired
+from orchestrator.webauth import WebAccess, WebPolicy
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2rem; color: #222; }
@@ -116,10 +116,20 @@ def _steps_table(job: JobSummary) -> str:
             f"{rows}</table>")
 
 
-def build_app(db: Database, checks: Mapping[str, Check] | None = None, *, token: str | None,
-              secure_cookie: bool = False) -> Starlette:
-    """The pages' ASGI app over `db`, with `/readyz` running `checks`: behind `token` (None:
-    public); `secure_cookie` when users reach the pages over HTTPS."""
+def _decisions(summary: RunSummary) -> str:
+    """Who approved and who cancelled the run, and when."""
+    lines = [f"<p class='decision'>{what} by {html.escape(who)} at "
+             f"{at.strftime('%Y-%m-%d %H:%M:%S UTC') if at else '?'}</p>"
+             for what, who, at in (("approved", summary.approved_by, summary.approved_at),
+                                   ("cancelled", summary.cancelled_by, summary.cancelled_at))
+             if who]
+    return "".join(lines)
+
+
+def build_app(db: Database, checks: Mapping[str, Check] | None = None, *,
+              policy: WebPolicy | None) -> Starlette:
+    """The pages' ASGI app over `db`, with `/readyz` running `checks`: behind `policy`
+    (`webauth`; None: public)."""
 
     async def run_page(request: Request) -> Response:
         run_id = _uuid(request, "run_id")
@@ -134,7 +144,8 @@ def build_app(db: Database, checks: Mapping[str, Check] | None = None, *, token:
             f"<td>{html.escape(j.message)}</td></tr>" for j in summary.jobs)
         return _page(f"run {summary.run_id}",
                      f"<h1>{html.escape(summary.workflow_name or 'run')} {_state(summary.state)}</h1>"
-                     f"<pre>{html.escape(summary.message)}</pre><table><tr><th>job</th>"
+                     f"<pre>{html.escape(summary.message)}</pre>{_decisions(summary)}"
+                     f"<table><tr><th>job</th>"
                      f"<th>runs on</th><th>state</th><th></th></tr>{rows}</table>")
 
     async def job_page(request: Request) -> Response:
@@ -175,8 +186,7 @@ def build_app(db: Database, checks: Mapping[str, Check] | None = None, *, token:
             "X-Solstice-Last-Seq": str(log.last_seq or after),
             "X-Solstice-Done": "1" if log.done else "0"})
 
-    gate = [] if token is None else [
-        Middleware(WebTokenRequired, token=token, secure_cookie=secure_cookie)]
+    gate = [] if policy is None else [Middleware(WebAccess, policy=policy)]
     return Starlette(routes=[
         Route("/runs/{run_id}", run_page),
         Route("/jobs/{job_id}", job_page),

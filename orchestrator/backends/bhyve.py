@@ -58,6 +58,14 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from common.config import load_config
 from common.observability import tracer
 from orchestrator.backends.base import VM, BackendError, Resources, RunnerBootstrap, VMBackend, VMSpec
+from orchestrator.backends.bhyve_network import (
+    ADDRESSES_DIR,
+    PROTECTION_DHCP,
+    PROTECTION_STATIC,
+    AddressPool,
+    BhyveNetwork,
+    ipf_rules,
+)
 from orchestrator.backends.cloudinit import user_data
 from orchestrator.backends.commands import run_command
 from orchestrator.backends.zfs import DatasetExists, DatasetNotFound, Zfs, ZfsChoice, open_zfs
@@ -157,6 +165,8 @@ class BhyveSettings(BaseModel):
     # Logs shown as the machine's console: the brand's boot log inside the zone root.
     console_logs: list[str] = Field(default_factory=lambda: ["{zonepath}/root/tmp/init.log"])
     console_log_bytes: int = Field(default=65536, ge=1024)
+    # Link protection, job addresses and egress rules (`bhyve_network`).
+    network: BhyveNetwork = Field(default_factory=BhyveNetwork)
 
     @field_validator("clone_parent")
     @classmethod
@@ -236,8 +246,9 @@ def vnic_name(name: str) -> str:
 
 
 def zonecfg_script(names: JobNames, *, extra_attrs: Mapping[str, str], vcpus: int,
-                   ram_mb: int) -> str:
-    """The `zonecfg -f` command file for a job's zone (values quoted; none contain quotes)."""
+                   ram_mb: int, net: Mapping[str, str] | None = None) -> str:
+    """The `zonecfg -f` command file for a job's zone (values quoted; none contain quotes);
+    `net`: more properties of its network resource (`allowed-address`, `defrouter`)."""
     attrs = {
         "bootdisk": names.dataset,
         "ram": f"{ram_mb}M",
@@ -253,6 +264,7 @@ def zonecfg_script(names: JobNames, *, extra_attrs: Mapping[str, str], vcpus: in
         "set autoboot=false",
         "add net",
         f"set physical={names.vnic}",
+        *(f"set {prop}={value}" for prop, value in (net or {}).items()),
         "end",
         "add device",
         f'set match="{names.device}"',
@@ -287,6 +299,9 @@ class BhyveBackend(VMBackend):
         # One `zoneadm list` per watch interval serves every running job's `wait_exit`.
         self._watch_lock = asyncio.Lock()
         self._watched: tuple[float, dict[str, str]] | None = None
+        network = settings.network
+        self.addresses = (AddressPool(Path(settings.work_dir) / ADDRESSES_DIR, network.pool())
+                          if network.addresses is not None else None)
 
     @classmethod
     def from_config(cls, path: str | Path | None = None,
@@ -382,6 +397,19 @@ class BhyveBackend(VMBackend):
         if problems:
             raise BackendError("the bhyve backend is not ready: " + "; ".join(problems),
                                hint="fix [orchestrator.bhyve] or the host (images/illumos/README.md)")
+        await self._prepare_network()
+
+    async def _prepare_network(self) -> None:
+        network = self.settings.network
+        if network.protection and self.addresses is None:
+            log.warning("bhyve jobs get their address by DHCP, so their VNICs are protected "
+                        "against MAC spoofing only; set [orchestrator.bhyve.network] addresses "
+                        "and gateway for ip-nospoof with allowed-ips")
+        if network.ipf_rules_file is not None:
+            path = Path(network.ipf_rules_file)
+            await asyncio.to_thread(_write_private, path, ipf_rules(network))
+            log.info("wrote the job network's ipf rules to %s; load them with `ipf -f %s` "
+                     "(see docs/config.md)", path, path)
 
     async def provision(self, spec: VMSpec) -> VM:
         names = self.names(spec.name)
@@ -402,8 +430,9 @@ class BhyveBackend(VMBackend):
                 await self._run("dladm", "create-vnic", "-l", self.settings.link, names.vnic)
                 created.add("vnic")
                 created.add("work")
+                net = await self._protect(names, spec.name)
                 script = zonecfg_script(names, extra_attrs=image.attrs, vcpus=resources.vcpus,
-                                        ram_mb=resources.ram_mb)
+                                        ram_mb=resources.ram_mb, net=net)
                 await asyncio.to_thread(_write_private, names.zonecfg, script)
                 await self._run("zonecfg", "-z", names.zone, "-f", str(names.zonecfg))
                 created.add("zone")
@@ -418,7 +447,26 @@ class BhyveBackend(VMBackend):
             "snapshot": snapshot, "image": snapshot, "vnic": names.vnic, "link": self.settings.link,
             "volsize": str(volsize), "vcpus": str(resources.vcpus),
             "ram_mb": str(resources.ram_mb), "zfs": self.zfs.name,
+            "address": net.get("allowed-address", "dhcp"),
         })
+
+    async def _protect(self, names: JobNames, machine: str) -> dict[str, str]:
+        """The job's address (if the network has a pool) and its VNIC's link protection; the
+        zone's net properties that hand the address to the guest."""
+        network = self.settings.network
+        net: dict[str, str] = {}
+        props: list[str] = []
+        if self.addresses is not None:
+            address = await asyncio.to_thread(self.addresses.claim, machine)
+            net = {"allowed-address": f"{address}/{network.prefix_length}",
+                   "defrouter": str(network.gateway)}
+            props = [f"protection={PROTECTION_STATIC}", f"allowed-ips={address}"]
+        elif network.protection:
+            props = [f"protection={PROTECTION_DHCP}"]
+        if network.protection and props:
+            await self._run("dladm", "set-linkprop", *(a for p in props for a in ("-p", p)),
+                            names.vnic)
+        return net
 
     async def _undo(self, names: JobNames, created: set[str]) -> None:
         try:
@@ -467,7 +515,10 @@ class BhyveBackend(VMBackend):
             if state is not None:
                 await self._run("zonecfg", "-z", names.zone, "delete", "-F")
         if vnic and names.vnic in await self.vnics():
+            # Its link properties (protection, allowed-ips) go with it.
             await self._run("dladm", "delete-vnic", names.vnic)
+        if vnic and self.addresses is not None:
+            await asyncio.to_thread(self.addresses.release, names.zone)
         if dataset and await self.zfs.exists(names.dataset):
             try:
                 await self.zfs.destroy(names.dataset)

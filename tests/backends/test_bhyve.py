@@ -81,7 +81,9 @@ async def test_full_lifecycle(backend: BhyveBackend, fake_illumos: FakeIllumos) 
     clone = state["datasets"][f"{CLONE_PARENT}/hosta-0001"]
     assert clone["origin"] == f"{IMAGE}@golden"
     assert clone["props"]["volsize"] == str(20 * GIB)
-    assert state["links"]["hosta_0001_0"] == {"class": "vnic", "over": LINK}
+    # Addressed by DHCP (no network.addresses): protected against MAC spoofing.
+    assert state["links"]["hosta_0001_0"] == {"class": "vnic", "over": LINK,
+                                              "props": {"protection": ["mac-nospoof"]}}
     zone = state["zones"]["hosta-0001"]
     assert zone["state"] == "installed"
     assert zone["brand"] == "bhyve" and zone["ip-type"] == "exclusive"

@@ -11,12 +11,13 @@ from forge_integration.config import RepoSettings as ForgeRepo
 from github_integration.config import GitHubIntegrationConfig
 from github_integration.config import RepoSettings as GitHubRepo
 from orchestrator.backends.bhyve import BhyveSettings, LabelImage
+from orchestrator.backends.bhyve_network import BhyveNetwork
 from orchestrator.backends.qemu import GuestForward, QemuLabel, QemuLimits, QemuSettings
 from orchestrator.config import OrchestratorConfig
 from workflow_runner.config import RunnerSettings
 
 DOC = (Path(__file__).resolve().parents[2] / "docs" / "config.md").read_text()
-MODELS = [OrchestratorConfig, BhyveSettings, LabelImage, QemuSettings, QemuLabel, QemuLimits,
+MODELS = [OrchestratorConfig, BhyveSettings, BhyveNetwork, LabelImage, QemuSettings, QemuLabel, QemuLimits,
           GuestForward, ForgeIntegrationConfig, Site, ForgeRepo, GitHubIntegrationConfig,
           GitHubRepo, RunnerSettings]
 

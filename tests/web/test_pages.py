@@ -62,7 +62,7 @@ async def test_job_and_run_pages_and_event_links(orchestrator_factory) -> None:
             break
         await asyncio.sleep(0.05)
     final = [e for e in events if e.state == JobState.FAILURE]
-    assert final and final[0].log_url == f"{base}/jobs/{job.job_id}"
+    assert final and final[0].log_url.startswith(f"{base}/jobs/{job.job_id}?grant={summary.run_id}.")
 
 
 async def test_a_running_job_page_follows_the_log(orchestrator_factory) -> None:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import ipaddress
 import json
 import os
 import re
@@ -353,6 +354,61 @@ def dladm_delete_vnic(state: dict[str, Any], vnic: str) -> None:
     if any(link.get("over") == vnic for link in state["links"].values()):
         raise ToolError("dladm: vnic deletion failed: link busy", kind="busy", name=vnic)
     del state["links"][vnic]
+
+
+# dladm(8) link properties the fake knows, on VNICs: link protection and its address list.
+PROTECTION_VALUES = ("mac-nospoof", "restricted", "ip-nospoof", "dhcp-nospoof")
+LINK_PROPERTIES = ("protection", "allowed-ips")
+
+
+def _linkprop_link(state: dict[str, Any], name: str) -> dict[str, Any]:
+    link = state["links"].get(name)
+    if link is None:
+        raise ToolError(f"dladm: link {name} is not valid: object not found", kind="notfound",
+                        name=name)
+    return link
+
+
+def _check_linkprop(prop: str, values: list[str]) -> None:
+    """What dladm's set-linkprop says of an unknown property or a value it refuses."""
+    if prop not in LINK_PROPERTIES:
+        raise ToolError(f"dladm: warning: invalid link property '{prop}'")
+    if prop == "protection":
+        if any(v not in PROTECTION_VALUES for v in values):
+            raise ToolError("dladm: warning: link property 'protection' must be one of: "
+                            + ",".join(PROTECTION_VALUES))
+        return
+    for value in values:
+        try:
+            ipaddress.ip_network(value, strict=True)
+        except ValueError:
+            raise ToolError(f"dladm: warning: invalid link property '{value}'") from None
+
+
+def dladm_set_linkprop(state: dict[str, Any], name: str, props: dict[str, list[str]]) -> None:
+    link = _linkprop_link(state, name)
+    for prop, values in props.items():
+        _check_linkprop(prop, values)
+    for prop, values in props.items():
+        link.setdefault("props", {})[prop] = values
+
+
+def dladm_reset_linkprop(state: dict[str, Any], name: str, props: list[str]) -> None:
+    link = _linkprop_link(state, name)
+    for prop in props:
+        if prop not in LINK_PROPERTIES:
+            raise ToolError(f"dladm: warning: invalid link property '{prop}'")
+    for prop in props or list(link.get("props", {})):
+        link.get("props", {}).pop(prop, None)
+
+
+def dladm_show_linkprop(state: dict[str, Any], name: str, props: list[str]) -> dict[str, str]:
+    """Property -> its value as `show-linkprop -c -o value` prints it (empty when unset)."""
+    link = _linkprop_link(state, name)
+    for prop in props:
+        if prop not in LINK_PROPERTIES:
+            raise ToolError(f"dladm: warning: invalid link property '{prop}'")
+    return {prop: ",".join(link.get("props", {}).get(prop, [])) for prop in props}
 
 
 def dladm_create_etherstub(state: dict[str, Any], name: str) -> None:
