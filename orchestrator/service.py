@@ -38,7 +38,7 @@ from orchestrator.rpc import DatabaseUnavailable, RunnerService
 from orchestrator.sessions import LogQuota, Sessions
 from orchestrator.store import OUTBOX_CHANNEL, Store
 from orchestrator.updates import Hub
-from orchestrator.web import build_app
+from orchestrator.web import LiveSignals, build_app
 from protos import admin_pb2_grpc, runner_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -100,6 +100,9 @@ class Orchestrator:
         self.grpc_url = ""
         self.admin_url = ""
         self.web: BackgroundServer | None = None
+        # Wakes the web pages' live streams when this host stored a job's log or changed state.
+        self.live = LiveSignals()
+        self.logs.on_written = self.live.notify
 
     async def start(self) -> None:
         # Hold the host name and clear up after a previous life before taking any job.
@@ -136,8 +139,10 @@ class Orchestrator:
                       "tasks": self.supervisor.ready}
             self.web = BackgroundServer(build_app(
                 self.db, checks, token=self.access.web_token,
-                secure_cookie=(self.config.public_url or "").startswith("https://")),
+                secure_cookie=(self.config.public_url or "").startswith("https://"),
+                public_url=self.config.public_url, signals=self.live),
                 host, int(port))
+            self.supervisor.spawn("web-live", self.live.follow(self.hub))
             await self.web.start(self.supervisor)
             self.relay.log_url_base = self.config.public_url or self.web.url
         self.relay.start(self.supervisor)
@@ -205,6 +210,7 @@ class Orchestrator:
         await self.registry.set_state("stopped")
         await self.relay.close()
         if self.web is not None:
+            self.live.close()  # ends the open event streams, else the server waits for them
             await self.web.stop()
         if self.server is not None:
             await self.server.stop(1.0)

@@ -50,8 +50,10 @@ async def test_job_and_run_pages_and_event_links(orchestrator_factory) -> None:
         tail = await http.get(f"/jobs/{job.job_id}/log.txt", params={"after": last})
         assert tail.content == b"" and tail.headers["X-Solstice-Last-Seq"] == str(last)
 
+        assert raw.headers["Content-Disposition"].startswith("attachment;")
+
         run_page = await http.get(f"/runs/{summary.run_id}")
-        assert run_page.status_code == 200 and f"../jobs/{job.job_id}" in run_page.text
+        assert run_page.status_code == 200 and f"href='/jobs/{job.job_id}'" in run_page.text
 
         assert (await http.get(f"/jobs/{uuid.uuid4()}")).status_code == 404
         assert (await http.get("/jobs/not-a-uuid")).status_code == 404
@@ -78,7 +80,8 @@ async def test_a_running_job_page_follows_the_log(orchestrator_factory) -> None:
             await asyncio.sleep(0.05)
         assert raw.headers["X-Solstice-Done"] == "0"
         page = await http.get(f"/jobs/{summary.jobs[0].job_id}")
-        assert "<script>" in page.text  # still running: the page polls for more
+        assert "<script>" in page.text  # still running: the page follows the event stream
+        assert f"data-events='/jobs/{summary.jobs[0].job_id}/events?attempt=1'" in page.text
     assert (await harness.api.wait(run_id)).state == "success"
 
 
@@ -95,8 +98,8 @@ async def test_an_id_prefix_redirects_to_the_full_id(orchestrator_factory) -> No
         job_page = await http.get(f"/jobs/{job_id[:13]}", follow_redirects=True)
         assert str(job_page.url).endswith(f"/jobs/{job_id}")
         # Steps are numbered from 1, as `ciadm show` numbers them.
-        assert "<td>1</td><td>greet</td>" in job_page.text
-        assert "<td>2</td><td>boom</td>" in job_page.text
+        assert "<summary>1. greet " in job_page.text
+        assert "<summary>2. boom " in job_page.text
 
         log = await http.get(f"/jobs/{job_id[:8]}/log.txt", params={"after": 0},
                              follow_redirects=True)
