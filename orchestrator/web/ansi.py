@@ -15,8 +15,10 @@ import html
 import re
 from dataclasses import dataclass, replace
 
-# CSI (ESC [ params intermediates final), OSC (ESC ] ... BEL or ESC \), any other ESC + byte.
-ESCAPE = re.compile(r"\x1b(?:\[([0-9;:?<=>]*)[ -/]*([@-~])|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[@-Z\\-_]|.?)")
+# CSI (ESC [ params intermediates final), OSC (ESC ] ... BEL or ESC \), ESC + intermediates +
+# final (charset switches), any other ESC + byte.
+ESCAPE = re.compile(r"\x1b(?:\[([0-9;:?<=>]*)[ -/]*([@-~])|\][^\x07\x1b]*(?:\x07|\x1b\\)?"
+                    r"|[ -/]+[0-~]|[@-Z\\-_]|.?)")
 # The 6x6x6 cube and the grey ramp of the 256-colour palette (xterm's values).
 CUBE = (0, 95, 135, 175, 215, 255)
 
@@ -122,19 +124,29 @@ class AnsiRenderer:
         line = line.removesuffix("\r")
         if "\r" in line:
             line = line.rsplit("\r", 1)[1]
-        out = [self.style.open_tag()]
+        out: list[str] = []
+        is_open = False  # a span is open; spans open only around text, never empty
+
+        def text(piece: str) -> None:
+            nonlocal is_open
+            if piece and not is_open and (tag := self.style.open_tag()):
+                out.append(tag)
+                is_open = True
+            out.append(piece)
+
         position = 0
         escaped = html.escape(line, quote=False)
         for match in ESCAPE.finditer(escaped):
-            out.append(escaped[position:match.start()])
+            text(escaped[position:match.start()])
             position = match.end()
             if match.group(2) == "m":
                 before = self.style
                 self.style = apply_sgr(self.style, match.group(1))
-                if self.style != before:
-                    out.append(("</span>" if before.open_tag() else "") + self.style.open_tag())
-        out.append(escaped[position:])
-        if self.style.open_tag():
+                if is_open and self.style != before:
+                    out.append("</span>")
+                    is_open = False
+        text(escaped[position:])
+        if is_open:
             out.append("</span>")
         return "".join(out)
 

@@ -4,7 +4,8 @@
 `{"step": index, "lines": [html, ...]}`), `steps` when the job's or a step's state changed,
 `attempt` when a new attempt started (the page reloads), `end` once the job ended and its
 whole log was sent. While the job runs, chunks go out only in an unbroken sequence from the
-resume point, so a chunk stored late cannot be skipped.
+resume point, so a chunk stored late cannot be skipped (one the database refused holds the
+rest back until the job ends, when everything stored goes out).
 
 `/runs/{id}/events`: `run` events with the live part of the run page (HTML), `end` when the
 run ended.
