@@ -2,7 +2,8 @@
 
 `/jobs/{id}/events?attempt=A&after=SEQ`: `log` events (id = the chunk's sequence number, data
 `{"step": index, "lines": [html, ...]}`), `steps` when the job's or a step's state changed,
-`attempt` when a new attempt started (the page reloads), `end` once the job ended and its
+`attempt` when another attempt started (the page reloads; a queued job starting its first
+is followed on), `end` once the job ended and its
 whole log was sent. While the job runs, chunks go out only in an unbroken sequence from the
 resume point, so a chunk stored late cannot be skipped (one the database refused holds the
 rest back until the job ends, when everything stored goes out).
@@ -46,7 +47,9 @@ class JobLogFeed:
         if log is None:
             return sse.Batch([sse.frame("end", {"state": "deleted", "steps": []})], done=True)
         if log.attempt != self.attempt:
-            return sse.Batch([sse.frame("attempt", {"attempt": log.attempt})], done=True)
+            if self.attempt != 0 or self.after != 0:
+                return sse.Batch([sse.frame("attempt", {"attempt": log.attempt})], done=True)
+            self.attempt = log.attempt  # the job was queued and has just started its first
         batch = sse.Batch()
         for chunk in log.chunks:
             if not log.done and chunk["seq"] != self.after + 1:

@@ -138,3 +138,20 @@ async def test_a_running_job_stream_never_skips_a_chunk_stored_late(orchestrator
     ids = log_ids(got)
     assert ids[-1] == 1000 and ids[:-1] == list(range(1, len(ids)))
     assert any("second" in line for e in got if e.event == "log" for line in e.json()["lines"])
+
+
+async def test_a_stream_opened_before_the_job_started_follows_its_first_attempt(
+        orchestrator_factory) -> None:
+    harness = await orchestrator_factory(web_listen="127.0.0.1:0")
+    run_id = await harness.submit('workflow { job id="j" runs_on="local" { step name="s"'
+                                  ' run="echo hello"; }; }', trusted=False, needs_approval=True)
+    job = (await harness.api.summary(run_id)).jobs[0]
+    assert job.state == "awaiting_approval" and job.attempt == 0
+    async with httpx.AsyncClient(base_url=harness.orchestrator.web.url, headers=AUTH) as http:
+        stream = asyncio.create_task(events(http, f"/jobs/{job.job_id}/events?attempt=0&after=0"))
+        await asyncio.sleep(0.5)
+        assert await harness.api.approve_run(run_id, "tester")
+        got = await stream
+    assert [e.event for e in got if e.event == "attempt"] == []
+    assert got[-1].event == "end" and got[-1].json()["state"] == "success"
+    assert any(line == "hello" for e in got if e.event == "log" for line in e.json()["lines"])
