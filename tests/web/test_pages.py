@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
 
 import httpx
 
 from common.broker import Delivery
-from common.messages import JobEvent, JobState, decode
+from common.messages import EventKind, JobEvent, JobState, Repo, decode
+from orchestrator.web.data import list_runs
 from tests.orchestrator.conftest import ADMIN_TOKEN
 
 # The pages sit behind the admin token by default (tests/security covers the refusals).
@@ -111,3 +113,91 @@ async def test_an_id_prefix_redirects_to_the_full_id(orchestrator_factory) -> No
         for pattern in ("%25%25%25%25%25%25%25%25", "________", f"{run_id[:8]}%25"):
             assert (await http.get(f"/runs/{pattern}")).status_code == 404  # no LIKE wildcards
         assert (await http.get("/jobs/00000000")).status_code == 404
+
+
+async def test_the_run_list_filters_pages_and_links_to_the_forge(orchestrator_factory) -> None:
+    harness = await orchestrator_factory(web_listen="127.0.0.1:0")
+    forge = Repo(forge="forgejo", owner="acme", name="widget",
+                 clone_url="https://bot:s3cret@forge.example/acme/widget.git")
+    other = Repo(forge="github", owner="acme", name="gadget",
+                 clone_url="https://github.com/acme/gadget.git")
+    broken = "not a workflow {"  # ends at intake (failure): no job to wait for
+    first = await harness.submit(broken, repo=forge, commit_sha="a" * 40)
+    second = await harness.submit(broken, repo=forge, commit_sha="b" * 40, branch="fix",
+                                  ref="refs/pull/7/head", event=EventKind.PULL_REQUEST,
+                                  pull_request=7)
+    third = await harness.submit(broken, repo=other, commit_sha="c" * 40,
+                                 event=EventKind.MANUAL)
+    async with httpx.AsyncClient(base_url=harness.orchestrator.web.url, headers=AUTH) as http:
+        async def listed(**filters: str) -> list[str]:
+            page = await http.get("/", params=filters)
+            assert page.status_code == 200
+            return re.findall(r"href='/runs/([0-9a-f-]{36})'", page.text)
+
+        assert await listed() == [str(third), str(second), str(first)]  # newest first
+        assert (await http.get("/runs")).text == (await http.get("/")).text
+        assert await listed(repository="acme/widget") == [str(second), str(first)]
+        assert await listed(repository="acme/widget", branch="main") == [str(first)]
+        assert await listed(event="manual") == [str(third)]
+        assert await listed(state="failure", event="push") == [str(first)]
+        assert await listed(state="running") == []
+        assert await listed(before=str(second)) == [str(first)]
+        assert (await http.get("/", params={"before": "x"})).status_code == 400
+
+        page = (await http.get("/", params={"repository": "acme/widget"})).text
+        assert f"href='https://forge.example/acme/widget/commit/{'b' * 40}'>bbbbbbbbbb<" in page
+        assert "href='https://forge.example/acme/widget/pull/7'>#7<" in page
+        assert "s3cret" not in page and "bot@" not in page
+        assert ">refs/pull/7/head<" in page and "pull_request" in page
+
+    older = await list_runs(harness.orchestrator.db, {}, limit=2)
+    assert [r.run_id for r in older.rows] == [third, second] and older.older == second
+    rest = await list_runs(harness.orchestrator.db, {}, before=older.older, limit=2)
+    assert [r.run_id for r in rest.rows] == [first] and rest.older is None
+
+
+async def test_the_run_page_shows_trust_approval_and_the_pull_request(orchestrator_factory) -> None:
+    harness = await orchestrator_factory(web_listen="127.0.0.1:0")
+    run_id = await harness.submit(
+        'workflow name="pr" { job id="j" runs_on="local" { step name="s" run="true"; }; }',
+        trusted=False, needs_approval=True, event=EventKind.PULL_REQUEST, pull_request=12,
+        base_branch="main", branch="feature", ref="refs/pull/12/head")
+    async with httpx.AsyncClient(base_url=harness.orchestrator.web.url, headers=AUTH) as http:
+        page = (await http.get(f"/runs/{run_id}")).text
+        assert "<dt>trust</dt><dd>untrusted (no secrets)</dd>" in page
+        assert f"waiting for approval: <code>ciadm approve {run_id}</code>" in page
+        assert "<dt>pull request</dt><dd>#12 into main</dd>" in page  # local: no forge link
+        assert "<dt>branch</dt><dd>feature</dd>" in page
+        assert "<meta name='viewport' content='width=device-width, initial-scale=1'>" in page
+        assert "<script>" in page  # the run is active: the page follows it
+        assert await harness.api.approve_run(run_id, "alice")
+        await harness.api.wait(run_id)
+        page = (await http.get(f"/runs/{run_id}")).text
+        assert "<dt>approval</dt><dd>approved by alice</dd>" in page and "<script>" not in page
+
+
+async def test_badges_are_public_and_follow_the_last_run(orchestrator_factory) -> None:
+    harness = await orchestrator_factory(web_listen="127.0.0.1:0")
+    name = harness.source.name
+    async with httpx.AsyncClient(base_url=harness.orchestrator.web.url) as http:  # no token
+        async def badge(query: str = "") -> str:
+            answer = await http.get(f"/badge/local/{name}.svg{query}")
+            assert answer.status_code == 200
+            assert answer.headers["content-type"] == "image/svg+xml"
+            assert answer.headers["cache-control"] == "max-age=60"
+            return re.search(r'aria-label="build: (\w+)"', answer.text).group(1)
+
+        assert await badge() == "unknown"
+        assert (await http.get("/")).status_code == 401  # the pages stay behind the token
+        await harness.submit("broken {")
+        assert await badge() == "failing" and await badge("?branch=main") == "failing"
+        assert await badge("?branch=dev") == "unknown"
+        run_id = await harness.submit('workflow name="w" { job id="j" runs_on="local" {'
+                                      ' step name="s" run="sleep 1"; }; }')
+        assert await badge() == "running"
+        assert await badge("?workflow=w") == "running"
+        assert await badge("?workflow=other") == "unknown"
+        await harness.api.wait(run_id)
+        assert await badge() == "passing"
+        await harness.submit("broken {", event=EventKind.PULL_REQUEST, pull_request=3)
+        assert await badge() == "passing"  # pull requests do not colour the branch's badge
