@@ -22,6 +22,7 @@ from starlette.responses import PlainTextResponse, Response
 
 from orchestrator.db import Database
 from orchestrator.logstore import read_log
+from orchestrator.validate import INT32_MAX
 from orchestrator.web import sse
 from orchestrator.web.ansi import to_html
 from orchestrator.web.data import job_status, run_detail
@@ -88,6 +89,8 @@ class LiveStreams:
             attempt = int(request.query_params.get("attempt", "0"))
         except ValueError as exc:
             return PlainTextResponse(f"{exc}\n", status_code=400)
+        if not 0 <= attempt <= INT32_MAX:
+            return PlainTextResponse(f"`attempt` must be from 0 to {INT32_MAX}\n", status_code=400)
         current = await self.db.pool.fetchval("SELECT attempt FROM jobs WHERE id = $1", job_id)
         if current is None:
             return not_found("job")

@@ -14,7 +14,7 @@ from urllib.parse import urlencode
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, RedirectResponse, Response
 
-from orchestrator.api import RUN_STATES, JobSummary
+from orchestrator.api import RUN_STATES, JobSummary, StepSummary
 from orchestrator.db import Database
 from orchestrator.logstore import read_log
 from orchestrator.validate import INT64_MAX, NO_STEP
@@ -78,7 +78,7 @@ class Pages:
 
     def __init__(self, db: Database, base: str) -> None:
         self.db = db
-        self.base = base
+        self.base = html.escape(base)  # escaped once: it goes into attributes as it is
 
     # -- the run list ------------------------------------------------------------------
 
@@ -203,9 +203,7 @@ class Pages:
         if detail is None or log is None:
             return not_found("job")
         job = next(j for j in detail.summary.jobs if j.job_id == job_id)
-        sections = {NO_STEP: (SETUP_NAME, None)} | {
-            s.index: (s.name, s) for s in job.steps}
-        bodies: dict[int, list[str]] = {index: [] for index in sections}
+        bodies: dict[int, list[str]] = {NO_STEP: []} | {s.index: [] for s in job.steps}
         line = 0
         for chunk in log.chunks:
             for text in to_html(bytes(chunk["data"]).decode(errors="replace")):
@@ -213,9 +211,11 @@ class Pages:
                 bodies.setdefault(chunk["step_index"], []).append(
                     f"<div class='line' id='L{line}'><a class='n' href='#L{line}'>{line}</a>"
                     f"<span class='t'>{text}</span></div>")
-        steps = "".join(self._step_section(index, sections.get(index), lines)
-                        for index, lines in sorted(bodies.items())
-                        if lines or index != NO_STEP)
+        steps = {s.index: s for s in job.steps}
+        # The setup section stays while the job runs: its later lines (artifacts) go there.
+        sections = "".join(self._step_section(index, steps.get(index), lines)
+                           for index, lines in sorted(bodies.items())
+                           if lines or index != NO_STEP or not log.done)
         base = f"{self.base}/jobs/{job_id}"
         head = (f"<h1>{html.escape(job.key)} {t.state(job.state.value, element_id='job-state')}</h1>"
                 f"<dl class='meta'><dt>run</dt><dd><a href='{self.base}/runs/{detail.summary.run_id}'>"
@@ -232,18 +232,21 @@ class Pages:
         live = "" if log.done else t.JOB_SCRIPT
         return t.page(f"{job.key} {job.state.value}",
                       f"{head}<div id='log' data-lines='{line}' data-after='{log.last_seq or 0}'"
-                      f" data-events='{base}/events?attempt={log.attempt}'>{steps}</div>",
+                      f" data-events='{base}/events?attempt={log.attempt}'>{sections}</div>",
                       base=self.base, script=live)
 
     @staticmethod
-    def _step_section(index: int, known: tuple[str, object] | None, lines: list[str]) -> str:
-        name, step = known or (f"step {index + 1}", None)
-        state = getattr(step, "state", "")
-        took = getattr(step, "duration_ms", None)
-        label = SETUP_NAME if index == NO_STEP else f"{index + 1}. {html.escape(name)}"
+    def _step_section(index: int, step: StepSummary | None, lines: list[str]) -> str:
+        """A foldable section of the log: its step's number, name, state and duration."""
+        if index == NO_STEP:
+            label = SETUP_NAME
+        else:
+            label = f"{index + 1}. {html.escape(step.name) if step else ''}"
+        state = html.escape(step.state) if step else ""
+        took = step.duration_ms / 1000 if step and step.duration_ms is not None else None
         return (f"<details open id='step{index}'><summary>{label} "
-                f"<span class='state {html.escape(state)}'>{html.escape(state)}</span> "
-                f"<span class='took'>{t.duration(None if took is None else took / 1000)}</span>"
+                f"<span class='state {state}'>{state}</span> "
+                f"<span class='took'>{t.duration(took)}</span>"
                 f"</summary><div class='lines'>{''.join(lines)}</div></details>")
 
     # -- the raw log ---------------------------------------------------------------------

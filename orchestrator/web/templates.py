@@ -66,7 +66,8 @@ JOB_SCRIPT = """
     if (!box) {
       box = document.createElement("details");
       box.id = "step" + step; box.open = true;
-      box.innerHTML = "<summary>step " + (step + 1) + "</summary><div class=lines></div>";
+      box.innerHTML = "<summary>" + (step + 1) + ". <span class=state></span> <span class=took>" +
+        "</span></summary><div class=lines></div>";
       log.appendChild(box);
     }
     return box.querySelector(".lines");
@@ -126,12 +127,13 @@ RUN_SCRIPT = """
 
 
 def page(title: str, body: str, *, base: str, script: str = "") -> HTMLResponse:
-    """A whole page: `body` is HTML already; `base` the path the pages are served under."""
+    """A whole page: `body` is HTML already; `base` the path the pages are served under,
+    escaped."""
     return HTMLResponse(
         "<!doctype html><html lang='en'><head><meta charset='utf-8'>"
         "<meta name='viewport' content='width=device-width, initial-scale=1'>"
         f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>"
-        f"<header><a href='{html.escape(base)}/'>Solstice CI</a></header>"
+        f"<header><a href='{base}/'>Solstice CI</a></header>"
         f"<main>{body}</main>{script}</body></html>")
 
 

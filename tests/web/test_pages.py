@@ -201,3 +201,21 @@ async def test_badges_are_public_and_follow_the_last_run(orchestrator_factory) -
         assert await badge() == "passing"
         await harness.submit("broken {", event=EventKind.PULL_REQUEST, pull_request=3)
         assert await badge() == "passing"  # pull requests do not colour the branch's badge
+
+
+async def test_links_start_with_the_path_of_public_url(orchestrator_factory) -> None:
+    # Behind a proxy serving the pages under /solstice (and stripping it on the way in).
+    harness = await orchestrator_factory(web_listen="127.0.0.1:0",
+                                         public_url="https://ci.example/solstice/")
+    run_id = await harness.submit('workflow { job id="j" runs_on="local" { step name="s"'
+                                  ' run="sleep 1"; }; }')
+    job_id = (await harness.api.summary(run_id)).jobs[0].job_id
+    async with httpx.AsyncClient(base_url=harness.orchestrator.web.url, headers=AUTH) as http:
+        job_page = (await http.get(f"/jobs/{job_id}")).text
+        assert f"data-events='/solstice/jobs/{job_id}/events?attempt=" in job_page
+        assert f"href='/solstice/runs/{run_id}'" in job_page
+        assert f"href='/solstice/jobs/{job_id}/log.txt' download" in job_page
+        run_page = (await http.get(f"/runs/{run_id}")).text
+        assert f"data-events='/solstice/runs/{run_id}/events'" in run_page
+        assert f"href='/solstice/jobs/{job_id}'" in run_page and "href='/solstice/'" in run_page
+    await harness.api.wait(run_id)
