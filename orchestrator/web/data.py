@@ -15,9 +15,10 @@ from orchestrator.db import Database
 from orchestrator.web.templates import duration
 
 PAGE_SIZE = 50
-# The run list's filters: query parameter -> the SQL it compares with.
+# The run list's filters: query parameter -> the SQL it compares with ("repository" is
+# `owner/name`, or an owner alone, compared as the index `runs_by_repository` reads them).
 FILTERS = {
-    "repository": "(repo->>'owner') || '/' || (repo->>'name')",
+    "repository": "repo->>'owner'",
     "branch": "request->>'branch'",
     "state": "state",
     "event": "event",
@@ -93,6 +94,10 @@ async def list_runs(db: Database, filters: dict[str, str], *, before: uuid.UUID 
     `before` (the cursor of the page before)."""
     where, args = [], []
     for name, value in filters.items():
+        if name == "repository" and "/" in value:
+            value, repo_name = value.split("/", 1)
+            args.append(repo_name)
+            where.append(f"repo->>'name' = ${len(args)}")
         args.append(value)
         where.append(f"{FILTERS[name]} = ${len(args)}")
     if before is not None:

@@ -137,6 +137,8 @@ async def test_the_run_list_filters_pages_and_links_to_the_forge(orchestrator_fa
         assert await listed() == [str(third), str(second), str(first)]  # newest first
         assert (await http.get("/runs")).text == (await http.get("/")).text
         assert await listed(repository="acme/widget") == [str(second), str(first)]
+        assert await listed(repository="acme") == [str(third), str(second), str(first)]
+        assert await listed(repository="acme/gadget/x") == []
         assert await listed(repository="acme/widget", branch="main") == [str(first)]
         assert await listed(event="manual") == [str(third)]
         assert await listed(state="failure", event="push") == [str(first)]
