@@ -178,7 +178,7 @@ class Pages:
         if detail.approved_by:
             return f"approved by {html.escape(detail.approved_by)}"
         if detail.awaiting_approval:
-            return (f"waiting for approval: <code>ciadm approve {detail.summary.run_id}</code>")
+            return f"waiting for approval: <code>ciadm approve {detail.summary.run_id}</code>"
         return ""
 
     def _job_card(self, detail: RunDetail, job: JobSummary) -> str:
