@@ -127,10 +127,10 @@ async def test_the_run_list_the_live_run_page_and_the_badge(orchestrator_factory
     assert rows[0][4] == "success"
     await browser.screenshot("run-list")
     await browser.width(390)
-    for page in ("/", f"/runs/{run_id}"):
+    for name, page in (("run-list", "/"), ("run-page", f"/runs/{run_id}")):
         await browser.get(f"{base}{page}")
         assert await browser.js(NO_SIDE_SCROLL), page
-    await browser.screenshot("run-page-390px")
+        await browser.screenshot(f"{name}-390px")
     await browser.width(1280)
 
     badge = f"{base}/badge/local/{harness.source.name}.svg?branch=main"
