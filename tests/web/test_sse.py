@@ -11,7 +11,8 @@ import httpx
 import pytest
 from starlette.requests import Request
 
-from orchestrator.web import sse
+from common.http import running as serving
+from orchestrator.web import build_app, sse
 from orchestrator.web.signals import LiveSignals
 from tests.orchestrator.conftest import ADMIN_TOKEN
 
@@ -155,3 +156,21 @@ async def test_a_stream_opened_before_the_job_started_follows_its_first_attempt(
     assert [e.event for e in got if e.event == "attempt"] == []
     assert got[-1].event == "end" and got[-1].json()["state"] == "success"
     assert any(line == "hello" for e in got if e.event == "log" for line in e.json()["lines"])
+
+
+async def test_this_hosts_changes_wake_the_stream_without_polling(orchestrator_factory) -> None:
+    harness = await orchestrator_factory(web_listen="127.0.0.1:0")
+    orchestrator = harness.orchestrator
+    # The orchestrator's own signals (fed by its log writer and its state changes), and a poll
+    # too slow to deliver anything in this test.
+    app = build_app(orchestrator.db, token=None, signals=orchestrator.live, poll=60)
+    run_id = await harness.submit('workflow { job id="j" runs_on="local" { step name="s"'
+                                  ' run="echo a; sleep 1; echo b"; }; }')
+    job_id = (await harness.api.summary(run_id)).jobs[0].job_id
+    async with serving(app) as url, httpx.AsyncClient(base_url=url) as http:
+        started = time.monotonic()
+        got = await events(http, f"/jobs/{job_id}/events?attempt=0", timeout=15)
+    assert time.monotonic() - started < 10
+    lines = [line for e in got if e.event == "log" for line in e.json()["lines"]]
+    assert "a" in lines and "b" in lines
+    assert [e.json()["state"] for e in got if e.event in ("steps", "end")][-1] == "success"
