@@ -1,7 +1,6 @@
 """What the pages show, read from the shared Postgres (so any host answers for any run)."""
 from __future__ import annotations
 
-import json
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -67,17 +66,13 @@ class RunRow:
 
 
 def _row(record: asyncpg.Record) -> RunRow:
-    repo, request = _json(record["repo"]), _json(record["request"])
+    repo, request = record["repo"], record["request"]  # jsonb: decoded by the pool's codec
     return RunRow(
         run_id=record["id"], repository=f"{repo.get('owner', '')}/{repo.get('name', '')}",
         commit_sha=record["commit_sha"], ref=record["ref"], branch=request.get("branch"),
         event=record["event"], pull_request=request.get("pull_request"), state=record["state"],
         workflow_name=record["workflow_name"], created_at=record["created_at"],
         finished_at=record["finished_at"], repo_url=forge_web_url(repo))
-
-
-def _json(value: Any) -> dict[str, Any]:
-    return json.loads(value) if isinstance(value, str) else dict(value or {})
 
 
 @dataclass(frozen=True)
@@ -159,7 +154,7 @@ async def run_detail(db: Database, run_id: uuid.UUID) -> RunDetail | None:
             "SELECT id, repo, commit_sha, ref, event, request, state, workflow_name, created_at,"
             " finished_at, trusted, approved_by, workflow_path FROM runs WHERE id = $1", run_id)
         needs = await conn.fetch("SELECT id, needs FROM jobs WHERE run_id = $1", run_id)
-    request = _json(run["request"])
+    request = run["request"]
     return RunDetail(
         row=_row(run), summary=summary, trusted=run["trusted"], approved_by=run["approved_by"],
         sender=request.get("sender"), tag=request.get("tag"),
