@@ -22,7 +22,7 @@ FILTERS = {
     "state": "state",
     "event": "event",
 }
-# Badge colours by the last run's state; a cancelled or skipped run says nothing about the code.
+# What a badge says for the last run's state; a cancelled or skipped run says nothing about the code.
 BADGE_STATES = {"queued": "running", "running": "running", "success": "passing",
                 "failure": "failing", "error": "failing"}
 
@@ -31,9 +31,13 @@ def forge_web_url(repo: dict[str, Any]) -> str | None:
     """The repository's page on its forge (from its clone URL), or None for a local one.
     Only http(s) URLs, without any credentials a clone URL may carry."""
     parts = urlsplit(repo.get("clone_url", ""))
+    try:
+        port = parts.port
+    except ValueError:  # not a port number: not a URL to link to
+        return None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         return None
-    host = parts.hostname + (f":{parts.port}" if parts.port else "")
+    host = parts.hostname + (f":{port}" if port else "")
     return urlunsplit((parts.scheme, host, parts.path.removesuffix(".git").rstrip("/"), "", ""))
 
 

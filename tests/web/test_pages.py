@@ -9,7 +9,7 @@ import httpx
 
 from common.broker import Delivery
 from common.messages import EventKind, JobEvent, JobState, Repo, decode
-from orchestrator.web.data import list_runs
+from orchestrator.web.data import forge_web_url, list_runs
 from tests.orchestrator.conftest import ADMIN_TOKEN
 
 # The pages sit behind the admin token by default (tests/security covers the refusals).
@@ -221,3 +221,12 @@ async def test_links_start_with_the_path_of_public_url(orchestrator_factory) -> 
         assert f"data-events='/solstice/runs/{run_id}/events'" in run_page
         assert f"href='/solstice/jobs/{job_id}'" in run_page and "href='/solstice/'" in run_page
     await harness.api.wait(run_id)
+
+
+def test_forge_links_come_only_from_http_clone_urls() -> None:
+    assert forge_web_url({"clone_url": "https://u:p@forge.example:3000/a/b.git"}) == \
+        "https://forge.example:3000/a/b"
+    for url in ("file:///src", "git@github.com:a/b.git", "javascript:alert(1)",
+                "https://forge.example:99999/a/b.git", "https:///a/b", ""):
+        assert forge_web_url({"clone_url": url}) is None, url
+    assert forge_web_url({}) is None
