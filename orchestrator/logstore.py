@@ -67,6 +67,8 @@ class LogStore:
         self._task: asyncio.Task[None] | None = None
         self.failure: LogStoreFailed | None = None
         self.rows_written = 0
+        # Told the jobs of each batch once it is stored (the web pages' live streams).
+        self.on_written: Callable[[set[uuid.UUID]], None] | None = None
 
     def start(self, spawn: Spawn) -> None:
         """Start the writer as a task of `spawn` (the service's `Supervisor.spawn`), so that a
@@ -142,6 +144,8 @@ class LogStore:
             self._written += len(batch)
             self.rows_written += len(batch)
             self._release()
+            if self.on_written is not None:
+                self.on_written({record[0] for record in batch})
 
     def _release(self) -> None:
         """Resolve the `sync` calls whose records are all written."""

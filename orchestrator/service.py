@@ -40,7 +40,7 @@ from orchestrator.rpc import DatabaseUnavailable, RunnerService
 from orchestrator.sessions import LogQuota, Sessions
 from orchestrator.store import OUTBOX_CHANNEL, Store
 from orchestrator.updates import Hub
-from orchestrator.web import build_app
+from orchestrator.web import LiveSignals, build_app
 from orchestrator.webauth import WebPolicy
 from protos import admin_pb2_grpc, runner_pb2_grpc
 
@@ -108,6 +108,9 @@ class Orchestrator:
         self.grpc_url = ""
         self.admin_url = ""
         self.web: BackgroundServer | None = None
+        # Wakes the web pages' live streams when this host stored a job's log or changed state.
+        self.live = LiveSignals()
+        self.logs.on_written = self.live.notify
 
     async def start(self) -> None:
         # Hold the host name and clear up after a previous life before taking any job.
@@ -142,8 +145,10 @@ class Orchestrator:
             checks = {"database": database_check(self.db.pool),
                       "broker": broker_check(self.broker), "listen": listener.ready,
                       "tasks": self.supervisor.ready}
-            self.web = BackgroundServer(build_app(self.db, checks, policy=self._web_policy()),
-                                        host, int(port))
+            self.web = BackgroundServer(build_app(
+                self.db, checks, policy=self._web_policy(), public_url=self.config.public_url,
+                signals=self.live), host, int(port))
+            self.supervisor.spawn("web-live", self.live.follow(self.hub))
             await self.web.start(self.supervisor)
             self.relay.log_url_base = self.config.public_url or self.web.url
             self.relay.grants = self.grants
@@ -221,6 +226,7 @@ class Orchestrator:
         await self.registry.set_state("stopped")
         await self.relay.close()
         if self.web is not None:
+            self.live.close()  # ends the open event streams, else the server waits for them
             await self.web.stop()
         if self.server is not None:
             await self.server.stop(1.0)

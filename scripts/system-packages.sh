@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install the Debian packages the project needs on the host (the qemu backend, the Linux golden
-# image build and the VM tests). Idempotent and quick when everything is there: it asks dpkg
+# image build, the VM tests and the web pages' browser tests). Idempotent and quick when everything is there: it asks dpkg
 # first, and runs `apt-get update` (once) and `apt-get install` only for what is missing.
 set -euo pipefail
 
@@ -11,6 +11,8 @@ PACKAGES=(
     e2fsprogs         # mkfs.ext4 -d: fills the image's file system without mounting it
     socat             # the guest's only way out: relays its connections to the gRPC port
     xxd               # tests/security: a step prints a secret with `xxd -p`
+    chromium          # tests/web: the pages in a real headless browser
+    chromium-driver   # chromedriver: selenium drives that browser
 )
 
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q '^install ok installed$'; }
