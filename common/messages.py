@@ -81,6 +81,7 @@ class RunRequest(_Message):
     tag: str | None = None
     pull_request: int | None = None
     base_branch: str | None = None
+    sender: str | None = None  # the forge login whose push, pull request or comment it is
     workflow_path: str = ".solstice/workflow.kdl"
     workflow_source: str  # the KDL text, fetched by the integration at the right commit
     trusted: bool = True  # False for forks / authors without write access: no secrets
