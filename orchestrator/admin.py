@@ -19,6 +19,8 @@ from orchestrator.api import JobSummary, OrchestratorAPI, RunSummary
 from orchestrator.db import Database
 from orchestrator.hosts import HostRegistry
 from orchestrator.logstore import read_log
+from orchestrator.secretadmin import SecretAdmin
+from orchestrator.secretstore import SecretStore
 from protos import admin_pb2, admin_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -46,10 +48,11 @@ def _job_message(job: JobSummary, pages: str) -> admin_pb2.Job:
                for s in job.steps])
 
 
-class AdminService(admin_pb2_grpc.AdminServicer):
+class AdminService(SecretAdmin, admin_pb2_grpc.AdminServicer):
     def __init__(self, *, db: Database, api: OrchestratorAPI, registry: HostRegistry,
-                 pages_url: Callable[[], str] = lambda: "") -> None:
+                 secrets: SecretStore, pages_url: Callable[[], str] = lambda: "") -> None:
         self.db = db
+        self.secrets = secrets
         self.api = api
         self.registry = registry
         # The web pages' base URL ("" while none are served); asked per call because the

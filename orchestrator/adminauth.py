@@ -158,6 +158,11 @@ class AdminTokenRequired(grpc.aio.ServerInterceptor):
         return None
 
 
+def caller(context: grpc.aio.ServicerContext) -> str:
+    """Who made an Admin call, as recorded with what it changed."""
+    return context.peer() or "ciadm"
+
+
 def _refusal(kind: str, message: str) -> Callable[..., Any]:
     if kind.endswith("_stream"):  # the server iterates a streaming reply: a generator
         async def refuse_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:

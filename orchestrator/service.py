@@ -35,6 +35,7 @@ from orchestrator.logstore import LogStore
 from orchestrator.outbox import OutboxRelay
 from orchestrator.reaper import Reaper
 from orchestrator.rpc import DatabaseUnavailable, RunnerService
+from orchestrator.secretstore import JobSecrets, SecretStore, StaticSecrets, load_keyring
 from orchestrator.sessions import LogQuota, Sessions
 from orchestrator.store import OUTBOX_CHANNEL, Store
 from orchestrator.updates import Hub
@@ -83,7 +84,11 @@ class Orchestrator:
         self.effects.outbox_written = self.relay.kick
         self.api = OrchestratorAPI(db=db, intake=self.intake, store=self.store, hub=self.hub,
                                    effects=self.effects)
-        self.secrets = dict(secrets or {})
+        # The store always exists (ciadm manages it); jobs take their values from it unless
+        # this process was given values of its own (`cidev run --secret`).
+        self.secret_store = SecretStore(db, load_keyring(config.secret_keys))
+        self.secrets: JobSecrets = (StaticSecrets(secrets) if secrets is not None
+                                    else self.secret_store)
         self.registry = HostRegistry(db, config.host_name, config.capacity,
                                      interval=config.host_heartbeat_interval,
                                      stale_after=config.host_stale_after)
@@ -161,7 +166,7 @@ class Orchestrator:
             interceptors.insert(0, AdminTokenRequired(self.access.token))
         self.admin_server = grpc.aio.server(options=GRPC_OPTIONS, interceptors=interceptors)
         admin_pb2_grpc.add_AdminServicer_to_server(AdminService(
-            db=self.db, api=self.api, registry=self.registry,
+            db=self.db, api=self.api, registry=self.registry, secrets=self.secret_store,
             pages_url=lambda: self.relay.log_url_base), self.admin_server)
         try:
             port = self.admin_server.add_insecure_port(self.config.admin_listen)
