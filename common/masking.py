@@ -140,20 +140,21 @@ class SecretMasker:
         if ADD_MASK not in lines:
             return lines
         out = []
-        for line in lines.splitlines(keepends=True):
-            head, marker, value = line.partition(ADD_MASK)
-            if not marker:
+        for line in lines.split(b"\n"):  # lines end at \n only, as `LineMasker` cuts them
+            head, *values = line.split(ADD_MASK)
+            if not values:
                 out.append(line)
                 continue
-            ending = line[len(line.rstrip(b"\r\n")):]
-            value = value[:len(value) - len(ending)].strip()
-            quote = head[-1:]
-            if quote in (b"'", b'"') and value.endswith(quote):  # `set -x`, or a quoted echo
-                value = value[:-1]
-            if value and value != MASK and self.add(value) and on_mask is not None:
-                on_mask(value)
-            out.append(head + ADD_MASK + MASK + ending)
-        return b"".join(out)
+            ending = b"\r" if line.endswith(b"\r") else b""
+            for value in values:  # each command of the line, should there be several
+                value = value.strip()
+                quote = head[-1:]
+                if quote in (b"'", b'"') and value.endswith(quote):  # `set -x`, a quoted echo
+                    value = value[:-1]
+                if value and value != MASK and self.add(value) and on_mask is not None:
+                    on_mask(value)
+            out.append(head + (ADD_MASK + MASK) * len(values) + ending)
+        return b"\n".join(out)
 
     def __bool__(self) -> bool:
         return self._pattern is not None
@@ -227,9 +228,9 @@ class LineMasker:
 
     `feed` returns masked whole lines as soon as their newline arrived (and the safe head of
     an over-long line); `finish` returns the rest at end of stream. With `on_mask`, lines are
-    searched for `::add-mask::` commands before masking (`SecretMasker.take_commands`); an
-    over-long line holding one is cut at `max_line` and the rest of it, up to its newline,
-    dropped, so the value never shows.
+    searched for `::add-mask::` commands before masking (`SecretMasker.take_commands`): an
+    over-long line is never emitted past the start of a command, and a command whose value
+    grows past `MAX_ADDED_MASK_BYTES` is hidden up to its newline, so the value never shows.
     """
 
     def __init__(self, masker: SecretMasker, max_line: int,
@@ -254,12 +255,22 @@ class LineMasker:
         head = self._masker.mask(self._take(data[:end])) if end else b""
         rest = data[end:]
         if len(rest) > max(self._max_line, self._masker.max_len):
-            if self._on_mask is not None and ADD_MASK in rest:
-                self._held, self._dropping = b"", True
-                return head + self._masker.mask(self._take(rest))
-            safe, cut = self._masker._mask_prefix(rest, max(self._masker.max_len - 1, 0))
-            head += safe
-            rest = rest[cut:]
+            marker = rest.find(ADD_MASK) if self._on_mask is not None else -1
+            if marker >= 0:
+                # Emit what precedes the command; hold the command until its newline, unless
+                # its value is longer than any mask may be: then hide it to the end of its line.
+                head += self._masker.mask(rest[:marker])
+                rest = rest[marker:]
+                if len(rest) - len(ADD_MASK) > MAX_ADDED_MASK_BYTES:
+                    self._held, self._dropping = b"", True
+                    return head + ADD_MASK + MASK
+            else:
+                # Held back: what could still become a secret, or the start of a command.
+                keep = max(self._masker.max_len - 1,
+                           len(ADD_MASK) - 1 if self._on_mask is not None else 0)
+                safe, cut = self._masker._mask_prefix(rest, keep)
+                head += safe
+                rest = rest[cut:]
         self._held = rest
         return head
 
