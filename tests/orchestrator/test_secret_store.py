@@ -8,10 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from common.config import load_config
 from common.errors import ConfigError
 from common.messages import JobState, Repo
 from orchestrator.backends.base import VM, VMSpec
 from orchestrator.backends.local import LocalBackend
+from orchestrator.config import OrchestratorConfig
 from orchestrator.secretstore import RunContext, SecretStore, SecretsUnavailable, parse_scope
 from orchestrator.secretstore.keys import (
     MissingKey,
@@ -211,3 +213,13 @@ async def test_a_missing_secret_fails_the_job_before_its_machine_exists(
     assert "searched repo:local:local/src" in job.message and "global" in job.message
     assert "allows branches main" in job.message and VALUE not in job.message
     assert str(job.job_id) not in CountingBackend.provisioned
+
+
+def test_secret_keys_from_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("SOLSTICE_ORCHESTRATOR__SECRET_KEYS", "old=file:/etc/k/old, new=env:KEY_NEW")
+    config = load_config(OrchestratorConfig, path=None, section="orchestrator", cli={})
+    assert [(k.id, k.file, k.env) for k in config.secret_keys] == [
+        ("old", Path("/etc/k/old"), None), ("new", None, "KEY_NEW")]
+    monkeypatch.setenv("SOLSTICE_ORCHESTRATOR__SECRET_KEYS", "old=/etc/k/old")
+    with pytest.raises(ConfigError, match="ID=file:PATH"):
+        load_config(OrchestratorConfig, path=None, section="orchestrator", cli={})
