@@ -72,6 +72,8 @@ async def test_refusals(orchestrator_factory: Factory, tmp_path: Path) -> None:
     empty = await ciadm_stdin(harness, b"", "secret", "set", "global", "X")
     assert empty.returncode == 1 and "no value for X on standard input" in empty.stderr
     assert "no secrets" in (await ciadm(harness, "secret", "list")).stdout
+    anonymous = await ciadm(harness, "secret", "list", token=None)
+    assert anonymous.returncode == 1 and "needs the admin token" in anonymous.stderr
     # Without keys nothing can be stored, and ciadm says why.
     keyless = await orchestrator_factory()
     refused = await ciadm_stdin(keyless, VALUE.encode(), "secret", "set", "global", "X")
