@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -40,18 +41,25 @@ class MaskFile:
 
     def poll(self, *, final: bool = False) -> None:
         """Register the lines written since the last poll (with `final`, an unterminated last
-        line too). A file a step truncated or replaced is read again from its start."""
+        line too). A file a step truncated or replaced is read again from its start; a
+        symlink, FIFO or device put in its place is ignored (never followed, never waited on)."""
         try:
-            size = self.path.stat().st_size
-            if size < self._offset:
-                self._offset = 0
-            if size == self._offset or self._offset >= MAX_READ_BYTES:
-                return
-            with self.path.open("rb") as fh:
-                fh.seek(self._offset)
-                data = fh.read(min(size, MAX_READ_BYTES) - self._offset)
+            fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
         except OSError:
-            return  # removed or unreadable: the step's business, nothing to take
+            return  # removed, or made a symlink: the step's business, nothing to take
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                return
+            if info.st_size < self._offset:
+                self._offset = 0
+            if info.st_size == self._offset or self._offset >= MAX_READ_BYTES:
+                return
+            data = os.pread(fd, min(info.st_size, MAX_READ_BYTES) - self._offset, self._offset)
+        except OSError:
+            return
+        finally:
+            os.close(fd)
         end = len(data) if final else data.rfind(b"\n") + 1
         self._offset += end
         for line in data[:end].splitlines():

@@ -9,6 +9,7 @@ jobs, and play a runner that does not mask at all.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -164,8 +165,17 @@ def test_mask_file_takes_whole_lines_then_the_rest_at_the_end(tmp_path: Path) ->
     mask_file.path.write_bytes(b"third-value\n")  # truncated and rewritten
     mask_file.poll()
     assert got[-1] == b"third-value"
+    # A FIFO or a symlink in its place is neither waited on nor followed.
+    mask_file.remove()
+    os.mkfifo(mask_file.path)
+    mask_file.poll(final=True)
+    mask_file.remove()
+    (tmp_path / "elsewhere").write_bytes(b"linked-value\n")
+    mask_file.path.symlink_to(tmp_path / "elsewhere")
+    mask_file.poll(final=True)
     mask_file.remove()
     mask_file.poll()
+    assert got == [b"first-value", b"second-value", b"third-value"]
 
 
 WORKFLOW = r'''
