@@ -9,9 +9,11 @@ jobs, and play a runner that does not mask at all.
 """
 from __future__ import annotations
 
+import base64
 import os
 from pathlib import Path
 from types import SimpleNamespace
+from urllib.parse import quote, quote_plus
 
 import grpc
 from hypothesis import given
@@ -78,6 +80,30 @@ def test_every_form_of_an_added_value_is_masked_after_the_command(
     log = runner_then_orchestrator(commands(value) + body, cut_at, max_line)
     assert_none_of(forms, log)
     assert log.count(ADD_MASK + MASK) == value.count("\n") + 1
+
+
+@EXAMPLES
+@given(value=values.filter(lambda v: "\n" not in v), prefix=st.binary(max_size=5), suffix=st.binary(max_size=5), cut_at=cuts,
+       max_line=max_lines, urlsafe=st.booleans())
+def test_an_added_value_is_masked_in_base64_at_every_alignment_and_url_encoded(
+        value: str, prefix: bytes, suffix: bytes, cut_at: list[int], max_line: int,
+        urlsafe: bool) -> None:
+    """`printf 'KEY=%s' "$V" | base64` for the three alignments the value can have in the
+    stream, and the value URL-encoded, after `::add-mask::$V` (one line: a multi-line value
+    needs a command per line)."""
+    raw = value.encode().strip()
+    encode = base64.urlsafe_b64encode if urlsafe else base64.b64encode
+    streams = [encode(prefix + b"k" * offset + raw + suffix) for offset in range(3)]
+    urls = [quote(raw, safe="").encode(), quote(raw).encode(), quote_plus(raw).encode()]
+    output = ADD_MASK + raw + b"\n" + b"".join(form + b"\n" for form in [*streams, *urls])
+    log = runner_then_orchestrator(output, cut_at, max_line)
+    for offset, stream in enumerate(streams):
+        start = len(prefix) + offset
+        # The characters that carry only the value's bits (see common.secret_forms).
+        fixed = stream[-(-8 * start // 6):8 * (start + len(raw)) // 6]
+        assert fixed not in log, (offset, fixed, log)
+    for url in urls:
+        assert url not in log, (url, log)
 
 
 def whole_line_chunks(output: bytes, cut_at: list[int]) -> list[runner_pb2.LogChunk]:
