@@ -179,7 +179,8 @@ class SecretStore:
             " set_by, set_at FROM secrets WHERE $1::text IS NULL OR (scope_kind = $1"
             " AND scope_forge = $2 AND scope_value = $3)"
             " ORDER BY scope_kind, scope_forge, scope_value, name",
-            scope and scope.kind, scope.forge if scope else "", scope.value if scope else "")
+            scope.kind if scope else None, scope.forge if scope else "",
+            scope.value if scope else "")
         return [_info(row) for row in rows]
 
     async def delete(self, scope: Scope, name: str, *, deleted_by: str) -> SecretInfo | None:

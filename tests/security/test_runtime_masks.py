@@ -83,8 +83,8 @@ def test_every_form_of_an_added_value_is_masked_after_the_command(
 
 
 @EXAMPLES
-@given(value=values.filter(lambda v: "\n" not in v), prefix=st.binary(max_size=5), suffix=st.binary(max_size=5), cut_at=cuts,
-       max_line=max_lines, urlsafe=st.booleans())
+@given(value=values.filter(lambda v: "\n" not in v), prefix=st.binary(max_size=5),
+       suffix=st.binary(max_size=5), cut_at=cuts, max_line=max_lines, urlsafe=st.booleans())
 def test_an_added_value_is_masked_in_base64_at_every_alignment_and_url_encoded(
         value: str, prefix: bytes, suffix: bytes, cut_at: list[int], max_line: int,
         urlsafe: bool) -> None:
