@@ -27,7 +27,12 @@ class UsageError(SolsticeError):
 def read_value(name: str) -> str:
     """The secret's value from stdin (one trailing line break dropped) or a no-echo prompt."""
     if not sys.stdin.isatty():
-        value = sys.stdin.read()
+        try:
+            value = sys.stdin.buffer.read().decode()
+        except UnicodeDecodeError as exc:
+            raise UsageError(f"the value of {name} on standard input is not UTF-8 text",
+                             hint="secrets reach jobs as environment variables; store binary "
+                                  "data base64-encoded") from exc
         value = value[:-2] if value.endswith("\r\n") else value.removesuffix("\n")
         if not value:
             raise UsageError(f"no value for {name} on standard input",

@@ -69,6 +69,8 @@ async def test_refusals(orchestrator_factory: Factory, tmp_path: Path) -> None:
     # A value is never an argument.
     argument = await ciadm_stdin(harness, b"", "secret", "set", "global", "X", VALUE)
     assert argument.returncode == 2 and "unrecognized arguments" in argument.stderr
+    binary = await ciadm_stdin(harness, b"\xff\xfe-not-text", "secret", "set", "global", "X")
+    assert binary.returncode == 1 and "not UTF-8 text" in binary.stderr
     empty = await ciadm_stdin(harness, b"", "secret", "set", "global", "X")
     assert empty.returncode == 1 and "no value for X on standard input" in empty.stderr
     assert "no secrets" in (await ciadm(harness, "secret", "list")).stdout
