@@ -23,18 +23,27 @@ Rules, chosen on purpose:
   bytes, which is still exact: the result equals masking the whole stream at once.
 - Each output stream is masked on its own (one `LineMasker` per pipe): a secret a step splits
   between stdout and stderr shows in neither stream whole, but the two halves are stored.
+- A job can add values at run time: a line holding `::add-mask::VALUE` (anywhere in the line,
+  so `set -x`'s `+ echo '::add-mask::VALUE'` counts) masks VALUE, in every form, in everything
+  after it (and in the rest of its own block of lines); the line itself shows
+  `::add-mask::***`. `MAX_ADDED_MASKS` values of at most `MAX_ADDED_MASK_BYTES` each per job;
+  past either, the command's line is still hidden but nothing more is masked.
 """
 from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from common.secret_forms import MIN_SECRET_LENGTH, secret_forms
 
-__all__ = ["MASK", "MIN_SECRET_LENGTH", "LineMasker", "SecretMasker", "secret_pieces"]
+__all__ = ["ADD_MASK", "MASK", "MAX_ADDED_MASKS", "MAX_ADDED_MASK_BYTES", "MIN_SECRET_LENGTH",
+           "LineMasker", "SecretMasker", "secret_pieces"]
 
 MASK = b"***"
+ADD_MASK = b"::add-mask::"
+MAX_ADDED_MASKS = 256
+MAX_ADDED_MASK_BYTES = 4096
 # Up to this many forms in all, `mask` first looks for each form on its own (`_pattern_for`).
 PREFILTER_MAX_FORMS = 48
 
@@ -104,9 +113,48 @@ class SecretMasker:
     def __init__(self, values: Iterable[str | bytes] = (),
                  verbatim: Iterable[str | bytes] = ()) -> None:
         pieces, self.too_short = secret_pieces(values, verbatim)
+        self.added: list[bytes] = []  # values added at run time, in order
+        self._use(pieces)
+
+    def _use(self, pieces: list[bytes]) -> None:
         self.max_len = len(pieces[0]) if pieces else 0
         self._pieces = tuple(pieces)
         self._pattern = _compile(self._pieces) if pieces else None
+
+    def add(self, value: bytes) -> bool:
+        """Mask `value` (in every form) from now on: a value a job registered at run time.
+        False when it adds nothing: too short, already added, or past the job's limits."""
+        value = value.strip()
+        if (len(value) < MIN_SECRET_LENGTH or len(value) > MAX_ADDED_MASK_BYTES
+                or value in self.added or len(self.added) >= MAX_ADDED_MASKS):
+            return False
+        pieces, _ = secret_pieces([value])
+        self.added.append(value)
+        self._use(sorted(set(self._pieces) | set(pieces), key=lambda p: (-len(p), p)))
+        return True
+
+    def take_commands(self, lines: bytes, on_mask: Callable[[bytes], None] | None = None) -> bytes:
+        """`lines` (whole lines) with the value of every `::add-mask::VALUE` registered
+        (`add`, then `on_mask(value)` for each value new to this masker) and hidden: the
+        line keeps what precedes the command and shows `::add-mask::***`."""
+        if ADD_MASK not in lines:
+            return lines
+        out = []
+        for line in lines.split(b"\n"):  # lines end at \n only, as `LineMasker` cuts them
+            head, *values = line.split(ADD_MASK)
+            if not values:
+                out.append(line)
+                continue
+            ending = b"\r" if line.endswith(b"\r") else b""
+            for value in values:  # each command of the line, should there be several
+                value = value.strip()
+                quote = head[-1:]
+                if quote in (b"'", b'"') and value.endswith(quote):  # `set -x`, a quoted echo
+                    value = value[:-1]
+                if value and value != MASK and self.add(value) and on_mask is not None:
+                    on_mask(value)
+            out.append(head + (ADD_MASK + MASK) * len(values) + ending)
+        return b"\n".join(out)
 
     def __bool__(self) -> bool:
         return self._pattern is not None
@@ -143,9 +191,11 @@ class SecretMasker:
             return text
         return self.mask(text.encode()).decode(errors="replace")
 
-    def line_masker(self, max_line: int = 65536) -> LineMasker:
-        """A streaming masker for one output stream (one per pipe)."""
-        return LineMasker(self, max_line)
+    def line_masker(self, max_line: int = 65536, *,
+                    on_mask: Callable[[bytes], None] | None = None) -> LineMasker:
+        """A streaming masker for one output stream (one per pipe); with `on_mask`, it also
+        takes `::add-mask::` commands and calls `on_mask` with each value they add."""
+        return LineMasker(self, max_line, on_mask)
 
     def _mask_prefix(self, data: bytes, keep: int) -> tuple[bytes, int]:
         """Mask the part of `data` that no future byte can change; return it and its length.
@@ -177,26 +227,53 @@ class LineMasker:
     """Masks one byte stream that arrives in arbitrary pieces.
 
     `feed` returns masked whole lines as soon as their newline arrived (and the safe head of
-    an over-long line); `finish` returns the rest at end of stream.
+    an over-long line); `finish` returns the rest at end of stream. With `on_mask`, lines are
+    searched for `::add-mask::` commands before masking (`SecretMasker.take_commands`): an
+    over-long line is never emitted past the start of a command, and a command whose value
+    grows past `MAX_ADDED_MASK_BYTES` is hidden up to its newline, so the value never shows.
     """
 
-    def __init__(self, masker: SecretMasker, max_line: int) -> None:
+    def __init__(self, masker: SecretMasker, max_line: int,
+                 on_mask: Callable[[bytes], None] | None = None) -> None:
         self._masker = masker
-        self._max_line = max(max_line, masker.max_len)
+        self._max_line = max_line
+        self._on_mask = on_mask
         self._held = b""
+        self._dropping = False  # the rest of an over-long command line
+
+    def _take(self, lines: bytes) -> bytes:
+        return lines if self._on_mask is None else self._masker.take_commands(lines, self._on_mask)
 
     def feed(self, data: bytes) -> bytes:
+        if self._dropping:
+            newline = data.find(b"\n")
+            if newline < 0:
+                return b""
+            self._dropping, data = False, data[newline:]
         data = self._held + data if self._held else data
         end = data.rfind(b"\n") + 1
-        head = self._masker.mask(data[:end]) if end else b""
+        head = self._masker.mask(self._take(data[:end])) if end else b""
         rest = data[end:]
-        if len(rest) > self._max_line:
-            safe, cut = self._masker._mask_prefix(rest, max(self._masker.max_len - 1, 0))
-            head += safe
-            rest = rest[cut:]
+        if len(rest) > max(self._max_line, self._masker.max_len):
+            marker = rest.find(ADD_MASK) if self._on_mask is not None else -1
+            if marker >= 0:
+                # Emit what precedes the command; hold the command until its newline, unless
+                # its value is longer than any mask may be: then hide it to the end of its line.
+                head += self._masker.mask(rest[:marker])
+                rest = rest[marker:]
+                if len(rest) - len(ADD_MASK) > MAX_ADDED_MASK_BYTES:
+                    self._held, self._dropping = b"", True
+                    return head + ADD_MASK + MASK
+            else:
+                # Held back: what could still become a secret, or the start of a command.
+                keep = max(self._masker.max_len - 1,
+                           len(ADD_MASK) - 1 if self._on_mask is not None else 0)
+                safe, cut = self._masker._mask_prefix(rest, keep)
+                head += safe
+                rest = rest[cut:]
         self._held = rest
         return head
 
     def finish(self) -> bytes:
         data, self._held = self._held, b""
-        return self._masker.mask(data)
+        return self._masker.mask(self._take(data))

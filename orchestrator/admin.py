@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Callable
 import grpc
 
 from orchestrator import admintokens, audit, validate
-from orchestrator.adminauth import NO_AUTH_CALLER, caller
+from orchestrator.adminauth import actor
 from orchestrator.admintokens import AdminTokenInfo, AdminTokens, TokenRefused
 from orchestrator.api import JobSummary, OrchestratorAPI, RunSummary
 from orchestrator.artifacts import ArtifactStore
@@ -26,6 +26,8 @@ from orchestrator.db import Database
 from orchestrator.grants import GrantSigner, grant_link
 from orchestrator.hosts import HostRegistry
 from orchestrator.logstore import read_log
+from orchestrator.secretadmin import SecretAdmin
+from orchestrator.secretstore import SecretStore
 from protos import admin_pb2, admin_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -65,23 +67,18 @@ def _token_message(info: AdminTokenInfo) -> admin_pb2.AdminToken:
         revoked_by=info.revoked_by or "")
 
 
-def actor() -> str:
-    """Who the current Admin call acts as, for the run and the audit log: `token:NAME`
-    (`insecure-no-auth` under the development opt-out, where no token is presented)."""
-    name = caller()
-    return name if name == NO_AUTH_CALLER else audit.token_actor(name)
-
-
 # What `RunRef.on_behalf_of` may name: a forge and a login on it.
 ON_BEHALF_OF = re.compile(r"[a-z][a-z0-9-]{0,31}:[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
 
-class AdminService(admin_pb2_grpc.AdminServicer):
+class AdminService(SecretAdmin, admin_pb2_grpc.AdminServicer):
     def __init__(self, *, db: Database, api: OrchestratorAPI, registry: HostRegistry,
-                 tokens: AdminTokens, artifacts: ArtifactStore | None = None,
+                 tokens: AdminTokens, secrets: SecretStore,
+                 artifacts: ArtifactStore | None = None,
                  pages_url: Callable[[], str] = lambda: "",
                  grants: GrantSigner | None = None) -> None:
         self.db = db
+        self.secrets = secrets
         self.artifacts = artifacts
         self.api = api
         self.registry = registry

@@ -21,6 +21,7 @@ import grpc
 from common.admin_auth import GENERATE_HINT, check_token, read_token_file
 from common.errors import ConfigError
 from common.postgres import TRANSIENT_ERRORS
+from orchestrator import audit
 from orchestrator.config import OrchestratorConfig
 from orchestrator.grants import MIN_KEY_LENGTH, derive_key
 
@@ -157,6 +158,13 @@ def token_matches(given: str | None, token: str) -> bool:
 # The name of the admin token the current Admin call presented ("bootstrap" for the configured
 # one). Set by `AdminTokenRequired` in the call's own task, before its handler runs.
 _caller: ContextVar[str] = ContextVar("admin_caller", default=NO_AUTH_CALLER)
+
+
+def actor() -> str:
+    """Who the current Admin call acts as, for the run and the audit log: `token:NAME`
+    (`insecure-no-auth` under the development opt-out, where no token is presented)."""
+    name = caller()
+    return name if name == NO_AUTH_CALLER else audit.token_actor(name)
 
 
 def caller() -> str:

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from common.admin_auth import DEFAULT_ADMIN_ADDRESS
 from common.workflow import Limits
 from orchestrator.db.embedded import default_state_dir
+from orchestrator.secretstore.keys import SecretKeyConfig, parse_secret_keys
 
 
 def parse_capacity(value: Any) -> dict[str, int]:
@@ -114,6 +115,9 @@ class OrchestratorConfig(BaseModel):
     log_quota_bytes: int = Field(default=128 * 1024 * 1024, gt=0)
     log_reorder_window: int = Field(default=1024, ge=1)
     log_level: str = "info"
+    # The keys sealing stored secrets (files or environment variables, never the database);
+    # the last one listed encrypts. See orchestrator/secretstore/keys.py and docs/config.md.
+    secret_keys: list[SecretKeyConfig] = Field(default_factory=list)
     # What one workflow file may cost to validate and plan (docs/config.md).
     workflow_limits: Limits = Field(default_factory=Limits)
     # The backends' own tables, `[orchestrator.bhyve]` and `[orchestrator.qemu]`: read and
@@ -125,6 +129,11 @@ class OrchestratorConfig(BaseModel):
     @classmethod
     def _capacity(cls, value: Any) -> dict[str, int]:
         return parse_capacity(value)
+
+    @field_validator("secret_keys", mode="before")
+    @classmethod
+    def _secret_keys(cls, value: Any) -> Any:
+        return parse_secret_keys(value)
 
     @property
     def advertise_url(self) -> str:

@@ -19,7 +19,7 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
 
@@ -41,6 +41,7 @@ from orchestrator.backends.base import (
 from orchestrator.config import OrchestratorConfig
 from orchestrator.db import TRANSIENT_ERRORS
 from orchestrator.effects import Effects
+from orchestrator.secretstore import JobSecrets, RunContext, SecretsUnavailable
 from orchestrator.sessions import JobSession, Sessions
 from orchestrator.store import Lease, Store, hand_back
 
@@ -134,7 +135,7 @@ class Executor:
 
     def __init__(self, *, config: OrchestratorConfig, store: Store, broker: Broker,
                  backend: VMBackend, sessions: Sessions, effects: Effects,
-                 secrets: Mapping[str, str], advertise_url: str,
+                 secrets: JobSecrets, advertise_url: str,
                  supervisor: Supervisor) -> None:
         self.config = config
         self.store = store
@@ -201,19 +202,22 @@ class Executor:
         task.add_done_callback(done)
         return True
 
-    def _job_secrets(self, lease: Lease) -> tuple[dict[str, str], str | None]:
-        """The secret values the job may have, or a problem to fail it with."""
+    async def _job_secrets(self, lease: Lease) -> tuple[dict[str, str], Outcome | None]:
+        """The secret values the job lists (none in an untrusted run), or the outcome to end
+        it with before any machine exists."""
         if not lease.trusted:
             return {}, None
-        names = lease.spec.get("secrets", [])
-        missing = [n for n in names if n not in self.secrets]
-        if missing:
-            return {}, (f"secret(s) {', '.join(missing)} are not configured on this orchestrator"
-                        " (for `cidev run`, pass --secret NAME)")
-        return {n: self.secrets[n] for n in names}, None
+        run = RunContext(repo=lease.repo, event=lease.event, branch=lease.branch, trusted=True)
+        try:
+            return await self.secrets.for_job(lease.spec.get("secrets", []), run), None
+        except SecretsUnavailable as exc:
+            log.warning("job's secrets unavailable", extra={"job_id": str(lease.job_id),
+                                                            "reason": exc.message})
+            state = JobState.ERROR if exc.infrastructure else JobState.FAILURE
+            return {}, (state, str(exc))
 
     async def _run(self, lease: Lease, token_hash: bytes, token: str) -> None:
-        secrets, problem = self._job_secrets(lease)
+        secrets, problem = await self._job_secrets(lease)
         preloaded = lease.repo.forge == "local" and self.backend.name == "local"
         session = JobSession(
             job_id=lease.job_id, run_id=lease.run_id, key=lease.key, attempt=lease.attempt,
@@ -229,7 +233,7 @@ class Executor:
                                    "job.attempt": lease.attempt}):
             try:
                 if problem is not None:
-                    outcome = (JobState.FAILURE, problem)
+                    outcome = problem
                 else:
                     resources = lease.spec.get("resources", {})
                     spec = VMSpec(

@@ -26,6 +26,7 @@ from common.supervise import Supervisor, TaskFailed
 from orchestrator.adminauth import resolve_access
 from orchestrator.backends.base import VMBackend
 from orchestrator.config import OrchestratorConfig
+from orchestrator.secretstore import load_keyring
 from orchestrator.standalone import running
 
 log = logging.getLogger("orchestrator")
@@ -110,6 +111,7 @@ def load(args: argparse.Namespace) -> OrchestratorConfig:
                           hint="give both (--database-url and --amqp-url), or neither for "
                                "standalone")
     resolve_access(config)  # no admin token: refuse now, before any database starts
+    load_keyring(config.secret_keys)  # likewise an unreadable secret key
     return config
 
 

@@ -66,6 +66,15 @@ def build_job(session: JobSession) -> runner_pb2.Job:
         matrix=spec.get("matrix", {}), has_inputs=bool(spec.get("needs")))
 
 
+def mask_chunk(session: JobSession, chunk: runner_pb2.LogChunk) -> bytes:
+    """A chunk's data as stored: masked again here, with the masks the job added at run time,
+    the ones its runner reported and the `::add-mask::` lines in the data itself (so a runner
+    that failed to mask is still caught)."""
+    for value in chunk.added_masks:
+        session.masker.add(value)
+    return session.masker.mask(session.masker.take_commands(chunk.data))
+
+
 def _bearer(context: grpc.aio.ServicerContext) -> str | None:
     for key, value in context.invocation_metadata() or ():
         if key == "authorization" and isinstance(value, str) and value.startswith("Bearer "):
@@ -137,7 +146,7 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
                         await self._close_log(session, exc)
                     await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
                 await self._store_chunk(session, chunk.seq, chunk.step_index, chunk.stream,
-                                        chunk.timestamp_unix_ms, session.masker.mask(chunk.data))
+                                        chunk.timestamp_unix_ms, mask_chunk(session, chunk))
             session.touch()
             await self.logs.sync()
         except LogStoreFailed as exc:

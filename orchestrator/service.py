@@ -37,6 +37,7 @@ from orchestrator.logstore import LogStore
 from orchestrator.outbox import OutboxRelay
 from orchestrator.reaper import Reaper
 from orchestrator.rpc import DatabaseUnavailable, RunnerService
+from orchestrator.secretstore import JobSecrets, SecretStore, StaticSecrets, load_keyring
 from orchestrator.sessions import LogQuota, Sessions
 from orchestrator.store import OUTBOX_CHANNEL, Store
 from orchestrator.updates import Hub
@@ -86,7 +87,11 @@ class Orchestrator:
         self.effects.outbox_written = self.relay.kick
         self.api = OrchestratorAPI(db=db, intake=self.intake, store=self.store, hub=self.hub,
                                    effects=self.effects)
-        self.secrets = dict(secrets or {})
+        # The store always exists (ciadm manages it); jobs take their values from it unless
+        # this process was given values of its own (`cidev run --secret`).
+        self.secret_store = SecretStore(db, load_keyring(config.secret_keys))
+        self.secrets: JobSecrets = (StaticSecrets(secrets) if secrets is not None
+                                    else self.secret_store)
         self.admin_tokens = AdminTokens(db, self.access.token)
         # Signed links to the pages (`web_access = "signed"`): the relay puts them into events.
         self.grants = (GrantSigner(self.access.web_key, config.web_grant_ttl)
@@ -182,6 +187,7 @@ class Orchestrator:
         self.admin_server = grpc.aio.server(options=GRPC_OPTIONS, interceptors=interceptors)
         admin_pb2_grpc.add_AdminServicer_to_server(AdminService(
             db=self.db, api=self.api, registry=self.registry, tokens=self.admin_tokens,
+            secrets=self.secret_store,
             artifacts=self.artifacts,
             pages_url=lambda: self.relay.log_url_base, grants=self.grants), self.admin_server)
         try:

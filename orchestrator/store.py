@@ -68,6 +68,8 @@ class Lease:
     commit_sha: str
     ref: str
     trusted: bool
+    event: str = "push"
+    branch: str | None = None  # the run's branch (a pull request's head branch), if any
 
 
 async def notify_outbox(conn: asyncpg.Connection) -> None:
@@ -236,7 +238,7 @@ class Store:
                 " FROM runs r WHERE jobs.id = $1 AND r.id = jobs.run_id AND jobs.state = 'queued'"
                 " AND jobs.released AND NOT jobs.cancel_requested"
                 f" RETURNING {_EVENT_COLUMNS}, jobs.runs_on, jobs.attempt, jobs.spec, r.ref,"
-                " r.trusted, r.state AS run_state",
+                " r.trusted, r.state AS run_state, r.event, r.request->>'branch' AS branch",
                 job_id, self.host, timedelta(seconds=ttl), token_hash,
                 timedelta(seconds=token_ttl))
             if row is None:
@@ -255,7 +257,8 @@ class Store:
         return Lease(job_id=row["id"], run_id=row["run_id"], key=row["key"],
                      runs_on=row["runs_on"], attempt=row["attempt"], spec=row["spec"],
                      repo=Repo.model_validate(row["repo"]), commit_sha=row["commit_sha"],
-                     ref=row["ref"], trusted=row["trusted"]), changes
+                     ref=row["ref"], trusted=row["trusted"], event=row["event"],
+                     branch=row["branch"]), changes
 
     async def claim_token(self, job_id: uuid.UUID, token_hash: bytes
                           ) -> tuple[StartedJob | None, Changes]:

@@ -23,6 +23,7 @@ from google.protobuf.message import Message
 
 from common.artifact_paths import ArtifactPathError, check_artifact_path
 from common.errors import SolsticeError
+from common.masking import MAX_ADDED_MASK_BYTES, MAX_ADDED_MASKS
 from orchestrator.api import RUN_STATES
 from protos import admin_pb2, runner_pb2
 
@@ -105,6 +106,10 @@ def log_chunk(message: runner_pb2.LogChunk) -> None:
     _int("seq", message.seq, 1, INT64_MAX)
     _enum("stream", message.stream, LOG_STREAMS)
     _timestamp("timestamp_unix_ms", message.timestamp_unix_ms)
+    if len(message.added_masks) > MAX_ADDED_MASKS or any(
+            len(value) > MAX_ADDED_MASK_BYTES for value in message.added_masks):
+        _fail("added_masks", f"at most {MAX_ADDED_MASKS} values of at most "
+                             f"{MAX_ADDED_MASK_BYTES} bytes each")
 
 
 def step_report(message: runner_pb2.StepReport) -> None:

@@ -5,6 +5,8 @@ Outcome rules: the first failing step ends the job `failure` and the later steps
 cannot be done `error` (an infrastructure fault, never the user's). Artifacts are uploaded after
 the steps whatever they did, unless the job was cancelled or never got a tree; a file holding
 a secret is not uploaded and fails a job that would otherwise succeed (`artifact_scan`).
+Steps add masks at run time by printing `::add-mask::VALUE` or writing lines to the file
+`$SOLSTICE_MASK_FILE` names (`maskfile`); the orchestrator is told of each (`LogShipper`).
 """
 from __future__ import annotations
 
@@ -26,6 +28,8 @@ from workflow_runner.checkout import checkout
 from workflow_runner.client import OrchestratorError, RunnerClient
 from workflow_runner.heartbeat import Heartbeat
 from workflow_runner.logs import NO_STEP, LogShipper, now_ms
+from workflow_runner.maskfile import ENV as MASK_FILE_ENV
+from workflow_runner.maskfile import MaskFile
 from workflow_runner.process import Ending, Finished, ProcessGroups
 
 log = logging.getLogger(__name__)
@@ -88,6 +92,7 @@ class JobExecution:
         self.masker = masker
         self.groups = groups
         self.inherited_env = dict(inherited_env)
+        self.mask_file: MaskFile | None = None
         loop = asyncio.get_running_loop()
         self.deadline = loop.time() + job.timeout_seconds if job.timeout_seconds else None
 
@@ -105,14 +110,19 @@ class JobExecution:
             await self._skip(job.steps)
             return outcome
         env = step_env(job, self.workspace, self.inherited_env)
-        outcome = await self._inputs() if job.has_inputs else None
-        if outcome is None and job.setup_script:
-            outcome = await self._setup(env)
-        for position, step in enumerate(job.steps):
-            if outcome is not None:
-                await self._skip(job.steps[position:])
-                break
-            outcome = await self._step(step, env)
+        self.mask_file = MaskFile.create(self.masker, self.shipper.report_mask)
+        env[MASK_FILE_ENV] = str(self.mask_file.path)
+        try:
+            outcome = await self._inputs() if job.has_inputs else None
+            if outcome is None and job.setup_script:
+                outcome = await self._setup(env)
+            for position, step in enumerate(job.steps):
+                if outcome is not None:
+                    await self._skip(job.steps[position:])
+                    break
+                outcome = await self._step(step, env)
+        finally:
+            self.mask_file.remove()
         if outcome is None or outcome.outcome != runner_pb2.JOB_CANCELLED:
             outcome = await self._artifacts(outcome)
         if outcome is None:
@@ -208,9 +218,13 @@ class JobExecution:
 
     async def _run(self, argv: list[str], env: dict[str, str], index: int,
                    deadline: float | None) -> Finished:
-        return await self.groups.run(argv, cwd=self.workspace, env=env, step_index=index,
-                                     shipper=self.shipper, masker=self.masker,
-                                     deadline=deadline, cancel=self.heartbeat.cancelled)
+        finished = await self.groups.run(argv, cwd=self.workspace, env=env, step_index=index,
+                                         shipper=self.shipper, masker=self.masker,
+                                         deadline=deadline, cancel=self.heartbeat.cancelled,
+                                         mask_file=self.mask_file)
+        if self.mask_file is not None:  # what the command wrote last counts for what follows
+            self.mask_file.poll(final=True)
+        return finished
 
     async def _skip(self, steps: list[runner_pb2.StepSpec]) -> None:
         for step in steps:

@@ -101,6 +101,7 @@ class LogShipper:
         self._wakeup = asyncio.Event()
         self._acked_event = asyncio.Event()
         self._closing = False
+        self._new_masks: list[bytes] = []
 
     @property
     def last_seq(self) -> int:
@@ -124,6 +125,11 @@ class LogShipper:
         if self._pending_size >= self._chunk_bytes:
             self._seal()
 
+    def report_mask(self, value: bytes) -> None:
+        """Tell the orchestrator about a value the job added to the masks: it travels with
+        the next chunk sealed, before any later output."""
+        self._new_masks.append(value)
+
     def system(self, step_index: int, text: str) -> None:
         """A line the runner writes itself (checkout, timeouts), masked like any output."""
         line = text if text.endswith("\n") else text + "\n"
@@ -138,7 +144,9 @@ class LogShipper:
         step_index, stream = self._pending_key
         chunk = runner_pb2.LogChunk(
             job_id=self._client.job_id, step_index=step_index, seq=self._next_seq,
-            stream=stream, timestamp_unix_ms=self._pending_ts, data=b"".join(self._pending))
+            stream=stream, timestamp_unix_ms=self._pending_ts, data=b"".join(self._pending),
+            added_masks=self._new_masks)
+        self._new_masks = []
         self._next_seq += 1
         self._pending.clear()
         self._pending_size = 0

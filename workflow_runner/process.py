@@ -25,6 +25,7 @@ from pathlib import Path
 from common.masking import SecretMasker
 from protos import runner_pb2
 from workflow_runner.logs import LogShipper
+from workflow_runner.maskfile import MaskFile
 
 # After the main process exited, wait this long for its pipes to close before moving on.
 DRAIN_SECONDS = 0.5
@@ -52,15 +53,19 @@ class _Output(asyncio.SubprocessProtocol):
     a step that is long finished.
     """
 
-    def __init__(self, masker: SecretMasker, shipper: LogShipper, step_index: int) -> None:
+    def __init__(self, masker: SecretMasker, shipper: LogShipper, step_index: int,
+                 mask_file: MaskFile | None) -> None:
         loop = asyncio.get_running_loop()
         self.exited: asyncio.Future[None] = loop.create_future()
         self.closed: asyncio.Future[None] = loop.create_future()
-        self._lines = {fd: masker.line_masker() for fd in STREAMS}
+        self._lines = {fd: masker.line_masker(on_mask=shipper.report_mask) for fd in STREAMS}
         self._shipper = shipper
         self._step_index = step_index
+        self._mask_file = mask_file
 
     def pipe_data_received(self, fd: int, data: bytes) -> None:
+        if self._mask_file is not None:  # values written there before this output was
+            self._mask_file.poll()
         self._shipper.append(self._step_index, STREAMS[fd], self._lines[fd].feed(data))
 
     def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:
@@ -108,13 +113,14 @@ class ProcessGroups:
     async def run(
         self, argv: Sequence[str], *, cwd: Path, env: Mapping[str, str], step_index: int,
         shipper: LogShipper, masker: SecretMasker, deadline: float | None,
-        cancel: asyncio.Event,
+        cancel: asyncio.Event, mask_file: MaskFile | None = None,
     ) -> Finished:
-        """Run `argv` until it exits, `deadline` (loop time) passes or `cancel` is set."""
+        """Run `argv` until it exits, `deadline` (loop time) passes or `cancel` is set;
+        `mask_file` is read before each piece of its output is masked."""
         started = time.monotonic()
         loop = asyncio.get_running_loop()
         transport, output = await loop.subprocess_exec(
-            lambda: _Output(masker, shipper, step_index), *argv, cwd=cwd, env=dict(env),
+            lambda: _Output(masker, shipper, step_index, mask_file), *argv, cwd=cwd, env=dict(env),
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             start_new_session=True)
         pgid = transport.get_pid()
