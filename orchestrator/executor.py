@@ -23,12 +23,15 @@ from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import TypeVar
 
+from opentelemetry.trace import Span
+
 from common.broker import Broker, Delivery, Subscription
 from common.masking import SecretMasker
 from common.messages import JobRequest, JobState, decode
 from common.observability import tracer
 from common.retry import Backoff, retry_async
 from common.supervise import Supervisor
+from common.tracing import current_traceparent
 from orchestrator import tokens
 from orchestrator.backends.base import (
     VM,
@@ -81,6 +84,8 @@ class LabelWorker:
         self._control: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        if self._running:
+            return
         self._running = True
         await self._sync()
         self._control = self._supervisor.spawn(f"worker-{self.label}", self._loop())
@@ -150,10 +155,20 @@ class Executor:
                         for label, slots in config.capacity.items()]
         self._jobs: set[asyncio.Task[None]] = set()
         self._hand_back = False
+        # `ciadm drain`: take no new jobs while set (the running ones go on).
+        self.drained = False
 
     async def start(self) -> None:
+        if self.drained:
+            return
         for worker in self.workers:
             await worker.start()
+
+    async def drain(self, drained: bool) -> None:
+        """Stop taking jobs (running ones go on), or take them again."""
+        self.drained = drained
+        for worker in self.workers:
+            await (worker.stop() if drained else worker.start())
 
     async def stop_taking(self) -> None:
         """Stop consuming job requests; running jobs go on."""
@@ -179,9 +194,11 @@ class Executor:
         """Lease the job of `delivery` and start it; False if there is nothing to run."""
         request = decode(delivery.body, JobRequest)
         token, token_hash = tokens.mint()
-        lease, changes = await self.store.lease(
-            request.job_id, ttl=self.config.lease_ttl, token_hash=token_hash,
-            token_ttl=self.config.boot_timeout)
+        with _tracer.start_as_current_span("job.lease", attributes={
+                "solstice.job_id": str(request.job_id), "solstice.attempt": request.attempt}):
+            lease, changes = await self.store.lease(
+                request.job_id, ttl=self.config.lease_ttl, token_hash=token_hash,
+                token_ttl=self.config.boot_timeout)
         await delivery.ack()
         self.effects.apply(changes)
         if lease is None:
@@ -226,7 +243,10 @@ class Executor:
         outcome: Outcome | None = None
         with _tracer.start_as_current_span(
                 "job", attributes={"job.id": str(lease.job_id), "job.key": lease.key,
-                                   "job.attempt": lease.attempt}):
+                                   "job.attempt": lease.attempt, "solstice.run_id": str(lease.run_id),
+                                   "solstice.label": lease.runs_on,
+                                   "solstice.backend": self.backend.name}):
+            session.traceparent = current_traceparent()
             try:
                 if problem is not None:
                     outcome = (JobState.FAILURE, problem)
@@ -238,11 +258,13 @@ class Executor:
                         resources=Resources(**{k: v for k, v in resources.items() if v}),
                         source_dir=Path(lease.repo.clone_url.removeprefix("file://"))
                         if preloaded else None)
-                    vm = await self._keeping_lease(lease, session, self.backend.provision(spec))
+                    with _tracer.start_as_current_span("job.provision"):
+                        vm = await self._keeping_lease(lease, session, self.backend.provision(spec))
+                    boot = _tracer.start_span("job.boot")
                     await self._keeping_lease(lease, session, self.backend.start(
                         vm, RunnerBootstrap(orchestrator_url=self.advertise_url,
                                             job_id=str(lease.job_id), token=token)))
-                    outcome = await self._supervise(lease, session, vm)
+                    outcome = await self._supervise(lease, session, vm, boot)
             except BackendError as exc:
                 outcome = (JobState.ERROR, f"infrastructure fault: {exc.message}")
             except LeaseLost:
@@ -292,7 +314,15 @@ class Executor:
         log.info("job finished", extra={"job_id": str(lease.job_id), "key": lease.key,
                                         "state": state.value})
 
-    async def _supervise(self, lease: Lease, session: JobSession, vm: VM) -> Outcome:
+    async def _supervise(self, lease: Lease, session: JobSession, vm: VM, boot: Span) -> Outcome:
+        """Wait for the job's end (see the module docstring); `boot` ends when the runner
+        calls in, or with the supervision."""
+        try:
+            return await self._watch(lease, session, vm)
+        finally:
+            boot.end(session.started_unix_ns)
+
+    async def _watch(self, lease: Lease, session: JobSession, vm: VM) -> Outcome:
         loop = asyncio.get_running_loop()
         config = self.config
         boot_deadline = loop.time() + config.boot_timeout

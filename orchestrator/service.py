@@ -107,8 +107,8 @@ class Orchestrator:
         await self.reaper.at_start()
         self._background = [
             # The heartbeat ends by itself only when fenced (see `_fenced`).
-            self.supervisor.spawn("host-heartbeat", self.registry.run(on_fenced=self._fenced),
-                                  finite=True),
+            self.supervisor.spawn("host-heartbeat", self.registry.run(
+                on_fenced=self._fenced, on_drain=self._drain), finite=True),
             self.supervisor.spawn("reaper", self.reaper.run())]
         await self.backend.prepare()
         self.logs.start(self.supervisor.spawn)
@@ -145,6 +145,7 @@ class Orchestrator:
                                  backend=self.backend, sessions=self.sessions,
                                  effects=self.effects, secrets=self.secrets,
                                  advertise_url=self.grpc_url, supervisor=self.supervisor)
+        self.executor.drained = self.registry.drained
         await self.executor.start()
         self._runs = await self.broker.consume_runs(self._on_run)
         log.info("orchestrator started", extra={"host": self.config.host_name,
@@ -162,7 +163,7 @@ class Orchestrator:
         self.admin_server = grpc.aio.server(options=GRPC_OPTIONS, interceptors=interceptors)
         admin_pb2_grpc.add_AdminServicer_to_server(AdminService(
             db=self.db, api=self.api, registry=self.registry,
-            pages_url=lambda: self.relay.log_url_base), self.admin_server)
+            pages_url=lambda: self.relay.log_url_base, broker=self.broker), self.admin_server)
         try:
             port = self.admin_server.add_insecure_port(self.config.admin_listen)
         except RuntimeError as exc:  # gRPC's way of saying the address is taken or invalid
@@ -182,6 +183,12 @@ class Orchestrator:
         if self.executor is not None:
             self._background.append(self.supervisor.spawn(
                 "stop-taking", self.executor.stop_taking(), finite=True))
+
+    def _drain(self, drained: bool) -> None:
+        """An operator drained (or undrained) this host: see `orchestrator.steering`."""
+        if self.executor is not None:
+            self._background.append(self.supervisor.spawn(
+                "drain", self.executor.drain(drained), finite=True))
 
     async def stop(self, grace: float = 0.0, *, hand_back: bool = False) -> None:
         """Stop taking work; give running jobs `grace` seconds, then end them (`error`) or,
