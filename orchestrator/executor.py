@@ -28,6 +28,7 @@ from opentelemetry.trace import Span
 from common.broker import Broker, Delivery, Subscription
 from common.masking import SecretMasker
 from common.messages import JobRequest, JobState, decode
+from common.metrics import BOOT_DURATION, JOB_DURATION, JOBS_FINISHED, PROVISION_DURATION
 from common.observability import tracer
 from common.retry import Backoff, retry_async
 from common.supervise import Supervisor
@@ -190,6 +191,10 @@ class Executor:
     def running(self) -> int:
         return len(self._jobs)
 
+    def active_by_label(self) -> dict[str, int]:
+        """Jobs this host runs now, per label (`solstice_host_running_jobs`)."""
+        return {worker.label: worker.active for worker in self.workers}
+
     async def _take(self, delivery: Delivery, release: Callable[[], None]) -> bool:
         """Lease the job of `delivery` and start it; False if there is nothing to run."""
         request = decode(delivery.body, JobRequest)
@@ -239,6 +244,8 @@ class Executor:
             masker=SecretMasker(secrets.values(), verbatim=[token]))
         self.sessions.add(session)
         name = f"{self.prefix}-{lease.job_id.hex[:12]}-{lease.attempt}"
+        metric_labels = (lease.runs_on, self.backend.name)
+        leased = time.monotonic()
         vm: VM | None = None
         outcome: Outcome | None = None
         with _tracer.start_as_current_span(
@@ -259,7 +266,9 @@ class Executor:
                         source_dir=Path(lease.repo.clone_url.removeprefix("file://"))
                         if preloaded else None)
                     with _tracer.start_as_current_span("job.provision"):
+                        began = time.monotonic()
                         vm = await self._keeping_lease(lease, session, self.backend.provision(spec))
+                        PROVISION_DURATION.labels(*metric_labels).observe(time.monotonic() - began)
                     boot = _tracer.start_span("job.boot")
                     await self._keeping_lease(lease, session, self.backend.start(
                         vm, RunnerBootstrap(orchestrator_url=self.advertise_url,
@@ -279,6 +288,9 @@ class Executor:
                 outcome = (JobState.ERROR, f"orchestrator fault: {exc}")
             finally:
                 await asyncio.shield(self._end(lease, session, name, vm, outcome))
+                if outcome is not None:
+                    JOB_DURATION.labels(*metric_labels).observe(time.monotonic() - leased)
+                    JOBS_FINISHED.labels(outcome[0].value, lease.runs_on).inc()
 
     async def _end(self, lease: Lease, session: JobSession, name: str, vm: VM | None,
                    outcome: Outcome | None) -> None:
@@ -317,10 +329,14 @@ class Executor:
     async def _supervise(self, lease: Lease, session: JobSession, vm: VM, boot: Span) -> Outcome:
         """Wait for the job's end (see the module docstring); `boot` ends when the runner
         calls in, or with the supervision."""
+        began = time.time_ns()
         try:
             return await self._watch(lease, session, vm)
         finally:
             boot.end(session.started_unix_ns)
+            if session.started_unix_ns is not None:
+                BOOT_DURATION.labels(lease.runs_on, self.backend.name).observe(
+                    (session.started_unix_ns - began) / 1e9)
 
     async def _watch(self, lease: Lease, session: JobSession, vm: VM) -> Outcome:
         loop = asyncio.get_running_loop()

@@ -27,6 +27,7 @@ from opentelemetry.trace import SpanKind
 
 from common.broker import Broker
 from common.messages import JobState
+from common.metrics import RUNNER_LOG_BYTES, RUNNER_LOG_LINES
 from common.observability import tracer
 from common.tracing import context_from, metadata_context
 from orchestrator import tokens, validate
@@ -135,6 +136,7 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
         session = await self._session(context, "")
         job_id = str(session.job_id)
         steps = len(session.spec["steps"])
+        label = session.spec.get("runs_on", "")
         try:
             async for chunk in request_iterator:
                 await validate.require(context, validate.log_chunk, chunk)
@@ -151,6 +153,8 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
                     if exc.first:
                         await self._close_log(session, exc)
                     await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+                RUNNER_LOG_LINES.labels(label).inc(chunk.data.count(b"\n"))
+                RUNNER_LOG_BYTES.labels(label).inc(len(chunk.data))
                 await self._store_chunk(session, chunk.seq, chunk.step_index, chunk.stream,
                                         chunk.timestamp_unix_ms, session.masker.mask(chunk.data))
             session.touch()

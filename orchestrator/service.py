@@ -19,7 +19,9 @@ from common.errors import ConfigError
 from common.health import broker_check, database_check
 from common.http import BackgroundServer
 from common.messages import RunRequest, decode
+from common.metrics import metrics_route
 from common.supervise import Supervisor
+from orchestrator import metrics
 from orchestrator.admin import AdminService
 from orchestrator.adminauth import AdminTokenRequired, resolve_access, warn_about
 from orchestrator.api import OrchestratorAPI
@@ -134,10 +136,11 @@ class Orchestrator:
             checks = {"database": database_check(self.db.pool),
                       "broker": broker_check(self.broker), "listen": listener.ready,
                       "tasks": self.supervisor.ready}
-            self.web = BackgroundServer(build_app(
-                self.db, checks, token=self.access.web_token,
-                secure_cookie=(self.config.public_url or "").startswith("https://")),
-                host, int(port))
+            app = build_app(self.db, checks, token=self.access.web_token,
+                            secure_cookie=(self.config.public_url or "").startswith("https://"))
+            app.router.routes.append(metrics_route(metrics.refreshers(
+                self.db, self.config.host_name, self.config.capacity, lambda: self.executor)))
+            self.web = BackgroundServer(app, host, int(port))
             await self.web.start(self.supervisor)
             self.relay.log_url_base = self.config.public_url or self.web.url
         self.relay.start(self.supervisor)

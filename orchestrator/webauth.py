@@ -1,6 +1,7 @@
 """The web pages' gate while they have no per-run signed links: the admin token, presented as
 `Authorization: Bearer <token>` or once as `?token=<token>`, which sets a cookie and redirects
-to the same page without the token in its address. `/healthz` and `/readyz` are always open.
+to the same page without the token in its address. `/healthz`, `/readyz` and `/metrics` are
+always open.
 
 The cookie holds a value derived from the token (an HMAC), not the token itself: a stolen
 browser cookie opens the log pages but not the Admin service.
@@ -18,7 +19,7 @@ from orchestrator.adminauth import token_matches
 
 COOKIE = "solstice_web"
 COOKIE_MAX_AGE = 30 * 24 * 3600
-OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 REFUSAL = ("this page needs the orchestrator's admin token: open it once as {path}?token=TOKEN "
            "(a cookie keeps you signed in), or send Authorization: Bearer TOKEN\n")
 

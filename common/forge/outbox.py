@@ -119,6 +119,12 @@ class Outbox:
             " next_attempt_at = now() + make_interval(secs => $3) WHERE id = $1",
             item.id, error[:2000], float(delay))
 
+    async def backlog(self) -> int:
+        """Rows still to be sent (for `solstice_outbox_backlog`)."""
+        return await self._pool.fetchval(
+            "SELECT count(*) FROM forge_outbox WHERE target = $1 AND state = 'pending'",
+            self.target)
+
     async def counts(self) -> dict[str, int]:
         """Rows per state, for health checks and tests."""
         rows = await self._pool.fetch(
