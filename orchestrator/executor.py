@@ -29,7 +29,7 @@ from common.broker import Broker, Delivery, Subscription
 from common.masking import SecretMasker
 from common.messages import JobRequest, JobState, decode
 from common.metrics import BOOT_DURATION, JOB_DURATION, JOBS_FINISHED, PROVISION_DURATION
-from common.observability import tracer
+from common.observability import log_context, tracer
 from common.retry import Backoff, retry_async
 from common.supervise import Supervisor
 from common.tracing import current_traceparent
@@ -235,6 +235,10 @@ class Executor:
         return {n: self.secrets[n] for n in names}, None
 
     async def _run(self, lease: Lease, token_hash: bytes, token: str) -> None:
+        with log_context(run_id=str(lease.run_id), job_id=str(lease.job_id)):
+            await self._run_job(lease, token_hash, token)
+
+    async def _run_job(self, lease: Lease, token_hash: bytes, token: str) -> None:
         secrets, problem = self._job_secrets(lease)
         preloaded = lease.repo.forge == "local" and self.backend.name == "local"
         session = JobSession(

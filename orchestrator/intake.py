@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from common.messages import JobEvent, JobState, RunRequest
-from common.observability import tracer
+from common.observability import log_context, tracer
 from common.tracing import current_traceparent
 from common.workflow import (
     DEFAULT_LIMITS,
@@ -102,9 +102,10 @@ class Intake:
         of the run it repeats (see `_as_rerun`). The run's trace is that of its `run.intake`
         span (`runs.trace_context`).
         """
-        with _tracer.start_as_current_span("run.intake", attributes={
-                "solstice.request_id": request.request_id,
-                "solstice.repo": request.repo.full_name}) as span:
+        with log_context(request_id=request.request_id), \
+                _tracer.start_as_current_span("run.intake", attributes={
+                    "solstice.request_id": request.request_id,
+                    "solstice.repo": request.repo.full_name}) as span:
             run_id = await self._accept(request, options)
             span.set_attribute("solstice.run_id", str(run_id))
             return run_id

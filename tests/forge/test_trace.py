@@ -11,14 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
-import pytest
-from opentelemetry import trace
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from common.broker import open_broker
@@ -33,6 +30,7 @@ from tests.fakes.forgejo_api import FakeForgejo
 from tests.forge.conftest import FAST, FIXTURES, SECRET, make_config
 from tests.forge.test_e2e import make_repo
 from tests.orchestrator.conftest import Factory, orchestrator_factory  # noqa: F401  (fixture)
+from tests.tracing import spans  # noqa: F401  (fixture)
 
 WORKFLOW = """workflow name="ci" {
     job id="good" runs_on="local" {
@@ -40,21 +38,6 @@ WORKFLOW = """workflow name="ci" {
     }
 }
 """
-
-
-@pytest.fixture
-def spans() -> Iterator[InMemorySpanExporter]:
-    """Every span ended during the test."""
-    provider = trace.get_tracer_provider()
-    if not isinstance(provider, TracerProvider):
-        provider = TracerProvider()
-        trace.set_tracer_provider(provider)
-    assert isinstance(trace.get_tracer_provider(), TracerProvider)
-    exporter = InMemorySpanExporter()
-    processor = SimpleSpanProcessor(exporter)
-    provider.add_span_processor(processor)  # type: ignore[attr-defined]
-    yield exporter
-    processor.shutdown()
 
 
 def ancestors(span: ReadableSpan, by_id: dict[int, ReadableSpan]) -> list[str]:
