@@ -6,11 +6,15 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import pty
+import re
 import subprocess
+import sys
 from pathlib import Path
 
 from tests.ciadm.test_admin import ciadm
-from tests.orchestrator.conftest import Harness
+from tests.forge.test_e2e import make_repo
+from tests.orchestrator.conftest import ADMIN_TOKEN, Harness
 
 FLAKY = """
 workflow name="flaky" {
@@ -25,27 +29,10 @@ workflow name="flaky" {
 """
 
 
-def git_repo(path: Path, workflow: str) -> str:
-    """A git repository holding `workflow` at .solstice/workflow.kdl; its HEAD commit."""
-    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.org",
-           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.org"}
-
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=path, check=True, capture_output=True,
-                              text=True, env=env).stdout.strip()
-
-    (path / ".solstice").mkdir(parents=True)
-    (path / ".solstice" / "workflow.kdl").write_text(workflow)
-    git("init", "-q", "-b", "main")
-    git("add", ".")
-    git("commit", "-q", "-m", "ci")
-    return git("rev-parse", "HEAD")
-
-
 async def test_submit_waits_and_answers_json(harness: Harness, tmp_path: Path) -> None:
     flag = tmp_path / "flag"
     repo = tmp_path / "repo"
-    git_repo(repo, FLAKY % {"flag": flag})
+    make_repo(repo, FLAKY % {"flag": flag})
     failed = await ciadm(harness, "submit", str(repo), "--commit", "HEAD", "--wait")
     assert failed.returncode == 1, failed.stderr
     assert "submitted: run" in failed.stdout
@@ -72,7 +59,7 @@ async def test_submit_errors_are_clear(harness: Harness, tmp_path: Path) -> None
     url = await ciadm(harness, "submit", "https://forge.example/acme/app.git", "--commit", "a" * 40)
     assert url.returncode == 1 and "--workflow-file" in url.stderr
     repo = tmp_path / "repo"
-    git_repo(repo, FLAKY % {"flag": "/nonexistent"})
+    make_repo(repo, FLAKY % {"flag": "/nonexistent"})
     unknown = await ciadm(harness, "submit", str(repo), "--commit", "f" * 40)
     assert unknown.returncode == 1 and "no commit" in unknown.stderr
 
@@ -151,3 +138,50 @@ async def test_drain_stops_taking_jobs_and_queue_flags_the_label(orchestrator_fa
 
     unknown = await ciadm(harness, "drain", "no-such-host")
     assert unknown.returncode == 1 and "no host named 'no-such-host'" in unknown.stderr
+
+
+HELLO = 'workflow name="hello" { job id="build" runs_on="local" { step name="s" run="sleep 1" } }'
+
+
+async def test_submit_to_a_multi_host_orchestrator_is_idempotent(
+        orchestrator_factory, amqp_url: str, broker_prefix: str, tmp_path: Path) -> None:
+    harness: Harness = await orchestrator_factory(amqp_url=amqp_url, broker_prefix=broker_prefix)
+    make_repo(tmp_path / "repo", HELLO)
+    args = ("submit", str(tmp_path / "repo"), "--commit", "HEAD", "--request-id", "manual-1")
+    done = await ciadm(harness, "--json", *args, "--wait")
+    assert done.returncode == 0, done.stderr
+    run = json.loads(done.stdout)
+    assert run["state"] == "success" and run["event"] == "manual"
+    again = await ciadm(harness, "--json", *args)
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["run_id"] == run["run_id"]
+
+
+def _read_terminal(cmd: list[str]) -> tuple[int, bytes]:
+    """Run `cmd` with a pseudo-terminal as its stdout; its exit status and all it wrote."""
+    controller, terminal = pty.openpty()
+    proc = subprocess.Popen(cmd, stdout=terminal, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL)
+    os.close(terminal)
+    written = b""
+    while True:
+        try:
+            piece = os.read(controller, 65536)
+        except OSError:  # EIO: the other side closed
+            break
+        if not piece:
+            break
+        written += piece
+    os.close(controller)
+    return proc.wait(), written
+
+
+async def test_wait_redraws_in_place_on_a_terminal(harness: Harness, tmp_path: Path) -> None:
+    make_repo(tmp_path / "repo", HELLO)
+    status, written = await asyncio.to_thread(_read_terminal, [
+        sys.executable, "-m", "ciadm.main", "--orchestrator", harness.orchestrator.admin_url,
+        "--token", ADMIN_TOKEN, "submit", str(tmp_path / "repo"), "--commit", "HEAD", "--wait"])
+    text = written.decode()
+    assert status == 0, text
+    assert "\x1b[2F\x1b[J" in text  # back over the run's line and its one job, then redrawn
+    assert re.search(r"build\s+success", text) and "ended success" in text
