@@ -12,7 +12,10 @@
   are children of it.
 
 The propagator is the W3C one, explicitly: the carriers are ours, and the format must not
-depend on `OTEL_PROPAGATORS`.
+depend on `OTEL_PROPAGATORS`. The instrumentation packages do not fit these hops: the aio-pika
+one would miss the in-process broker of the standalone mode and ends its consumer span before
+a job (acked at its lease) runs; the gRPC server one would start a trace of its own for each
+`GetJob` and heartbeat stream, whose context the runner does not have yet.
 """
 from __future__ import annotations
 
