@@ -13,9 +13,9 @@
 
 The propagator is the W3C one, explicitly: the carriers are ours, and the format must not
 depend on `OTEL_PROPAGATORS`. The instrumentation packages do not fit these hops: the aio-pika
-one would miss the in-process broker of the standalone mode and ends its consumer span before
-a job (acked at its lease) runs; the gRPC server one would start a trace of its own for each
-`GetJob` and heartbeat stream, whose context the runner does not have yet.
+one would miss the in-process broker of the standalone mode, and the gRPC server one would
+start a trace of its own for each `GetJob` (the runner has no context before it) and for
+every long-lived log and heartbeat stream.
 """
 from __future__ import annotations
 
