@@ -59,7 +59,7 @@ def _host_message(host: HostInfo) -> admin_pb2.Host:
 
 class AdminService(admin_pb2_grpc.AdminServicer):
     def __init__(self, *, db: Database, api: OrchestratorAPI, registry: HostRegistry,
-                 pages_url: Callable[[], str] = lambda: "", broker: Broker | None = None) -> None:
+                 broker: Broker, pages_url: Callable[[], str] = lambda: "") -> None:
         self.db = db
         self.api = api
         self.registry = registry
@@ -187,9 +187,6 @@ class AdminService(admin_pb2_grpc.AdminServicer):
     async def SubmitRun(self, request: admin_pb2.SubmitRunRequest,
                         context: grpc.aio.ServicerContext) -> admin_pb2.Run:
         await validate.require(context, submit.run_request, request)
-        if self.broker is None:
-            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "this orchestrator takes no runs")
-        assert self.broker is not None
         run_request = submit.run_request(request)
         with _tracer.start_as_current_span("admin.SubmitRun", kind=SpanKind.SERVER, attributes={
                 "solstice.request_id": run_request.request_id,
