@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 _tracer = tracer(__name__)
 
 WORKFLOW_JOB_KEY = "workflow"
+# How the message of a job whose `if` was false begins (a re-run leaves such a job skipped).
+SKIPPED_BY_IF = "skipped: `if "
 
 
 @dataclass(frozen=True)
@@ -194,7 +196,7 @@ class Intake:
                 position=position, runs_on=planned.runs_on, needs=list(planned.needs), spec=spec,
                 timeout_seconds=spec["timeout"],
                 state=waiting if runs else JobState.SKIPPED,
-                message=note if runs else f"skipped: `if {planned.job.if_expr}` is false",
+                message=note if runs else f"{SKIPPED_BY_IF}{planned.job.if_expr}` is false",
                 steps=[s.name for s in planned.steps], changes=changes)
 
     async def _invalid(self, conn: Any, run_id: uuid.UUID, request: RunRequest,

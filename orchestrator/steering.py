@@ -19,13 +19,12 @@ from common.errors import SolsticeError
 from common.messages import FINAL_JOB_STATES, JobState
 from orchestrator.db import Database
 from orchestrator.hosts import HostInfo
+from orchestrator.intake import SKIPPED_BY_IF
 from orchestrator.store import Changes, _transition, lock_run, notify_outbox, settle
 
 # What `rerun --failed` repeats (a job cancelled by fail_fast did not succeed either).
 NOT_SUCCEEDED = frozenset({JobState.FAILURE, JobState.ERROR, JobState.TIMED_OUT,
                            JobState.CANCELLED})
-# Intake's message for a job whose `if` was false: such a job stays skipped on a re-run.
-SKIPPED_BY_IF = "skipped: `if "
 FINAL = [s.value for s in FINAL_JOB_STATES]
 
 
