@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 
+from common.forge.webhook import webhook_app
+from common.http import running
+from common.metrics import inbox_backlog
 from tests.forge.conftest import FIXTURES, Harness
 from tests.metrics import scrape, value
 
@@ -29,3 +32,17 @@ async def test_webhook_outcomes_and_outbox_backlog(harness: Harness) -> None:
     # Anyone can send any event name: unknown ones share one label value.
     assert grew(forge="forgejo", event="other", outcome="http_401") == 1
     assert value(after, "solstice_outbox_backlog", outbox="forgejo") == 0
+
+
+async def test_an_inbox_feeds_its_backlog_gauge() -> None:
+    """The gauge an integration's inbox feeds: counted when scraped, through the shared edge."""
+    waiting = [3]
+
+    async def count() -> int:
+        return waiting[0]
+
+    app = webhook_app([], metrics=[inbox_backlog("forgejo", count)])
+    async with running(app) as url:
+        assert value(await scrape(url), "solstice_inbox_backlog", inbox="forgejo") == 3
+        waiting[0] = 0
+        assert value(await scrape(url), "solstice_inbox_backlog", inbox="forgejo") == 0
