@@ -9,6 +9,9 @@ The workflow text comes with the request: `ciadm` reads it at the commit from a 
 (`git show COMMIT:PATH`) or from `--workflow-file`. The orchestrator does not fetch
 repositories itself, so it needs no credentials for them and an operator can try a workflow
 before pushing it. Runs submitted this way name the forge `local`: no forge status is sent.
+The clone URL must be one the job machines can fetch from (a `file://` path serves the local
+backend, which runs the job in that tree). The run is trusted: the admin token is the right to
+run anything with the configured secrets.
 """
 from __future__ import annotations
 
