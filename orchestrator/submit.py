@@ -10,7 +10,7 @@ The workflow text comes with the request: `ciadm` reads it at the commit from a 
 repositories itself, so it needs no credentials for them and an operator can try a workflow
 before pushing it. Runs submitted this way name the forge `local`: no forge status is sent.
 The clone URL must be one the job machines can fetch from (a `file://` path serves the local
-backend, which runs the job in that tree). The run is trusted: the admin token is the right to
+backend, which copies that tree). The run is trusted: the admin token is the right to
 run anything with the configured secrets.
 """
 from __future__ import annotations
