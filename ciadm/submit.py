@@ -4,7 +4,9 @@ optionally follow it to its end.
 REPO is a local directory or a clone URL. The workflow text is read here and sent with the
 request (the orchestrator fetches no repository): `--workflow-file FILE`, else from a local
 git repository at the commit (`git show COMMIT:PATH`), else from a plain local directory's
-file. See `orchestrator/submit.py` for what the orchestrator does with it.
+file. See `orchestrator/submit.py` for what the orchestrator does with it. A local directory
+is a `file://` repository of the forge `local`: the local backend copies its tree as it is (as
+`cidev run` does), other backends check the commit out.
 """
 from __future__ import annotations
 
@@ -152,7 +154,8 @@ def register(add: AddCommand) -> None:
     submit = add("submit", cmd_submit, "run the workflow of a repository at a commit (exit "
                  "status with --wait: 0 if the run succeeded, else 1)")
     submit.add_argument("repo", metavar="REPO", help="a local directory (a git clone or a plain "
-                        "tree) or a clone URL")
+                        "tree; the local backend copies it as it is, like cidev run, other "
+                        "backends check the commit out) or a clone URL")
     submit.add_argument("--commit", required=True, metavar="SHA",
                         help="the commit to run (of a local clone: any name git knows)")
     submit.add_argument("--ref", default="refs/heads/main", metavar="REF",
