@@ -17,8 +17,8 @@ async def cmd_rerun(client: Client, args: argparse.Namespace) -> int:
                                   metadata=client.metadata)
 
     def human() -> None:
-        print(f"re-run: run {run.run_id}, a new attempt of {sum(j.state == 'queued' for j in run.jobs)}"
-              " job(s) and their dependents")
+        again = ", ".join(j.key for j in run.jobs if j.state == "queued")
+        print(f"re-run: run {run.run_id}: {again} queued again (earlier attempts kept)")
         print_run(run)
 
     if not args.wait:
