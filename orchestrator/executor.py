@@ -23,8 +23,6 @@ from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import TypeVar
 
-from opentelemetry.trace import Span
-
 from common.broker import Broker, Delivery, Subscription
 from common.masking import SecretMasker
 from common.messages import JobRequest, JobState, decode
@@ -273,11 +271,18 @@ class Executor:
                         began = time.monotonic()
                         vm = await self._keeping_lease(lease, session, self.backend.provision(spec))
                         PROVISION_DURATION.labels(*metric_labels).observe(time.monotonic() - began)
-                    boot = _tracer.start_span("job.boot")
-                    await self._keeping_lease(lease, session, self.backend.start(
-                        vm, RunnerBootstrap(orchestrator_url=self.advertise_url,
-                                            job_id=str(lease.job_id), token=token)))
-                    outcome = await self._supervise(lease, session, vm, boot)
+                    # Boot: from starting the machine to the runner's GetJob (or the end).
+                    boot, booting = _tracer.start_span("job.boot"), time.time_ns()
+                    try:
+                        await self._keeping_lease(lease, session, self.backend.start(
+                            vm, RunnerBootstrap(orchestrator_url=self.advertise_url,
+                                                job_id=str(lease.job_id), token=token)))
+                        outcome = await self._supervise(lease, session, vm)
+                    finally:
+                        boot.end(session.started_unix_ns)
+                        if session.started_unix_ns is not None:
+                            BOOT_DURATION.labels(*metric_labels).observe(
+                                (session.started_unix_ns - booting) / 1e9)
             except BackendError as exc:
                 outcome = (JobState.ERROR, f"infrastructure fault: {exc.message}")
             except LeaseLost:
@@ -330,19 +335,7 @@ class Executor:
         log.info("job finished", extra={"job_id": str(lease.job_id), "key": lease.key,
                                         "state": state.value})
 
-    async def _supervise(self, lease: Lease, session: JobSession, vm: VM, boot: Span) -> Outcome:
-        """Wait for the job's end (see the module docstring); `boot` ends when the runner
-        calls in, or with the supervision."""
-        began = time.time_ns()
-        try:
-            return await self._watch(lease, session, vm)
-        finally:
-            boot.end(session.started_unix_ns)
-            if session.started_unix_ns is not None:
-                BOOT_DURATION.labels(lease.runs_on, self.backend.name).observe(
-                    (session.started_unix_ns - began) / 1e9)
-
-    async def _watch(self, lease: Lease, session: JobSession, vm: VM) -> Outcome:
+    async def _supervise(self, lease: Lease, session: JobSession, vm: VM) -> Outcome:
         loop = asyncio.get_running_loop()
         config = self.config
         boot_deadline = loop.time() + config.boot_timeout
