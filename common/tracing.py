@@ -40,11 +40,12 @@ def current_traceparent() -> str | None:
     return carrier.get(TRACEPARENT)
 
 
-def context_from(traceparent: str | bytes | None) -> Context | None:
-    """A context whose parent is the span `traceparent` names; None if absent or malformed."""
+def context_from(traceparent: object) -> Context | None:
+    """A context whose parent is the span `traceparent` names; None if absent or malformed
+    (it may come from any message header or gRPC metadata)."""
     if isinstance(traceparent, bytes):
         traceparent = traceparent.decode(errors="replace")
-    if not traceparent:
+    if not isinstance(traceparent, str) or not traceparent:
         return None
     context = _PROPAGATOR.extract({TRACEPARENT: traceparent})
     return context if trace.get_current_span(context).get_span_context().is_valid else None

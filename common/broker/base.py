@@ -111,7 +111,7 @@ async def run_handler(handler: Handler, delivery: Delivery) -> None:
     error as reason; any other exception is logged and the message requeued after
     `REQUEUE_DELAY` (transient faults such as a database restart must lose nothing).
     """
-    parent = context_from(delivery.headers.get(TRACEPARENT))  # type: ignore[arg-type]
+    parent = context_from(delivery.headers.get(TRACEPARENT))
     attributes = {"messaging.destination.name": delivery.queue,
                   "messaging.rabbitmq.routing_key": delivery.routing_key}
     if (sent_at := _sent_at(delivery)) is not None:
