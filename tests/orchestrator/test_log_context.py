@@ -23,12 +23,13 @@ async def test_job_log_lines_carry_trace_run_and_job_ids(
     handler.addFilter(ContextFilter())
     root = logging.getLogger()
     root.addHandler(handler)
-    level, root.level = root.level, logging.INFO
+    level = root.level
+    root.setLevel(logging.INFO)  # setLevel, not `level =`: loggers cache what is enabled
     try:
         summary = await harness.run(WORKFLOW)
     finally:
         root.removeHandler(handler)
-        root.level = level
+        root.setLevel(level)
     [finished] = [line for line in out.getvalue().splitlines() if 'msg="job finished"' in line]
     fields = dict(re.findall(r"(\w+)=(\"(?:[^\"\\\\]|\\\\.)*\"|\S+)", finished))
     assert fields["run_id"] == str(summary.run_id)
