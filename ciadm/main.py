@@ -17,18 +17,19 @@ import sys
 
 import grpc
 
-from ciadm import audit, hosts, record, runs, secrets, tokens
+from ciadm import audit, hosts, record, runs, secrets, steer, submit, tokens
 from ciadm.client import TOKEN_HINT, Client, Command, address, admin_token
 from common.admin_auth import DEFAULT_ADMIN_ADDRESS, TOKEN_ENV, TOKEN_FILE_ENV
 from common.cli import quiet_on_closed_stdout
 from common.errors import SolsticeError
 
-COMMAND_MODULES = (runs, hosts, record, secrets, tokens, audit)
+COMMAND_MODULES = (runs, hosts, submit, steer, record, secrets, tokens, audit)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ciadm", description="Operate Solstice CI: runs, "
-                                     "approvals, cancels, logs and orchestrator hosts.")
+                                     "submits, re-runs, approvals, cancels, logs, the queue and "
+                                     "orchestrator hosts.")
     parser.add_argument("--orchestrator", default=os.environ.get("SOLSTICE_ORCHESTRATOR_ADMIN",
                                                                  DEFAULT_ADMIN_ADDRESS), type=address,
                         help="HOST:PORT of any orchestrator's Admin listener (admin_listen; "
@@ -38,11 +39,17 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"file holding the admin token (or {TOKEN_FILE_ENV})")
     token.add_argument("--token", help=f"the admin token itself (or {TOKEN_ENV}); visible to "
                                        "other users in `ps`, prefer --token-file")
+    parser.add_argument("--json", action="store_true",
+                        help="answer in JSON for machines instead of a table (also accepted "
+                             "after the command)")
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
 
     def add(name: str, handler: Command, help: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, description=help)
         p.set_defaults(handler=handler)
+        # SUPPRESS: not given after the command, the global --json stands.
+        p.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                       help="answer in JSON for machines instead of a table")
         return p
 
     for module in COMMAND_MODULES:

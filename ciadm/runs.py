@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 from ciadm.client import MAX_LIMIT, AddCommand, Client, limit, when
+from ciadm.output import emit, wants_json
 from protos import admin_pb2
 
 
@@ -29,6 +31,8 @@ def print_run(run: admin_pb2.Run) -> None:
         print("  " + "  ".join(part for part in (f"job {job.key}", job.state, took, job.message)
                                if part))
         print(f"      id {job.job_id}")
+        for earlier in job.earlier_attempts:
+            print(f"      attempt {earlier.attempt}: {earlier.state}  {earlier.message}".rstrip())
         if job.page_url:
             print(f"      {job.page_url}")
         for step in job.steps:  # numbered from 1, as on the web pages
@@ -39,44 +43,91 @@ def print_run(run: admin_pb2.Run) -> None:
 async def cmd_runs(client: Client, args: argparse.Namespace) -> int:
     reply = await client.stub.ListRuns(admin_pb2.ListRunsRequest(limit=args.limit, state=args.state),
                                        metadata=client.metadata)
-    if not reply.runs:
-        print("no runs")
-    for run in reply.runs:
-        done = sum(j.state == "success" for j in run.jobs)
-        print(f"{run.run_id}  {run.state:<17} {run.repo:<28} {run.ref:<24} "
-              f"{done}/{len(run.jobs)} jobs  {when(run.created_unix_ms)}")
+
+    def human() -> None:
+        if not reply.runs:
+            print("no runs")
+        for run in reply.runs:
+            done = sum(j.state == "success" for j in run.jobs)
+            print(f"{run.run_id}  {run.state:<17} {run.repo:<28} {run.ref:<24} "
+                  f"{done}/{len(run.jobs)} jobs  {when(run.created_unix_ms)}")
+
+    emit(args, list(reply.runs), human)
     return 0
 
 
 async def cmd_show(client: Client, args: argparse.Namespace) -> int:
-    print_run(await client.stub.GetRun(admin_pb2.RunRef(run_id=args.run), metadata=client.metadata))
+    run = await client.stub.GetRun(admin_pb2.RunRef(run_id=args.run), metadata=client.metadata)
+    emit(args, run, lambda: print_run(run))
     return 0
 
 
 async def cmd_approve(client: Client, args: argparse.Namespace) -> int:
     run = await client.stub.ApproveRun(admin_pb2.RunRef(run_id=args.run,
-                                                        on_behalf_of=args.on_behalf_of),
-                                       metadata=client.metadata)
-    print(f"approved: run {run.run_id} may start its jobs")
-    print_run(run)
+                                                        on_behalf_of=args.on_behalf_of), metadata=client.metadata)
+
+    def human() -> None:
+        print(f"approved: run {run.run_id} may start its jobs")
+        print_run(run)
+
+    emit(args, run, human)
     return 0
 
 
 async def cmd_cancel(client: Client, args: argparse.Namespace) -> int:
     run = await client.stub.CancelRun(admin_pb2.RunRef(run_id=args.run,
-                                                       on_behalf_of=args.on_behalf_of),
-                                      metadata=client.metadata)
-    print(f"cancel requested for run {run.run_id}: queued jobs are cancelled, running ones "
-          "asked to stop")
-    print_run(run)
+                                                       on_behalf_of=args.on_behalf_of), metadata=client.metadata)
+
+    def human() -> None:
+        print(f"cancel requested for run {run.run_id}: queued jobs are cancelled, running ones "
+              "asked to stop")
+        print_run(run)
+
+    emit(args, run, human)
     return 0
 
 
-async def cmd_logs(client: Client, args: argparse.Namespace) -> int:
-    request = admin_pb2.TailLogsRequest(job_id=args.job, follow=args.follow)
-    async for chunk in client.stub.TailLogs(request, metadata=client.metadata):
-        sys.stdout.buffer.write(chunk.data)
+class LinePrinter:
+    """Log chunks of a whole run as whole lines, each prefixed with its job key (`[build] ...`),
+    or as JSON Lines (`{"job", "step", "stream", "line"}`); a job's log alone passes as is."""
+
+    def __init__(self, as_json: bool) -> None:
+        self.as_json = as_json
+        self.partial: dict[str, bytes] = {}
+
+    def write(self, chunk: admin_pb2.LogLines) -> None:
+        if not chunk.job_key and not self.as_json:
+            sys.stdout.buffer.write(chunk.data)
+            sys.stdout.buffer.flush()
+            return
+        text = self.partial.pop(chunk.job_key, b"") + chunk.data
+        *lines, rest = text.split(b"\n")
+        if rest:
+            self.partial[chunk.job_key] = rest
+        for line in lines:
+            self._line(chunk.job_key, chunk.step_index, chunk.stream, line)
+        sys.stdout.flush()
         sys.stdout.buffer.flush()
+
+    def close(self) -> None:
+        for key, rest in self.partial.items():
+            self._line(key, -1, 0, rest)
+        self.partial.clear()
+
+    def _line(self, key: str, step: int, stream: int, line: bytes) -> None:
+        if self.as_json:
+            print(json.dumps({"job": key, "step": step, "stream": stream,
+                              "line": line.decode(errors="replace")}))
+        else:
+            sys.stdout.buffer.write(b"[" + key.encode() + b"] " + line + b"\n")
+
+
+async def cmd_logs(client: Client, args: argparse.Namespace) -> int:
+    request = admin_pb2.TailLogsRequest(job_id=args.id, follow=args.follow)
+    printer = LinePrinter(wants_json(args))
+    async for chunk in client.stub.TailLogs(request, metadata=client.metadata):
+        printer.write(chunk)
+    printer.close()
     return 0
 
 
@@ -96,6 +147,8 @@ def register(add: AddCommand) -> None:
         command.add_argument("--on-behalf-of", metavar="FORGE:LOGIN", default="",
                              help="record it as this forge user's (whose permission you "
                                   "checked), e.g. github:octocat")
-    logs = add("logs", cmd_logs, "print a job's log")
-    logs.add_argument("job")
-    logs.add_argument("-f", "--follow", action="store_true", help="keep printing until the job ends")
+    logs = add("logs", cmd_logs, "print a job's log, or every job's of a run (each line "
+               "prefixed with its job; --json: JSON Lines)")
+    logs.add_argument("id", metavar="RUN_OR_JOB")
+    logs.add_argument("-f", "--follow", action="store_true",
+                      help="keep printing until the job (or the run) ends")

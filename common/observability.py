@@ -1,16 +1,21 @@
 """The one logging and tracing setup.
 
 Services log structured lines (logfmt: `ts=... level=info logger=... msg="..." key=value`) to
-stderr and emit OpenTelemetry spans: to the console exporter by default, to OTLP/gRPC when
-`OTEL_EXPORTER_OTLP_ENDPOINT` is set. CLIs pass `console_spans=False` so spans do not drown
-their output (set `SOLSTICE_TRACE_CONSOLE=1` to see them anyway).
+stderr, each with the current span's `trace_id` and `span_id` and the `run_id` / `job_id` of
+the work it belongs to (`log_context`), and emit OpenTelemetry spans: to the console exporter
+by default, to OTLP/gRPC when `OTEL_EXPORTER_OTLP_ENDPOINT` is set. CLIs pass
+`console_spans=False` so spans do not drown their output (set `SOLSTICE_TRACE_CONSOLE=1` to
+see them anyway). `common.tracing` carries a run's trace across services.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
 import time
+from collections.abc import Iterator, Mapping
+from contextvars import ContextVar
 from typing import Any
 
 from opentelemetry import trace
@@ -29,16 +34,43 @@ def _quote(value: Any) -> str:
     return text
 
 
+_LOG_CONTEXT: ContextVar[Mapping[str, str] | None] = ContextVar("solstice_log_context",
+                                                               default=None)
+
+
+@contextlib.contextmanager
+def log_context(**fields: str) -> Iterator[None]:
+    """Every record logged inside (in this task, and tasks it starts) carries `fields`, e.g.
+    the run and job ids; a record's own `extra` fields win."""
+    token = _LOG_CONTEXT.set({**(_LOG_CONTEXT.get() or {}), **fields})
+    try:
+        yield
+    finally:
+        _LOG_CONTEXT.reset(token)
+
+
+class ContextFilter(logging.Filter):
+    """Adds, at the moment of logging, the current span's `trace_id` and `span_id` and the
+    `log_context` fields to each record (a handler formats it later, maybe elsewhere)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        span = trace.get_current_span().get_span_context()
+        if span.is_valid:
+            record.__dict__.setdefault("trace_id", f"{span.trace_id:032x}")
+            record.__dict__.setdefault("span_id", f"{span.span_id:016x}")
+        for key, value in (_LOG_CONTEXT.get() or {}).items():
+            record.__dict__.setdefault(key, value)
+        return True
+
+
 class LogfmtFormatter(logging.Formatter):
-    """One line per record; `extra={...}` fields become `key=value` pairs."""
+    """One line per record; `extra={...}` fields (and those of `ContextFilter`) become
+    `key=value` pairs."""
 
     def format(self, record: logging.LogRecord) -> str:
         ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
         parts = [f"ts={ts}.{int(record.msecs):03d}Z", f"level={record.levelname.lower()}",
                  f"logger={record.name}", f"msg={_quote(record.getMessage())}"]
-        span = trace.get_current_span().get_span_context()
-        if span.is_valid:
-            parts.append(f"trace_id={span.trace_id:032x}")
         parts += [f"{k}={_quote(v)}" for k, v in record.__dict__.items() if k not in _RESERVED]
         if record.exc_info:
             parts.append(f"exc={_quote(self.formatException(record.exc_info))}")
@@ -53,6 +85,7 @@ def setup_observability(service: str, *, level: str = "info", console_spans: boo
     _configured = True
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(LogfmtFormatter())
+    handler.addFilter(ContextFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -13,7 +13,8 @@ Routes:
   `{"forge": "forgejo", "repository": "owner/name", "branch": "main", "sha": optional,
   "request_id": optional}`: the branch head (or `sha`) is planned like a push, with event
   `manual`. Repeating a `request_id` is answered `duplicate`.
-- `GET /healthz`, `GET /readyz` (database, broker, the status outbox worker alive).
+- `GET /healthz`, `GET /readyz` (database, broker, the status outbox worker alive),
+  `GET /metrics` (`docs/metrics.md`).
 
 Job events are consumed from the broker's events exchange through the durable queue
 `<prefix>.events.<events_queue>`; each becomes an outbox row (acked once stored) that the
@@ -44,6 +45,7 @@ from common.forge.signature import verify_forgejo
 from common.forge.webhook import answer, parse_json, read_body, webhook_app
 from common.health import broker_check, database_check
 from common.messages import EventKind, JobEvent, Repo, decode
+from common.metrics import outbox_backlog
 from common.observability import tracer
 from common.postgres import DATABASE_ERRORS
 from common.supervise import Supervisor
@@ -123,7 +125,8 @@ class ForgeIntegration:
         routes.append(Route("/runs", self.manual_run, methods=["POST"]))
         return webhook_app(routes, lifespan=self._lifespan, checks={
             "database": database_check(self.pool), "broker": broker_check(self.broker),
-            "tasks": self.supervisor.ready})
+            "tasks": self.supervisor.ready},
+            metrics=[outbox_backlog(OUTBOX_TARGET, self.outbox.backlog)])
 
     # ---- webhooks -------------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ from common.broker import Broker, Subscription
 from common.forge.deliveries import DeliveryLog
 from common.forge.outbox import Outbox, OutboxWorker
 from common.health import broker_check, database_check
+from common.metrics import outbox_backlog
 from common.retry import Backoff
 from common.supervise import Supervisor
 from github_integration.api import GitHubApi
@@ -86,4 +87,5 @@ class GitHubIntegration:
 
         return create_app(self.webhook, lifespan=lifespan, checks={
             "database": database_check(self.pool), "broker": broker_check(self._broker),
-            "tasks": self.supervisor.ready})
+            "tasks": self.supervisor.ready},
+            metrics=[outbox_backlog(TARGET, self.outbox.backlog)])

@@ -15,8 +15,11 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 
 import grpc
+from opentelemetry.trace import SpanKind
 
-from orchestrator import admintokens, audit, validate
+from common.broker import Broker
+from common.observability import tracer
+from orchestrator import admintokens, audit, steering, submit, validate
 from orchestrator.adminauth import actor
 from orchestrator.admintokens import AdminTokenInfo, AdminTokens, TokenRefused
 from orchestrator.api import JobSummary, OrchestratorAPI, RunSummary
@@ -24,13 +27,14 @@ from orchestrator.artifacts import ArtifactStore
 from orchestrator.bundle import BundleError, stream_bundle
 from orchestrator.db import Database
 from orchestrator.grants import GrantSigner, grant_link
-from orchestrator.hosts import HostRegistry
+from orchestrator.hosts import HostInfo, HostRegistry
 from orchestrator.logstore import read_log
 from orchestrator.secretadmin import SecretAdmin
 from orchestrator.secretstore import SecretStore
 from protos import admin_pb2, admin_pb2_grpc
 
 log = logging.getLogger(__name__)
+_tracer = tracer(__name__)
 
 FOLLOW_POLL_SECONDS = 0.3
 DEFAULT_AUDIT_LIMIT = 50
@@ -48,7 +52,8 @@ def _ms(value: object) -> int:
     return int(value.timestamp() * 1000) if value is not None else 0  # type: ignore[attr-defined]
 
 
-def _job_message(job: JobSummary, pages: str, link: Callable[[str], str]) -> admin_pb2.Job:
+def _job_message(job: JobSummary, pages: str, link: Callable[[str], str],
+                 earlier: list[admin_pb2.Attempt]) -> admin_pb2.Job:
     return admin_pb2.Job(
         job_id=str(job.job_id), key=job.key, runs_on=job.runs_on, state=job.state.value,
         message=job.message, attempt=job.attempt,
@@ -57,7 +62,14 @@ def _job_message(job: JobSummary, pages: str, link: Callable[[str], str]) -> adm
         steps=[admin_pb2.Step(index=s.index, name=s.name, state=s.state,
                               exit_code=-1 if s.exit_code is None else s.exit_code,
                               duration_ms=-1 if s.duration_ms is None else s.duration_ms)
-               for s in job.steps])
+               for s in job.steps],
+        earlier_attempts=earlier)
+
+
+def _host_message(host: HostInfo) -> admin_pb2.Host:
+    return admin_pb2.Host(name=host.name, capacity=host.capacity, state=host.state,
+                          alive=host.alive, active_jobs=host.active_jobs,
+                          last_heartbeat_unix_ms=_ms(host.last_heartbeat), drained=host.drained)
 
 
 def _token_message(info: AdminTokenInfo) -> admin_pb2.AdminToken:
@@ -73,7 +85,7 @@ ON_BEHALF_OF = re.compile(r"[a-z][a-z0-9-]{0,31}:[A-Za-z0-9][A-Za-z0-9._-]{0,99}
 
 class AdminService(SecretAdmin, admin_pb2_grpc.AdminServicer):
     def __init__(self, *, db: Database, api: OrchestratorAPI, registry: HostRegistry,
-                 tokens: AdminTokens, secrets: SecretStore,
+                 tokens: AdminTokens, secrets: SecretStore, broker: Broker,
                  artifacts: ArtifactStore | None = None,
                  pages_url: Callable[[], str] = lambda: "",
                  grants: GrantSigner | None = None) -> None:
@@ -85,6 +97,7 @@ class AdminService(SecretAdmin, admin_pb2_grpc.AdminServicer):
         self.tokens = tokens
         # Signed page links, so that an operator can hand a run's link on.
         self.grants = grants
+        self.broker = broker
         # The web pages' base URL ("" while none are served); asked per call because the
         # pages start after the gRPC server.
         self.pages_url = pages_url
@@ -140,13 +153,20 @@ class AdminService(SecretAdmin, admin_pb2_grpc.AdminServicer):
         def link(url: str) -> str:
             return grant_link(url, self.grants, run_id)
 
+        earlier: dict[uuid.UUID, list[admin_pb2.Attempt]] = {}
+        for attempt in await self.db.pool.fetch(
+                "SELECT a.job_id, a.attempt, a.state, a.message, a.host FROM job_attempts a"
+                " JOIN jobs j ON j.id = a.job_id WHERE j.run_id = $1 ORDER BY a.id", run_id):
+            earlier.setdefault(attempt["job_id"], []).append(admin_pb2.Attempt(
+                attempt=attempt["attempt"], state=attempt["state"], message=attempt["message"],
+                host=attempt["host"] or ""))
         return admin_pb2.Run(
             run_id=str(run_id), state=summary.state, message=summary.message,
             workflow_name=summary.workflow_name, repo=f"{repo['owner']}/{repo['name']}",
             commit_sha=row["commit_sha"], ref=row["ref"], event=row["event"],
             trusted=row["trusted"], created_unix_ms=_ms(summary.created_at),
             page_url=link(f"{pages}/runs/{run_id}") if pages else "",
-            jobs=[_job_message(j, pages, link) for j in summary.jobs],
+            jobs=[_job_message(j, pages, link, earlier.get(j.job_id, [])) for j in summary.jobs],
             approved_by=summary.approved_by or "", approved_unix_ms=_ms(summary.approved_at),
             cancelled_by=summary.cancelled_by or "", cancelled_unix_ms=_ms(summary.cancelled_at),
             gate=row["gate"] or "", gate_reasons=row["gate_reasons"] or [])
@@ -216,15 +236,34 @@ class AdminService(SecretAdmin, admin_pb2_grpc.AdminServicer):
 
     async def ListHosts(self, request: admin_pb2.ListHostsRequest,
                         context: grpc.aio.ServicerContext) -> admin_pb2.ListHostsReply:
-        return admin_pb2.ListHostsReply(hosts=[
-            admin_pb2.Host(name=h.name, capacity=h.capacity, state=h.state, alive=h.alive,
-                           active_jobs=h.active_jobs,
-                           last_heartbeat_unix_ms=_ms(h.last_heartbeat))
-            for h in await self.registry.hosts()])
+        return admin_pb2.ListHostsReply(hosts=[_host_message(h)
+                                               for h in await self.registry.hosts()])
+
+    async def _resolve_any(self, ref: str, context: grpc.aio.ServicerContext
+                           ) -> tuple[str, uuid.UUID]:
+        """`("runs", id)` or `("jobs", id)`: what an operator's id names (runs first)."""
+        try:
+            ref = validate.id_prefix("id", ref)
+        except validate.InvalidMessage as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        rows = await self.db.pool.fetch(
+            "(SELECT 'runs' AS kind, id FROM runs WHERE id::text LIKE $1 || '%' LIMIT 2)"
+            " UNION ALL (SELECT 'jobs', id FROM jobs WHERE id::text LIKE $1 || '%' LIMIT 2)", ref)
+        if not rows:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no run or job with id {ref}")
+        if len(rows) > 1:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                f"{ref} matches more than one run or job; give more of the id")
+        return rows[0]["kind"], rows[0]["id"]
 
     async def TailLogs(self, request: admin_pb2.TailLogsRequest,
                        context: grpc.aio.ServicerContext) -> AsyncIterator[admin_pb2.LogLines]:
-        job_id = await self._resolve("jobs", request.job_id, context)
+        kind, found = await self._resolve_any(request.job_id, context)
+        if kind == "runs":
+            async for lines in follow_run(self.db, found, follow=request.follow):
+                yield lines
+            return
+        job_id = found
         attempt, last_seq = None, 0
         while True:
             current = await read_log(self.db, job_id)
@@ -275,3 +314,94 @@ class AdminService(SecretAdmin, admin_pb2_grpc.AdminServicer):
             admin_pb2.AuditEntry(id=e.id, at_unix_ms=_ms(e.at), actor=e.actor, action=e.action,
                                  target=e.target, outcome=e.outcome, detail=e.detail)
             for e in entries])
+    async def SubmitRun(self, request: admin_pb2.SubmitRunRequest,
+                        context: grpc.aio.ServicerContext) -> admin_pb2.Run:
+        await validate.require(context, submit.run_request, request)
+        run_request = submit.run_request(request)
+        with _tracer.start_as_current_span("admin.SubmitRun", kind=SpanKind.SERVER, attributes={
+                "solstice.request_id": run_request.request_id,
+                "solstice.repo": run_request.repo.full_name}):
+            try:
+                run_id = await submit.submit(self.db, self.broker, run_request)
+            except TimeoutError:
+                await context.abort(grpc.StatusCode.UNAVAILABLE, (
+                    f"request {run_request.request_id} was queued but no orchestrator recorded "
+                    f"a run for it within {submit.RECORD_TIMEOUT:g} s; is any consuming runs?"))
+        await audit.record(self.db.pool, actor=actor(), action="submit", target=str(run_id),
+                           outcome="ok", detail=f"{run_request.repo.full_name} "
+                                                f"{run_request.commit_sha}")
+        log.info("run submitted", extra={"run_id": str(run_id), "by": actor()})
+        return await self._run_message(run_id)
+
+    async def Rerun(self, request: admin_pb2.RerunRequest,
+                    context: grpc.aio.ServicerContext) -> admin_pb2.Run:
+        kind, found = await self._resolve_any(request.id, context)
+        if kind == "jobs" and request.failed_only:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                "--failed applies to a run; give the run's id")
+        run_id = found if kind == "runs" else await self.db.pool.fetchval(
+            "SELECT run_id FROM jobs WHERE id = $1", found)
+        by = actor()
+        try:
+            keys, changes = await steering.rerun(
+                self.db, run_id, job_id=found if kind == "jobs" else None,
+                failed_only=request.failed_only, by=by)
+        except steering.RerunRefused as exc:
+            await self._refuse(context, grpc.StatusCode.FAILED_PRECONDITION, str(exc), "rerun",
+                               str(run_id))
+        await audit.record(self.db.pool, actor=by, action="rerun", target=str(run_id),
+                           detail=",".join(keys))
+        self.api.effects.apply(changes)
+        log.info("run re-run", extra={"run_id": str(run_id), "jobs": ",".join(keys), "by": by})
+        return await self._run_message(run_id)
+
+    async def SetHostDrained(self, request: admin_pb2.SetHostDrainedRequest,
+                             context: grpc.aio.ServicerContext) -> admin_pb2.Host:
+        action = "drain" if request.drained else "undrain"
+        if not await steering.set_drained(self.db, request.host, request.drained):
+            await self._refuse(context, grpc.StatusCode.NOT_FOUND, f"no host named "
+                               f"{request.host!r} is registered; `ciadm hosts` lists them",
+                               action, request.host)
+        await audit.record(self.db.pool, actor=actor(), action=action, target=request.host)
+        log.info("host drained" if request.drained else "host undrained",
+                 extra={"host": request.host})
+        return next(_host_message(h) for h in await self.registry.hosts()
+                    if h.name == request.host)
+
+    async def GetQueue(self, request: admin_pb2.GetQueueRequest,
+                       context: grpc.aio.ServicerContext) -> admin_pb2.GetQueueReply:
+        labels = await steering.queue_by_label(self.db, await self.registry.hosts())
+        return admin_pb2.GetQueueReply(labels=[
+            admin_pb2.LabelQueue(label=q.label, depth=q.depth, oldest_wait_s=q.oldest_wait_s,
+                                 hosts=q.hosts, capacity=q.capacity) for q in labels])
+
+
+async def follow_run(db: Database, run_id: uuid.UUID, *, follow: bool
+                     ) -> AsyncIterator[admin_pb2.LogLines]:
+    """Every job's stored log lines of a run, each with its job key; with `follow`, new lines
+    (of new attempts too) until the run ended and nothing more arrived."""
+    seen: dict[uuid.UUID, tuple[int, int]] = {}  # job -> (attempt, last seq)
+    while True:
+        run_done = await db.pool.fetchval("SELECT finished_at IS NOT NULL FROM runs WHERE id = $1",
+                                          run_id)
+        jobs = await db.pool.fetch("SELECT id, key FROM jobs WHERE run_id = $1"
+                                   " ORDER BY position, key", run_id)
+        sent = False
+        for job in jobs:
+            attempt, last_seq = seen.get(job["id"], (-1, 0))
+            piece = await read_log(db, job["id"])
+            if piece is None:
+                continue
+            if piece.attempt != attempt:  # a new attempt starts anew
+                attempt, last_seq = piece.attempt, 0
+            piece = await read_log(db, job["id"], attempt=attempt, after_seq=last_seq)
+            if piece is None:
+                continue
+            for chunk in piece.chunks:
+                sent = True
+                yield admin_pb2.LogLines(step_index=chunk["step_index"], stream=chunk["stream"],
+                                         data=bytes(chunk["data"]), job_key=job["key"])
+            seen[job["id"]] = (attempt, piece.last_seq or last_seq)
+        if not follow or (run_done and not sent):
+            return
+        await asyncio.sleep(FOLLOW_POLL_SECONDS)

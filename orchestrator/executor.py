@@ -26,9 +26,11 @@ from typing import TypeVar
 from common.broker import Broker, Delivery, Subscription
 from common.masking import SecretMasker
 from common.messages import JobRequest, JobState, decode
-from common.observability import tracer
+from common.metrics import BOOT_DURATION, JOB_DURATION, JOBS_FINISHED, PROVISION_DURATION
+from common.observability import log_context, tracer
 from common.retry import Backoff, retry_async
 from common.supervise import Supervisor
+from common.tracing import current_traceparent
 from orchestrator import tokens
 from orchestrator.backends.base import (
     VM,
@@ -82,6 +84,8 @@ class LabelWorker:
         self._control: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        if self._running:
+            return
         self._running = True
         await self._sync()
         self._control = self._supervisor.spawn(f"worker-{self.label}", self._loop())
@@ -151,10 +155,20 @@ class Executor:
                         for label, slots in config.capacity.items()]
         self._jobs: set[asyncio.Task[None]] = set()
         self._hand_back = False
+        # `ciadm drain`: take no new jobs while set (the running ones go on).
+        self.drained = False
 
     async def start(self) -> None:
+        if self.drained:
+            return
         for worker in self.workers:
             await worker.start()
+
+    async def drain(self, drained: bool) -> None:
+        """Stop taking jobs (running ones go on), or take them again."""
+        self.drained = drained
+        for worker in self.workers:
+            await (worker.stop() if drained else worker.start())
 
     async def stop_taking(self) -> None:
         """Stop consuming job requests; running jobs go on."""
@@ -176,13 +190,19 @@ class Executor:
     def running(self) -> int:
         return len(self._jobs)
 
+    def active_by_label(self) -> dict[str, int]:
+        """Jobs this host runs now, per label (`solstice_host_running_jobs`)."""
+        return {worker.label: worker.active for worker in self.workers}
+
     async def _take(self, delivery: Delivery, release: Callable[[], None]) -> bool:
         """Lease the job of `delivery` and start it; False if there is nothing to run."""
         request = decode(delivery.body, JobRequest)
         token, token_hash = tokens.mint()
-        lease, changes = await self.store.lease(
-            request.job_id, ttl=self.config.lease_ttl, token_hash=token_hash,
-            token_ttl=self.config.boot_timeout)
+        with _tracer.start_as_current_span("job.lease", attributes={
+                "solstice.job_id": str(request.job_id), "solstice.attempt": request.attempt}):
+            lease, changes = await self.store.lease(
+                request.job_id, ttl=self.config.lease_ttl, token_hash=token_hash,
+                token_ttl=self.config.boot_timeout)
         await delivery.ack()
         self.effects.apply(changes)
         if lease is None:
@@ -217,6 +237,10 @@ class Executor:
             return {}, (state, str(exc))
 
     async def _run(self, lease: Lease, token_hash: bytes, token: str) -> None:
+        with log_context(run_id=str(lease.run_id), job_id=str(lease.job_id)):
+            await self._run_job(lease, token_hash, token)
+
+    async def _run_job(self, lease: Lease, token_hash: bytes, token: str) -> None:
         secrets, problem = await self._job_secrets(lease)
         preloaded = lease.repo.forge == "local" and self.backend.name == "local"
         session = JobSession(
@@ -226,11 +250,16 @@ class Executor:
             masker=SecretMasker(secrets.values(), verbatim=[token]))
         self.sessions.add(session)
         name = f"{self.prefix}-{lease.job_id.hex[:12]}-{lease.attempt}"
+        metric_labels = (lease.runs_on, self.backend.name)
+        leased = time.monotonic()
         vm: VM | None = None
         outcome: Outcome | None = None
         with _tracer.start_as_current_span(
                 "job", attributes={"job.id": str(lease.job_id), "job.key": lease.key,
-                                   "job.attempt": lease.attempt}):
+                                   "job.attempt": lease.attempt, "solstice.run_id": str(lease.run_id),
+                                   "solstice.label": lease.runs_on,
+                                   "solstice.backend": self.backend.name}):
+            session.traceparent = current_traceparent()
             try:
                 if problem is not None:
                     outcome = problem
@@ -242,13 +271,24 @@ class Executor:
                         resources=Resources(**{k: v for k, v in resources.items() if v}),
                         source_dir=Path(lease.repo.clone_url.removeprefix("file://"))
                         if preloaded else None)
-                    vm = await self._keeping_lease(lease, session, self.backend.provision(spec))
+                    with _tracer.start_as_current_span("job.provision"):
+                        began = time.monotonic()
+                        vm = await self._keeping_lease(lease, session, self.backend.provision(spec))
+                        PROVISION_DURATION.labels(*metric_labels).observe(time.monotonic() - began)
                     await self.store.record_machine(lease.job_id, lease.attempt, vm.backend,
                                                     vm.details.get("image", spec.image))
-                    await self._keeping_lease(lease, session, self.backend.start(
-                        vm, RunnerBootstrap(orchestrator_url=self.advertise_url,
-                                            job_id=str(lease.job_id), token=token)))
-                    outcome = await self._supervise(lease, session, vm)
+                    # Boot: from starting the machine to the runner's GetJob (or the end).
+                    boot, booting = _tracer.start_span("job.boot"), time.time_ns()
+                    try:
+                        await self._keeping_lease(lease, session, self.backend.start(
+                            vm, RunnerBootstrap(orchestrator_url=self.advertise_url,
+                                                job_id=str(lease.job_id), token=token)))
+                        outcome = await self._supervise(lease, session, vm)
+                    finally:
+                        boot.end(session.started_unix_ns)
+                        if session.started_unix_ns is not None:
+                            BOOT_DURATION.labels(*metric_labels).observe(
+                                (session.started_unix_ns - booting) / 1e9)
             except BackendError as exc:
                 outcome = (JobState.ERROR, f"infrastructure fault: {exc.message}")
             except LeaseLost:
@@ -263,6 +303,9 @@ class Executor:
                 outcome = (JobState.ERROR, f"orchestrator fault: {exc}")
             finally:
                 await asyncio.shield(self._end(lease, session, name, vm, outcome))
+                if outcome is not None:
+                    JOB_DURATION.labels(*metric_labels).observe(time.monotonic() - leased)
+                    JOBS_FINISHED.labels(outcome[0].value, lease.runs_on).inc()
 
     async def _end(self, lease: Lease, session: JobSession, name: str, vm: VM | None,
                    outcome: Outcome | None) -> None:

@@ -56,6 +56,7 @@ class HostInfo:
     last_heartbeat: datetime
     alive: bool
     active_jobs: int
+    drained: bool = False  # `ciadm drain`: takes no new jobs
 
 
 class HostRegistry:
@@ -73,6 +74,8 @@ class HostRegistry:
         self.instance = uuid.uuid4()
         self.machine = socket.gethostname()
         self.fenced = asyncio.Event()
+        # `ciadm drain` asked this host to take no new jobs (read back with each heartbeat).
+        self.drained = False
 
     async def register(self) -> None:
         """Take the name (new, stopped, stale, or left by a dead process of this machine).
@@ -112,20 +115,33 @@ class HostRegistry:
                                        self.name)
 
     async def heartbeat(self) -> bool:
-        """Refresh this host's heartbeat; False once another instance took the name over."""
-        row = await self.db.pool.fetchval(
+        """Refresh this host's heartbeat (and read back `drained`); False once another
+        instance took the name over."""
+        drained = await self.db.pool.fetchval(
             "UPDATE hosts SET last_heartbeat = now() WHERE name = $1 AND instance = $2"
-            " RETURNING name", self.name, self.instance)
-        return row is not None
+            " RETURNING drained", self.name, self.instance)
+        if drained is None:
+            return False
+        self.drained = drained
+        return True
 
-    async def run(self, on_fenced: Callable[[], None] | None = None) -> None:
+    async def run(self, on_fenced: Callable[[], None] | None = None,
+                  on_drain: Callable[[bool], None] | None = None) -> None:
         """Heartbeat every `interval` until cancelled; survive database restarts.
 
         When fenced, set `fenced`, call `on_fenced` and stop: this process's leases are void.
+        `on_drain(drained)` is called when an operator drains or undrains this host.
         """
+        reported = False
         while True:
             try:
-                if not await self.heartbeat():
+                alive = await self.heartbeat()
+                if alive and self.drained != reported and on_drain is not None:
+                    reported = self.drained
+                    log.info("host drained: taking no new jobs" if reported
+                             else "host undrained: taking jobs again", extra={"host": self.name})
+                    on_drain(reported)
+                if not alive:
                     log.error("host name taken over by another instance; fenced",
                               extra={"host": self.name})
                     self.fenced.set()
@@ -156,7 +172,7 @@ class HostRegistry:
     async def hosts(self) -> list[HostInfo]:
         """Every registered host with its liveness and how many jobs it holds leases on."""
         rows = await self.db.pool.fetch(
-            "SELECT h.name, h.capacity, h.state, h.started_at, h.last_heartbeat,"
+            "SELECT h.name, h.capacity, h.state, h.started_at, h.last_heartbeat, h.drained,"
             " h.state <> 'stopped' AND h.last_heartbeat >= now() - $1::interval AS alive,"
             " (SELECT count(*) FROM jobs j WHERE j.lease_host = h.name"
             "  AND j.state = ANY($2)) AS active_jobs"
@@ -164,4 +180,5 @@ class HostRegistry:
             timedelta(seconds=self.stale_after), ACTIVE_JOB_STATES)
         return [HostInfo(name=r["name"], capacity=dict(r["capacity"]), state=r["state"],
                          started_at=r["started_at"], last_heartbeat=r["last_heartbeat"],
-                         alive=r["alive"], active_jobs=r["active_jobs"]) for r in rows]
+                         alive=r["alive"], active_jobs=r["active_jobs"], drained=r["drained"])
+                for r in rows]

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from common.messages import JobEvent, JobState, RunRequest
+from common.observability import log_context, tracer
+from common.tracing import current_traceparent
 from common.workflow import (
     DEFAULT_LIMITS,
     EvalContext,
@@ -30,8 +32,11 @@ from orchestrator.effects import Effects
 from orchestrator.store import Changes, add_outbox, insert_job, notify_outbox, settle
 
 log = logging.getLogger(__name__)
+_tracer = tracer(__name__)
 
 WORKFLOW_JOB_KEY = "workflow"
+# How the message of a job whose `if` was false begins (a re-run leaves such a job skipped).
+SKIPPED_BY_IF = "skipped: `if "
 
 
 @dataclass(frozen=True)
@@ -98,8 +103,18 @@ class Intake:
 
         A re-run of one job (`request.rerun_of`, from a forge's "re-run" button) plans that
         job and what it needs, whatever the triggers say, with the workflow, trust and approval
-        of the run it repeats (see `_as_rerun`).
+        of the run it repeats (see `_as_rerun`). The run's trace is that of its `run.intake`
+        span (`runs.trace_context`).
         """
+        with log_context(request_id=request.request_id), \
+                _tracer.start_as_current_span("run.intake", attributes={
+                    "solstice.request_id": request.request_id,
+                    "solstice.repo": request.repo.full_name}) as span:
+            run_id = await self._accept(request, options)
+            span.set_attribute("solstice.run_id", str(run_id))
+            return run_id
+
+    async def _accept(self, request: RunRequest, options: RunOptions) -> uuid.UUID:
         if request.rerun_of is not None:
             request = await self._as_rerun(request)
             if options.only_jobs is None:
@@ -117,15 +132,16 @@ class Intake:
         async with self.db.transaction() as conn:
             run_id = await conn.fetchval(
                 "INSERT INTO runs (id, request_id, repo, commit_sha, ref, event, workflow_path,"
-                " workflow_name, trusted, priority, fail_fast, request, workflow_source)"
-                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+                " workflow_name, trusted, priority, fail_fast, request, workflow_source,"
+                " trace_context)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
                 " ON CONFLICT (request_id) DO NOTHING RETURNING id",
                 uuid.uuid4(), request.request_id, request.repo.model_dump(mode="json"),
                 request.commit_sha, request.ref, request.event.value, request.workflow_path,
                 (workflow.name or "") if workflow else "", request.trusted, request.priority,
                 bool(workflow and workflow.fail_fast),
                 request.model_dump(mode="json", exclude={"workflow_source"}),
-                request.workflow_source)
+                request.workflow_source, current_traceparent())
             if run_id is None:
                 existing = await conn.fetchval("SELECT id FROM runs WHERE request_id = $1",
                                                request.request_id)
@@ -182,7 +198,7 @@ class Intake:
                 position=position, runs_on=planned.runs_on, needs=list(planned.needs), spec=spec,
                 timeout_seconds=spec["timeout"],
                 state=waiting if runs else JobState.SKIPPED,
-                message=note if runs else f"skipped: `if {planned.job.if_expr}` is false",
+                message=note if runs else f"{SKIPPED_BY_IF}{planned.job.if_expr}` is false",
                 steps=[s.name for s in planned.steps], changes=changes)
         if request.needs_approval:
             # The run waits with its jobs (until none does: all skipped ends it in `settle`).

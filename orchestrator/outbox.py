@@ -12,15 +12,20 @@ import asyncio
 import logging
 from datetime import timedelta
 
+from opentelemetry.trace import SpanKind
+
 from common.broker import Broker
 from common.messages import JobEvent, JobRequest
+from common.observability import tracer
 from common.retry import Backoff, retry_async
 from common.supervise import Supervisor, wait_event
+from common.tracing import context_from, within_run
 from orchestrator.db import TRANSIENT_ERRORS, Database
 from orchestrator.grants import GrantSigner, grant_link
 from orchestrator.intake import WORKFLOW_JOB_KEY
 
 log = logging.getLogger(__name__)
+_tracer = tracer(__name__)
 
 BATCH = 200
 SWEEP_SECONDS = 5.0
@@ -78,14 +83,20 @@ class OutboxRelay:
         """Publish up to BATCH unpublished rows in id order; return how many."""
         async with self.db.transaction() as conn:
             rows = await conn.fetch(
-                "SELECT id, kind, payload FROM outbox WHERE published_at IS NULL"
-                " ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED", BATCH)
+                "SELECT o.id, o.kind, o.payload, o.trace_context, r.trace_context AS run_trace"
+                " FROM outbox o LEFT JOIN runs r ON r.id = (o.payload->>'run_id')::uuid"
+                " WHERE o.published_at IS NULL"
+                " ORDER BY o.id LIMIT $1 FOR UPDATE OF o SKIP LOCKED", BATCH)
             for row in rows:
-                if row["kind"] == "job_request":
-                    await self.broker.publish_job(JobRequest.model_validate(row["payload"]))
-                else:
-                    await self.broker.publish_event(self._with_log_url(
-                        JobEvent.model_validate(row["payload"])))
+                # Published inside the run's trace (common/tracing.py).
+                parent = context_from(within_run(row["trace_context"], row["run_trace"]))
+                with _tracer.start_as_current_span(f"outbox.publish {row['kind']}", context=parent,
+                                                   kind=SpanKind.PRODUCER):
+                    if row["kind"] == "job_request":
+                        await self.broker.publish_job(JobRequest.model_validate(row["payload"]))
+                    else:
+                        await self.broker.publish_event(self._with_log_url(
+                            JobEvent.model_validate(row["payload"])))
             if rows:
                 await conn.execute("UPDATE outbox SET published_at = now() WHERE id = ANY($1)",
                                    [r["id"] for r in rows])

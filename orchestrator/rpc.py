@@ -16,14 +16,20 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
 import grpc
+from opentelemetry.context import Context
+from opentelemetry.trace import SpanKind
 
 from common.broker import Broker
 from common.messages import JobState
+from common.metrics import RUNNER_LOG_BYTES, RUNNER_LOG_LINES
+from common.observability import tracer
+from common.tracing import context_from, metadata_context
 from orchestrator import inputs, tokens, validate
 from orchestrator.artifacts import ArtifactRefused, ArtifactStore
 from orchestrator.db import TRANSIENT_ERRORS
@@ -35,6 +41,7 @@ from orchestrator.updates import Hub, LogUpdate, StepUpdate
 from protos import runner_pb2, runner_pb2_grpc
 
 log = logging.getLogger(__name__)
+_tracer = tracer(__name__)
 
 STEP_STATES = {
     runner_pb2.STEP_PENDING: "pending", runner_pb2.STEP_RUNNING: "running",
@@ -63,7 +70,8 @@ def build_job(session: JobSession) -> runner_pb2.Job:
                                    timeout_seconds=s.get("timeout") or 0, enabled=s["enabled"])
                for i, s in enumerate(spec["steps"])],
         timeout_seconds=spec["timeout"], artifact_patterns=spec.get("artifacts", []),
-        matrix=spec.get("matrix", {}), has_inputs=bool(spec.get("needs")))
+        matrix=spec.get("matrix", {}), has_inputs=bool(spec.get("needs")),
+        traceparent=session.traceparent or "")
 
 
 def mask_chunk(session: JobSession, chunk: runner_pb2.LogChunk) -> bytes:
@@ -73,6 +81,13 @@ def mask_chunk(session: JobSession, chunk: runner_pb2.LogChunk) -> bytes:
     for value in chunk.added_masks:
         session.masker.add(value)
     return session.masker.mask(session.masker.take_commands(chunk.data))
+
+
+def _span_parent(context: grpc.aio.ServicerContext, session: JobSession) -> tuple[Context | None, bool]:
+    """The parent of a runner call's span: the `traceparent` the runner sent (the job span's,
+    given in `GetJob`), else the job span itself; and whether the runner sent it."""
+    sent = metadata_context(context.invocation_metadata())
+    return (sent, True) if sent is not None else (context_from(session.traceparent), False)
 
 
 def _bearer(context: grpc.aio.ServicerContext) -> str | None:
@@ -115,7 +130,9 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
         if session is None or request.job_id != str(session.job_id):
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, REFUSED)
         assert session is not None
-        started, changes = await self.store.claim_token(session.job_id, token_hash)
+        with _tracer.start_as_current_span("runner.GetJob", context=context_from(session.traceparent),
+                                           kind=SpanKind.SERVER):
+            started, changes = await self.store.claim_token(session.job_id, token_hash)
         if started is None or started.attempt != session.attempt:
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, REFUSED)
         session.mark_started()
@@ -129,6 +146,7 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
         session = await self._session(context, "")
         job_id = str(session.job_id)
         steps = len(session.spec["steps"])
+        label = session.spec.get("runs_on", "")
         try:
             async for chunk in request_iterator:
                 await validate.require(context, validate.log_chunk, chunk)
@@ -145,6 +163,8 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
                     if exc.first:
                         await self._close_log(session, exc)
                     await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+                RUNNER_LOG_LINES.labels(label).inc(chunk.data.count(b"\n"))
+                RUNNER_LOG_BYTES.labels(label).inc(len(chunk.data))
                 await self._store_chunk(session, chunk.seq, chunk.step_index, chunk.stream,
                                         chunk.timestamp_unix_ms, mask_chunk(session, chunk))
             session.touch()
@@ -195,6 +215,7 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
             log.warning("step report refused", extra={"job_id": request.job_id,
                                                       "step": request.step_index, "state": state})
             return runner_pb2.Ack()
+        self._step_span(context, session, request, name, state)
         self.hub.publish(StepUpdate(session.run_id, session.job_id, session.key,
                                     request.step_index, name, state,
                                     request.exit_code if final else None,
@@ -202,10 +223,34 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
                                     request.timestamp_unix_ms))
         return runner_pb2.Ack()
 
+    @staticmethod
+    def _step_span(context: grpc.aio.ServicerContext, session: JobSession,
+                   request: runner_pb2.StepReport, name: str, state: str) -> None:
+        """A span per step that ran, from its `running` report to its final one."""
+        now = time.time_ns()
+        if state == "running":
+            session.step_started_ns[request.step_index] = now
+            return
+        parent, from_runner = _span_parent(context, session)
+        _tracer.start_span(f"step {name}", context=parent, kind=SpanKind.SERVER,
+                           start_time=session.step_started_ns.pop(request.step_index, now),
+                           attributes={"solstice.step.index": request.step_index,
+                                       "solstice.step.state": state,
+                                       "solstice.step.exit_code": request.exit_code,
+                                       "solstice.trace.from_runner": from_runner}).end(now)
+
     async def ReportResult(self, request: runner_pb2.JobResult,
                            context: grpc.aio.ServicerContext) -> runner_pb2.Ack:
         await validate.require(context, validate.job_result, request)
         session = await self._session(context, request.job_id)
+        parent, from_runner = _span_parent(context, session)
+        with _tracer.start_as_current_span("runner.ReportResult", context=parent,
+                                           kind=SpanKind.SERVER, attributes={
+                                               "solstice.trace.from_runner": from_runner}):
+            return await self._report_result(request, session)
+
+    async def _report_result(self, request: runner_pb2.JobResult,
+                             session: JobSession) -> runner_pb2.Ack:
         state = OUTCOMES.get(request.outcome)
         message = request.message
         if state is None:

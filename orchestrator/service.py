@@ -19,7 +19,9 @@ from common.errors import ConfigError
 from common.health import broker_check, database_check
 from common.http import BackgroundServer
 from common.messages import RunRequest, decode
+from common.metrics import metrics_route
 from common.supervise import Supervisor
+from orchestrator import metrics
 from orchestrator.admin import AdminService
 from orchestrator.adminauth import AdminTokenRequired, resolve_access, warn_about
 from orchestrator.admintokens import AdminTokens
@@ -123,8 +125,8 @@ class Orchestrator:
         await self.reaper.at_start()
         self._background = [
             # The heartbeat ends by itself only when fenced (see `_fenced`).
-            self.supervisor.spawn("host-heartbeat", self.registry.run(on_fenced=self._fenced),
-                                  finite=True),
+            self.supervisor.spawn("host-heartbeat", self.registry.run(
+                on_fenced=self._fenced, on_drain=self._drain), finite=True),
             self.supervisor.spawn("reaper", self.reaper.run())]
         await self.backend.prepare()
         self.logs.start(self.supervisor.spawn)
@@ -152,7 +154,9 @@ class Orchestrator:
                       "tasks": self.supervisor.ready}
             self.web = BackgroundServer(build_app(
                 self.db, checks, policy=self._web_policy(), public_url=self.config.public_url,
-                signals=self.live), host, int(port))
+                signals=self.live, extra_routes=[metrics_route(metrics.refreshers(
+                    self.db, self.config.host_name, self.config.capacity,
+                    lambda: self.executor))]), host, int(port))
             self.supervisor.spawn("web-live", self.live.follow(self.hub))
             await self.web.start(self.supervisor)
             self.relay.log_url_base = self.config.public_url or self.web.url
@@ -162,6 +166,7 @@ class Orchestrator:
                                  backend=self.backend, sessions=self.sessions,
                                  effects=self.effects, secrets=self.secrets,
                                  advertise_url=self.grpc_url, supervisor=self.supervisor)
+        self.executor.drained = self.registry.drained
         await self.executor.start()
         self._runs = await self.broker.consume_runs(self._on_run)
         log.info("orchestrator started", extra={"host": self.config.host_name,
@@ -188,7 +193,7 @@ class Orchestrator:
         admin_pb2_grpc.add_AdminServicer_to_server(AdminService(
             db=self.db, api=self.api, registry=self.registry, tokens=self.admin_tokens,
             secrets=self.secret_store,
-            artifacts=self.artifacts,
+            artifacts=self.artifacts, broker=self.broker,
             pages_url=lambda: self.relay.log_url_base, grants=self.grants), self.admin_server)
         try:
             port = self.admin_server.add_insecure_port(self.config.admin_listen)
@@ -209,6 +214,12 @@ class Orchestrator:
         if self.executor is not None:
             self._background.append(self.supervisor.spawn(
                 "stop-taking", self.executor.stop_taking(), finite=True))
+
+    def _drain(self, drained: bool) -> None:
+        """An operator drained (or undrained) this host: see `orchestrator.steering`."""
+        if self.executor is not None:
+            self._background.append(self.supervisor.spawn(
+                "drain", self.executor.drain(drained), finite=True))
 
     async def stop(self, grace: float = 0.0, *, hand_back: bool = False) -> None:
         """Stop taking work; give running jobs `grace` seconds, then end them (`error`) or,

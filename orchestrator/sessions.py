@@ -69,12 +69,18 @@ class JobSession:
     # Artifact bytes stored or arriving for this attempt, against the per-job cap
     # (orchestrator/artifacts.py).
     artifact_bytes: int = 0
+    # The job span's W3C trace context, handed to the runner (`common.tracing`).
+    traceparent: str | None = None
+    # When each running step was reported started (Unix ns), for its span.
+    step_started_ns: dict[int, int] = field(default_factory=dict)
+    started_unix_ns: int | None = None  # when the runner called in, for the boot span
 
     def touch(self) -> None:
         self.last_seen = time.monotonic()
 
     def mark_started(self) -> None:
         self.started_at = time.monotonic()
+        self.started_unix_ns = time.time_ns()
         self.touch()
         self.started.set()
 

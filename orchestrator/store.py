@@ -24,6 +24,7 @@ from common.messages import (
     JobState,
     Repo,
 )
+from common.tracing import current_traceparent
 from orchestrator import audit
 from orchestrator.db import Database
 from orchestrator.manifest import record_manifest
@@ -77,8 +78,9 @@ async def notify_outbox(conn: asyncpg.Connection) -> None:
 
 
 async def add_outbox(conn: asyncpg.Connection, message: JobRequest | JobEvent) -> None:
-    await conn.execute("INSERT INTO outbox (kind, payload) VALUES ($1, $2)",
-                       message.type, message.model_dump(mode="json"))
+    """Outbox `message` with the current span's trace context (`common.tracing`)."""
+    await conn.execute("INSERT INTO outbox (kind, payload, trace_context) VALUES ($1, $2, $3)",
+                       message.type, message.model_dump(mode="json"), current_traceparent())
 
 
 async def _emit(conn: asyncpg.Connection, row: asyncpg.Record, changes: Changes,
@@ -157,7 +159,8 @@ async def settle(conn: asyncpg.Connection, run_id: uuid.UUID, changes: Changes) 
                 continue
             needs = [state_of.get(n, JobState.SKIPPED) for n in job["needs"]]
             if all(s == JobState.SUCCESS for s in needs):
-                await conn.execute("UPDATE jobs SET released = true WHERE id = $1", job["id"])
+                await conn.execute("UPDATE jobs SET released = true, queued_at = now()"
+                                   " WHERE id = $1", job["id"])
                 await add_outbox(conn, JobRequest(
                     run_id=run_id, job_id=job["id"], job_key=job["key"],
                     runs_on=job["runs_on"], attempt=job["attempt"] + 1,
@@ -467,9 +470,11 @@ async def hand_back(db: Database, job_id: uuid.UUID, attempt: int, host: str, re
     None when refused (the job moved on: ended, re-leased, or already handed back).
     """
     changes = Changes()
-    if attempt > max_retries:
+    # Retries count from the job's latest re-run (`ciadm rerun`), not from its first attempt.
+    retry_base = await db.pool.fetchval("SELECT retry_base FROM jobs WHERE id = $1", job_id) or 0
+    if attempt - retry_base > max_retries:
         state = JobState.ERROR
-        message = (f"{reason}; gave up after {attempt} attempts "
+        message = (f"{reason}; gave up after {attempt - retry_base} attempts "
                    f"({max_retries} infrastructure retries)")
         if only_if_dead is not None and not await _still_dead(db, job_id, attempt, only_if_dead):
             return None, changes
@@ -485,7 +490,7 @@ async def hand_back(db: Database, job_id: uuid.UUID, attempt: int, host: str, re
         await lock_run(conn, run["id"])
         row = await conn.fetchrow(
             "UPDATE jobs SET state = 'queued', message = $4, event_seq = event_seq + 1,"
-            " lease_host = NULL, lease_expires_at = NULL, token_hash = NULL,"
+            " queued_at = now(), lease_host = NULL, lease_expires_at = NULL, token_hash = NULL,"
             " token_used = false, token_expires_at = NULL, started_at = NULL"
             " FROM runs r WHERE jobs.id = $1 AND r.id = jobs.run_id AND jobs.attempt = $2"
             " AND jobs.lease_host = $3 AND jobs.state = ANY($5)"

@@ -40,7 +40,7 @@ GRANT_COOKIE_PREFIX = "solstice_grant_"
 # A grant's cookie lives for a visit, not as long as the grant: one cookie per run opened
 # would otherwise pile up in the browser and in every request's headers.
 GRANT_COOKIE_MAX_AGE = 8 * 3600
-OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 RUN_PATH = re.compile(r"/runs/([0-9a-f-]{36})(?:/.*)?")
 JOB_PATH = re.compile(r"/jobs/([0-9a-f-]{36})(?:/.*)?")
 TOKEN_HELP = ("open it once as {path}?token=TOKEN (a cookie keeps you signed in), or send "

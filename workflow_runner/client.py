@@ -116,8 +116,13 @@ class RunnerClient:
                                  backoff=RETRY_BACKOFF, describe=what)
 
     async def get_job(self) -> runner_pb2.Job:
+        """The job; every later call carries its trace context as `traceparent` metadata, so
+        the orchestrator's spans for them join the run's trace."""
         request = runner_pb2.GetJobRequest(job_id=self.job_id, token=self._token)
-        return await self.with_retry(lambda: self.stub.GetJob(request), "GetJob")
+        job = await self.with_retry(lambda: self.stub.GetJob(request), "GetJob")
+        if job.traceparent:
+            self.metadata = (*self.metadata, ("traceparent", job.traceparent))
+        return job
 
     async def report_step(self, report: runner_pb2.StepReport) -> None:
         await self.with_retry(lambda: self.stub.ReportStep(report, metadata=self.metadata),

@@ -69,6 +69,7 @@ from common.broker.base import (
 )
 from common.messages import JobEvent, JobRequest, RunRequest, encode
 from common.retry import Backoff, retry_async
+from common.tracing import message_headers
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -239,7 +240,8 @@ class AmqpBroker(Broker):
         channel = self._channel()
         message = aio_pika.Message(body, content_type="application/json",
                                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                                   priority=clamp_priority(priority), headers=headers or {})
+                                   priority=clamp_priority(priority),
+                                   headers=message_headers(headers))
 
         async def attempt() -> None:
             target = (channel.default_exchange if exchange == ""

@@ -7,8 +7,12 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from opentelemetry.trace import SpanKind
+
 from common.errors import SolsticeError
 from common.messages import JobEvent, JobRequest, MessageError, RunRequest
+from common.observability import tracer
+from common.tracing import SENT_AT_HEADER, TRACEPARENT, context_from
 
 REASON_HEADER = "x-solstice-reason"
 # The queue a dead-lettered message came from.
@@ -20,6 +24,7 @@ MAX_PRIORITY = 9
 REQUEUE_DELAY = 0.5
 
 log = logging.getLogger(__name__)
+_tracer = tracer(__name__)
 
 
 class BrokerError(SolsticeError):
@@ -90,13 +95,34 @@ Handler = Callable[[Delivery], Awaitable[None]]
 LogHandler = Callable[[str, bytes], Awaitable[None]]
 
 
+def _sent_at(delivery: Delivery) -> int | None:
+    value = delivery.headers.get(SENT_AT_HEADER)
+    return value if isinstance(value, int) and value > 0 else None
+
+
 async def run_handler(handler: Handler, delivery: Delivery) -> None:
     """Call `handler`; settle the delivery if an exception escapes before the handler did.
+
+    The handler runs in a consumer span under the publisher's trace context (from the
+    message headers, `common.tracing`), after a `broker.queue_wait` span covering the time
+    the message waited in its queue.
 
     `MessageError` (malformed or unknown-version body) dead-letters the message with the
     error as reason; any other exception is logged and the message requeued after
     `REQUEUE_DELAY` (transient faults such as a database restart must lose nothing).
     """
+    parent = context_from(delivery.headers.get(TRACEPARENT))
+    attributes = {"messaging.destination.name": delivery.queue,
+                  "messaging.rabbitmq.routing_key": delivery.routing_key}
+    if (sent_at := _sent_at(delivery)) is not None:
+        _tracer.start_span("broker.queue_wait", context=parent, start_time=sent_at,
+                           kind=SpanKind.CONSUMER, attributes=attributes).end()
+    with _tracer.start_as_current_span("broker.deliver", context=parent, kind=SpanKind.CONSUMER,
+                                       attributes=attributes):
+        await _settled_on_error(handler, delivery)
+
+
+async def _settled_on_error(handler: Handler, delivery: Delivery) -> None:
     try:
         await handler(delivery)
     except MessageError as exc:

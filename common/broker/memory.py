@@ -26,6 +26,7 @@ from common.broker.base import (
     run_handler,
 )
 from common.messages import JobEvent, JobRequest, RunRequest, encode
+from common.tracing import message_headers
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +156,7 @@ class MemoryBroker(Broker):
     def _message(self, body: bytes, *, priority: int = 0, routing_key: str = "",
                  headers: dict[str, object] | None = None) -> _Message:
         return _Message((-clamp_priority(priority), next(self._sequence)), body,
-                        routing_key, dict(headers or {}))
+                        routing_key, message_headers(headers))
 
     def _dead_letter(self, message: _Message, reason: str, source: str) -> None:
         headers = {**message.headers, REASON_HEADER: reason, SOURCE_HEADER: source}

@@ -35,8 +35,12 @@ from common.observability import tracer
 from common.postgres import TRANSIENT_ERRORS
 from common.retry import Backoff, retry_async
 from common.supervise import wait_event
+from common.tracing import context_from, current_traceparent
 
 log = logging.getLogger(__name__)
+
+# The payload key holding the trace context of the span that enqueued a row (never sent).
+TRACE_KEY = "_solstice_traceparent"
 
 @dataclass(frozen=True)
 class OutboxItem:
@@ -48,6 +52,8 @@ class OutboxItem:
     sequence: int
     payload: dict[str, Any]
     attempts: int
+    # The span that enqueued it (a run's job event), so its sending joins the run's trace.
+    traceparent: str | None = None
 
 
 Sender = Callable[[OutboxItem], Awaitable[None]]
@@ -66,7 +72,12 @@ class Outbox:
         self.target = target
 
     async def enqueue(self, key: str, sequence: int, payload: dict[str, Any]) -> bool:
-        """Add an update; False if (`key`, `sequence`) is already there (a redelivered event)."""
+        """Add an update; False if (`key`, `sequence`) is already there (a redelivered event).
+
+        The current trace context is stored with the payload (and taken out again by `claim`)."""
+        traceparent = current_traceparent()
+        if traceparent is not None:
+            payload = {**payload, TRACE_KEY: traceparent}
         status = await self._pool.execute(
             "INSERT INTO forge_outbox (target, key, sequence, payload) VALUES ($1, $2, $3, $4::jsonb)"
             " ON CONFLICT (target, key, sequence) DO NOTHING",
@@ -98,8 +109,13 @@ class Outbox:
                 " attempts = o.attempts + 1 FROM due WHERE o.id = due.id"
                 " RETURNING o.id, o.key, o.sequence, o.payload::text AS payload, o.attempts",
                 self.target, limit, float(lease))
-        return [OutboxItem(r["id"], self.target, r["key"], r["sequence"], json.loads(r["payload"]),
-                           r["attempts"]) for r in rows]
+        items = []
+        for row in rows:
+            payload = json.loads(row["payload"])
+            traceparent = payload.pop(TRACE_KEY, None)
+            items.append(OutboxItem(row["id"], self.target, row["key"], row["sequence"], payload,
+                                    row["attempts"], traceparent))
+        return items
 
     async def delivered(self, item: OutboxItem) -> None:
         """The forge accepted `item`; `last_error` keeps what failed before, for the record."""
@@ -118,6 +134,12 @@ class Outbox:
             "UPDATE forge_outbox SET lease_until = NULL, last_error = $2,"
             " next_attempt_at = now() + make_interval(secs => $3) WHERE id = $1",
             item.id, error[:2000], float(delay))
+
+    async def backlog(self) -> int:
+        """Rows still to be sent (for `solstice_outbox_backlog`)."""
+        return await self._pool.fetchval(
+            "SELECT count(*) FROM forge_outbox WHERE target = $1 AND state = 'pending'",
+            self.target)
 
     async def counts(self) -> dict[str, int]:
         """Rows per state, for health checks and tests."""
@@ -173,7 +195,8 @@ class OutboxWorker:
             await wait_event(self._wake, self._poll_interval)
 
     async def _deliver(self, item: OutboxItem) -> None:
-        with tracer(__name__).start_as_current_span("outbox.send") as span:
+        with tracer(__name__).start_as_current_span(
+                "outbox.send", context=context_from(item.traceparent)) as span:
             span.set_attribute("solstice.outbox.target", item.target)
             span.set_attribute("solstice.outbox.key", item.key)
             span.set_attribute("solstice.outbox.attempt", item.attempts)

@@ -7,9 +7,10 @@
   Python accepts, or a string no service can store (a lone surrogate, a NUL) into a 400 with
   the reason. Call it only on a body whose signature was verified: parsing costs time;
 - `webhook_app` builds the app: the routes given, `GET /healthz` and `GET /readyz`
-  (`common.health`), and the translation of `WebhookRejected` (and any `SolsticeError`)
-  raised by a handler into a JSON answer `{"error": ..., "hint": ...}` with the right status,
-  so handlers just raise; a database error that escapes a handler is a 503 the same way;
+  (`common.health`), `GET /metrics` (`common.metrics`), and the translation of
+  `WebhookRejected` (and any `SolsticeError`) raised by a handler into a JSON answer
+  `{"error": ..., "hint": ...}` with the right status, so handlers just raise; a database
+  error that escapes a handler is a 503 the same way;
 - `answer` is the JSON body of a handled webhook: `{"outcome": ..., "reason": ...}`;
 - `serve` and `running` (from `common.http`) serve the app in the foreground or background.
 """
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute
@@ -32,6 +34,7 @@ from starlette.routing import BaseRoute
 from common.errors import SolsticeError
 from common.forge.errors import WebhookRejected
 from common.health import Check, health_routes
+from common.metrics import Refresher, WebhookOutcomes, metrics_route
 from common.postgres import DATABASE_ERRORS
 
 log = logging.getLogger(__name__)
@@ -151,14 +154,17 @@ async def _database_unavailable(request: Request, exc: Exception) -> Response:
 
 def webhook_app(routes: Sequence[BaseRoute], *,
                 lifespan: Callable[[Starlette], AbstractAsyncContextManager[None]] | None = None,
-                checks: Mapping[str, Check] | None = None) -> Starlette:
-    """A Starlette app with `routes`, `/healthz`, `/readyz` (running `checks`) and the error
-    answers described above."""
+                checks: Mapping[str, Check] | None = None,
+                metrics: Sequence[Refresher] = ()) -> Starlette:
+    """A Starlette app with `routes`, `/healthz`, `/readyz` (running `checks`), `/metrics`
+    (after `metrics` refreshed their gauges; every webhook answer counted, `common.metrics`)
+    and the error answers described above."""
     handlers: dict[type[Exception], Callable[[Request, Exception], Any]] = {
         WebhookRejected: _rejected, SolsticeError: _solstice_error}
     handlers.update({error: _database_unavailable for error in DATABASE_ERRORS})
     return Starlette(
-        routes=[*routes, *health_routes(checks or {})],
+        routes=[*routes, *health_routes(checks or {}), metrics_route(metrics)],
         exception_handlers=handlers,
         lifespan=lifespan,
+        middleware=[Middleware(WebhookOutcomes)],
     )

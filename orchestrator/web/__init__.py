@@ -14,12 +14,12 @@ admin token or a signed grant to its run (`webauth`).
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from urllib.parse import urlsplit
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.routing import Mount, Route
+from starlette.routing import BaseRoute, Mount, Route
 
 from common.health import Check, health_routes
 from orchestrator.db import Database
@@ -34,10 +34,12 @@ __all__ = ["LiveSignals", "build_app"]
 
 def build_app(db: Database, checks: Mapping[str, Check] | None = None, *,
               policy: WebPolicy | None, public_url: str | None = None,
-              signals: LiveSignals | None = None, poll: float = POLL_SECONDS) -> Starlette:
+              signals: LiveSignals | None = None, poll: float = POLL_SECONDS,
+              extra_routes: Sequence[BaseRoute] = ()) -> Starlette:
     """The pages' ASGI app over `db`, with `/readyz` running `checks`: behind `policy`
     (`webauth`; None: public); links under the path of `public_url`; live streams woken by
-    `signals` (else they poll every `poll` seconds)."""
+    `signals` (else they poll every `poll` seconds); `extra_routes` (`/metrics`) open, beside
+    the badge."""
     pages = Pages(db, urlsplit(public_url or "").path.rstrip("/"))
     streams = LiveStreams(db, pages, signals or LiveSignals(), poll=poll)
     gate = [] if policy is None else [Middleware(WebAccess, policy=policy)]
@@ -54,5 +56,6 @@ def build_app(db: Database, checks: Mapping[str, Check] | None = None, *,
     return Starlette(routes=[
         # Outside the gate: a README's badge is fetched by the forge's image proxy, tokenless.
         Route("/badge/{owner}/{repo}.svg", badge_endpoint(db)),
+        *extra_routes,
         Mount("/", app=gated),
     ])

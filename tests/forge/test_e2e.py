@@ -27,8 +27,8 @@ WORKFLOW = """workflow name="ci" {
 """
 
 
-def make_repo(path: Path) -> str:
-    """A real git repository holding the workflow; returns the commit sha."""
+def make_repo(path: Path, workflow: str = WORKFLOW) -> str:
+    """A real git repository holding `workflow`; returns the commit sha."""
     env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.org",
            "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.org"}
 
@@ -37,7 +37,7 @@ def make_repo(path: Path) -> str:
                               text=True, env=env).stdout.strip()
 
     (path / ".solstice").mkdir(parents=True)
-    (path / ".solstice" / "workflow.kdl").write_text(WORKFLOW)
+    (path / ".solstice" / "workflow.kdl").write_text(workflow)
     git("init", "-q", "-b", "main")
     git("add", ".")
     git("commit", "-q", "-m", "ci")

@@ -24,6 +24,7 @@ from github_integration.main import main
 from github_integration.service import GitHubIntegration
 from tests.fakes.github_api import FakeGitHub
 from tests.github.test_webhooks import FIXTURE_SHAS, FIXTURES, OWNER, REPO, WORKFLOW, until
+from tests.metrics import scrape, value
 
 
 def write_config(tmp_path: Path, **values: object) -> Path:
@@ -114,6 +115,11 @@ async def test_webhook_to_rabbitmq_and_job_events_to_check_runs(
                 assert check.conclusion == "success" and check.name == "solstice/ci/build"
                 assert [b.get("status") for b in check.history] == ["queued", "in_progress",
                                                                     "completed"]
+                samples = await scrape(url)
+                assert value(samples, "solstice_webhooks_total", forge="github", event="push",
+                             outcome="published") >= 1
+                assert value(samples, "solstice_outbox_backlog", outbox="github") == 0
+                assert ("solstice_outbox_backlog", frozenset({("outbox", "github")})) in samples
         finally:
             await http.aclose()
             await pool.close()
