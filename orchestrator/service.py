@@ -23,8 +23,10 @@ from common.supervise import Supervisor
 from orchestrator.admin import AdminService
 from orchestrator.adminauth import AdminTokenRequired, resolve_access, warn_about
 from orchestrator.api import OrchestratorAPI
+from orchestrator.artifact_copy import copy_chunk_rows
 from orchestrator.artifacts import ArtifactLimits, ArtifactStore
 from orchestrator.backends.base import VMBackend
+from orchestrator.blobstore import BlobStore, open_blob_store
 from orchestrator.config import OrchestratorConfig
 from orchestrator.db import Database
 from orchestrator.effects import Effects
@@ -94,6 +96,7 @@ class Orchestrator:
         self._background: list[asyncio.Task[None]] = []
         self.server: grpc.aio.Server | None = None
         self.admin_server: grpc.aio.Server | None = None
+        self.blobs: BlobStore | None = None
         self.artifacts: ArtifactStore | None = None
         self.executor: Executor | None = None
         self._runs: Subscription | None = None
@@ -112,10 +115,14 @@ class Orchestrator:
             self.supervisor.spawn("reaper", self.reaper.run())]
         await self.backend.prepare()
         self.logs.start(self.supervisor.spawn)
+        self.blobs = await open_blob_store(
+            self.config.blob_store, state_dir=self.config.state_dir,
+            multi_host=bool(self.config.database_url and self.config.amqp_url))
+        await copy_chunk_rows(self.db, self.blobs)
         self.artifacts = await ArtifactStore.open(self.db, self.config.host_name, ArtifactLimits(
             file_bytes=self.config.max_artifact_file_bytes,
             job_bytes=self.config.max_artifact_job_bytes,
-            concurrency=self.config.artifact_upload_concurrency))
+            concurrency=self.config.artifact_upload_concurrency), self.blobs)
         self.server = grpc.aio.server(options=GRPC_OPTIONS, interceptors=[DatabaseUnavailable()])
         runner_pb2_grpc.add_RunnerServicer_to_server(RunnerService(
             store=self.store, sessions=self.sessions, logs=self.logs, hub=self.hub,
@@ -212,6 +219,8 @@ class Orchestrator:
             await self.admin_server.stop(1.0)
         if self.artifacts is not None:
             await self.artifacts.close()
+        if self.blobs is not None:
+            await self.blobs.close()
         await self.logs.close()
         await self.backend.close()
         await self.supervisor.close()

@@ -69,6 +69,9 @@ class JobSession:
     # Artifact bytes stored or arriving for this attempt, against the per-job cap
     # (orchestrator/artifacts.py).
     artifact_bytes: int = 0
+    # Why an upload went past an artifact cap (empty: none did): the job fails whatever the
+    # runner reports (rpc.ReportResult).
+    artifact_refusal: str = ""
 
     def touch(self) -> None:
         self.last_seen = time.monotonic()
