@@ -17,18 +17,18 @@ import sys
 
 import grpc
 
-from ciadm import hosts, runs
-from ciadm.client import TOKEN_HINT, Client, Command, address, admin_token
+from ciadm import artifacts, hosts, runs
+from ciadm.client import TOKEN_HINT, Client, Command, CommandParser, address, admin_token
 from common.admin_auth import DEFAULT_ADMIN_ADDRESS, TOKEN_ENV, TOKEN_FILE_ENV
 from common.cli import quiet_on_closed_stdout
 from common.errors import SolsticeError
 
-COMMAND_MODULES = (runs, hosts)
+COMMAND_MODULES = (runs, hosts, artifacts)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ciadm", description="Operate Solstice CI: runs, "
-                                     "approvals, cancels, logs and orchestrator hosts.")
+                                     "approvals, cancels, logs, artifacts and orchestrator hosts.")
     parser.add_argument("--orchestrator", default=os.environ.get("SOLSTICE_ORCHESTRATOR_ADMIN",
                                                                  DEFAULT_ADMIN_ADDRESS), type=address,
                         help="HOST:PORT of any orchestrator's Admin listener (admin_listen; "
@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"file holding the admin token (or {TOKEN_FILE_ENV})")
     token.add_argument("--token", help=f"the admin token itself (or {TOKEN_ENV}); visible to "
                                        "other users in `ps`, prefer --token-file")
-    sub = parser.add_subparsers(title="commands", metavar="COMMAND")
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND", parser_class=CommandParser)
 
     def add(name: str, handler: Command, help: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, description=help)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
+from urllib.parse import quote
 
 import asyncpg
 
@@ -30,6 +31,11 @@ class ArtifactRecord:
     sha256: str       # hex, of the whole file, checked when it arrived
     store_key: str    # the blob holding its bytes
     created_at: datetime
+
+
+def download_path(record: ArtifactRecord) -> str:
+    """Where the web pages serve the file, relative to their base URL (`web_artifacts`)."""
+    return f"/jobs/{record.job_id}/artifacts/{quote(record.path)}?attempt={record.attempt}"
 
 
 def _record(row: asyncpg.Record) -> ArtifactRecord:

@@ -143,7 +143,8 @@ class Orchestrator:
                       "tasks": self.supervisor.ready}
             self.web = BackgroundServer(build_app(
                 self.db, checks, token=self.access.web_token,
-                secure_cookie=(self.config.public_url or "").startswith("https://")),
+                secure_cookie=(self.config.public_url or "").startswith("https://"),
+                blobs=self.blobs),
                 host, int(port))
             await self.web.start(self.supervisor)
             self.relay.log_url_base = self.config.public_url or self.web.url
@@ -169,7 +170,7 @@ class Orchestrator:
         self.admin_server = grpc.aio.server(options=GRPC_OPTIONS, interceptors=interceptors)
         admin_pb2_grpc.add_AdminServicer_to_server(AdminService(
             db=self.db, api=self.api, registry=self.registry,
-            pages_url=lambda: self.relay.log_url_base), self.admin_server)
+            pages_url=lambda: self.relay.log_url_base, blobs=self.blobs), self.admin_server)
         try:
             port = self.admin_server.add_insecure_port(self.config.admin_listen)
         except RuntimeError as exc:  # gRPC's way of saying the address is taken or invalid

@@ -167,6 +167,17 @@ def list_runs_request(message: admin_pb2.ListRunsRequest) -> None:
         _fail("state", f"no run state {message.state!r}; the states are {', '.join(RUN_STATES)}")
 
 
+def list_artifacts_request(message: admin_pb2.ListArtifactsRequest) -> None:
+    _text("job", message.job, MAX_MESSAGE_CHARS)
+
+
+def read_artifact_request(message: admin_pb2.ReadArtifactRequest) -> None:
+    _job_id("job_id", message.job_id)
+    artifact_path(message.path)
+    _int("attempt", message.attempt, 0, INT32_MAX)
+    _int("offset", message.offset, 0, INT64_MAX)
+
+
 # -- The edge ---------------------------------------------------------------------------------
 
 async def require(context: grpc.aio.ServicerContext, check: Callable[..., Any],

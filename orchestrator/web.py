@@ -4,6 +4,7 @@
 - `/jobs/{job_id}`: the job's steps and log, following live while the job runs;
 - `/jobs/{job_id}/log.txt?after=SEQ`: the log as plain text after a sequence number, with
   `X-Solstice-Last-Seq` and `X-Solstice-Done` headers (the page polls it);
+- `/jobs/{job_id}/artifacts/{path}`: an artifact's download (`web_artifacts`);
 - `/healthz` and `/readyz` (`common.health`), unauthenticated.
 
 Runs and jobs are named by their full id; a unique prefix of at least 8 characters (what
@@ -26,9 +27,11 @@ from starlette.routing import Route
 
 from common.health import Check, health_routes
 from orchestrator.api import JobSummary, RunSummary, load_summary
+from orchestrator.blobstore import BlobStore
 from orchestrator.db import Database
 from orchestrator.logstore import read_log
 from orchestrator.validate import INT64_MAX
+from orchestrator.web_artifacts import artifact_routes, artifacts_section
 from orchestrator.webauth import WebTokenRequired
 
 STYLE = """
@@ -117,9 +120,10 @@ def _steps_table(job: JobSummary) -> str:
 
 
 def build_app(db: Database, checks: Mapping[str, Check] | None = None, *, token: str | None,
-              secure_cookie: bool = False) -> Starlette:
+              secure_cookie: bool = False, blobs: BlobStore | None = None) -> Starlette:
     """The pages' ASGI app over `db`, with `/readyz` running `checks`: behind `token` (None:
-    public); `secure_cookie` when users reach the pages over HTTPS."""
+    public); `secure_cookie` when users reach the pages over HTTPS; artifact downloads from
+    `blobs` (`web_artifacts`)."""
 
     async def run_page(request: Request) -> Response:
         run_id = _uuid(request, "run_id")
@@ -135,7 +139,8 @@ def build_app(db: Database, checks: Mapping[str, Check] | None = None, *, token:
         return _page(f"run {summary.run_id}",
                      f"<h1>{html.escape(summary.workflow_name or 'run')} {_state(summary.state)}</h1>"
                      f"<pre>{html.escape(summary.message)}</pre><table><tr><th>job</th>"
-                     f"<th>runs on</th><th>state</th><th></th></tr>{rows}</table>")
+                     f"<th>runs on</th><th>state</th><th></th></tr>{rows}</table>"
+                     f"{await artifacts_section(db, summary.run_id)}")
 
     async def job_page(request: Request) -> Response:
         job_id = _uuid(request, "job_id")
@@ -181,6 +186,7 @@ def build_app(db: Database, checks: Mapping[str, Check] | None = None, *, token:
         Route("/runs/{run_id}", run_page),
         Route("/jobs/{job_id}", job_page),
         Route("/jobs/{job_id}/log.txt", job_log),
+        *(artifact_routes(db, blobs) if blobs is not None else []),
         *health_routes(checks or {}),
     ], middleware=gate)
 

@@ -21,6 +21,7 @@ import httpx
 import pytest
 from aiobotocore.session import get_session
 
+from common.artifact_paths import job_directory
 from orchestrator.blobstore import (
     BlobExists,
     BlobKeyError,
@@ -31,7 +32,7 @@ from orchestrator.blobstore import (
     open_blob_store,
 )
 from orchestrator.blobstore.filesystem import FilesystemBlobStore
-from orchestrator.blobstore.keys import artifact_key, job_component
+from orchestrator.blobstore.keys import artifact_key
 from orchestrator.blobstore.s3 import MIN_PART_BYTES, S3BlobStore, S3Settings
 
 MIB = 1024 * 1024
@@ -220,8 +221,8 @@ def test_keys_keep_a_job_key_in_one_component() -> None:
     run = uuid.UUID(int=1)
     assert artifact_key(run, "build[os=omnios,rust=stable]", 2, "out/a.txt") == (
         f"runs/{run}/jobs/build[os=omnios,rust=stable]/attempt-2/out/a.txt")
-    assert job_component("b[os=r151046/lts]") == "b[os=r151046%2Flts]"
-    assert job_component("..") == "%2E%2E"
-    long = job_component("j[" + "x" * 400 + "]")
+    assert job_directory("b[os=r151046/lts]") == "b[os=r151046%2Flts]"
+    assert job_directory("..") == "%2E%2E"
+    long = job_directory("j[" + "x" * 400 + "]")
     assert len(long) == 200 and "/" not in long
-    assert long != job_component("j[" + "x" * 399 + "y]")
+    assert long != job_directory("j[" + "x" * 399 + "y]")
