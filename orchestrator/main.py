@@ -25,6 +25,7 @@ from common.observability import setup_observability
 from common.supervise import Supervisor, TaskFailed
 from orchestrator.adminauth import resolve_access
 from orchestrator.backends.base import VMBackend
+from orchestrator.blobstore import filesystem_root
 from orchestrator.config import OrchestratorConfig
 from orchestrator.standalone import running
 
@@ -106,6 +107,9 @@ def load(args: argparse.Namespace) -> OrchestratorConfig:
                           hint="give both (--database-url and --amqp-url), or neither for "
                                "standalone")
     resolve_access(config)  # no admin token: refuse now, before any database starts
+    if config.blob_store.kind == "filesystem":  # likewise a store each host would keep alone
+        filesystem_root(config.blob_store, state_dir=config.state_dir,
+                        multi_host=bool(config.database_url))
     return config
 
 

@@ -30,7 +30,7 @@ from orchestrator.blobstore.base import (
 
 __all__ = ["BlobExists", "BlobInfo", "BlobKeyError", "BlobNotFound", "BlobStore",
            "BlobStoreConfig", "BlobStoreError", "BlobStoreUnavailable", "BlobWriter",
-           "open_blob_store"]
+           "filesystem_root", "open_blob_store"]
 
 MIB = 1024 * 1024
 
@@ -77,8 +77,18 @@ async def open_blob_store(config: BlobStoreConfig, *, state_dir: Path,
             part_bytes=config.part_bytes))
     from orchestrator.blobstore.filesystem import FilesystemBlobStore
 
-    if config.path is None and multi_host:
+    return await FilesystemBlobStore.open(filesystem_root(config, state_dir=state_dir,
+                                                          multi_host=multi_host))
+
+
+def filesystem_root(config: BlobStoreConfig, *, state_dir: Path, multi_host: bool) -> Path:
+    """The filesystem store's root: `path`, else `<state_dir>/blobs` in standalone mode only
+    (`ConfigError` in multi-host mode: each host would keep its own files)."""
+    if config.path is not None:
+        return config.path
+    if multi_host:
         raise ConfigError("in multi-host mode the filesystem blob store needs a path every "
                           "host mounts", hint="set [orchestrator.blob_store] path (e.g. an "
-                          "NFS-shared dataset), or kind = \"s3\"")
-    return await FilesystemBlobStore.open(config.path or state_dir / "blobs")
+                          "NFS-shared dataset) or kind = \"s3\"; environment: "
+                          "SOLSTICE_ORCHESTRATOR__BLOB_STORE__PATH")
+    return state_dir / "blobs"
