@@ -8,6 +8,7 @@ stored, and what is stored reads back byte-exact.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import os
 import random
@@ -25,7 +26,7 @@ import psutil
 import pytest
 
 from common.messages import JobState
-from orchestrator.artifact_records import find_artifact
+from orchestrator.artifact_records import find_artifact, list_artifacts
 from orchestrator.backends.base import VM, RunnerBootstrap
 from orchestrator.backends.local import LocalBackend
 from orchestrator.blobstore.keys import attempt_prefix
@@ -476,3 +477,31 @@ async def test_an_upload_cut_mid_file_publishes_nothing(start_runner: StartRunne
     # The path was never stored, so it may be uploaded whole now.
     await runner.upload("cut/mid.bin", random_blocks(13, MIB))
     assert await runner.stored("cut/mid.bin") == b"".join(random_blocks(13, MIB))
+
+
+async def test_a_later_attempt_never_touches_an_earlier_attempts_files(
+        start_runner: StartRunner) -> None:
+    runner = await start_runner()
+    await runner.upload("out/app", [b"attempt one"])
+    orchestrator = runner.orchestrator
+    job_id = uuid.UUID(runner.boot.job_id)
+    # The job leased again (its first host died and it came back here) under attempt 2.
+    await orchestrator.db.pool.execute("UPDATE jobs SET attempt = 2 WHERE id = $1", job_id)
+    session = orchestrator.sessions.get(job_id)
+    assert session is not None
+    second = dataclasses.replace(session, attempt=2, artifact_bytes=0)
+
+    async def chunks() -> AsyncIterator[runner_pb2.ArtifactChunk]:
+        data = b"attempt two"
+        yield runner_pb2.ArtifactChunk(job_id=str(job_id), path="out/app", data=data, last=True,
+                                       size=len(data), sha256=hashlib.sha256(data).hexdigest())
+
+    received = await orchestrator.artifacts.receive(second, chunks())
+    assert (received.files, received.bytes) == (1, len(b"attempt two"))
+    first = await find_artifact(orchestrator.db, job_id, "out/app", 1)
+    latest = await find_artifact(orchestrator.db, job_id, "out/app")
+    assert first is not None and latest is not None
+    assert (first.attempt, latest.attempt) == (1, 2) and first.store_key != latest.store_key
+    assert b"".join([p async for p in orchestrator.blobs.read(first.store_key)]) == b"attempt one"
+    assert b"".join([p async for p in orchestrator.blobs.read(latest.store_key)]) == b"attempt two"
+    assert [r.attempt for r in await list_artifacts(orchestrator.db, uuid.UUID(runner.run_id))] == [2]
