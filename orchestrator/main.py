@@ -83,6 +83,9 @@ def _parser() -> argparse.ArgumentParser:
                              "job's log readable by anyone reaching them")
     parser.add_argument("--state-dir", metavar="DIR",
                         help="embedded database and local machines live here")
+    parser.add_argument("--blob-store-path", metavar="DIR",
+                        help="artifacts go here (the filesystem blob store); multi-host: a "
+                             "path every host mounts")
     parser.add_argument("--drain-timeout", metavar="SECONDS", type=float,
                         help="on SIGTERM, how long running jobs may finish before hand-back")
     parser.add_argument("--log-level", metavar="LEVEL", help="debug, info, warning, error")
@@ -99,6 +102,8 @@ def load(args: argparse.Namespace) -> OrchestratorConfig:
         "grpc_listen", "grpc_advertise", "broker_prefix", "state_dir", "drain_timeout",
         "log_level", "web_listen", "public_url", "admin_listen", "admin_token_file",
         "insecure_admin_no_auth", "web_access")}
+    if args.blob_store_path:
+        cli["blob_store"] = {"path": args.blob_store_path}
     config = load_config(OrchestratorConfig, path=args.config, section="orchestrator", cli=cli)
     if args.standalone:
         config = config.model_copy(update={"database_url": None, "amqp_url": None})

@@ -27,9 +27,9 @@ def _load(*argv: str, env: dict[str, str] | None = None,
 def test_multi_host_flags(monkeypatch: pytest.MonkeyPatch) -> None:
     config = _load("--database-url", "postgresql://db/solstice", "--amqp-url", "amqp://mq/",
                    "--capacity", "illumos-stable=4, ubuntu-22.04=2", "--host-name", "ci-3",
-                   monkeypatch=monkeypatch,
-                   env={"SOLSTICE_ORCHESTRATOR__BLOB_STORE__PATH": "/srv/solstice/blobs"})
+                   "--blob-store-path", "/srv/solstice/blobs", monkeypatch=monkeypatch)
     assert config.capacity == {"illumos-stable": 4, "ubuntu-22.04": 2}
+    assert str(config.blob_store.path) == "/srv/solstice/blobs"
     assert (config.database_url, config.amqp_url, config.host_name) == \
         ("postgresql://db/solstice", "amqp://mq/", "ci-3")
 
