@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import uuid
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 from typing import ClassVar, TypeVar
@@ -38,7 +39,14 @@ import grpc
 from common.errors import SolsticeError
 from common.postgres import create_pool
 from orchestrator import validate
-from orchestrator.blobstore import BlobExists, BlobKeyError, BlobStore, BlobStoreUnavailable
+from orchestrator.artifact_records import find_artifact
+from orchestrator.blobstore import (
+    BlobExists,
+    BlobKeyError,
+    BlobNotFound,
+    BlobStore,
+    BlobStoreUnavailable,
+)
 from orchestrator.blobstore.base import check_key
 from orchestrator.blobstore.keys import artifact_key
 from orchestrator.db import Database
@@ -122,6 +130,18 @@ class ArtifactStore:
 
     async def close(self) -> None:
         await self._pool.close()
+
+    async def read(self, job_id: uuid.UUID, attempt: int, path: str) -> AsyncIterator[bytes]:
+        """The bytes of a stored artifact of that attempt, in order; nothing if there is none
+        (or its blob is gone, which is logged: a reader checking size and sha256 notices)."""
+        record = await find_artifact(self._db, job_id, path, attempt)
+        if record is None:
+            return
+        try:
+            async for piece in self.blobs.read(record.store_key):
+                yield piece
+        except BlobNotFound:
+            log.error("an artifact's blob is missing", extra={"key": record.store_key})
 
     async def receive(self, session: JobSession,
                       chunks: AsyncIterator[runner_pb2.ArtifactChunk]) -> Received:
