@@ -68,7 +68,7 @@ class _FileWriter(BlobWriter):
         # for it, not the thread, so `abort` waits for it before closing the descriptor.
         self._busy: asyncio.Future[None] | None = None
 
-    async def write(self, data: bytes) -> None:
+    async def write(self, data: bytes | bytearray) -> None:
         self._buffer += data
         self.size += len(data)
         if len(self._buffer) >= WRITE_BYTES:
