@@ -5,6 +5,7 @@ nothing to it that a real S3 service would not accept.
 """
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hashlib
 import os
@@ -199,3 +200,17 @@ def test_keys_keep_a_job_key_in_one_component() -> None:
     long = job_directory("j[" + "x" * 400 + "]")
     assert len(long) == 200 and "/" not in long
     assert long != job_directory("j[" + "x" * 399 + "y]")
+
+
+async def test_a_cancelled_write_finishes_before_its_abort_closes_the_file(tmp_path: Path) -> None:
+    store = await FilesystemBlobStore.open(tmp_path / "blobs")
+    writer = store.writer("runs/r/cancelled")
+    # Past a write unit: the bytes go to a worker thread, which a cancel does not stop.
+    task = asyncio.ensure_future(writer.write(random_bytes(6, 8 * MIB)))
+    await asyncio.sleep(0.001)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await writer.abort()
+    assert list((tmp_path / "blobs" / "tmp").iterdir()) == []
+    assert await store.list("runs/") == []
