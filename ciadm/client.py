@@ -6,6 +6,7 @@ import argparse
 import os
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from typing import Any
 
 import grpc
 
@@ -41,6 +42,24 @@ class Client:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.channel.close()
+
+
+class CommandParser(argparse.ArgumentParser):
+    """A subcommand's parser: options and positionals in any order (`download RUN --job KEY
+    PATH`), which plain argparse refuses once a `*` positional has matched nothing."""
+
+    _intermixing = False
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        # The intermixed parse's own passes, and a command with subcommands of its own (`secret
+        # set`), which argparse cannot intermix: parsed as usual.
+        if self._intermixing or any(a.nargs == argparse.PARSER for a in self._actions):
+            return super().parse_known_args(args, namespace)
+        self._intermixing = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._intermixing = False
 
 
 Command = Callable[[Client, argparse.Namespace], Awaitable[int]]

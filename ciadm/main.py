@@ -17,18 +17,18 @@ import sys
 
 import grpc
 
-from ciadm import audit, hosts, record, runs, secrets, steer, submit, tokens
-from ciadm.client import TOKEN_HINT, Client, Command, address, admin_token
+from ciadm import artifacts, audit, hosts, record, runs, secrets, steer, submit, tokens
+from ciadm.client import TOKEN_HINT, Client, Command, CommandParser, address, admin_token
 from common.admin_auth import DEFAULT_ADMIN_ADDRESS, TOKEN_ENV, TOKEN_FILE_ENV
 from common.cli import quiet_on_closed_stdout
 from common.errors import SolsticeError
 
-COMMAND_MODULES = (runs, hosts, submit, steer, record, secrets, tokens, audit)
+COMMAND_MODULES = (runs, hosts, submit, steer, record, artifacts, secrets, tokens, audit)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ciadm", description="Operate Solstice CI: runs, "
-                                     "submits, re-runs, approvals, cancels, logs, the queue and "
+                                     "submits, re-runs, approvals, cancels, logs, artifacts, the queue and "
                                      "orchestrator hosts.")
     parser.add_argument("--orchestrator", default=os.environ.get("SOLSTICE_ORCHESTRATOR_ADMIN",
                                                                  DEFAULT_ADMIN_ADDRESS), type=address,
@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true",
                         help="answer in JSON for machines instead of a table (also accepted "
                              "after the command)")
-    sub = parser.add_subparsers(title="commands", metavar="COMMAND")
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND", parser_class=CommandParser)
 
     def add(name: str, handler: Command, help: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, description=help)

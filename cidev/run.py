@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import getpass
 import heapq
+import shutil
 import signal
 import subprocess
 import sys
@@ -35,6 +36,7 @@ from common.text import plural
 from common.workflow import DEFAULT_PATH, PlannedJob, WorkflowError, expand
 from orchestrator.api import JobSummary, OrchestratorAPI, RunSummary
 from orchestrator.backends.local import LocalBackend
+from orchestrator.blobstore import BlobStoreConfig
 from orchestrator.config import OrchestratorConfig
 from orchestrator.db.embedded import default_state_dir
 from orchestrator.intake import RunOptions, select_jobs
@@ -369,11 +371,13 @@ async def execute(request: RunRequest, options: RunOptions, *, secrets: dict[str
     """Run `request` on a throw-away standalone orchestrator; its summary. The record of a run
     that ended is written to `record` (default `records/RUN-ID` under `state_dir`)."""
     machines = Path(tempfile.mkdtemp(prefix="cidev-machines-", dir=state_dir))
+    # The run's artifacts go with it, like its throw-away schema.
+    blobs = Path(tempfile.mkdtemp(prefix="cidev-blobs-", dir=state_dir))
     config = OrchestratorConfig(
         host_name=f"cidev-{uuid.uuid4().hex[:8]}", state_dir=state_dir, database_url=None,
         amqp_url=None, grpc_listen="127.0.0.1:0", backend="local", allow_local_backend=True,
         capacity={label: parallel for label in sorted(labels)}, log_level="warning",
-        **private_admin())
+        blob_store=BlobStoreConfig(path=blobs), **private_admin())
     backend = LocalBackend(machines)
     schema = f"run_{uuid.uuid4().hex[:12]}"
     try:
@@ -390,6 +394,7 @@ async def execute(request: RunRequest, options: RunOptions, *, secrets: dict[str
                                          f"{plural(files, 'artifact file')}) in {directory}"))
             return summary
     finally:
+        shutil.rmtree(blobs, ignore_errors=True)
         try:
             machines.rmdir()
         except OSError:

@@ -7,12 +7,18 @@ separator, no invisible or direction-changing characters.
 """
 from __future__ import annotations
 
+import hashlib
 import re
 import unicodedata
+from urllib.parse import quote
 
 from common.errors import SolsticeError
 
 MAX_PATH_BYTES = 1024
+# A job's directory name (`job_directory`) stays within this many bytes.
+MAX_JOB_DIRECTORY = 200
+# Characters a job key keeps as they are in its directory name, besides letters and digits.
+JOB_SAFE = "[]=,+-_.@~ "
 MAX_COMPONENT_BYTES = 255
 # Unicode's Bidi_Control characters (the embeddings and overrides U+202A-U+202E, the isolates
 # U+2066-U+2069 and the marks): they make a name display as something else ("Trojan Source").
@@ -62,3 +68,17 @@ def check_artifact_path(path: str) -> str:
         if len(component.encode()) > MAX_COMPONENT_BYTES:
             raise _refuse(path, f"a component is longer than {MAX_COMPONENT_BYTES} bytes")
     return path
+
+
+def job_directory(job_key: str) -> str:
+    """A job's key (`build[os=omnios/r151046,rust=stable]`) as one directory name, where the
+    orchestrator's blob store and `ciadm download` put the job's artifacts: percent-encoded
+    where a key could hold `/`, `%` or a control character, never `.` or `..`, and past
+    `MAX_JOB_DIRECTORY` bytes shortened with a digest of the whole key."""
+    encoded = quote(job_key, safe=JOB_SAFE)
+    if encoded.strip(".") == "":
+        encoded = encoded.replace(".", "%2E") or "%00"
+    if len(encoded) > MAX_JOB_DIRECTORY:
+        digest = hashlib.sha256(job_key.encode()).hexdigest()[:16]
+        encoded = f"{encoded[:MAX_JOB_DIRECTORY - 17]}~{digest}"
+    return encoded

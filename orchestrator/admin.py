@@ -23,7 +23,9 @@ from orchestrator import admintokens, audit, steering, submit, validate
 from orchestrator.adminauth import actor
 from orchestrator.admintokens import AdminTokenInfo, AdminTokens, TokenRefused
 from orchestrator.api import JobSummary, OrchestratorAPI, RunSummary
+from orchestrator.artifact_records import download_path, find_artifact, list_artifacts
 from orchestrator.artifacts import ArtifactStore
+from orchestrator.blobstore import BlobNotFound, BlobStore, BlobStoreUnavailable
 from orchestrator.bundle import BundleError, stream_bundle
 from orchestrator.db import Database
 from orchestrator.grants import GrantSigner, grant_link
@@ -88,7 +90,8 @@ class AdminService(SecretAdmin, admin_pb2_grpc.AdminServicer):
                  tokens: AdminTokens, secrets: SecretStore, broker: Broker,
                  artifacts: ArtifactStore | None = None,
                  pages_url: Callable[[], str] = lambda: "",
-                 grants: GrantSigner | None = None) -> None:
+                 grants: GrantSigner | None = None,
+                 blobs: BlobStore | None = None) -> None:
         self.db = db
         self.secrets = secrets
         self.artifacts = artifacts
@@ -98,6 +101,8 @@ class AdminService(SecretAdmin, admin_pb2_grpc.AdminServicer):
         # Signed page links, so that an operator can hand a run's link on.
         self.grants = grants
         self.broker = broker
+        # Where artifacts' bytes are (ReadArtifact); None in a service without artifacts.
+        self.blobs = blobs
         # The web pages' base URL ("" while none are served); asked per call because the
         # pages start after the gRPC server.
         self.pages_url = pages_url
@@ -314,6 +319,7 @@ class AdminService(SecretAdmin, admin_pb2_grpc.AdminServicer):
             admin_pb2.AuditEntry(id=e.id, at_unix_ms=_ms(e.at), actor=e.actor, action=e.action,
                                  target=e.target, outcome=e.outcome, detail=e.detail)
             for e in entries])
+
     async def SubmitRun(self, request: admin_pb2.SubmitRunRequest,
                         context: grpc.aio.ServicerContext) -> admin_pb2.Run:
         await validate.require(context, submit.run_request, request)
@@ -374,6 +380,60 @@ class AdminService(SecretAdmin, admin_pb2_grpc.AdminServicer):
         return admin_pb2.GetQueueReply(labels=[
             admin_pb2.LabelQueue(label=q.label, depth=q.depth, oldest_wait_s=q.oldest_wait_s,
                                  hosts=q.hosts, capacity=q.capacity) for q in labels])
+
+
+    async def ListArtifacts(self, request: admin_pb2.ListArtifactsRequest,
+                            context: grpc.aio.ServicerContext) -> admin_pb2.ListArtifactsReply:
+        await validate.require(context, validate.list_artifacts_request, request)
+        run_id = await self._resolve("runs", request.run_id, context)
+        job_id = await self._job_of_run(run_id, request.job, context) if request.job else None
+        pages = self.pages_url().rstrip("/")
+        return admin_pb2.ListArtifactsReply(artifacts=[
+            admin_pb2.Artifact(job_id=str(r.job_id), job_key=r.job_key, attempt=r.attempt,
+                               path=r.path, size=r.size, sha256=r.sha256,
+                               created_unix_ms=_ms(r.created_at),
+                               url=f"{pages}{download_path(r)}" if pages else "")
+            for r in await list_artifacts(self.db, run_id, job_id)])
+
+    async def _job_of_run(self, run_id: uuid.UUID, job: str,
+                          context: grpc.aio.ServicerContext) -> uuid.UUID:
+        """The run's job named by its key, else by its id or an unambiguous prefix of it."""
+        rows = await self.db.pool.fetch(
+            "SELECT id FROM jobs WHERE run_id = $1 AND key = $2", run_id, job)
+        if not rows and validate.ID_PREFIX.match(job.lower()):
+            rows = await self.db.pool.fetch(
+                "SELECT id FROM jobs WHERE run_id = $1 AND id::text LIKE $2 || '%' LIMIT 2",
+                run_id, job.lower())
+        if len(rows) != 1:
+            keys = [r["key"] for r in await self.db.pool.fetch(
+                "SELECT key FROM jobs WHERE run_id = $1 ORDER BY position, key", run_id)]
+            await context.abort(grpc.StatusCode.NOT_FOUND,
+                                f"run {run_id} has no job {job!r} (its jobs: {', '.join(keys)})")
+        return rows[0]["id"]
+
+    async def ReadArtifact(self, request: admin_pb2.ReadArtifactRequest,
+                           context: grpc.aio.ServicerContext) -> AsyncIterator[admin_pb2.ArtifactData]:
+        await validate.require(context, validate.read_artifact_request, request)
+        record = await find_artifact(self.db, uuid.UUID(request.job_id), request.path,
+                                     request.attempt or None)
+        if record is None or self.blobs is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND,
+                                f"job {request.job_id} has no artifact {request.path!r}")
+        assert record is not None and self.blobs is not None
+        if request.offset > record.size:
+            await context.abort(grpc.StatusCode.OUT_OF_RANGE,
+                                f"offset {request.offset} is past the end of {request.path!r} "
+                                f"({record.size} bytes)")
+        try:
+            async for piece in self.blobs.read(record.store_key, request.offset):
+                yield admin_pb2.ArtifactData(data=piece)
+        except BlobNotFound:
+            log.error("an artifact's blob is missing", extra={"key": record.store_key})
+            await context.abort(grpc.StatusCode.DATA_LOSS,
+                                f"artifact {request.path!r} is listed but its bytes are gone "
+                                "from the blob store")
+        except BlobStoreUnavailable as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
 
 
 async def follow_run(db: Database, run_id: uuid.UUID, *, follow: bool

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from common.admin_auth import DEFAULT_ADMIN_ADDRESS
 from common.workflow import Limits
+from orchestrator.blobstore import BlobStoreConfig
 from orchestrator.db.embedded import default_state_dir
 from orchestrator.secretstore.keys import SecretKeyConfig, parse_secret_keys
 
@@ -105,11 +106,13 @@ class OrchestratorConfig(BaseModel):
     drain_timeout: float = Field(default=600.0, ge=0)
     # ReportResult waits this long for the log chunks the runner says it sent.
     log_drain_timeout: float = Field(default=10.0, ge=0)
-    # Artifacts: bytes per file and per job attempt (over all its uploads), and how many
-    # uploads this host writes to PostgreSQL at once (each holds a connection of its own).
-    max_artifact_file_bytes: int = Field(default=256 * 1024 * 1024, gt=0)
-    max_artifact_job_bytes: int = Field(default=512 * 1024 * 1024, gt=0)
+    # Artifacts: bytes per file and per job attempt (over all its uploads), how many uploads
+    # this host writes at once (each holds a database connection of its own), and the blob
+    # store they go to (`[orchestrator.blob_store]`).
+    max_artifact_file_bytes: int = Field(default=4 * 1024 ** 3, gt=0)
+    max_artifact_job_bytes: int = Field(default=8 * 1024 ** 3, gt=0)
     artifact_upload_concurrency: int = Field(default=4, ge=1)
+    blob_store: BlobStoreConfig = Field(default_factory=BlobStoreConfig)
     # A job's log quota: its bytes in all, and how far past the last chunk stored without a
     # gap a chunk may arrive. The first chunk past either fails the job (see rpc.StreamLogs).
     log_quota_bytes: int = Field(default=128 * 1024 * 1024, gt=0)

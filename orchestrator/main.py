@@ -25,6 +25,7 @@ from common.observability import setup_observability
 from common.supervise import Supervisor, TaskFailed
 from orchestrator.adminauth import resolve_access
 from orchestrator.backends.base import VMBackend
+from orchestrator.blobstore import filesystem_root
 from orchestrator.config import OrchestratorConfig
 from orchestrator.secretstore import load_keyring
 from orchestrator.standalone import running
@@ -87,6 +88,9 @@ def _parser() -> argparse.ArgumentParser:
                              "(default: derived from the admin token)")
     parser.add_argument("--state-dir", metavar="DIR",
                         help="embedded database and local machines live here")
+    parser.add_argument("--blob-store-path", metavar="DIR",
+                        help="artifacts go here (the filesystem blob store); multi-host: a "
+                             "path every host mounts")
     parser.add_argument("--drain-timeout", metavar="SECONDS", type=float,
                         help="on SIGTERM, how long running jobs may finish before hand-back")
     parser.add_argument("--log-level", metavar="LEVEL", help="debug, info, warning, error")
@@ -103,6 +107,8 @@ def load(args: argparse.Namespace) -> OrchestratorConfig:
         "grpc_listen", "grpc_advertise", "broker_prefix", "state_dir", "drain_timeout",
         "log_level", "web_listen", "public_url", "admin_listen", "admin_token_file",
         "insecure_admin_no_auth", "web_access", "web_grant_key_file")}
+    if args.blob_store_path:
+        cli["blob_store"] = {"path": args.blob_store_path}
     config = load_config(OrchestratorConfig, path=args.config, section="orchestrator", cli=cli)
     if args.standalone:
         config = config.model_copy(update={"database_url": None, "amqp_url": None})
@@ -112,6 +118,9 @@ def load(args: argparse.Namespace) -> OrchestratorConfig:
                                "standalone")
     resolve_access(config)  # no admin token: refuse now, before any database starts
     load_keyring(config.secret_keys)  # likewise an unreadable secret key
+    if config.blob_store.kind == "filesystem":  # likewise a store each host would keep alone
+        filesystem_root(config.blob_store, state_dir=config.state_dir,
+                        multi_host=bool(config.database_url))
     return config
 
 

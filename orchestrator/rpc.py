@@ -31,7 +31,7 @@ from common.metrics import RUNNER_LOG_BYTES, RUNNER_LOG_LINES
 from common.observability import tracer
 from common.tracing import context_from, metadata_context
 from orchestrator import inputs, tokens, validate
-from orchestrator.artifacts import ArtifactRefused, ArtifactStore
+from orchestrator.artifacts import ArtifactRefused, ArtifactStore, ArtifactTooLarge
 from orchestrator.db import TRANSIENT_ERRORS
 from orchestrator.effects import Effects
 from orchestrator.logstore import LogStore, LogStoreFailed
@@ -264,8 +264,23 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
             log.warning("result reported before all its logs arrived",
                         extra={"job_id": request.job_id, "have": session.contiguous,
                                "expected": request.last_log_seq})
+        if session.artifact_refusal:
+            state, message = await self._fail_for_artifacts(session, state, message)
         session.set_result(state, message)
         return runner_pb2.Ack()
+
+    async def _fail_for_artifacts(self, session: JobSession, state: JobState,
+                                  message: str) -> tuple[JobState, str]:
+        """An upload went past an artifact cap: the job fails (whatever a runner that ignored
+        the refusal reports), with a line saying why after the runner's last log line."""
+        line = f"solstice: {session.artifact_refusal}; the job fails\n"
+        now_ms = int(datetime.now(UTC).timestamp() * 1000)
+        await self._store_chunk(session, session.next_free_seq, validate.NO_STEP,
+                                runner_pb2.SYSTEM, now_ms, line.encode())
+        await self.logs.sync()
+        if state == JobState.SUCCESS:
+            return JobState.FAILURE, session.artifact_refusal
+        return state, message
 
     async def Heartbeat(self, request_iterator: Any,
                         context: grpc.aio.ServicerContext) -> None:
@@ -302,6 +317,8 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
             log.warning("artifact upload refused", extra={
                 "job_id": str(session.job_id), "attempt": session.attempt,
                 "code": exc.code.name, "error": exc.message})
+            if isinstance(exc, ArtifactTooLarge) and not session.artifact_refusal:
+                session.artifact_refusal = exc.message
             await context.abort(exc.code, str(exc))
         return runner_pb2.ArtifactAck(files=received.files, bytes=received.bytes)
 

@@ -26,8 +26,10 @@ from orchestrator.admin import AdminService
 from orchestrator.adminauth import AdminTokenRequired, resolve_access, warn_about
 from orchestrator.admintokens import AdminTokens
 from orchestrator.api import OrchestratorAPI
+from orchestrator.artifact_copy import copy_chunk_rows
 from orchestrator.artifacts import ArtifactLimits, ArtifactStore
 from orchestrator.backends.base import VMBackend
+from orchestrator.blobstore import BlobStore, open_blob_store
 from orchestrator.config import OrchestratorConfig
 from orchestrator.db import Database
 from orchestrator.effects import Effects
@@ -109,6 +111,7 @@ class Orchestrator:
         self._background: list[asyncio.Task[None]] = []
         self.server: grpc.aio.Server | None = None
         self.admin_server: grpc.aio.Server | None = None
+        self.blobs: BlobStore | None = None
         self.artifacts: ArtifactStore | None = None
         self.executor: Executor | None = None
         self._runs: Subscription | None = None
@@ -130,10 +133,14 @@ class Orchestrator:
             self.supervisor.spawn("reaper", self.reaper.run())]
         await self.backend.prepare()
         self.logs.start(self.supervisor.spawn)
+        self.blobs = await open_blob_store(
+            self.config.blob_store, state_dir=self.config.state_dir,
+            multi_host=bool(self.config.database_url and self.config.amqp_url))
+        await copy_chunk_rows(self.db, self.blobs)
         self.artifacts = await ArtifactStore.open(self.db, self.config.host_name, ArtifactLimits(
             file_bytes=self.config.max_artifact_file_bytes,
             job_bytes=self.config.max_artifact_job_bytes,
-            concurrency=self.config.artifact_upload_concurrency))
+            concurrency=self.config.artifact_upload_concurrency), self.blobs)
         self.server = grpc.aio.server(options=GRPC_OPTIONS, interceptors=[DatabaseUnavailable()])
         runner_pb2_grpc.add_RunnerServicer_to_server(RunnerService(
             store=self.store, sessions=self.sessions, logs=self.logs, hub=self.hub,
@@ -156,7 +163,9 @@ class Orchestrator:
                 self.db, checks, policy=self._web_policy(), public_url=self.config.public_url,
                 signals=self.live, extra_routes=[metrics_route(metrics.refreshers(
                     self.db, self.config.host_name, self.config.capacity,
-                    lambda: self.executor))]), host, int(port))
+                    lambda: self.executor))], blobs=self.blobs,
+                read_artifact=self.artifacts.read if self.artifacts is not None else None),
+                host, int(port))
             self.supervisor.spawn("web-live", self.live.follow(self.hub))
             await self.web.start(self.supervisor)
             self.relay.log_url_base = self.config.public_url or self.web.url
@@ -193,7 +202,7 @@ class Orchestrator:
         admin_pb2_grpc.add_AdminServicer_to_server(AdminService(
             db=self.db, api=self.api, registry=self.registry, tokens=self.admin_tokens,
             secrets=self.secret_store,
-            artifacts=self.artifacts, broker=self.broker,
+            artifacts=self.artifacts, broker=self.broker, blobs=self.blobs,
             pages_url=lambda: self.relay.log_url_base, grants=self.grants), self.admin_server)
         try:
             port = self.admin_server.add_insecure_port(self.config.admin_listen)
@@ -251,6 +260,8 @@ class Orchestrator:
             await self.admin_server.stop(1.0)
         if self.artifacts is not None:
             await self.artifacts.close()
+        if self.blobs is not None:
+            await self.blobs.close()
         await self.logs.close()
         await self.backend.close()
         await self.supervisor.close()

@@ -74,6 +74,9 @@ class JobSession:
     # When each running step was reported started (Unix ns), for its span.
     step_started_ns: dict[int, int] = field(default_factory=dict)
     started_unix_ns: int | None = None  # when the runner called in, for the boot span
+    # Why an upload went past an artifact cap (empty: none did): the job fails whatever the
+    # runner reports (rpc.ReportResult).
+    artifact_refusal: str = ""
 
     def touch(self) -> None:
         self.last_seen = time.monotonic()

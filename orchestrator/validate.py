@@ -176,6 +176,17 @@ def list_audit_request(message: admin_pb2.ListAuditRequest) -> None:
     _int("limit", message.limit, 0, MAX_LIST_LIMIT)
 
 
+def list_artifacts_request(message: admin_pb2.ListArtifactsRequest) -> None:
+    _text("job", message.job, MAX_MESSAGE_CHARS)
+
+
+def read_artifact_request(message: admin_pb2.ReadArtifactRequest) -> None:
+    _job_id("job_id", message.job_id)
+    artifact_path(message.path)
+    _int("attempt", message.attempt, 0, INT32_MAX)
+    _int("offset", message.offset, 0, INT64_MAX)
+
+
 # -- The edge ---------------------------------------------------------------------------------
 
 async def require(context: grpc.aio.ServicerContext, check: Callable[..., Any],

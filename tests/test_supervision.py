@@ -97,6 +97,7 @@ async def orchestrator(name: str, tmp_path: Path, target: str | None, *, dsn: st
                        prefix: str, capacity: str = "idle=1") -> Service:
     port = free_port()
     env = {f"SOLSTICE_ORCHESTRATOR__{k.upper()}": v for k, v in FAST.items()}
+    env["SOLSTICE_ORCHESTRATOR__BLOB_STORE__PATH"] = str(tmp_path / "blobs")
     service = await spawn(name, tmp_path, target, "orchestrator.main", [
         "--database-url", dsn, "--amqp-url", amqp_url, "--broker-prefix", prefix,
         "--capacity", capacity, "--host-name", name, "--allow-local-backend",

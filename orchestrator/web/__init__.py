@@ -6,6 +6,8 @@ from the shared Postgres; logs were masked before they were stored).
   active through `/runs/{run_id}/events`;
 - `/jobs/{job_id}`: the job's log by step, live while it runs through the event stream
   `/jobs/{job_id}/events` (`live`); `/jobs/{job_id}/log.txt` the raw log;
+- `/jobs/{job_id}/artifacts/{path}`: an artifact's download (ranges, `web_artifacts`);
+  `/runs/{run_id}/bundle.tar.gz`: the ended run's record;
 - `/badge/{owner}/{repo}.svg`: the status badge, public even behind the token;
 - `/healthz` and `/readyz` (`common.health`), unauthenticated.
 
@@ -22,11 +24,14 @@ from starlette.middleware import Middleware
 from starlette.routing import BaseRoute, Mount, Route
 
 from common.health import Check, health_routes
+from orchestrator.blobstore import BlobStore
+from orchestrator.bundle import ArtifactReader
 from orchestrator.db import Database
 from orchestrator.web.badge import badge_endpoint
 from orchestrator.web.live import POLL_SECONDS, LiveStreams
 from orchestrator.web.pages import Pages
 from orchestrator.web.signals import LiveSignals
+from orchestrator.web_artifacts import artifact_routes, bundle_route
 from orchestrator.webauth import WebAccess, WebPolicy
 
 __all__ = ["LiveSignals", "build_app"]
@@ -35,11 +40,13 @@ __all__ = ["LiveSignals", "build_app"]
 def build_app(db: Database, checks: Mapping[str, Check] | None = None, *,
               policy: WebPolicy | None, public_url: str | None = None,
               signals: LiveSignals | None = None, poll: float = POLL_SECONDS,
-              extra_routes: Sequence[BaseRoute] = ()) -> Starlette:
+              extra_routes: Sequence[BaseRoute] = (), blobs: BlobStore | None = None,
+              read_artifact: ArtifactReader | None = None) -> Starlette:
     """The pages' ASGI app over `db`, with `/readyz` running `checks`: behind `policy`
     (`webauth`; None: public); links under the path of `public_url`; live streams woken by
     `signals` (else they poll every `poll` seconds); `extra_routes` (`/metrics`) open, beside
-    the badge."""
+    the badge; artifact downloads from `blobs` and the run's record through `read_artifact`
+    (`web_artifacts`)."""
     pages = Pages(db, urlsplit(public_url or "").path.rstrip("/"))
     streams = LiveStreams(db, pages, signals or LiveSignals(), poll=poll)
     gate = [] if policy is None else [Middleware(WebAccess, policy=policy)]
@@ -51,6 +58,8 @@ def build_app(db: Database, checks: Mapping[str, Check] | None = None, *,
         Route("/jobs/{job_id}", pages.job_page),
         Route("/jobs/{job_id}/events", streams.job_events),
         Route("/jobs/{job_id}/log.txt", pages.job_log),
+        *(artifact_routes(db, blobs) if blobs is not None else []),
+        *([bundle_route(db, read_artifact)] if read_artifact is not None else []),
         *health_routes(checks or {}),
     ], middleware=gate)
     return Starlette(routes=[

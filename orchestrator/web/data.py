@@ -10,6 +10,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 
 from orchestrator.api import JobSummary, RunSummary, load_summary
+from orchestrator.artifact_records import ArtifactRecord, list_artifacts
 from orchestrator.db import Database
 from orchestrator.web.templates import duration
 
@@ -126,6 +127,7 @@ class RunDetail:
     needs: dict[uuid.UUID, list[str]] = field(default_factory=dict)
     gate: str | None = None  # the run record's verdict once the run ended (orchestrator.manifest)
     gate_reasons: list[str] = field(default_factory=list)
+    artifacts: list[ArtifactRecord] = field(default_factory=list)
 
     @property
     def awaiting_approval(self) -> bool:
@@ -167,7 +169,7 @@ async def run_detail(db: Database, run_id: uuid.UUID) -> RunDetail | None:
         sender=request.get("sender"), tag=request.get("tag"),
         base_branch=request.get("base_branch"), workflow_path=run["workflow_path"],
         needs={r["id"]: list(r["needs"]) for r in needs}, gate=run["gate"],
-        gate_reasons=run["gate_reasons"] or [])
+        gate_reasons=run["gate_reasons"] or [], artifacts=await list_artifacts(db, run_id))
 
 
 async def badge_state(db: Database, owner: str, name: str, branch: str | None,

@@ -21,6 +21,7 @@ from orchestrator.validate import INT64_MAX, NO_STEP
 from orchestrator.web import templates as t
 from orchestrator.web.ansi import to_html
 from orchestrator.web.data import FILTERS, RunDetail, RunRow, list_runs, run_detail
+from orchestrator.web_artifacts import artifacts_section
 
 MIN_PREFIX = 8
 # Only what a UUID's text is made of: the prefix goes into a LIKE pattern.
@@ -172,9 +173,9 @@ class Pages:
             f"<div class='column'><h3>stage {depth + 1}</h3>"
             + "".join(self._job_card(detail, job) for job in jobs) + "</div>"
             for depth, jobs in enumerate(detail.depths()))
-        # The artifacts of each job are listed after the jobs (the run-record work adds them).
         return (f"<dl class='meta'>{items}</dl><h2>Jobs</h2>"
-                f"<div class='dag' id='dag'>{columns}</div>")
+                f"<div class='dag' id='dag'>{columns}</div>"
+                + artifacts_section(detail.artifacts, self.base, summary.run_id, summary.final))
 
     @staticmethod
     def _approval(detail: RunDetail) -> str:

@@ -49,8 +49,10 @@ def state() -> Iterator[Path]:
 
 
 def leftovers(state: Path) -> list[str]:
-    """Machine directories, job processes and postgres servers of this state directory."""
+    """Machine directories, artifact stores, job processes and postgres servers of this
+    state directory."""
     found = [str(p) for p in (state / "solstice").glob("cidev-machines-*/*")]
+    found += [str(p) for p in (state / "solstice").glob("cidev-blobs-*")]
     for proc in psutil.process_iter(["pid"]):
         try:
             if str(state) in " ".join(proc.cmdline()) or proc.cwd().startswith(str(state)):

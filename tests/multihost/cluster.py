@@ -101,6 +101,8 @@ class Cluster:
         self.hosts[name] = host
         env = {k: v for k, v in os.environ.items() if not k.startswith("SOLSTICE_")}
         env.update({f"SOLSTICE_ORCHESTRATOR__{k.upper()}": v for k, v in host.settings.items()})
+        # Multi-host: every host writes artifacts to the one shared store.
+        env.setdefault("SOLSTICE_ORCHESTRATOR__BLOB_STORE__PATH", str(self.root / "blobs"))
         with host.log.open("ab") as log:
             host.log_offset = log.tell()
             host.proc = subprocess.Popen(

@@ -27,8 +27,9 @@ def _load(*argv: str, env: dict[str, str] | None = None,
 def test_multi_host_flags(monkeypatch: pytest.MonkeyPatch) -> None:
     config = _load("--database-url", "postgresql://db/solstice", "--amqp-url", "amqp://mq/",
                    "--capacity", "illumos-stable=4, ubuntu-22.04=2", "--host-name", "ci-3",
-                   monkeypatch=monkeypatch)
+                   "--blob-store-path", "/srv/solstice/blobs", monkeypatch=monkeypatch)
     assert config.capacity == {"illumos-stable": 4, "ubuntu-22.04": 2}
+    assert str(config.blob_store.path) == "/srv/solstice/blobs"
     assert (config.database_url, config.amqp_url, config.host_name) == \
         ("postgresql://db/solstice", "amqp://mq/", "ci-3")
 
@@ -49,6 +50,8 @@ def test_standalone_ignores_urls_from_environment(monkeypatch: pytest.MonkeyPatc
 @pytest.mark.parametrize("argv, message", [
     (("--standalone", "--amqp-url", "amqp://mq/"), "cannot be combined"),
     (("--database-url", "postgresql://db/x"), "needs both"),
+    (("--database-url", "postgresql://db/x", "--amqp-url", "amqp://mq/"),
+     "blob store needs a path every host mounts"),
     (("--capacity", "illumos"), "not LABEL=SLOTS"),
     (("--capacity", "illumos=0"), "at least 1"),
 ])

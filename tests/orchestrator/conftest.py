@@ -98,7 +98,7 @@ async def orchestrator_factory(pg_dsn: str, tmp_path: Path) -> AsyncIterator[Fac
             database_url=pg_dsn, grpc_listen="127.0.0.1:0", admin_listen="127.0.0.1:0",
             admin_token=ADMIN_TOKEN, capacity={"local": 4},
             allow_local_backend=True, boot_timeout=30, heartbeat_timeout=10, cancel_grace=5,
-            timeout_grace=5)
+            timeout_grace=5, blob_store={"path": tmp_path / "blobs"})
         values.update(overrides)
         config = OrchestratorConfig(**values)
         backend = backend_class(machines)

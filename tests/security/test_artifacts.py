@@ -8,6 +8,7 @@ stored, and what is stored reads back byte-exact.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import os
 import random
@@ -25,8 +26,10 @@ import psutil
 import pytest
 
 from common.messages import JobState
+from orchestrator.artifact_records import find_artifact, list_artifacts
 from orchestrator.backends.base import VM, RunnerBootstrap
 from orchestrator.backends.local import LocalBackend
+from orchestrator.blobstore.keys import attempt_prefix
 from orchestrator.config import OrchestratorConfig
 from orchestrator.service import Orchestrator
 from orchestrator.standalone import private_admin, running
@@ -61,6 +64,7 @@ class Runner:
     stub: runner_pb2_grpc.RunnerStub
     boot: RunnerBootstrap
     attempt: int
+    run_id: str
 
     @property
     def metadata(self) -> tuple[tuple[str, str], ...]:
@@ -92,9 +96,16 @@ class Runner:
         return refusal.value
 
     async def stored(self, path: str) -> bytes:
-        job_id = uuid.UUID(self.boot.job_id)
-        return b"".join([bytes(chunk) async for chunk in
-                         self.orchestrator.artifacts.read(job_id, self.attempt, path)])
+        record = await find_artifact(self.orchestrator.db, uuid.UUID(self.boot.job_id), path,
+                                     self.attempt)
+        assert record is not None, f"{path} is not stored"
+        return b"".join([piece async for piece in self.orchestrator.blobs.read(record.store_key)])
+
+    async def blobs(self) -> list[tuple[str, int]]:
+        """What the blob store holds (keys relative to the attempt's prefix, sizes)."""
+        prefix = attempt_prefix(uuid.UUID(self.run_id), "j", self.attempt)
+        return [(info.key.removeprefix(prefix), info.size)
+                for info in await self.orchestrator.blobs.list("runs/")]
 
     async def paths(self) -> list[str]:
         rows = await self.orchestrator.db.pool.fetch(
@@ -169,7 +180,7 @@ async def start_runner(launch: Launch, tmp_path: Path) -> AsyncIterator[StartRun
         channels.append(channel)
         stub = runner_pb2_grpc.RunnerStub(channel)
         job = await stub.GetJob(runner_pb2.GetJobRequest(job_id=boot.job_id, token=boot.token))
-        return Runner(orchestrator, channel, stub, boot, job.attempt)
+        return Runner(orchestrator, channel, stub, boot, job.attempt, job.run_id)
 
     yield start
     for channel in channels:
@@ -222,8 +233,10 @@ async def test_concurrent_large_uploads_stream_with_bounded_memory(start_runner:
     assert rss.growth < size, f"resident memory grew {rss.growth / MIB:.0f} MiB"
     for n in (1, 2, 3):
         digest, stored = hashlib.sha256(), 0
-        async for chunk in runner.orchestrator.artifacts.read(
-                uuid.UUID(runner.boot.job_id), runner.attempt, f"big/{n}.bin"):
+        record = await find_artifact(runner.orchestrator.db, uuid.UUID(runner.boot.job_id),
+                                     f"big/{n}.bin")
+        assert record is not None
+        async for chunk in runner.orchestrator.blobs.read(record.store_key):
             digest.update(chunk)
             stored += len(chunk)
         assert stored == size and digest.hexdigest() == sha256_of(random_blocks(n, size))
@@ -264,7 +277,7 @@ async def test_the_job_cap_counts_every_call_even_concurrent_ones(start_runner: 
     assert await runner.paths() == sorted([winner, "small"])
     pool = runner.orchestrator.db.pool
     assert await pool.fetchval("SELECT sum(size) FROM artifacts") == 9 * MIB
-    assert await pool.fetchval("SELECT sum(length(data)) FROM artifact_chunks") == 9 * MIB
+    assert sorted(await runner.blobs()) == sorted([(winner, 8 * MIB), ("small", MIB)])
 
 
 async def test_a_file_over_the_per_file_cap_is_refused(start_runner: StartRunner) -> None:
@@ -342,7 +355,7 @@ async def test_damaged_and_malformed_uploads_store_nothing(start_runner: StartRu
         await call
     assert other.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert await runner.paths() == []
-    assert await runner.orchestrator.db.pool.fetchval("SELECT count(*) FROM artifact_chunks") == 0
+    assert await runner.blobs() == []
     # After all that, the same paths still upload.
     await runner.upload("wrong-sha", [data])
     assert await runner.stored("wrong-sha") == data
@@ -387,6 +400,8 @@ async def test_the_real_runner_skips_hostile_names_and_reports_a_refusal_in_the_
     assert job.state == JobState.FAILURE, (job.message, log)
     assert "artifact upload refused: RESOURCE_EXHAUSTED" in job.message
     assert "artifact 'out/big.bin' goes past the limit of 1048576 bytes" in log
+    assert ("solstice: artifact 'out/big.bin' goes past the limit of 1048576 bytes of "
+            "artifacts per job; the job fails") in log
     assert "out/passwd skipped: it links outside the workspace" in log
     assert "'out/new\\nline' refused: it contains the control character U+000A" in log
     assert "bidirectional control U+202E" in log
@@ -410,3 +425,83 @@ async def test_the_runner_does_not_follow_a_symlink_swapped_in_after_collection(
     with pytest.raises(OSError):
         await runner_artifacts.upload(client, collected.files)
     assert await runner.paths() == ["out/a.txt"]
+
+
+async def test_a_runner_ignoring_a_cap_refusal_still_fails_its_job(start_runner: StartRunner,
+                                                                   ) -> None:
+    runner = await start_runner(max_artifact_job_bytes=MIB)
+    refusal = await runner.refused("too-big", random_blocks(12, 2 * MIB))
+    assert refusal.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    # A hostile runner reports success regardless.
+    await runner.stub.ReportResult(runner_pb2.JobResult(
+        job_id=runner.boot.job_id, outcome=runner_pb2.JOB_SUCCESS, message="all good"),
+        metadata=runner.metadata)
+    [job] = (await runner.orchestrator.api.wait(uuid.UUID(runner.run_id))).jobs
+    assert job.state == JobState.FAILURE
+    assert job.message.startswith("artifact 'too-big' goes past the limit of 1048576 bytes")
+    rows = await runner.orchestrator.db.pool.fetch(
+        "SELECT data FROM log_chunks WHERE job_id = $1 ORDER BY seq", job.job_id)
+    assert b"".join(bytes(r["data"]) for r in rows).decode() == (
+        "solstice: artifact 'too-big' goes past the limit of 1048576 bytes of artifacts per "
+        "job; the job fails\n")
+    assert await runner.paths() == [] and await runner.blobs() == []
+
+
+async def test_an_upload_cut_mid_file_publishes_nothing(start_runner: StartRunner,
+                                                        tmp_path: Path) -> None:
+    runner = await start_runner()
+    await runner.upload("kept", [b"committed"])
+    session = runner.orchestrator.sessions.get(uuid.UUID(runner.boot.job_id))
+    assert session is not None
+    call = runner.stub.UploadArtifact(metadata=runner.metadata)
+    first = True
+    for block in random_blocks(13, 12 * MIB):
+        await call.write(runner_pb2.ArtifactChunk(job_id=runner.boot.job_id,
+                                                  path="cut/mid.bin" if first else "",
+                                                  data=block))
+        first = False
+    temp = tmp_path / "state" / "blobs" / "tmp"
+    async with asyncio.timeout(10):
+        while not any(temp.iterdir()) or session.artifact_bytes < 12 * MIB:
+            await asyncio.sleep(0.01)
+    # Mid-file: bytes on disk in the store's tmp/, nothing listed anywhere.
+    assert await runner.paths() == ["kept"]
+    assert await runner.blobs() == [("kept", 9)]
+    call.cancel()  # the runner (or its machine) is gone mid-file
+    async with asyncio.timeout(10):
+        while session.artifact_bytes != len(b"committed"):
+            await asyncio.sleep(0.01)
+    assert await runner.paths() == ["kept"]
+    assert await runner.blobs() == [("kept", 9)]
+    assert list(temp.iterdir()) == []
+    # The path was never stored, so it may be uploaded whole now.
+    await runner.upload("cut/mid.bin", random_blocks(13, MIB))
+    assert await runner.stored("cut/mid.bin") == b"".join(random_blocks(13, MIB))
+
+
+async def test_a_later_attempt_never_touches_an_earlier_attempts_files(
+        start_runner: StartRunner) -> None:
+    runner = await start_runner()
+    await runner.upload("out/app", [b"attempt one"])
+    orchestrator = runner.orchestrator
+    job_id = uuid.UUID(runner.boot.job_id)
+    # The job leased again (its first host died and it came back here) under attempt 2.
+    await orchestrator.db.pool.execute("UPDATE jobs SET attempt = 2 WHERE id = $1", job_id)
+    session = orchestrator.sessions.get(job_id)
+    assert session is not None
+    second = dataclasses.replace(session, attempt=2, artifact_bytes=0)
+
+    async def chunks() -> AsyncIterator[runner_pb2.ArtifactChunk]:
+        data = b"attempt two"
+        yield runner_pb2.ArtifactChunk(job_id=str(job_id), path="out/app", data=data, last=True,
+                                       size=len(data), sha256=hashlib.sha256(data).hexdigest())
+
+    received = await orchestrator.artifacts.receive(second, chunks())
+    assert (received.files, received.bytes) == (1, len(b"attempt two"))
+    first = await find_artifact(orchestrator.db, job_id, "out/app", 1)
+    latest = await find_artifact(orchestrator.db, job_id, "out/app")
+    assert first is not None and latest is not None
+    assert (first.attempt, latest.attempt) == (1, 2) and first.store_key != latest.store_key
+    assert b"".join([p async for p in orchestrator.blobs.read(first.store_key)]) == b"attempt one"
+    assert b"".join([p async for p in orchestrator.blobs.read(latest.store_key)]) == b"attempt two"
+    assert [r.attempt for r in await list_artifacts(orchestrator.db, uuid.UUID(runner.run_id))] == [2]

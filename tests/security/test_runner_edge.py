@@ -340,8 +340,8 @@ def test_the_orchestrator_process_exits_non_zero_when_its_writer_dies(
     result = subprocess.run(
         [sys.executable, "-c", BROKEN_WRITER, "--database-url", pg_dsn, "--amqp-url", amqp_url,
          "--broker-prefix", broker_prefix, "--allow-local-backend", "--insecure-admin-no-auth",
-         "--admin-listen", "127.0.0.1:0", "--state-dir",
-         str(tmp_path), "--grpc-listen", "127.0.0.1:0", "--host-name",
+         "--admin-listen", "127.0.0.1:0", "--state-dir", str(tmp_path),
+         "--blob-store-path", str(tmp_path / "blobs"), "--grpc-listen", "127.0.0.1:0", "--host-name",
          f"test-{uuid.uuid4().hex[:8]}"],
         capture_output=True, text=True, timeout=120)
     assert result.returncode == 1, result.stderr
