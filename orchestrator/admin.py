@@ -20,7 +20,9 @@ from orchestrator.artifact_records import download_path, find_artifact, list_art
 from orchestrator.blobstore import BlobNotFound, BlobStore, BlobStoreUnavailable
 from orchestrator.db import Database
 from orchestrator.hosts import HostRegistry
+from orchestrator.logarchive import LogUnavailable
 from orchestrator.logstore import read_log
+from orchestrator.retention import RetentionSweeper
 from protos import admin_pb2, admin_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -51,12 +53,15 @@ def _job_message(job: JobSummary, pages: str) -> admin_pb2.Job:
 class AdminService(admin_pb2_grpc.AdminServicer):
     def __init__(self, *, db: Database, api: OrchestratorAPI, registry: HostRegistry,
                  pages_url: Callable[[], str] = lambda: "",
-                 blobs: BlobStore | None = None) -> None:
+                 blobs: BlobStore | None = None,
+                 retention: RetentionSweeper | None = None) -> None:
         self.db = db
         self.api = api
         self.registry = registry
         # Where artifacts' bytes are (ReadArtifact); None in a service without artifacts.
         self.blobs = blobs
+        # The retention sweeper (Prune); None in a service without a blob store.
+        self.retention = retention
         # The web pages' base URL ("" while none are served); asked per call because the
         # pages start after the gRPC server.
         self.pages_url = pages_url
@@ -137,15 +142,19 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         job_id = await self._resolve("jobs", request.job_id, context)
         attempt, last_seq = None, 0
         while True:
-            current = await read_log(self.db, job_id)
-            if current is not None and current.attempt != attempt:  # a retry starts anew
-                attempt, last_seq = current.attempt, 0
-            piece = await read_log(self.db, job_id, attempt=attempt, after_seq=last_seq)
+            try:
+                current = await read_log(self.db, self.blobs, job_id)
+                if current is not None and current.attempt != attempt:  # a retry starts anew
+                    attempt, last_seq = current.attempt, 0
+                piece = await read_log(self.db, self.blobs, job_id, attempt=attempt,
+                                       after_seq=last_seq)
+            except LogUnavailable as exc:
+                await context.abort(grpc.StatusCode.UNAVAILABLE, f"{exc.message} ({exc.hint})")
             if piece is None:
                 return
             for chunk in piece.chunks:
-                yield admin_pb2.LogLines(step_index=chunk["step_index"], stream=chunk["stream"],
-                                         data=bytes(chunk["data"]))
+                yield admin_pb2.LogLines(step_index=chunk.step_index, stream=chunk.stream,
+                                         data=chunk.data)
             last_seq = piece.last_seq or last_seq
             if not request.follow or (piece.done and not piece.chunks):
                 return
@@ -203,3 +212,21 @@ class AdminService(admin_pb2_grpc.AdminServicer):
                                 "from the blob store")
         except BlobStoreUnavailable as exc:
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+
+    async def Prune(self, request: admin_pb2.PruneRequest,
+                    context: grpc.aio.ServicerContext) -> admin_pb2.PruneReply:
+        if self.retention is None:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                "this orchestrator has no blob store, so no retention sweeper")
+        assert self.retention is not None
+        report = await self.retention.sweep(dry_run=request.dry_run)
+        if not report.swept:
+            await context.abort(grpc.StatusCode.ABORTED, "another orchestrator host is sweeping "
+                                "right now; try again when it is done")
+        log.info("retention sweep asked for", extra={
+            "by": context.peer() or "ciadm", "dry_run": request.dry_run,
+            "runs": len(report.runs), "bytes": report.bytes})
+        return admin_pb2.PruneReply(dry_run=report.dry_run, bytes=report.bytes, runs=[
+            admin_pb2.PrunedRun(run_id=str(r.run_id), repository=r.repository, ref=r.ref,
+                                finished_unix_ms=_ms(r.finished_at), keep_days=r.keep_days,
+                                bytes=r.bytes) for r in report.runs])

@@ -29,6 +29,7 @@ from common.health import Check, health_routes
 from orchestrator.api import JobSummary, RunSummary, load_summary
 from orchestrator.blobstore import BlobStore
 from orchestrator.db import Database
+from orchestrator.logarchive import LogUnavailable
 from orchestrator.logstore import read_log
 from orchestrator.validate import INT64_MAX
 from orchestrator.web_artifacts import artifact_routes, artifacts_section
@@ -109,6 +110,10 @@ async def _prefix_redirect(db: Database, request: Request, table: str, name: str
     return RedirectResponse(location, status_code=307)
 
 
+def _log_unavailable(exc: LogUnavailable) -> Response:
+    return PlainTextResponse(f"{exc.message} ({exc.hint})", status_code=503)
+
+
 def _steps_table(job: JobSummary) -> str:
     rows = "".join(
         f"<tr><td>{s.index + 1}</td><td>{html.escape(s.name)}</td><td>{_state(s.state)}</td>"
@@ -148,11 +153,14 @@ def build_app(db: Database, checks: Mapping[str, Check] | None = None, *, token:
             return await _prefix_redirect(db, request, "jobs", "job_id", "")
         run_id = await db.pool.fetchval("SELECT run_id FROM jobs WHERE id = $1", job_id)
         summary = await load_summary(db, run_id) if run_id else None
-        log = await read_log(db, job_id)
+        try:
+            log = await read_log(db, blobs, job_id)
+        except LogUnavailable as exc:
+            return _log_unavailable(exc)
         if summary is None or log is None:
             return _not_found("job")
         job = next(j for j in summary.jobs if j.job_id == job_id)
-        text = b"".join(bytes(c["data"]) for c in log.chunks).decode(errors="replace")
+        text = b"".join(c.data for c in log.chunks).decode(errors="replace")
         follow = "" if log.done else FOLLOW_SCRIPT % {"last": log.last_seq or 0}
         return _page(f"{job.key} {job.state.value}",
                      f"<p><a href='../runs/{summary.run_id}'>run {summary.run_id}</a></p>"
@@ -172,10 +180,13 @@ def build_app(db: Database, checks: Mapping[str, Check] | None = None, *, token:
         if not 0 <= after <= INT64_MAX:
             return PlainTextResponse(f"`after` must be a whole number from 0 to {INT64_MAX}",
                                      status_code=400)
-        log = await read_log(db, job_id, after_seq=after) if job_id else None
+        try:
+            log = await read_log(db, blobs, job_id, after_seq=after) if job_id else None
+        except LogUnavailable as exc:
+            return _log_unavailable(exc)
         if log is None:
             return _not_found("job")
-        body = b"".join(bytes(c["data"]) for c in log.chunks)
+        body = b"".join(c.data for c in log.chunks)
         return Response(body, media_type="text/plain; charset=utf-8", headers={
             "X-Solstice-Last-Seq": str(log.last_seq or after),
             "X-Solstice-Done": "1" if log.done else "0"})
