@@ -20,7 +20,7 @@ from orchestrator.artifact_records import download_path, find_artifact, list_art
 from orchestrator.blobstore import BlobNotFound, BlobStore, BlobStoreUnavailable
 from orchestrator.db import Database
 from orchestrator.hosts import HostRegistry
-from orchestrator.logarchive import LogUnavailable
+from orchestrator.logarchive import LogGone, LogUnavailable
 from orchestrator.logstore import read_log
 from orchestrator.retention import RetentionSweeper
 from protos import admin_pb2, admin_pb2_grpc
@@ -149,7 +149,9 @@ class AdminService(admin_pb2_grpc.AdminServicer):
                 piece = await read_log(self.db, self.blobs, job_id, attempt=attempt,
                                        after_seq=last_seq)
             except LogUnavailable as exc:
-                await context.abort(grpc.StatusCode.UNAVAILABLE, f"{exc.message} ({exc.hint})")
+                code = grpc.StatusCode.DATA_LOSS if isinstance(exc, LogGone) else \
+                    grpc.StatusCode.UNAVAILABLE
+                await context.abort(code, f"{exc.message} ({exc.hint})")
             if piece is None:
                 return
             for chunk in piece.chunks:

@@ -47,7 +47,11 @@ GZIP = 31  # zlib's wbits for the gzip container, so `zcat` reads a blob
 
 
 class LogUnavailable(SolsticeError):
-    """A compacted log cannot be read (its blob is gone or the blob store is unreachable)."""
+    """A compacted log cannot be read now: the blob store is unreachable (or not configured)."""
+
+
+class LogGone(LogUnavailable):
+    """A compacted log's blob is gone from the blob store while a row still names it."""
 
 
 @dataclass(frozen=True)
@@ -92,7 +96,7 @@ async def _archive_chunks(blobs: BlobStore, key: str, after_seq: int) -> AsyncIt
                 if chunk.seq > after_seq:
                     yield chunk
     except BlobNotFound as exc:
-        raise LogUnavailable(f"the compacted log {key} is listed but gone from the blob store",
+        raise LogGone(f"the compacted log {key} is listed but gone from the blob store",
                              hint="its run is being deleted by retention, or the blob store "
                                   "lost it") from exc
     except BlobStoreUnavailable as exc:

@@ -112,13 +112,15 @@ class RetentionSweeper:
         self.blobs = blobs
         self.policy = policy
         self.interval = interval
+        # What the last periodic sweep did (None until one finished).
+        self.last_report: SweepReport | None = None
 
     async def run(self) -> None:
         """Sweep now and every `interval` seconds until cancelled; a pass the database or the
         blob store failed is retried next time."""
         while True:
             try:
-                await self.sweep()
+                self.last_report = await self.sweep()
             except EXPECTED as exc:
                 log.warning("retention sweep failed; will retry", extra={"error": str(exc)})
             await asyncio.sleep(self.interval)

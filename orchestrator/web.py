@@ -29,7 +29,7 @@ from common.health import Check, health_routes
 from orchestrator.api import JobSummary, RunSummary, load_summary
 from orchestrator.blobstore import BlobStore
 from orchestrator.db import Database
-from orchestrator.logarchive import LogUnavailable
+from orchestrator.logarchive import LogGone, LogUnavailable
 from orchestrator.logstore import read_log
 from orchestrator.validate import INT64_MAX
 from orchestrator.web_artifacts import artifact_routes, artifacts_section
@@ -111,7 +111,8 @@ async def _prefix_redirect(db: Database, request: Request, table: str, name: str
 
 
 def _log_unavailable(exc: LogUnavailable) -> Response:
-    return PlainTextResponse(f"{exc.message} ({exc.hint})", status_code=503)
+    return PlainTextResponse(f"{exc.message} ({exc.hint})",
+                             status_code=410 if isinstance(exc, LogGone) else 503)
 
 
 def _steps_table(job: JobSummary) -> str:
