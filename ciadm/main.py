@@ -17,13 +17,13 @@ import sys
 
 import grpc
 
-from ciadm import artifacts, hosts, retention, runs
+from ciadm import artifacts, hosts, record, retention, runs
 from ciadm.client import TOKEN_HINT, Client, Command, CommandParser, address, admin_token
 from common.admin_auth import DEFAULT_ADMIN_ADDRESS, TOKEN_ENV, TOKEN_FILE_ENV
 from common.cli import quiet_on_closed_stdout
 from common.errors import SolsticeError
 
-COMMAND_MODULES = (runs, hosts, artifacts, retention)
+COMMAND_MODULES = (runs, hosts, record, artifacts, retention)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -16,6 +16,10 @@ def print_run(run: admin_pb2.Run) -> None:
           f"{run.workflow_name or '-'}  created {when(run.created_unix_ms)}")
     if run.page_url:
         print(f"  {run.page_url}")
+    if run.gate:
+        print(f"  gate: {run.gate}")
+        for reason in run.gate_reasons:
+            print(f"    - {reason}")
     for job in run.jobs:
         took = f"{job.duration_s:.1f}s" if job.duration_s >= 0 else ""
         print("  " + "  ".join(part for part in (f"job {job.key}", job.state, took, job.message)

@@ -73,7 +73,9 @@ def describe_job(planned: PlannedJob) -> list[str]:
         suffix = f"  ({'; '.join(extras)})" if extras else ""
         out.append(f"  {number}. {step.name}: {_one_line(step.run)}{suffix}")
     if job.artifacts:
-        out.append("  artifacts: " + ", ".join(job.artifacts))
+        out.append("  artifacts: " + ", ".join(
+            f"{pattern} (required)" if pattern in job.required_artifacts else pattern
+            for pattern in job.artifacts))
     return out
 
 

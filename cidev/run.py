@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
+from cidev.record import save_record
 from cidev.workflow_file import UsageError, load, read_text, render, workflow_path
 from common.messages import EventKind, JobState, Repo, RunRequest
 from common.text import plural
@@ -82,6 +83,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--parallel", type=int, default=max(2, os.cpu_count() or 2),
                         metavar="N", help="jobs running at once per runs_on label "
                                           "(default: CPU count, at least 2)")
+    parser.add_argument("--record", type=Path, metavar="DIR",
+                        help="keep the run's record (manifest.json and every artifact) in DIR "
+                             "(default: records/RUN-ID under cidev's state directory)")
     parser.set_defaults(handler=run)
 
 
@@ -363,8 +367,9 @@ def summary_table(summary: RunSummary, printer: Printer, elapsed: float) -> str:
 
 async def execute(request: RunRequest, options: RunOptions, *, secrets: dict[str, str],
                   labels: set[str], parallel: int, printer: Printer,
-                  state_dir: Path) -> RunSummary:
-    """Run `request` on a throw-away standalone orchestrator; its summary."""
+                  state_dir: Path, record: Path | None = None) -> RunSummary:
+    """Run `request` on a throw-away standalone orchestrator; its summary. The record of a run
+    that ended is written to `record` (default `records/RUN-ID` under `state_dir`)."""
     machines = Path(tempfile.mkdtemp(prefix="cidev-machines-", dir=state_dir))
     # The run's artifacts go with it, like its throw-away schema.
     blobs = Path(tempfile.mkdtemp(prefix="cidev-blobs-", dir=state_dir))
@@ -381,7 +386,13 @@ async def execute(request: RunRequest, options: RunOptions, *, secrets: dict[str
             api = orchestrator.api
             with api.watch(kinds=(LogUpdate, StepUpdate, JobUpdate)) as watch:
                 run_id = await api.submit(request, options)
-                return await _follow(api, run_id, watch, printer)
+                summary = await _follow(api, run_id, watch, printer)
+            if summary.final:
+                directory = record or state_dir / "records" / str(run_id)
+                files = await save_record(orchestrator, run_id, directory)
+                print(printer.paint("2", f"cidev: record of the run (manifest.json, "
+                                         f"{plural(files, 'artifact file')}) in {directory}"))
+            return summary
     finally:
         shutil.rmtree(blobs, ignore_errors=True)
         try:
@@ -458,7 +469,7 @@ def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     summary = asyncio.run(execute(request, RunOptions(only_jobs=only, ignore_triggers=True),
                                   secrets=secrets, labels=labels, parallel=args.parallel,
-                                  printer=printer, state_dir=state_dir))
+                                  printer=printer, state_dir=state_dir, record=args.record))
     print()
     print(summary_table(summary, printer, time.monotonic() - started))
     if summary.state == "cancelled" and any("interrupted" in j.message for j in summary.jobs):

@@ -8,6 +8,7 @@ the admin token); the Runner listener, which job machines reach, does not serve 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -17,7 +18,9 @@ import grpc
 from orchestrator import validate
 from orchestrator.api import JobSummary, OrchestratorAPI, RunSummary
 from orchestrator.artifact_records import download_path, find_artifact, list_artifacts
+from orchestrator.artifacts import ArtifactStore
 from orchestrator.blobstore import BlobNotFound, BlobStore, BlobStoreUnavailable
+from orchestrator.bundle import BundleError, stream_bundle
 from orchestrator.db import Database
 from orchestrator.hosts import HostRegistry
 from orchestrator.logarchive import LogGone, LogUnavailable
@@ -52,10 +55,12 @@ def _job_message(job: JobSummary, pages: str) -> admin_pb2.Job:
 
 class AdminService(admin_pb2_grpc.AdminServicer):
     def __init__(self, *, db: Database, api: OrchestratorAPI, registry: HostRegistry,
+                 artifacts: ArtifactStore | None = None,
                  pages_url: Callable[[], str] = lambda: "",
                  blobs: BlobStore | None = None,
                  retention: RetentionSweeper | None = None) -> None:
         self.db = db
+        self.artifacts = artifacts
         self.api = api
         self.registry = registry
         # Where artifacts' bytes are (ReadArtifact); None in a service without artifacts.
@@ -83,7 +88,8 @@ class AdminService(admin_pb2_grpc.AdminServicer):
     async def _run_message(self, run_id: uuid.UUID) -> admin_pb2.Run:
         summary: RunSummary | None = await self.api.summary(run_id)
         row = await self.db.pool.fetchrow(
-            "SELECT repo, commit_sha, ref, event, trusted FROM runs WHERE id = $1", run_id)
+            "SELECT repo, commit_sha, ref, event, trusted, gate,"
+            " manifest -> 'gate' -> 'reasons' AS gate_reasons FROM runs WHERE id = $1", run_id)
         if summary is None or row is None:
             raise NotFound(str(run_id))
         repo = row["repo"]
@@ -94,7 +100,8 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             commit_sha=row["commit_sha"], ref=row["ref"], event=row["event"],
             trusted=row["trusted"], created_unix_ms=_ms(summary.created_at),
             page_url=f"{pages}/runs/{run_id}" if pages else "",
-            jobs=[_job_message(j, pages) for j in summary.jobs])
+            jobs=[_job_message(j, pages) for j in summary.jobs],
+            gate=row["gate"] or "", gate_reasons=row["gate_reasons"] or [])
 
     async def ListRuns(self, request: admin_pb2.ListRunsRequest,
                        context: grpc.aio.ServicerContext) -> admin_pb2.ListRunsReply:
@@ -107,6 +114,34 @@ class AdminService(admin_pb2_grpc.AdminServicer):
     async def GetRun(self, request: admin_pb2.RunRef,
                      context: grpc.aio.ServicerContext) -> admin_pb2.Run:
         return await self._run_message(await self._resolve("runs", request.run_id, context))
+
+    async def _manifest(self, request: admin_pb2.RunRef,
+                        context: grpc.aio.ServicerContext) -> tuple[uuid.UUID, dict]:
+        run_id = await self._resolve("runs", request.run_id, context)
+        manifest = await self.db.pool.fetchval("SELECT manifest FROM runs WHERE id = $1", run_id)
+        if manifest is None:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                f"run {run_id} has not ended: its record is written when it does")
+        return run_id, manifest
+
+    async def GetManifest(self, request: admin_pb2.RunRef,
+                          context: grpc.aio.ServicerContext) -> admin_pb2.ManifestReply:
+        _, manifest = await self._manifest(request, context)
+        return admin_pb2.ManifestReply(manifest_json=json.dumps(manifest, indent=2))
+
+    async def GetBundle(self, request: admin_pb2.RunRef, context: grpc.aio.ServicerContext
+                        ) -> AsyncIterator[admin_pb2.BundleChunk]:
+        run_id, manifest = await self._manifest(request, context)
+        if self.artifacts is None:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "this orchestrator is starting")
+        jobs = {r["key"]: r["id"] for r in await self.db.pool.fetch(
+            "SELECT key, id FROM jobs WHERE run_id = $1", run_id)}
+        try:
+            async for data in stream_bundle(manifest, jobs, self.artifacts.read):
+                yield admin_pb2.BundleChunk(data=data)
+        except BundleError as exc:
+            log.error("bundle of run %s cut short: %s", run_id, exc, extra={"run_id": str(run_id)})
+            await context.abort(grpc.StatusCode.DATA_LOSS, str(exc))
 
     async def ApproveRun(self, request: admin_pb2.RunRef,
                          context: grpc.aio.ServicerContext) -> admin_pb2.Run:

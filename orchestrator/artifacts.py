@@ -28,8 +28,10 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import uuid
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
+from types import TracebackType
 from typing import ClassVar, TypeVar
 
 import asyncpg
@@ -38,7 +40,15 @@ import grpc
 from common.errors import SolsticeError
 from common.postgres import create_pool
 from orchestrator import validate
-from orchestrator.blobstore import BlobExists, BlobKeyError, BlobStore, BlobStoreUnavailable
+from orchestrator.artifact_records import find_artifact
+from orchestrator.blobstore import (
+    BlobExists,
+    BlobKeyError,
+    BlobNotFound,
+    BlobStore,
+    BlobStoreUnavailable,
+    BlobWriter,
+)
 from orchestrator.blobstore.base import check_key
 from orchestrator.blobstore.keys import artifact_key
 from orchestrator.db import Database
@@ -50,6 +60,8 @@ T = TypeVar("T")
 
 MIB = 1024 * 1024
 GIB = 1024 * MIB
+# Bytes hashed and written at once, off the event loop (`_Pipeline`).
+BATCH_BYTES = 4 * MIB
 # How much of a refused upload is read and dropped before the refusal is answered (`_drain`).
 DRAIN_BYTES = 64 * MIB
 DRAIN_SECONDS = 10.0
@@ -123,6 +135,18 @@ class ArtifactStore:
     async def close(self) -> None:
         await self._pool.close()
 
+    async def read(self, job_id: uuid.UUID, attempt: int, path: str) -> AsyncIterator[bytes]:
+        """The bytes of a stored artifact of that attempt, in order; nothing if there is none
+        (or its blob is gone, which is logged: a reader checking size and sha256 notices)."""
+        record = await find_artifact(self._db, job_id, path, attempt)
+        if record is None:
+            return
+        try:
+            async for piece in self.blobs.read(record.store_key):
+                yield piece
+        except BlobNotFound:
+            log.error("an artifact's blob is missing", extra={"key": record.store_key})
+
     async def receive(self, session: JobSession,
                       chunks: AsyncIterator[runner_pb2.ArtifactChunk]) -> Received:
         """Store every file of one `UploadArtifact` stream; `ArtifactRefused` on the first
@@ -179,8 +203,7 @@ class ArtifactStore:
         try:
             async with conn.transaction():
                 key = await self._claim(conn, session, path)
-                async with self.blobs.writer(key) as writer:
-                    digest = hashlib.sha256()
+                async with self.blobs.writer(key) as writer, _Pipeline(writer, path) as pipeline:
                     size = 0
                     chunk = first
                     while True:
@@ -188,17 +211,17 @@ class ArtifactStore:
                         size += len(data)
                         reserve(size, len(data))
                         session.touch()
-                        digest.update(data)
-                        await _stored(writer.write(data), path)
+                        await pipeline.add(data)
                         if chunk.last:
                             break
                         chunk = await anext(stream, None)
                         if chunk is None:
                             raise ArtifactRefused(f"the upload ended in the middle of {path!r}")
-                    if size != chunk.size or digest.hexdigest() != chunk.sha256.lower():
+                    sha256 = await pipeline.finish()
+                    if size != chunk.size or sha256 != chunk.sha256.lower():
                         raise ArtifactDamaged(
                             f"artifact {path!r} arrived damaged: {size} bytes with sha256 "
-                            f"{digest.hexdigest()}, the runner sent {chunk.size} bytes with "
+                            f"{sha256}, the runner sent {chunk.size} bytes with "
                             f"sha256 {chunk.sha256 or '(none)'}",
                             hint="the file changed while it was read, or the stream was corrupted")
                     # The job may have ended while the file arrived: checked again before the
@@ -207,7 +230,7 @@ class ArtifactStore:
                             "UPDATE artifacts a SET size = $2, sha256 = $3 FROM jobs j"
                             " WHERE a.store_key = $1 AND j.id = a.job_id AND j.attempt = a.attempt"
                             " AND j.lease_host = $4 AND j.state = 'running' RETURNING true",
-                            key, size, digest.hexdigest(), self.host):
+                            key, size, sha256, self.host):
                         raise NotOurAttempt("the job ended or moved while its artifact was uploaded")
                     await _stored(writer.commit(), path)
         except BaseException:
@@ -242,6 +265,57 @@ class ArtifactStore:
             raise ArtifactExists(f"artifact {path!r} was already uploaded by this job",
                                  hint="each path is stored once per job attempt")
         raise NotOurAttempt("the job is not running on this host under this attempt")
+
+
+class _Pipeline:
+    """A file's bytes hashed and written in `BATCH_BYTES` batches in worker threads (sha256
+    releases the GIL), one batch in flight while the event loop receives the next: the loop
+    only parses and checks chunks. As an `async with` block it waits for the batch in flight
+    when the block fails, so nothing writes behind a writer being aborted."""
+
+    def __init__(self, writer: BlobWriter, path: str) -> None:
+        self._writer = writer
+        self._path = path
+        self._digest = hashlib.sha256()
+        self._batch = bytearray()
+        self._flight: asyncio.Future[None] | None = None
+
+    async def add(self, data: bytes) -> None:
+        self._batch += data
+        if len(self._batch) >= BATCH_BYTES:
+            await self._send()
+
+    async def finish(self) -> str:
+        """Everything added is hashed and handed to the writer; the hex sha256."""
+        await self._send()
+        await self._land()
+        return self._digest.hexdigest()
+
+    async def _send(self) -> None:
+        await self._land()
+        if self._batch:
+            batch, self._batch = self._batch, bytearray()
+            self._flight = asyncio.ensure_future(self._absorb(batch))
+
+    async def _absorb(self, batch: bytearray) -> None:
+        await asyncio.gather(asyncio.to_thread(self._digest.update, batch),
+                             _stored(self._writer.write(batch), self._path))
+
+    async def _land(self) -> None:
+        flight, self._flight = self._flight, None
+        if flight is not None:
+            await flight
+
+    async def __aenter__(self) -> _Pipeline:
+        return self
+
+    async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                        traceback: TracebackType | None) -> None:
+        flight, self._flight = self._flight, None
+        if flight is not None:
+            await asyncio.wait({flight})
+            if not flight.cancelled():
+                flight.exception()  # retrieved: the block's own exception is the one raised
 
 
 async def _stored(operation: Awaitable[T], path: str) -> T:

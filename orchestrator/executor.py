@@ -239,6 +239,8 @@ class Executor:
                         source_dir=Path(lease.repo.clone_url.removeprefix("file://"))
                         if preloaded else None)
                     vm = await self._keeping_lease(lease, session, self.backend.provision(spec))
+                    await self.store.record_machine(lease.job_id, lease.attempt, vm.backend,
+                                                    vm.details.get("image", spec.image))
                     await self._keeping_lease(lease, session, self.backend.start(
                         vm, RunnerBootstrap(orchestrator_url=self.advertise_url,
                                             job_id=str(lease.job_id), token=token)))

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,7 +24,7 @@ import grpc
 
 from common.broker import Broker
 from common.messages import JobState
-from orchestrator import tokens, validate
+from orchestrator import inputs, tokens, validate
 from orchestrator.artifacts import ArtifactRefused, ArtifactStore, ArtifactTooLarge
 from orchestrator.db import TRANSIENT_ERRORS
 from orchestrator.effects import Effects
@@ -63,7 +63,7 @@ def build_job(session: JobSession) -> runner_pb2.Job:
                                    timeout_seconds=s.get("timeout") or 0, enabled=s["enabled"])
                for i, s in enumerate(spec["steps"])],
         timeout_seconds=spec["timeout"], artifact_patterns=spec.get("artifacts", []),
-        matrix=spec.get("matrix", {}))
+        matrix=spec.get("matrix", {}), has_inputs=bool(spec.get("needs")))
 
 
 def _bearer(context: grpc.aio.ServicerContext) -> str | None:
@@ -267,6 +267,12 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
                 session.artifact_refusal = exc.message
             await context.abort(exc.code, str(exc))
         return runner_pb2.ArtifactAck(files=received.files, bytes=received.bytes)
+
+    async def FetchInputs(self, request: runner_pb2.FetchInputsRequest,
+                          context: grpc.aio.ServicerContext) -> AsyncIterator[runner_pb2.InputChunk]:
+        session = await self._session(context, request.job_id)
+        async for chunk in inputs.stream(self.store.db, self.artifacts, session):
+            yield chunk
 
 
 class DatabaseUnavailable(grpc.aio.ServerInterceptor):

@@ -181,7 +181,7 @@ class Orchestrator:
             interceptors.insert(0, AdminTokenRequired(self.access.token))
         self.admin_server = grpc.aio.server(options=GRPC_OPTIONS, interceptors=interceptors)
         admin_pb2_grpc.add_AdminServicer_to_server(AdminService(
-            db=self.db, api=self.api, registry=self.registry,
+            db=self.db, api=self.api, registry=self.registry, artifacts=self.artifacts,
             pages_url=lambda: self.relay.log_url_base, blobs=self.blobs,
             retention=self.retention), self.admin_server)
         try:

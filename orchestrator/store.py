@@ -25,6 +25,7 @@ from common.messages import (
     Repo,
 )
 from orchestrator.db import Database
+from orchestrator.manifest import record_manifest
 
 OUTBOX_CHANNEL = "solstice_outbox"
 ACTIVE = [JobState.PROVISIONING.value, JobState.RUNNING.value]
@@ -193,6 +194,7 @@ async def _finish_run_if_done(conn: asyncpg.Connection, run_id: uuid.UUID,
         "UPDATE runs SET state = $2, message = $3, finished_at = now()"
         " WHERE id = $1 AND finished_at IS NULL RETURNING id", run_id, outcome, message)
     if row is not None:
+        await record_manifest(conn, run_id)
         changes.run_finished = (run_id, outcome, message)
 
 
@@ -283,6 +285,13 @@ class Store:
             "UPDATE jobs SET lease_expires_at = now() + $4 WHERE id = $1 AND attempt = $2"
             " AND lease_host = $3 AND state = ANY($5) RETURNING cancel_requested",
             job_id, attempt, self.host, timedelta(seconds=ttl), ACTIVE)
+
+    async def record_machine(self, job_id: uuid.UUID, attempt: int, backend: str,
+                             image: str) -> None:
+        """Which backend and image the job's machine has, for the run record."""
+        await self.db.pool.execute(
+            "UPDATE jobs SET backend = $3, image = $4 WHERE id = $1 AND attempt = $2"
+            " AND lease_host = $5", job_id, attempt, backend, image, self.host)
 
     async def record_step(self, job_id: uuid.UUID, attempt: int, index: int, state: str,
                           exit_code: int | None, duration_ms: int | None) -> str | None:

@@ -1,4 +1,5 @@
-"""Collect the files matching the job's artifact patterns and upload them with their sha256.
+"""Collect the files matching the job's artifact patterns, and every file under `out/` in the
+workspace (a job publishes by writing there), and upload them with their sha256.
 
 Patterns are relative to the workspace and may use `**`. Only regular files inside the
 workspace are sent: a symlink resolving outside it is skipped (a pattern cannot publish the
@@ -53,6 +54,10 @@ class Collected:
 class Uploaded:
     files: int
     bytes: int
+
+
+# The `out/` contract: whatever a step writes under `out/` is published without being listed.
+OUT_PATTERN = "out/**/*"
 
 
 def collect(workspace: Path, patterns: list[str]) -> Collected:

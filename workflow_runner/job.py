@@ -21,7 +21,7 @@ from common.masking import SecretMasker
 from common.observability import tracer
 from common.text import plural
 from protos import runner_pb2
-from workflow_runner import artifact_scan, artifacts
+from workflow_runner import artifact_scan, artifacts, inputs
 from workflow_runner.checkout import checkout
 from workflow_runner.client import OrchestratorError, RunnerClient
 from workflow_runner.heartbeat import Heartbeat
@@ -105,7 +105,9 @@ class JobExecution:
             await self._skip(job.steps)
             return outcome
         env = step_env(job, self.workspace, self.inherited_env)
-        outcome = await self._setup(env) if job.setup_script else None
+        outcome = await self._inputs() if job.has_inputs else None
+        if outcome is None and job.setup_script:
+            outcome = await self._setup(env)
         for position, step in enumerate(job.steps):
             if outcome is not None:
                 await self._skip(job.steps[position:])
@@ -118,6 +120,20 @@ class JobExecution:
             outcome = Outcome(runner_pb2.JOB_SUCCESS, f"{plural(ran, 'step')} succeeded, "
                                                       f"{len(job.steps) - ran} skipped")
         return outcome
+
+    async def _inputs(self) -> Outcome | None:
+        """The needed jobs' artifacts under inputs/; a damaged one is the infrastructure's
+        fault (the job errs, its steps skipped)."""
+        try:
+            with _tracer.start_as_current_span("inputs"):
+                fetched = await inputs.fetch(self.client, self.workspace)
+        except (inputs.InputError, OrchestratorError, OSError) as exc:
+            self.shipper.system(NO_STEP, f"fetching the needed jobs' artifacts failed: {exc}")
+            return Outcome(runner_pb2.JOB_ERROR, f"inputs: {exc}")
+        if fetched.files:
+            self.shipper.system(NO_STEP, f"inputs: {plural(fetched.files, 'file')} "
+                                         f"({plural(fetched.bytes, 'byte')}) under inputs/")
+        return None
 
     async def _setup(self, env: dict[str, str]) -> Outcome | None:
         script = PurePosixPath(self.job.setup_script)
@@ -208,13 +224,13 @@ class JobExecution:
             timestamp_unix_ms=now_ms()))
 
     async def _artifacts(self, outcome: Outcome | None) -> Outcome | None:
-        if not self.job.artifact_patterns:
-            return outcome
-        collected = artifacts.collect(self.workspace, list(self.job.artifact_patterns))
+        patterns = list(self.job.artifact_patterns)
+        collected = artifacts.collect(self.workspace, [*patterns, artifacts.OUT_PATTERN])
         for problem in collected.problems:
             self.shipper.system(NO_STEP, problem)
         if not collected.files:
-            self.shipper.system(NO_STEP, "no files match the artifact patterns")
+            if patterns:
+                self.shipper.system(NO_STEP, "no files match the artifact patterns")
             return outcome
         outcome, files = await self._refuse_secrets(outcome, collected.files)
         if not files:

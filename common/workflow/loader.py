@@ -483,6 +483,7 @@ class _Checker:
         env: dict[str, str] = {}
         secrets: list[str] = []
         artifacts: list[str] = []
+        required_artifacts: list[str] = []
         needs: list[str] = []
         steps: list[Step | None] = []
         seen: set[str] = set()
@@ -516,8 +517,10 @@ class _Checker:
             elif name == "setup":
                 setup = self.setup(child, where)
             elif name == "artifacts":
-                artifacts.extend(self.list_node(child, where, "artifacts",
-                                                'artifacts "target/release/app" "out/**"'))
+                patterns, required = self.artifacts_node(child, where)
+                artifacts.extend(patterns)
+                if required:
+                    required_artifacts.extend(patterns)
             elif name != "matrix":
                 close = _suggest(name, JOB_CHILDREN)
                 hint = (f"{close}a job holds {', '.join(JOB_CHILDREN)}" if close or name != "job"
@@ -531,7 +534,8 @@ class _Checker:
         return Job(id=job_id, runs_on=runs_on, steps=tuple(steps),  # type: ignore[arg-type]
                    timeout=timeout, needs=tuple(dict.fromkeys(needs)), if_expr=if_expr,
                    resources=resources, env=env, secrets=tuple(dict.fromkeys(secrets)),
-                   matrix=matrix, setup=setup, artifacts=tuple(artifacts))
+                   matrix=matrix, setup=setup, artifacts=tuple(artifacts),
+                   required_artifacts=tuple(dict.fromkeys(required_artifacts)))
 
     def needs_node(self, node: ckdl.Node, path: Path, job_id: str | None) -> list[str]:
         """The ids a job needs; each is checked against the other jobs once all are known."""
@@ -549,6 +553,21 @@ class _Checker:
         if not node.args:
             self.error(path, f"`{what}` lists nothing", f"write e.g. {example}")
         return self.string_args(node, path, what)
+
+    def artifacts_node(self, node: ckdl.Node, path: Path) -> tuple[list[str], bool]:
+        """`artifacts "pattern"... [required=#true]`: the patterns, and whether the run's gate
+        demands at least one file for each of them."""
+        self.props(node, path, ("required",), "artifacts")
+        self.no_children(node, path, "artifacts")
+        if not node.args:
+            self.error(path, "`artifacts` lists nothing", 'write e.g. artifacts "target/release/app"')
+        required = _plain(node.properties.get("required", False))
+        if not isinstance(required, bool):
+            self.error(path, f"required must be a boolean, not {_describe(required)}",
+                       "write required=#true (KDL 2) or required=true (KDL 1)", prop="required",
+                       value=True)
+            required = False
+        return self.string_args(node, path, "artifacts"), required
 
     def names_node(self, node: ckdl.Node, path: Path, what: str, example: str) -> list[str]:
         names = self.list_node(node, path, what, example)

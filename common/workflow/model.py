@@ -73,6 +73,8 @@ class Job:
     matrix: Matrix | None = None
     setup: str | None = None  # path of a script run before the steps
     artifacts: tuple[str, ...] = ()  # glob patterns collected into the run record
+    # Patterns the run's gate requires at least one file for (`artifacts ... required=#true`).
+    required_artifacts: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -49,7 +49,8 @@ class VMSpec:
 
 @dataclass
 class VM:
-    """A provisioned machine; `details` holds backend-specific facts for logs and teardown."""
+    """A provisioned machine; `details` holds backend-specific facts for logs and teardown
+    (`image`, where the backend has one, names what the machine booted, for the run record)."""
 
     name: str
     backend: str

@@ -415,7 +415,7 @@ class BhyveBackend(VMBackend):
                 raise
         return VM(name=spec.name, backend=self.name, spec=spec, details={
             "zone": names.zone, "zonepath": names.zonepath, "dataset": names.dataset,
-            "snapshot": snapshot, "vnic": names.vnic, "link": self.settings.link,
+            "snapshot": snapshot, "image": snapshot, "vnic": names.vnic, "link": self.settings.link,
             "volsize": str(volsize), "vcpus": str(resources.vcpus),
             "ram_mb": str(resources.ram_mb), "zfs": self.zfs.name,
         })

@@ -401,7 +401,7 @@ class QemuBackend(VMBackend):
             raise
         return VM(name=spec.name, backend=self.name, spec=spec,
                   details={"dir": str(directory), "overlay": str(directory / OVERLAY_FILE),
-                           "console": str(directory / CONSOLE_FILE)})
+                           "console": str(directory / CONSOLE_FILE), "image": str(label.image)})
 
     async def start(self, vm: VM, bootstrap: RunnerBootstrap) -> None:
         directory = self._dir(vm.name)

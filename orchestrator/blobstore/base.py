@@ -81,7 +81,7 @@ class BlobWriter(abc.ABC):
         self.done = False
 
     @abc.abstractmethod
-    async def write(self, data: bytes) -> None:
+    async def write(self, data: bytes | bytearray) -> None:
         """Append `data`; it may be buffered until the store's next write unit fills."""
 
     @abc.abstractmethod

@@ -20,7 +20,7 @@ import os
 import stat
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from orchestrator.blobstore.base import (
@@ -64,8 +64,11 @@ class _FileWriter(BlobWriter):
         self._temp = store.temp_dir / f"{uuid.uuid4().hex}.part"
         self._fd: int | None = None
         self._buffer = bytearray()
+        # The worker thread's write or publish in progress: a cancelled caller stops waiting
+        # for it, not the thread, so `abort` waits for it before closing the descriptor.
+        self._busy: asyncio.Future[None] | None = None
 
-    async def write(self, data: bytes) -> None:
+    async def write(self, data: bytes | bytearray) -> None:
         self._buffer += data
         self.size += len(data)
         if len(self._buffer) >= WRITE_BYTES:
@@ -77,17 +80,21 @@ class _FileWriter(BlobWriter):
                                0o640)
         return self._fd
 
+    async def _in_thread(self, work: Callable[[], None]) -> None:
+        self._busy = asyncio.ensure_future(asyncio.to_thread(work))
+        await asyncio.shield(self._busy)
+
     async def _flush(self) -> None:
         data, self._buffer = self._buffer, bytearray()
         try:
-            await asyncio.to_thread(lambda: _write_all(self._open(), data))
+            await self._in_thread(lambda: _write_all(self._open(), data))
         except OSError as exc:
             raise _unavailable(f"write {self.key!r}", exc) from exc
 
     async def commit(self) -> BlobInfo:
-        await self._flush()
         try:
-            await asyncio.to_thread(self._publish)
+            await self._flush()
+            await self._in_thread(self._publish)
         except OSError as exc:
             raise _unavailable(f"publish {self.key!r}", exc) from exc
         finally:
@@ -119,6 +126,8 @@ class _FileWriter(BlobWriter):
     async def abort(self) -> None:
         self.done = True
         self._buffer = bytearray()
+        if self._busy is not None and not self._busy.done():
+            await asyncio.wait({self._busy})
         fd, self._fd = self._fd, None
         if fd is not None:
             os.close(fd)

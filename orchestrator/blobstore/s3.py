@@ -90,7 +90,7 @@ class _S3Writer(BlobWriter):
         self._upload_id: str | None = None
         self._parts: list[dict[str, Any]] = []
 
-    async def write(self, data: bytes) -> None:
+    async def write(self, data: bytes | bytearray) -> None:
         self._buffer += data
         self.size += len(data)
         if len(self._buffer) >= self._store.part_bytes:

@@ -1,6 +1,7 @@
 """`cidev run` as a user runs it: a subprocess, the embedded PostgreSQL, the real runner."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -208,3 +209,26 @@ def test_an_unknown_matrix_cell_is_a_usage_error(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert "no job 'test[flavour=strawberry]'" in done.stderr
     assert "test[flavour=vanilla]" in done.stderr
+
+
+@pytest.mark.slow
+def test_the_record_of_a_local_run_outlives_its_database(tmp_path: Path, state: Path) -> None:
+    source = tmp_path / "repo"
+    (source / ".solstice").mkdir(parents=True)
+    (source / ".solstice" / "workflow.kdl").write_text('''
+workflow name="pkg" {
+    job id="build" runs_on="local" {
+        artifacts "dist/*.tar" required=#true
+        step name="make" run="mkdir -p dist out && printf tar > dist/a.tar && printf log > out/build.log"
+    }
+}''')
+    record = tmp_path / "record"
+    done = cidev(["run", "--record", str(record)], state, source)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"in {record}" in done.stdout
+    manifest = json.loads((record / "manifest.json").read_text())
+    assert manifest["gate"]["status"] == "accepted"
+    assert [a["path"] for a in manifest["jobs"][0]["artifacts"]] == ["dist/a.tar", "out/build.log"]
+    assert (record / "jobs/build/attempt-1/dist/a.tar").read_bytes() == b"tar"
+    assert (record / "jobs/build/attempt-1/out/build.log").read_bytes() == b"log"
+    assert leftovers(state) == []

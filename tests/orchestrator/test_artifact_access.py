@@ -1,6 +1,7 @@
 """Getting a run's artifacts back as people do: `ciadm artifacts` and `ciadm download` in a
 subprocess against the Admin service, and the run page's links and downloads over HTTP, from a
-real job (real runner, local backend, Postgres, the filesystem blob store)."""
+real job (real runner, local backend, Postgres, the filesystem blob store; and once with the
+S3 store, on moto's server: the only S3 implementation that runs here)."""
 from __future__ import annotations
 
 import hashlib
@@ -12,8 +13,10 @@ import httpx
 import pytest
 
 from orchestrator.blobstore.filesystem import FilesystemBlobStore
+from orchestrator.blobstore.s3 import S3BlobStore
 from tests.ciadm.test_admin import ciadm
 from tests.orchestrator.conftest import ADMIN_TOKEN, Harness
+from tests.s3 import CREDENTIALS, moto_url, new_bucket  # noqa: F401  (moto_url: fixture)
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 WORKFLOW = """
@@ -63,6 +66,16 @@ async def test_ciadm_lists_and_downloads_verified_files(built, tmp_path: Path) -
     assert one.returncode == 0, one.stderr
     assert [p.relative_to(tmp_path / "one").as_posix() for p in (tmp_path / "one").rglob("*")
             if p.is_file()] == ["out/a.txt"]
+
+    # An interrupted download resumes from its `.part` file.
+    big = FILES["out/sub/big.iso"]
+    resumed = tmp_path / "resumed" / "out" / "sub"
+    resumed.mkdir(parents=True)
+    (resumed / "big.iso.part").write_bytes(big[:1_000_000])
+    again = await ciadm(harness, "download", str(run_id), "--job", "build", "out/sub/big.iso",
+                        "-o", str(tmp_path / "resumed"))
+    assert again.returncode == 0, again.stderr
+    assert (resumed / "big.iso").read_bytes() == big and not (resumed / "big.iso.part").exists()
 
     missing = await ciadm(harness, "download", str(run_id), "nope.txt", "-o", str(tmp_path))
     assert missing.returncode == 1 and "no artifact 'nope.txt'" in missing.stderr
@@ -141,3 +154,26 @@ async def test_the_run_page_links_downloads_that_resume(built) -> None:
     async with httpx.AsyncClient(base_url=harness.orchestrator.web.url) as anonymous:
         refused = await anonymous.get(url)
         assert refused.status_code == 401 and big[:20] not in refused.content
+
+
+async def test_the_s3_store_serves_the_same(orchestrator_factory, request: pytest.FixtureRequest,
+                                            tmp_path: Path) -> None:
+    endpoint = request.getfixturevalue("moto_url")
+    harness = await orchestrator_factory(web_listen="127.0.0.1:0", blob_store={
+        "kind": "s3", "bucket": await new_bucket(endpoint), "endpoint_url": endpoint,
+        "region": CREDENTIALS["region_name"], "access_key_id": CREDENTIALS["aws_access_key_id"],
+        "secret_access_key": CREDENTIALS["aws_secret_access_key"], "prefix": "ci/"})
+    assert isinstance(harness.orchestrator.blobs, S3BlobStore)
+    summary = await harness.run(WORKFLOW)
+    [job] = summary.jobs
+    assert summary.state == "success", job.message
+    assert not (tmp_path / "state" / "blobs").exists()
+    done = await ciadm(harness, "download", str(summary.run_id), "-o", str(tmp_path / "got"))
+    assert done.returncode == 0, done.stderr
+    for path, data in FILES.items():
+        assert (tmp_path / "got" / "build" / path).read_bytes() == data
+    big = FILES["out/sub/big.iso"]
+    async with httpx.AsyncClient(base_url=harness.orchestrator.web.url, headers=AUTH) as http:
+        part = await http.get(f"/jobs/{job.job_id}/artifacts/out/sub/big.iso",
+                              headers={"Range": "bytes=1048570-1048589"})
+        assert part.status_code == 206 and part.content == big[1048570:1048590]

@@ -1,25 +1,21 @@
 """Both blob stores against the same contract: the filesystem one on a real directory, the S3
-one over real HTTP against moto's standalone server (`moto_server`, started per module on a
-free port). moto is the only S3 implementation that runs here; the store speaks nothing to it
-that a real S3 service would not accept.
+one over real HTTP against moto's standalone server (`tests/s3.py`: `moto_server` started per
+module on a free port). moto is the only S3 implementation that runs here; the store speaks
+nothing to it that a real S3 service would not accept.
 """
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hashlib
 import os
 import random
-import socket
-import subprocess
-import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
-import httpx
 import pytest
-from aiobotocore.session import get_session
 
 from common.artifact_paths import job_directory
 from orchestrator.blobstore import (
@@ -34,39 +30,9 @@ from orchestrator.blobstore import (
 from orchestrator.blobstore.filesystem import FilesystemBlobStore
 from orchestrator.blobstore.keys import artifact_key
 from orchestrator.blobstore.s3 import MIN_PART_BYTES, S3BlobStore, S3Settings
+from tests.s3 import free_port, moto_url, new_bucket  # noqa: F401  (moto_url: fixture)
 
 MIB = 1024 * 1024
-SESSION = get_session()
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def moto_url() -> Iterator[str]:
-    """moto's S3 over HTTP on 127.0.0.1, for this module's tests."""
-    port = _free_port()
-    server = subprocess.Popen(
-        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                httpx.get(url, timeout=1)
-                break
-            except httpx.TransportError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError("moto_server did not start") from None
-                time.sleep(0.1)
-        yield url
-    finally:
-        server.terminate()
-        server.wait(10)
 
 
 def s3_settings(url: str, bucket: str) -> S3Settings:
@@ -75,22 +41,13 @@ def s3_settings(url: str, bucket: str) -> S3Settings:
                       part_bytes=MIN_PART_BYTES)
 
 
-async def _new_bucket(url: str) -> str:
-    bucket = f"solstice-{uuid.uuid4().hex[:12]}"
-    async with SESSION.create_client(
-            "s3", endpoint_url=url, region_name="us-east-1", aws_access_key_id="testing",
-            aws_secret_access_key="testing") as client:
-        await client.create_bucket(Bucket=bucket)
-    return bucket
-
-
 @pytest.fixture(params=["filesystem", "s3"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[BlobStore]:
     if request.param == "filesystem":
         opened: BlobStore = await FilesystemBlobStore.open(tmp_path / "blobs")
     else:
         url = request.getfixturevalue("moto_url")
-        opened = await S3BlobStore.open(s3_settings(url, await _new_bucket(url)))
+        opened = await S3BlobStore.open(s3_settings(url, await new_bucket(url)))
     yield opened
     await opened.close()
 
@@ -203,9 +160,26 @@ async def test_filesystem_keeps_writes_out_of_sight_and_refuses_crossing_names(
 
 
 async def test_s3_unreachable_is_unavailable() -> None:
-    settings = s3_settings(f"http://127.0.0.1:{_free_port()}", "none")
+    settings = s3_settings(f"http://127.0.0.1:{free_port()}", "none")
     with pytest.raises(BlobStoreUnavailable, match="could not be reached"):
         await S3BlobStore.open(dataclasses.replace(settings, max_attempts=1))
+
+
+async def test_the_configured_s3_store_opens(request: pytest.FixtureRequest,
+                                             tmp_path: Path) -> None:
+    moto = request.getfixturevalue("moto_url")
+    bucket = await new_bucket(moto)
+    config = BlobStoreConfig(kind="s3", bucket=bucket, endpoint_url=moto, region="us-east-1",
+                             access_key_id="testing", secret_access_key="testing", prefix="p/")
+    store = await open_blob_store(config, state_dir=tmp_path, multi_host=True)
+    try:
+        assert isinstance(store, S3BlobStore) and store.bucket == bucket
+        await put(store, "runs/x/a", b"via config")
+        assert await fetch(store, "runs/x/a") == b"via config"
+    finally:
+        await store.close()
+    with pytest.raises(ValueError, match="needs a bucket"):
+        BlobStoreConfig(kind="s3")
 
 
 async def test_multi_host_needs_a_shared_path(tmp_path: Path) -> None:
@@ -226,3 +200,17 @@ def test_keys_keep_a_job_key_in_one_component() -> None:
     long = job_directory("j[" + "x" * 400 + "]")
     assert len(long) == 200 and "/" not in long
     assert long != job_directory("j[" + "x" * 399 + "y]")
+
+
+async def test_a_cancelled_write_finishes_before_its_abort_closes_the_file(tmp_path: Path) -> None:
+    store = await FilesystemBlobStore.open(tmp_path / "blobs")
+    writer = store.writer("runs/r/cancelled")
+    # Past a write unit: the bytes go to a worker thread, which a cancel does not stop.
+    task = asyncio.ensure_future(writer.write(random_bytes(6, 8 * MIB)))
+    await asyncio.sleep(0.001)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await writer.abort()
+    assert list((tmp_path / "blobs" / "tmp").iterdir()) == []
+    assert await store.list("runs/") == []

@@ -53,7 +53,8 @@ def test_full_example_loads_every_part() -> None:
     assert build.steps == (Step("Format", "cargo fmt --check"),
                            Step("Test on ${{ matrix.rust }}", "cargo +${{ matrix.rust }} test --workspace",
                                 20 * 60, "event == 'push'"))
-    assert build.artifacts == ("target/release/app", "out/**")
+    assert build.artifacts == ("target/release/app", "target/release/*.p5p")
+    assert build.required_artifacts == ("target/release/*.p5p",)
     release = workflow.job("release")
     assert release.timeout == 5400 and release.if_expr == "tag" and release.needs == ("build",)
     assert release.steps == (Step("cargo build --release",
@@ -447,3 +448,19 @@ def test_matrix_values_that_would_make_ambiguous_keys() -> None:
                                           "include value 'x=y' cannot be used"]
     assert at(found[2]) == position(text, '"x=y"')
     assert "build[os=omnios]" in (found[0].hint or "")
+
+
+def test_required_artifacts_are_the_patterns_of_required_nodes() -> None:
+    workflow = load_workflow(job('        artifacts "a/*" "b" required=#true\n'
+                                 '        artifacts "logs/*" required=#false\n'
+                                 '        artifacts "c"\n' + STEP))
+    build = workflow.job("build")
+    assert build.artifacts == ("a/*", "b", "logs/*", "c")
+    assert build.required_artifacts == ("a/*", "b")
+
+
+def test_required_must_be_a_boolean() -> None:
+    text = job('        artifacts "a" required="yes"\n        artifacts "b" mandatory=#true\n' + STEP)
+    assert [d.message for d in diagnostics(text)] == [
+        "required must be a boolean, not 'yes'",
+        "unknown property 'mandatory' on artifacts"]
