@@ -57,12 +57,12 @@ WITH policy AS (
     FROM policy
 )
 SELECT id, repository, ref, finished_at, keep_days,
-       (SELECT COALESCE(sum(a.size), 0) FROM artifacts a JOIN jobs j ON j.id = a.job_id
+       ((SELECT COALESCE(sum(a.size), 0) FROM artifacts a JOIN jobs j ON j.id = a.job_id
          WHERE j.run_id = kept.id)
      + (SELECT COALESCE(sum(l.size), 0) FROM log_archives l JOIN jobs j ON j.id = l.job_id
          WHERE j.run_id = kept.id)
      + (SELECT COALESCE(sum(octet_length(c.data)), 0) FROM log_chunks c
-         JOIN jobs j ON j.id = c.job_id WHERE j.run_id = kept.id) AS bytes
+         JOIN jobs j ON j.id = c.job_id WHERE j.run_id = kept.id))::bigint AS bytes
 FROM kept
 WHERE finished_at < now() - make_interval(days => keep_days)
 ORDER BY finished_at, id
