@@ -43,6 +43,19 @@ def parse_capacity(value: Any) -> dict[str, int]:
     return capacity
 
 
+def parse_repository_days(value: Any) -> Any:
+    """`"owner/name=DAYS,..."` (the environment's form) as a dict; a TOML table as it is."""
+    if not isinstance(value, str):
+        return value
+    days = {}
+    for part in filter(None, (p.strip() for p in value.split(","))):
+        name, sep, number = part.partition("=")
+        if not sep or "/" not in name:
+            raise ValueError(f"retention entry {part!r} is not OWNER/NAME=DAYS")
+        days[name.strip()] = number.strip()
+    return days
+
+
 class OrchestratorConfig(BaseModel):
     """Every setting of `solstice-orchestrator`; defaults suit one machine."""
 
@@ -133,6 +146,11 @@ class OrchestratorConfig(BaseModel):
     @classmethod
     def _capacity(cls, value: Any) -> dict[str, int]:
         return parse_capacity(value)
+
+    @field_validator("retention_repositories", mode="before")
+    @classmethod
+    def _retention_repositories(cls, value: Any) -> Any:
+        return parse_repository_days(value)
 
     @property
     def advertise_url(self) -> str:

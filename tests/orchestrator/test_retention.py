@@ -12,7 +12,10 @@ from datetime import timedelta
 import asyncpg
 import pytest
 
+from common.config import load_config
+from common.errors import ConfigError
 from orchestrator.blobstore import BlobStoreUnavailable
+from orchestrator.config import OrchestratorConfig
 from orchestrator.retention import LOCK, RetentionPolicy, RetentionSweeper
 from tests.ciadm.test_admin import ciadm
 from tests.orchestrator.conftest import Harness
@@ -193,3 +196,21 @@ async def test_two_sweepers_at_once_delete_each_run_once(aged, pg_dsn: str,
     finally:
         await holder.close()
     assert "deleted 1 runs" in (await ciadm(harness, "prune")).stdout
+
+
+def test_retention_settings_from_toml_and_environment(tmp_path) -> None:
+    toml = tmp_path / "solstice.toml"
+    toml.write_text('[orchestrator]\nretention_days = 14\n'
+                    'retention_repositories = { "illumos/illumos-gate" = 365 }\n')
+    from_file = load_config(OrchestratorConfig, path=toml, section="orchestrator", environ={})
+    assert (from_file.retention_days, from_file.retention_days_default_branch,
+            from_file.retention_repositories) == (14, 365, {"illumos/illumos-gate": 365})
+    from_env = load_config(OrchestratorConfig, path=toml, section="orchestrator", environ={
+        "SOLSTICE_ORCHESTRATOR__RETENTION_REPOSITORIES": "me/scratch=7, a/b=0",
+        "SOLSTICE_ORCHESTRATOR__RETENTION_DAYS_DEFAULT_BRANCH": "0"})
+    assert from_env.retention_repositories == {"me/scratch": 7, "a/b": 0}
+    assert from_env.retention_days_default_branch == 0
+    for wrong in ("scratch=7", "me/scratch=-1", "me/scratch=soon"):
+        with pytest.raises(ConfigError):
+            load_config(OrchestratorConfig, section="orchestrator", environ={
+                "SOLSTICE_ORCHESTRATOR__RETENTION_REPOSITORIES": wrong})
