@@ -15,9 +15,11 @@ import httpx
 import pytest
 
 from orchestrator import logarchive
+from orchestrator.blobstore.s3 import S3BlobStore
 from orchestrator.compaction import LogCompactor
 from orchestrator.logarchive import compact
 from tests.orchestrator.conftest import ADMIN_TOKEN, Harness
+from tests.s3 import CREDENTIALS, moto_url, new_bucket  # noqa: F401  (moto_url: fixture)
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 # Several steps, both streams, lines that are not UTF-8, and enough of them for many chunks.
@@ -209,3 +211,33 @@ async def test_a_compacted_log_whose_blob_is_gone_says_so(ended, release) -> Non
     cli = await _ciadm_logs(harness, job_id)
     assert cli.returncode == 1
     assert b"is listed but gone from the blob store" in cli.stderr
+
+
+async def test_on_the_s3_store_the_log_reads_the_same_and_goes_with_its_run(
+        orchestrator_factory, release, request: pytest.FixtureRequest) -> None:
+    """moto's server over HTTP (the only S3 implementation that runs here)."""
+    endpoint = request.getfixturevalue("moto_url")
+    harness = await orchestrator_factory(
+        web_listen="127.0.0.1:0", log_compaction_interval=3600, retention_days=1,
+        blob_store={"kind": "s3", "bucket": await new_bucket(endpoint), "endpoint_url": endpoint,
+                    "region": CREDENTIALS["region_name"],
+                    "access_key_id": CREDENTIALS["aws_access_key_id"],
+                    "secret_access_key": CREDENTIALS["aws_secret_access_key"], "prefix": "ci/"})
+    assert isinstance(harness.orchestrator.blobs, S3BlobStore)
+    summary = await harness.run(WORKFLOW, ref="refs/heads/topic", branch="topic")
+    [job] = summary.jobs
+    before = await _views(harness, job.job_id)
+    release.set()
+    await _wait_compacted(harness, job.job_id)
+    assert await _views(harness, job.job_id) == before
+    [archive] = await _archives(harness, job.job_id)
+    store = harness.orchestrator.blobs
+    assert [b.key for b in await store.list(f"runs/{summary.run_id}/")] == [archive["store_key"]]
+
+    db = harness.orchestrator.db
+    await db.pool.execute("UPDATE runs SET finished_at = now() - interval '2 days'")
+    report = await harness.orchestrator.retention.sweep()
+    assert [r.run_id for r in report.runs] == [summary.run_id]
+    assert report.bytes == archive["size"]
+    assert await store.list("runs/") == []
+    assert await db.pool.fetchval("SELECT count(*) FROM log_archives") == 0
