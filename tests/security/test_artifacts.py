@@ -103,10 +103,13 @@ class Runner:
         return b"".join([piece async for piece in self.orchestrator.blobs.read(record.store_key)])
 
     async def blobs(self) -> list[tuple[str, int]]:
-        """What the blob store holds (keys relative to the attempt's prefix, sizes)."""
+        """What the blob store holds but the run's compacted logs (keys relative to the
+        attempt's prefix, sizes)."""
         prefix = attempt_prefix(uuid.UUID(self.run_id), "j", self.attempt)
+        logs = f"runs/{self.run_id}/logs/"
         return [(info.key.removeprefix(prefix), info.size)
-                for info in await self.orchestrator.blobs.list("runs/")]
+                for info in await self.orchestrator.blobs.list("runs/")
+                if not info.key.startswith(logs)]
 
     async def paths(self) -> list[str]:
         rows = await self.orchestrator.db.pool.fetch(
