@@ -21,6 +21,7 @@ snapshot, so a compaction committing meanwhile can neither hide nor double a chu
 """
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
@@ -86,15 +87,17 @@ def decode_line(line: bytes) -> LogChunk:
 async def _archive_chunks(blobs: BlobStore, key: str, after_seq: int) -> AsyncIterator[LogChunk]:
     """The chunks of one archive blob past `after_seq`, decompressed as they stream in."""
     inflate = zlib.decompressobj(GZIP)
-    pending = b""
+    pending = [b""]  # the last piece's unfinished line
+
+    def decode(piece: bytes) -> list[LogChunk]:
+        *lines, pending[0] = (pending[0] + inflate.decompress(piece)).split(b"\n")
+        return [chunk for chunk in map(decode_line, lines) if chunk.seq > after_seq]
+
     try:
         async for piece in blobs.read(key):
-            pending += inflate.decompress(piece)
-            *lines, pending = pending.split(b"\n")
-            for line in lines:
-                chunk = decode_line(line)
-                if chunk.seq > after_seq:
-                    yield chunk
+            # A thread: a big log's inflating and parsing would stall the event loop.
+            for chunk in await asyncio.to_thread(decode, piece):
+                yield chunk
     except BlobNotFound as exc:
         raise LogGone(f"the compacted log {key} is listed but gone from the blob store",
                              hint="its run is being deleted by retention, or the blob store "
@@ -179,10 +182,10 @@ async def compact(db: Database, blobs: BlobStore, job_id: uuid.UUID,
         deflate = zlib.compressobj(6, zlib.DEFLATED, GZIP)
         buffered = bytearray()
         async for chunks in _starting_with(first, pages):
-            for chunk in chunks:
-                seqs.append(chunk.seq)
-                data_bytes += len(chunk.data)
-                buffered += deflate.compress(encode_line(chunk))
+            seqs += [chunk.seq for chunk in chunks]
+            data_bytes += sum(len(chunk.data) for chunk in chunks)
+            # A thread: compressing a big log would stall the event loop.
+            buffered += await asyncio.to_thread(_deflated, deflate, chunks)
             if len(buffered) >= WRITE_BYTES:
                 await writer.write(bytes(buffered))
                 buffered.clear()
@@ -202,6 +205,10 @@ async def compact(db: Database, blobs: BlobStore, job_id: uuid.UUID,
                     extra={"job_id": str(job_id), "attempt": attempt, "key": key})
         raise
     return archived
+
+
+def _deflated(deflate: zlib._Compress, chunks: list[LogChunk]) -> bytes:
+    return b"".join(deflate.compress(encode_line(chunk)) for chunk in chunks)
 
 
 async def _starting_with(first: list[LogChunk], rest: AsyncIterator[list[LogChunk]]

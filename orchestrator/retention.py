@@ -23,7 +23,7 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 
 import asyncpg
@@ -74,9 +74,9 @@ LIMIT $5
 class RetentionPolicy:
     """How many days a finished run is kept; see the module docstring."""
 
-    days: int = 90
-    default_branch_days: int = 365
-    repositories: Mapping[str, int] = field(default_factory=dict)
+    days: int
+    default_branch_days: int
+    repositories: Mapping[str, int]
 
 
 @dataclass(frozen=True)
