@@ -51,7 +51,7 @@ def _unavailable(action: str, exc: OSError) -> BlobStoreUnavailable:
                                      "the mount in multi-host mode)")
 
 
-def _write_all(fd: int, data: bytearray) -> None:
+def _write_all(fd: int, data: bytes | bytearray) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view):]
@@ -69,8 +69,11 @@ class _FileWriter(BlobWriter):
         self._busy: asyncio.Future[None] | None = None
 
     async def write(self, data: bytes | bytearray) -> None:
-        self._buffer += data
         self.size += len(data)
+        if not self._buffer and len(data) >= WRITE_BYTES:
+            await self._write(data)  # a whole write unit already: no copy into the buffer
+            return
+        self._buffer += data
         if len(self._buffer) >= WRITE_BYTES:
             await self._flush()
 
@@ -86,6 +89,9 @@ class _FileWriter(BlobWriter):
 
     async def _flush(self) -> None:
         data, self._buffer = self._buffer, bytearray()
+        await self._write(data)
+
+    async def _write(self, data: bytes | bytearray) -> None:
         try:
             await self._in_thread(lambda: _write_all(self._open(), data))
         except OSError as exc:
