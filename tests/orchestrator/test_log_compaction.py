@@ -241,3 +241,46 @@ async def test_on_the_s3_store_the_log_reads_the_same_and_goes_with_its_run(
     assert report.bytes == archive["size"]
     assert await store.list("runs/") == []
     assert await db.pool.fetchval("SELECT count(*) FROM log_archives") == 0
+
+
+async def test_a_job_ended_while_its_host_was_down_is_compacted_by_another_hosts_sweep(
+        ended) -> None:
+    harness, job_id = ended  # its host's compaction at the job's end never comes
+    before = await _views(harness, job_id)
+    orchestrator = harness.orchestrator
+    other_host = LogCompactor(orchestrator.db, orchestrator.blobs, orchestrator.logs,
+                              orchestrator.hub, interval=3600)
+    assert await other_host.sweep() == 1
+    assert await _rows(harness, job_id) == 0 and len(await _archives(harness, job_id)) == 1
+    assert await _views(harness, job_id) == before
+    assert await other_host.sweep() == 0
+
+
+async def test_ciadm_logs_follow_reads_on_across_the_compaction(orchestrator_factory) -> None:
+    harness = await orchestrator_factory()
+    with harness.api.watch() as watch:
+        run_id = await harness.submit(r"""
+workflow {
+    job id="slow" runs_on="local" {
+        step name="drip" run="for i in $(seq 1 30); do echo line-$i; sleep 0.05; done"
+    }
+}""")
+        started = await harness.wait_step(watch, "running")
+    following = asyncio.create_task(_ciadm_follow(harness, started.job_id))
+    summary = await harness.api.wait(run_id)
+    assert summary.state == "success"
+    await _wait_compacted(harness, started.job_id)
+    followed = await asyncio.wait_for(following, 30)
+    assert followed.returncode == 0, followed.stderr
+    assert followed.stdout == (await _ciadm_logs(harness, started.job_id)).stdout
+    assert followed.stdout.count(b"line-") == 30
+
+
+async def _ciadm_follow(harness: Harness,
+                        job_id: uuid.UUID) -> subprocess.CompletedProcess[bytes]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "ciadm.main", "--orchestrator", harness.orchestrator.admin_url,
+        "--token", ADMIN_TOKEN, "logs", "--follow", str(job_id),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = await proc.communicate()
+    return subprocess.CompletedProcess([], proc.returncode or 0, out, err)
