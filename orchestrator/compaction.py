@@ -24,6 +24,22 @@ log = logging.getLogger(__name__)
 
 # Attempts a sweep compacts at most; the next sweep goes on.
 SWEEP_BATCH = 200
+# The ended attempts that still have rows. `log_chunks` holds the running jobs' logs, possibly
+# millions of rows: its (job_id, attempt) pairs are walked along the primary key one index
+# probe each (a loose index scan), never by reading every row.
+ENDED_WITH_ROWS = """
+WITH RECURSIVE attempts AS (
+    (SELECT job_id, attempt FROM log_chunks ORDER BY job_id, attempt LIMIT 1)
+    UNION ALL
+    SELECT later.job_id, later.attempt FROM attempts, LATERAL (
+        SELECT job_id, attempt FROM log_chunks
+        WHERE (job_id, attempt) > (attempts.job_id, attempts.attempt)
+        ORDER BY job_id, attempt LIMIT 1) AS later
+)
+SELECT a.job_id, a.attempt FROM attempts a JOIN jobs j ON j.id = a.job_id
+WHERE j.finished_at IS NOT NULL OR a.attempt < j.attempt
+LIMIT $1
+"""
 # What a pass expects and waits out: the database or the blob store restarting.
 EXPECTED = (*DATABASE_ERRORS, BlobStoreUnavailable)
 
@@ -76,9 +92,7 @@ class LogCompactor:
     async def sweep(self) -> int:
         """Compact the ended attempts that still have rows, whichever host ended them."""
         await self.logs.sync()
-        rows = await self.db.pool.fetch(
-            "SELECT DISTINCT c.job_id, c.attempt FROM log_chunks c JOIN jobs j ON j.id = c.job_id"
-            " WHERE j.finished_at IS NOT NULL OR c.attempt < j.attempt LIMIT $1", SWEEP_BATCH)
+        rows = await self.db.pool.fetch(ENDED_WITH_ROWS, SWEEP_BATCH)
         return await self._compact([(r["job_id"], r["attempt"]) for r in rows])
 
     async def _compact(self, attempts: list[tuple[uuid.UUID, int]]) -> int:
