@@ -40,7 +40,8 @@ LOCK = "solstice.retention"
 BATCH = 100
 EXPECTED = (*DATABASE_ERRORS, BlobStoreUnavailable)
 
-# $1 days, $2 default-branch days, $3/$4 the repositories' overrides, $5 how many at most.
+# $1 days, $2 default-branch days, $3/$4 the repositories' overrides, $5 how many at most, $6
+# the shortest retention of any run (so the index on finished_at skips the recent ones).
 EXPIRED = """
 WITH policy AS (
     SELECT r.id, (r.repo->>'owner') || '/' || (r.repo->>'name') AS repository, r.ref,
@@ -50,7 +51,7 @@ WITH policy AS (
     FROM runs r
     LEFT JOIN unnest($3::text[], $4::integer[]) AS o (name, days)
            ON o.name = (r.repo->>'owner') || '/' || (r.repo->>'name')
-    WHERE r.finished_at IS NOT NULL
+    WHERE r.finished_at < now() - make_interval(days => $6)
 ), kept AS (
     SELECT *, CASE WHEN days = 0 OR (long_lived AND $2 = 0) THEN NULL
                    WHEN long_lived THEN GREATEST(days, $2) ELSE days END AS keep_days
@@ -132,8 +133,12 @@ class RetentionSweeper:
 
     async def _expired(self, conn: asyncpg.Connection, limit: int | None) -> list[ExpiredRun]:
         names = list(self.policy.repositories)
+        ages = [days for days in (self.policy.days, *self.policy.repositories.values()) if days]
+        if not ages:
+            return []  # every run is kept for ever
         rows = await conn.fetch(EXPIRED, self.policy.days, self.policy.default_branch_days,
-                                names, [self.policy.repositories[n] for n in names], limit)
+                                names, [self.policy.repositories[n] for n in names], limit,
+                                min(ages))
         return [ExpiredRun(run_id=r["id"], repository=r["repository"], ref=r["ref"],
                            finished_at=r["finished_at"], keep_days=r["keep_days"],
                            bytes=r["bytes"]) for r in rows]

@@ -214,3 +214,17 @@ def test_retention_settings_from_toml_and_environment(tmp_path) -> None:
         with pytest.raises(ConfigError):
             load_config(OrchestratorConfig, section="orchestrator", environ={
                 "SOLSTICE_ORCHESTRATOR__RETENTION_REPOSITORIES": wrong})
+
+
+async def test_zero_keeps_for_ever(aged) -> None:
+    harness, runs = aged
+    names = {v: k for k, v in runs.items()}
+
+    async def expired(policy: RetentionPolicy) -> set[str]:
+        sweeper = RetentionSweeper(harness.orchestrator.db, harness.orchestrator.blobs, policy,
+                                   interval=3600)
+        return {names[r.run_id] for r in await sweeper.expired()}
+
+    assert await expired(RetentionPolicy(0, 0, {})) == set()
+    assert await expired(RetentionPolicy(0, 365, {"acme/long": 400})) == {"long-401"}
+    assert await expired(RetentionPolicy(30, 0, {})) == EXPIRED - {"main-181"} | {"long-300"}
