@@ -30,6 +30,7 @@ from common.messages import EventKind, JobState, Repo, RunRequest
 from orchestrator.backends.base import VM, RunnerBootstrap
 from orchestrator.backends.local import LocalBackend
 from orchestrator.config import OrchestratorConfig
+from orchestrator.logstore import read_log
 from orchestrator.standalone import private_admin, running
 from orchestrator.updates import JobUpdate, StepUpdate
 from protos import runner_pb2, runner_pb2_grpc
@@ -119,8 +120,8 @@ async def stored_stream(args: argparse.Namespace, state: Path,
                 job_id=boot.job_id, outcome=runner_pb2.JOB_SUCCESS, last_log_seq=replay[-1].seq),
                 metadata=metadata)
         await orchestrator.api.wait(run_id)
-        stored = await orchestrator.db.pool.fetchval(
-            "SELECT count(*) FROM log_chunks WHERE job_id = $1", uuid.UUID(boot.job_id))
+        log = await read_log(orchestrator.db, orchestrator.blobs, uuid.UUID(boot.job_id))
+        stored = len(log.chunks) if log is not None else 0
         if stored != len(chunks):
             raise SystemExit(f"stored {stored} chunks of {len(chunks)}")
     return seconds
@@ -160,15 +161,15 @@ async def bench(args: argparse.Namespace, state: Path) -> None:
                     break
         summary = await api.wait(run_id)
         job_id = summary.jobs[0].job_id
-        rows = await orchestrator.db.pool.fetch(
-            "SELECT seq, step_index, stream, ts, data FROM log_chunks WHERE job_id = $1"
-            " ORDER BY seq", job_id)
-    stored_lines = sum(bytes(r["data"]).count(b"\n") for r in rows if r["step_index"] == 0)
+        log = await read_log(orchestrator.db, orchestrator.blobs, job_id)
+        assert log is not None
+        rows = log.chunks
+    stored_lines = sum(r.data.count(b"\n") for r in rows if r.step_index == 0)
     if stored_lines != args.lines:
         raise SystemExit(f"stored {stored_lines} lines of the step, expected {args.lines}")
-    chunks = [runner_pb2.LogChunk(job_id=str(job_id), step_index=r["step_index"], seq=r["seq"],
-                                  stream=r["stream"], timestamp_unix_ms=int(r["ts"].timestamp() * 1000),
-                                  data=bytes(r["data"])) for r in rows]
+    chunks = [runner_pb2.LogChunk(job_id=str(job_id), step_index=r.step_index, seq=r.seq,
+                                  stream=r.stream, timestamp_unix_ms=int(r.ts.timestamp() * 1000),
+                                  data=r.data) for r in rows]
     end_to_end = args.lines / (finished - step_started)
     # The stream comparison sends the chunks `rounds` times (fresh seqs) so that it lasts long
     # enough to measure; a single pass over loopback takes only tens of milliseconds.

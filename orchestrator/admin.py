@@ -30,7 +30,9 @@ from orchestrator.bundle import BundleError, stream_bundle
 from orchestrator.db import Database
 from orchestrator.grants import GrantSigner, grant_link
 from orchestrator.hosts import HostInfo, HostRegistry
+from orchestrator.logarchive import LogGone, LogUnavailable
 from orchestrator.logstore import read_log
+from orchestrator.retention import RetentionSweeper
 from orchestrator.secretadmin import SecretAdmin
 from orchestrator.secretstore import SecretStore
 from protos import admin_pb2, admin_pb2_grpc
@@ -68,6 +70,11 @@ def _job_message(job: JobSummary, pages: str, link: Callable[[str], str],
         earlier_attempts=earlier)
 
 
+async def _abort_log_unavailable(context: grpc.aio.ServicerContext, exc: LogUnavailable) -> None:
+    code = grpc.StatusCode.DATA_LOSS if isinstance(exc, LogGone) else grpc.StatusCode.UNAVAILABLE
+    await context.abort(code, f"{exc.message} ({exc.hint})")
+
+
 def _host_message(host: HostInfo) -> admin_pb2.Host:
     return admin_pb2.Host(name=host.name, capacity=host.capacity, state=host.state,
                           alive=host.alive, active_jobs=host.active_jobs,
@@ -91,7 +98,8 @@ class AdminService(SecretAdmin, admin_pb2_grpc.AdminServicer):
                  artifacts: ArtifactStore | None = None,
                  pages_url: Callable[[], str] = lambda: "",
                  grants: GrantSigner | None = None,
-                 blobs: BlobStore | None = None) -> None:
+                 blobs: BlobStore | None = None,
+                 retention: RetentionSweeper | None = None) -> None:
         self.db = db
         self.secrets = secrets
         self.artifacts = artifacts
@@ -103,6 +111,8 @@ class AdminService(SecretAdmin, admin_pb2_grpc.AdminServicer):
         self.broker = broker
         # Where artifacts' bytes are (ReadArtifact); None in a service without artifacts.
         self.blobs = blobs
+        # The retention sweeper (Prune); None in a service without a blob store.
+        self.retention = retention
         # The web pages' base URL ("" while none are served); asked per call because the
         # pages start after the gRPC server.
         self.pages_url = pages_url
@@ -265,21 +275,28 @@ class AdminService(SecretAdmin, admin_pb2_grpc.AdminServicer):
                        context: grpc.aio.ServicerContext) -> AsyncIterator[admin_pb2.LogLines]:
         kind, found = await self._resolve_any(request.job_id, context)
         if kind == "runs":
-            async for lines in follow_run(self.db, found, follow=request.follow):
-                yield lines
+            try:
+                async for lines in follow_run(self.db, self.blobs, found, follow=request.follow):
+                    yield lines
+            except LogUnavailable as exc:
+                await _abort_log_unavailable(context, exc)
             return
         job_id = found
         attempt, last_seq = None, 0
         while True:
-            current = await read_log(self.db, job_id)
-            if current is not None and current.attempt != attempt:  # a retry starts anew
-                attempt, last_seq = current.attempt, 0
-            piece = await read_log(self.db, job_id, attempt=attempt, after_seq=last_seq)
+            try:
+                current = await read_log(self.db, self.blobs, job_id)
+                if current is not None and current.attempt != attempt:  # a retry starts anew
+                    attempt, last_seq = current.attempt, 0
+                piece = await read_log(self.db, self.blobs, job_id, attempt=attempt,
+                                       after_seq=last_seq)
+            except LogUnavailable as exc:
+                await _abort_log_unavailable(context, exc)
             if piece is None:
                 return
             for chunk in piece.chunks:
-                yield admin_pb2.LogLines(step_index=chunk["step_index"], stream=chunk["stream"],
-                                         data=bytes(chunk["data"]))
+                yield admin_pb2.LogLines(step_index=chunk.step_index, stream=chunk.stream,
+                                         data=chunk.data)
             last_seq = piece.last_seq or last_seq
             if not request.follow or (piece.done and not piece.chunks):
                 return
@@ -435,8 +452,29 @@ class AdminService(SecretAdmin, admin_pb2_grpc.AdminServicer):
         except BlobStoreUnavailable as exc:
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
 
+    async def Prune(self, request: admin_pb2.PruneRequest,
+                    context: grpc.aio.ServicerContext) -> admin_pb2.PruneReply:
+        if self.retention is None:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                "this orchestrator has no blob store, so no retention sweeper")
+        assert self.retention is not None
+        report = await self.retention.sweep(dry_run=request.dry_run)
+        if not report.swept:
+            await context.abort(grpc.StatusCode.ABORTED, "another orchestrator host is sweeping "
+                                "right now; try again when it is done")
+        if not request.dry_run:
+            await audit.record(self.db.pool, actor=actor(), action="prune",
+                               detail=f"{len(report.runs)} runs, {report.bytes} bytes")
+        log.info("retention sweep asked for", extra={
+            "by": actor(), "dry_run": request.dry_run,
+            "runs": len(report.runs), "bytes": report.bytes})
+        return admin_pb2.PruneReply(dry_run=report.dry_run, bytes=report.bytes, runs=[
+            admin_pb2.PrunedRun(run_id=str(r.run_id), repository=r.repository, ref=r.ref,
+                                finished_unix_ms=_ms(r.finished_at), keep_days=r.keep_days,
+                                bytes=r.bytes) for r in report.runs])
 
-async def follow_run(db: Database, run_id: uuid.UUID, *, follow: bool
+
+async def follow_run(db: Database, blobs: BlobStore | None, run_id: uuid.UUID, *, follow: bool
                      ) -> AsyncIterator[admin_pb2.LogLines]:
     """Every job's stored log lines of a run, each with its job key; with `follow`, new lines
     (of new attempts too) until the run ended and nothing more arrived."""
@@ -449,18 +487,18 @@ async def follow_run(db: Database, run_id: uuid.UUID, *, follow: bool
         sent = False
         for job in jobs:
             attempt, last_seq = seen.get(job["id"], (-1, 0))
-            piece = await read_log(db, job["id"])
+            piece = await read_log(db, blobs, job["id"])
             if piece is None:
                 continue
             if piece.attempt != attempt:  # a new attempt starts anew
                 attempt, last_seq = piece.attempt, 0
-            piece = await read_log(db, job["id"], attempt=attempt, after_seq=last_seq)
+            piece = await read_log(db, blobs, job["id"], attempt=attempt, after_seq=last_seq)
             if piece is None:
                 continue
             for chunk in piece.chunks:
                 sent = True
-                yield admin_pb2.LogLines(step_index=chunk["step_index"], stream=chunk["stream"],
-                                         data=bytes(chunk["data"]), job_key=job["key"])
+                yield admin_pb2.LogLines(step_index=chunk.step_index, stream=chunk.stream,
+                                         data=chunk.data, job_key=job["key"])
             seen[job["id"]] = (attempt, piece.last_seq or last_seq)
         if not follow or (run_done and not sent):
             return

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
@@ -42,6 +42,19 @@ def parse_capacity(value: Any) -> dict[str, int]:
             raise ValueError(f"capacity of {label!r} must be at least 1")
         capacity[label] = number
     return capacity
+
+
+def parse_repository_days(value: Any) -> Any:
+    """`"owner/name=DAYS,..."` (the environment's form) as a dict; a TOML table as it is."""
+    if not isinstance(value, str):
+        return value
+    days = {}
+    for part in filter(None, (p.strip() for p in value.split(","))):
+        name, sep, number = part.partition("=")
+        if not sep or "/" not in name:
+            raise ValueError(f"retention entry {part!r} is not OWNER/NAME=DAYS")
+        days[name.strip()] = number.strip()
+    return days
 
 
 class OrchestratorConfig(BaseModel):
@@ -117,6 +130,17 @@ class OrchestratorConfig(BaseModel):
     # gap a chunk may arrive. The first chunk past either fails the job (see rpc.StreamLogs).
     log_quota_bytes: int = Field(default=128 * 1024 * 1024, gt=0)
     log_reorder_window: int = Field(default=1024, ge=1)
+    # How often each host looks for ended jobs' logs still in PostgreSQL to compact into the
+    # blob store (a host compacts the jobs it ends at once; see orchestrator/compaction.py).
+    log_compaction_interval: float = Field(default=60.0, gt=0)
+    # Retention (orchestrator/retention.py): a finished run is deleted, with its jobs, logs
+    # and blobs, this many days after it ended; per repository ("owner/name" = days) instead;
+    # runs of the default branch and of tags are kept at least `retention_days_default_branch`.
+    # 0 keeps for ever. One host sweeps at a time, every `retention_interval` seconds.
+    retention_days: int = Field(default=90, ge=0)
+    retention_days_default_branch: int = Field(default=365, ge=0)
+    retention_repositories: dict[str, Annotated[int, Field(ge=0)]] = Field(default_factory=dict)
+    retention_interval: float = Field(default=3600.0, gt=0)
     log_level: str = "info"
     # The keys sealing stored secrets (files or environment variables, never the database);
     # the last one listed encrypts. See orchestrator/secretstore/keys.py and docs/config.md.
@@ -137,6 +161,12 @@ class OrchestratorConfig(BaseModel):
     @classmethod
     def _secret_keys(cls, value: Any) -> Any:
         return parse_secret_keys(value)
+
+
+    @field_validator("retention_repositories", mode="before")
+    @classmethod
+    def _retention_repositories(cls, value: Any) -> Any:
+        return parse_repository_days(value)
 
     @property
     def advertise_url(self) -> str:

@@ -28,7 +28,9 @@ import asyncpg
 
 from common.errors import SolsticeError
 from common.retry import Backoff, retry_async
+from orchestrator.blobstore import BlobStore
 from orchestrator.db import TRANSIENT_ERRORS, Database
+from orchestrator.logarchive import LogChunk, read_chunks
 
 log = logging.getLogger(__name__)
 
@@ -199,26 +201,27 @@ class LogSlice:
 
     attempt: int
     done: bool  # the job had ended when this was read
-    chunks: list[asyncpg.Record]  # seq, step_index, stream, data; in order
+    chunks: list[LogChunk]  # in order
 
     @property
     def last_seq(self) -> int | None:
-        return self.chunks[-1]["seq"] if self.chunks else None
+        return self.chunks[-1].seq if self.chunks else None
 
 
-async def read_log(db: Database, job_id: uuid.UUID, *, attempt: int | None = None,
-                   after_seq: int = 0) -> LogSlice | None:
+async def read_log(db: Database, blobs: BlobStore | None, job_id: uuid.UUID, *,
+                   attempt: int | None = None, after_seq: int = 0) -> LogSlice | None:
     """The job's chunks after `after_seq` (of `attempt`, default the current one); None if no
-    such job. Readers that follow a log (ciadm, web pages) call this in a loop: the shared
-    Postgres holds every host's logs, so they follow a job wherever it runs."""
-    async with db.pool.acquire() as conn:
+    such job. Every reader of a log (web pages, `ciadm logs`) goes through here: it serves the
+    rows of a running job and the archive of a compacted one alike (`logarchive`), so readers
+    that follow a log in a loop see one sequence across a compaction. `LogUnavailable` when a
+    compacted log cannot be read. The shared Postgres and blob store hold every host's logs,
+    so a reader follows a job wherever it runs."""
+    async with db.pool.acquire() as conn, conn.transaction(isolation="repeatable_read",
+                                                           readonly=True):
         job = await conn.fetchrow(
             "SELECT attempt, finished_at IS NOT NULL AS done FROM jobs WHERE id = $1", job_id)
         if job is None:
             return None
         attempt = job["attempt"] if attempt is None else attempt
-        chunks = await conn.fetch(
-            "SELECT seq, step_index, stream, data FROM log_chunks"
-            " WHERE job_id = $1 AND attempt = $2 AND seq > $3 ORDER BY seq",
-            job_id, attempt, after_seq)
-    return LogSlice(attempt=attempt, done=job["done"], chunks=list(chunks))
+        chunks = await read_chunks(conn, blobs, job_id, attempt, after_seq)
+    return LogSlice(attempt=attempt, done=job["done"], chunks=chunks)

@@ -4,8 +4,8 @@ intake, the outbox relay, the log store and the executor. The same class serves 
 (embedded Postgres, in-process broker) and the multi-host mode (URLs); see `standalone`.
 
 Its long-lived tasks (heartbeat, reaper, LISTEN, outbox relay, label workers, jobs, web
-server) run under `supervisor` (`common.supervise`): `solstice-orchestrator` waits on it and
-exits non-zero when one of them fails."""
+server, log compactor, retention sweeper) run under `supervisor` (`common.supervise`):
+`solstice-orchestrator` waits on it and exits non-zero when one of them fails."""
 from __future__ import annotations
 
 import asyncio
@@ -30,6 +30,7 @@ from orchestrator.artifact_copy import copy_chunk_rows
 from orchestrator.artifacts import ArtifactLimits, ArtifactStore
 from orchestrator.backends.base import VMBackend
 from orchestrator.blobstore import BlobStore, open_blob_store
+from orchestrator.compaction import LogCompactor
 from orchestrator.config import OrchestratorConfig
 from orchestrator.db import Database
 from orchestrator.effects import Effects
@@ -40,6 +41,7 @@ from orchestrator.intake import Intake
 from orchestrator.logstore import LogStore
 from orchestrator.outbox import OutboxRelay
 from orchestrator.reaper import Reaper
+from orchestrator.retention import RetentionPolicy, RetentionSweeper
 from orchestrator.rpc import DatabaseUnavailable, RunnerService
 from orchestrator.secretstore import JobSecrets, SecretStore, StaticSecrets, load_keyring
 from orchestrator.sessions import LogQuota, Sessions
@@ -112,6 +114,7 @@ class Orchestrator:
         self.server: grpc.aio.Server | None = None
         self.admin_server: grpc.aio.Server | None = None
         self.blobs: BlobStore | None = None
+        self.retention: RetentionSweeper | None = None
         self.artifacts: ArtifactStore | None = None
         self.executor: Executor | None = None
         self._runs: Subscription | None = None
@@ -137,6 +140,15 @@ class Orchestrator:
             self.config.blob_store, state_dir=self.config.state_dir,
             multi_host=bool(self.config.database_url and self.config.amqp_url))
         await copy_chunk_rows(self.db, self.blobs)
+        self.retention = RetentionSweeper(self.db, self.blobs, RetentionPolicy(
+            days=self.config.retention_days,
+            default_branch_days=self.config.retention_days_default_branch,
+            repositories=self.config.retention_repositories),
+            interval=self.config.retention_interval)
+        compactor = LogCompactor(self.db, self.blobs, self.logs, self.hub,
+                                 interval=self.config.log_compaction_interval)
+        self._background += [self.supervisor.spawn("log-compactor", compactor.run()),
+                             self.supervisor.spawn("retention-sweeper", self.retention.run())]
         self.artifacts = await ArtifactStore.open(self.db, self.config.host_name, ArtifactLimits(
             file_bytes=self.config.max_artifact_file_bytes,
             job_bytes=self.config.max_artifact_job_bytes,
@@ -203,6 +215,7 @@ class Orchestrator:
             db=self.db, api=self.api, registry=self.registry, tokens=self.admin_tokens,
             secrets=self.secret_store,
             artifacts=self.artifacts, broker=self.broker, blobs=self.blobs,
+            retention=self.retention,
             pages_url=lambda: self.relay.log_url_base, grants=self.grants), self.admin_server)
         try:
             port = self.admin_server.add_insecure_port(self.config.admin_listen)

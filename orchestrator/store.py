@@ -360,6 +360,8 @@ class Store:
             " AND state IN ('failure', 'timed_out') ORDER BY index LIMIT 1", job_id)
         if step is None:
             return None, ""
+        # Rows, never an archive: the attempt is ending in this very transaction, and only an
+        # attempt that has ended is compacted (orchestrator/logarchive.py).
         chunks = await conn.fetch(
             "SELECT data FROM log_chunks WHERE job_id = $1 AND attempt = $2 AND step_index = $3"
             " ORDER BY seq DESC LIMIT $4", job_id, attempt, step["index"], LOG_TAIL_LINES)

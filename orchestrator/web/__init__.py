@@ -47,7 +47,7 @@ def build_app(db: Database, checks: Mapping[str, Check] | None = None, *,
     `signals` (else they poll every `poll` seconds); `extra_routes` (`/metrics`) open, beside
     the badge; artifact downloads from `blobs` and the run's record through `read_artifact`
     (`web_artifacts`)."""
-    pages = Pages(db, urlsplit(public_url or "").path.rstrip("/"))
+    pages = Pages(db, urlsplit(public_url or "").path.rstrip("/"), blobs)
     streams = LiveStreams(db, pages, signals or LiveSignals(), poll=poll)
     gate = [] if policy is None else [Middleware(WebAccess, policy=policy)]
     gated = Starlette(routes=[

@@ -20,6 +20,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 
+from orchestrator.blobstore import BlobStore
 from orchestrator.db import Database
 from orchestrator.logstore import read_log
 from orchestrator.validate import INT32_MAX
@@ -36,15 +37,17 @@ POLL_SECONDS = 1.0
 class JobLogFeed:
     """One job page's stream: what is new since the last look."""
 
-    def __init__(self, db: Database, job_id: uuid.UUID, attempt: int, after: int) -> None:
+    def __init__(self, db: Database, blobs: BlobStore | None, job_id: uuid.UUID, attempt: int,
+                 after: int) -> None:
         self.db = db
+        self.blobs = blobs
         self.job_id = job_id
         self.attempt = attempt
         self.after = after
         self._status: dict[str, Any] | None = None
 
     async def next(self) -> sse.Batch:
-        log = await read_log(self.db, self.job_id, after_seq=self.after)
+        log = await read_log(self.db, self.blobs, self.job_id, after_seq=self.after)
         if log is None:
             return sse.Batch([sse.frame("end", {"state": "deleted", "steps": []})], done=True)
         if log.attempt != self.attempt:
@@ -53,13 +56,13 @@ class JobLogFeed:
             self.attempt = log.attempt  # the job was queued and has just started its first
         batch = sse.Batch()
         for chunk in log.chunks:
-            if not log.done and chunk["seq"] != self.after + 1:
+            if not log.done and chunk.seq != self.after + 1:
                 break  # a gap: the missing chunk is still on its way
-            self.after = chunk["seq"]
+            self.after = chunk.seq
             batch.frames.append(sse.frame("log", {
-                "step": chunk["step_index"],
-                "lines": to_html(bytes(chunk["data"]).decode(errors="replace"))},
-                event_id=chunk["seq"]))
+                "step": chunk.step_index,
+                "lines": to_html(chunk.data.decode(errors="replace"))},
+                event_id=chunk.seq))
         status = await job_status(self.db, self.job_id)
         if log.done and not log.chunks:
             batch.frames.append(sse.frame("end", status))
@@ -94,7 +97,7 @@ class LiveStreams:
         current = await self.db.pool.fetchval("SELECT attempt FROM jobs WHERE id = $1", job_id)
         if current is None:
             return not_found("job")
-        feed = JobLogFeed(self.db, job_id, attempt or current, after)
+        feed = JobLogFeed(self.db, self.pages.blobs, job_id, attempt or current, after)
         return sse.response(self._stream(feed.next, job_id))
 
     async def run_events(self, request: Request) -> Response:

@@ -15,7 +15,9 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, RedirectResponse, Response
 
 from orchestrator.api import RUN_STATES, JobSummary, StepSummary
+from orchestrator.blobstore import BlobStore
 from orchestrator.db import Database
+from orchestrator.logarchive import LogGone, LogUnavailable
 from orchestrator.logstore import read_log
 from orchestrator.validate import INT64_MAX, NO_STEP
 from orchestrator.web import templates as t
@@ -74,11 +76,19 @@ def _trigger(row: RunRow) -> str:
     return html.escape(row.event)
 
 
-class Pages:
-    """The page endpoints over `db`; `base` is the path every link starts with."""
+def log_unavailable(exc: LogUnavailable) -> Response:
+    """A compacted log that cannot be read: gone (410) or its store unreachable (503)."""
+    return PlainTextResponse(f"{exc.message} ({exc.hint})",
+                             status_code=410 if isinstance(exc, LogGone) else 503)
 
-    def __init__(self, db: Database, base: str) -> None:
+
+class Pages:
+    """The page endpoints over `db` (and `blobs`, where compacted logs are); `base` is the
+    path every link starts with."""
+
+    def __init__(self, db: Database, base: str, blobs: BlobStore | None = None) -> None:
         self.db = db
+        self.blobs = blobs
         self.base = html.escape(base)  # escaped once: it goes into attributes as it is
 
     # -- the run list ------------------------------------------------------------------
@@ -214,16 +224,19 @@ class Pages:
             return await prefix_redirect(self.db, request, "jobs", "job_id", "")
         run_id = await self.db.pool.fetchval("SELECT run_id FROM jobs WHERE id = $1", job_id)
         detail = await run_detail(self.db, run_id) if run_id else None
-        log = await read_log(self.db, job_id)
+        try:
+            log = await read_log(self.db, self.blobs, job_id)
+        except LogUnavailable as exc:
+            return log_unavailable(exc)
         if detail is None or log is None:
             return not_found("job")
         job = next(j for j in detail.summary.jobs if j.job_id == job_id)
         bodies: dict[int, list[str]] = {NO_STEP: []} | {s.index: [] for s in job.steps}
         line = 0
         for chunk in log.chunks:
-            for text in to_html(bytes(chunk["data"]).decode(errors="replace")):
+            for text in to_html(chunk.data.decode(errors="replace")):
                 line += 1
-                bodies.setdefault(chunk["step_index"], []).append(
+                bodies.setdefault(chunk.step_index, []).append(
                     f"<div class='line' id='L{line}'><a class='n' href='#L{line}'>{line}</a>"
                     f"<span class='t'>{text}</span></div>")
         steps = {s.index: s for s in job.steps}
@@ -280,10 +293,13 @@ class Pages:
         if not 0 <= after <= INT64_MAX:
             return PlainTextResponse(f"`after` must be a whole number from 0 to {INT64_MAX}",
                                      status_code=400)
-        log = await read_log(self.db, job_id, after_seq=after)
+        try:
+            log = await read_log(self.db, self.blobs, job_id, after_seq=after)
+        except LogUnavailable as exc:
+            return log_unavailable(exc)
         if log is None:
             return not_found("job")
-        body = b"".join(bytes(c["data"]) for c in log.chunks)
+        body = b"".join(c.data for c in log.chunks)
         return Response(body, media_type="text/plain; charset=utf-8", headers={
             "X-Solstice-Last-Seq": str(log.last_seq or after),
             "X-Solstice-Done": "1" if log.done else "0",

@@ -29,6 +29,7 @@ from orchestrator.service import Orchestrator
 from orchestrator.standalone import private_admin, running
 from orchestrator.updates import StepUpdate
 from tests.fakes.illumos.fixtures import CLONE_PARENT, IMAGE, LINK, FakeIllumos
+from tests.joblog import stored_log
 
 pytestmark = pytest.mark.slow
 
@@ -75,9 +76,7 @@ class Harness:
         return await self.orchestrator.api.wait(await self.orchestrator.api.submit(self.request(workflow)))
 
     async def logs(self, job_id: uuid.UUID) -> bytes:
-        rows = await self.orchestrator.db.pool.fetch(
-            "SELECT data FROM log_chunks WHERE job_id = $1 ORDER BY attempt, seq", job_id)
-        return b"".join(bytes(r["data"]) for r in rows)
+        return await stored_log(self.orchestrator, job_id)
 
 
 Factory = Callable[..., Awaitable[Harness]]

@@ -22,6 +22,7 @@ from orchestrator.config import OrchestratorConfig
 from orchestrator.service import Orchestrator
 from orchestrator.standalone import running
 from orchestrator.updates import StepUpdate
+from tests.joblog import stored_log
 
 # The admin token of every test orchestrator (unless a test overrides admin_token).
 ADMIN_TOKEN = "test-admin-token-0123456789"
@@ -74,9 +75,7 @@ class Harness:
         raise AssertionError("watch ended")
 
     async def logs(self, job_id: uuid.UUID) -> bytes:
-        rows = await self.orchestrator.db.pool.fetch(
-            "SELECT data FROM log_chunks WHERE job_id = $1 ORDER BY attempt, seq", job_id)
-        return b"".join(bytes(r["data"]) for r in rows)
+        return await stored_log(self.orchestrator, job_id)
 
 
 Factory = Callable[..., Awaitable[Harness]]

@@ -5,6 +5,7 @@ import os
 import signal
 
 from common.messages import JobState
+from tests.joblog import stored_chunks
 from tests.orchestrator.conftest import Harness
 
 ONE_JOB = '''
@@ -174,11 +175,7 @@ workflow {
 }''')
     [j] = summary.jobs
     assert j.state == JobState.SUCCESS
-    rows = await harness.orchestrator.db.pool.fetch(
-        "SELECT seq, data FROM log_chunks WHERE job_id = $1 AND step_index = 0 AND stream = 1"
-        " ORDER BY seq", j.job_id)
-    data = b"".join(bytes(r["data"]) for r in rows)
+    chunks = await stored_chunks(harness.orchestrator, j.job_id)
+    data = b"".join(c.data for c in chunks if c.step_index == 0 and c.stream == 1)
     assert data == b"".join(b"%d\n" % i for i in range(1, 100001))
-    seqs = [r["seq"] for r in await harness.orchestrator.db.pool.fetch(
-        "SELECT seq FROM log_chunks WHERE job_id = $1 ORDER BY seq", j.job_id)]
-    assert seqs == list(range(1, len(seqs) + 1))
+    assert [c.seq for c in chunks] == list(range(1, len(chunks) + 1))

@@ -34,6 +34,7 @@ from orchestrator.config import OrchestratorConfig
 from orchestrator.service import Orchestrator
 from orchestrator.standalone import private_admin, running
 from protos import runner_pb2, runner_pb2_grpc
+from tests.joblog import stored_log
 from tests.orchestrator.conftest import run_request
 from workflow_runner import artifacts as runner_artifacts
 from workflow_runner.client import RunnerClient
@@ -102,10 +103,13 @@ class Runner:
         return b"".join([piece async for piece in self.orchestrator.blobs.read(record.store_key)])
 
     async def blobs(self) -> list[tuple[str, int]]:
-        """What the blob store holds (keys relative to the attempt's prefix, sizes)."""
+        """What the blob store holds but the run's compacted logs (keys relative to the
+        attempt's prefix, sizes)."""
         prefix = attempt_prefix(uuid.UUID(self.run_id), "j", self.attempt)
+        logs = f"runs/{self.run_id}/logs/"
         return [(info.key.removeprefix(prefix), info.size)
-                for info in await self.orchestrator.blobs.list("runs/")]
+                for info in await self.orchestrator.blobs.list("runs/")
+                if not info.key.startswith(logs)]
 
     async def paths(self) -> list[str]:
         rows = await self.orchestrator.db.pool.fetch(
@@ -394,9 +398,7 @@ async def test_the_real_runner_skips_hostile_names_and_reports_a_refusal_in_the_
         _, stderr = await runner.communicate()
     assert runner.returncode == 0, stderr.decode()
     [job] = (await orchestrator.api.wait(run_id)).jobs
-    rows = await orchestrator.db.pool.fetch(
-        "SELECT data FROM log_chunks WHERE job_id = $1 ORDER BY seq", job.job_id)
-    log = b"".join(bytes(r["data"]) for r in rows).decode()
+    log = (await stored_log(orchestrator, job.job_id)).decode()
     assert job.state == JobState.FAILURE, (job.message, log)
     assert "artifact upload refused: RESOURCE_EXHAUSTED" in job.message
     assert "artifact 'out/big.bin' goes past the limit of 1048576 bytes" in log
@@ -439,9 +441,7 @@ async def test_a_runner_ignoring_a_cap_refusal_still_fails_its_job(start_runner:
     [job] = (await runner.orchestrator.api.wait(uuid.UUID(runner.run_id))).jobs
     assert job.state == JobState.FAILURE
     assert job.message.startswith("artifact 'too-big' goes past the limit of 1048576 bytes")
-    rows = await runner.orchestrator.db.pool.fetch(
-        "SELECT data FROM log_chunks WHERE job_id = $1 ORDER BY seq", job.job_id)
-    assert b"".join(bytes(r["data"]) for r in rows).decode() == (
+    assert (await stored_log(runner.orchestrator, job.job_id)).decode() == (
         "solstice: artifact 'too-big' goes past the limit of 1048576 bytes of artifacts per "
         "job; the job fails\n")
     assert await runner.paths() == [] and await runner.blobs() == []

@@ -25,6 +25,7 @@ from common.masking import MIN_SECRET_LENGTH, SecretMasker, secret_pieces
 from common.messages import JobState
 from orchestrator.updates import LogUpdate
 from protos import runner_pb2
+from tests.joblog import stored_chunks
 from workflow_runner.artifact_scan import holds_secret
 
 SPECIALS = "'\"\\ \t\n\r{}[]().+?^$|/:%=&#~!`;<>,@\x01\x1b\x7f"
@@ -330,7 +331,6 @@ async def test_every_form_is_masked_end_to_end(orchestrator_factory) -> None:
     # Split between stdout and stderr: neither stream holds the value whole.
     split = next(j for j in summary.jobs if j.key == "split")
     for stream in (runner_pb2.STDOUT, runner_pb2.STDERR):
-        rows = await harness.orchestrator.db.pool.fetch(
-            "SELECT data FROM log_chunks WHERE job_id = $1 AND stream = $2", split.job_id, stream)
-        output = b"".join(bytes(r["data"]) for r in rows)
+        output = b"".join(c.data for c in await stored_chunks(harness.orchestrator, split.job_id)
+                          if c.stream == stream)
         assert output and raw not in output

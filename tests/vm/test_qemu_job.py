@@ -26,6 +26,7 @@ from orchestrator.config import OrchestratorConfig
 from orchestrator.service import Orchestrator
 from orchestrator.standalone import private_admin, running
 from orchestrator.updates import StepUpdate
+from tests.joblog import stored_log
 
 # The first run builds the golden image too (a few minutes, more on a busy host).
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
@@ -130,9 +131,7 @@ workflow {
     assert job.state == JobState.SUCCESS, job.message
     assert [(s.name, s.state, s.exit_code) for s in job.steps] == [
         ("where", "success", 0), ("python", "success", 0)]
-    rows = await orch.db.pool.fetch(
-        "SELECT data FROM log_chunks WHERE job_id = $1 ORDER BY attempt, seq", job.job_id)
-    logs = b"".join(bytes(r["data"]) for r in rows)
+    logs = await stored_log(orch, job.job_id)
     assert b"hello from Linux 12." in logs
     assert b"hello from the repository\n" in logs
     assert b"python 3\n" in logs
