@@ -35,6 +35,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from common.broker import Broker, BrokerError, Delivery, Subscription
+from common.forge.credentials import credential_route
 from common.forge.deliveries import DeliveryLog
 from common.forge.errors import ForgeApiError, WebhookRejected
 from common.forge.identity import RepositoryIdentity, repository_identity
@@ -48,6 +49,7 @@ from common.observability import tracer
 from common.postgres import DATABASE_ERRORS
 from common.supervise import Supervisor
 from forge_integration.api import ForgejoApi
+from forge_integration.checkout import ConfiguredTokens
 from forge_integration.config import ForgeIntegrationConfig, ForgeKind
 from forge_integration.events import Ignored, classify
 from forge_integration.statuses import (
@@ -121,6 +123,8 @@ class ForgeIntegration:
         routes = [Route(f"/webhooks/{forge}", self._webhook_endpoint(forge), methods=["POST"])
                   for forge in self.config.sites]
         routes.append(Route("/runs", self.manual_run, methods=["POST"]))
+        routes.append(credential_route(self.config.internal_token,
+                                       ConfiguredTokens(self.config).issue))
         return webhook_app(routes, lifespan=self._lifespan, checks={
             "database": database_check(self.pool), "broker": broker_check(self.broker),
             "tasks": self.supervisor.ready})

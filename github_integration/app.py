@@ -19,12 +19,13 @@ Answers, in the order they are decided:
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from common.broker.base import BrokerError
 from common.forge.deliveries import DeliveryLog
@@ -101,6 +102,9 @@ class GitHubWebhook:
             self._auth.invalidate(installation["id"])
 
 
-def create_app(handler: GitHubWebhook, **kwargs: Any) -> Starlette:
-    """The Starlette application serving `handler`; `kwargs` go to `webhook_app` (lifespan)."""
-    return webhook_app([Route("/webhooks/github", handler.handle, methods=["POST"])], **kwargs)
+def create_app(handler: GitHubWebhook, *, extra_routes: Sequence[BaseRoute] = (),
+               **kwargs: Any) -> Starlette:
+    """The Starlette application serving `handler` and `extra_routes`; `kwargs` go to
+    `webhook_app` (lifespan)."""
+    return webhook_app([Route("/webhooks/github", handler.handle, methods=["POST"]),
+                        *extra_routes], **kwargs)

@@ -59,6 +59,9 @@ class GitHubIntegrationConfig(BaseModel):
     max_body_bytes: int = Field(MAX_BODY, gt=0)
     body_timeout: float = Field(BODY_TIMEOUT, gt=0)
     repos: dict[str, RepoSettings] = Field(default_factory=dict)
+    # The bearer token orchestrators present to ask for checkout credentials
+    # (common/forge/credentials.py); unset: none are served.
+    internal_token: SecretStr | None = None
     log_level: str = "info"
     # What one workflow file may cost to validate and plan (docs/config.md).
     workflow_limits: Limits = Field(default_factory=Limits)

@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from starlette.applications import Starlette
 
 from common.broker import Broker, Subscription
+from common.forge.credentials import credential_route
 from common.forge.deliveries import DeliveryLog
 from common.forge.outbox import Outbox, OutboxWorker
 from common.health import broker_check, database_check
@@ -25,6 +26,7 @@ from common.supervise import Supervisor
 from github_integration.api import GitHubApi
 from github_integration.app import GitHubWebhook, create_app
 from github_integration.auth import AppAuth
+from github_integration.checkout import CheckoutTokens
 from github_integration.config import GitHubIntegrationConfig
 from github_integration.feedback import TARGET, CheckRunOutbox, CheckRunSender, JobEventFeed
 from github_integration.intake import Intake
@@ -84,6 +86,7 @@ class GitHubIntegration:
             finally:
                 await self.stop()
 
-        return create_app(self.webhook, lifespan=lifespan, checks={
+        return create_app(self.webhook, lifespan=lifespan, extra_routes=[credential_route(
+            self.config.internal_token, CheckoutTokens(self.api).issue)], checks={
             "database": database_check(self.pool), "broker": broker_check(self._broker),
             "tasks": self.supervisor.ready})

@@ -38,6 +38,7 @@ from orchestrator.backends.base import (
     VMBackend,
     VMSpec,
 )
+from orchestrator.checkout_credentials import CheckoutCredentials, CredentialUnavailable
 from orchestrator.config import OrchestratorConfig
 from orchestrator.db import TRANSIENT_ERRORS
 from orchestrator.effects import Effects
@@ -135,7 +136,7 @@ class Executor:
     def __init__(self, *, config: OrchestratorConfig, store: Store, broker: Broker,
                  backend: VMBackend, sessions: Sessions, effects: Effects,
                  secrets: Mapping[str, str], advertise_url: str,
-                 supervisor: Supervisor) -> None:
+                 supervisor: Supervisor, credentials: CheckoutCredentials | None = None) -> None:
         self.config = config
         self.store = store
         self.broker = broker
@@ -143,6 +144,7 @@ class Executor:
         self.sessions = sessions
         self.effects = effects
         self.secrets = secrets
+        self.credentials = credentials
         self.advertise_url = advertise_url
         self.supervisor = supervisor
         self.prefix = host_prefix(config.host_name)
@@ -230,6 +232,8 @@ class Executor:
             try:
                 if problem is not None:
                     outcome = (JobState.FAILURE, problem)
+                elif (refused := await self._checkout_credential(lease, session, token)):
+                    outcome = (JobState.ERROR, refused)
                 else:
                     resources = lease.spec.get("resources", {})
                     spec = VMSpec(
@@ -257,6 +261,22 @@ class Executor:
                 outcome = (JobState.ERROR, f"orchestrator fault: {exc}")
             finally:
                 await asyncio.shield(self._end(lease, session, name, vm, outcome))
+
+    async def _checkout_credential(self, lease: Lease, session: JobSession,
+                                   token: str) -> str | None:
+        """Put the job's checkout credential, if its forge gives one, into its session and its
+        masker; the reason the job cannot start when it cannot be had."""
+        if self.credentials is None or session.preloaded:
+            return None
+        try:
+            credential = await self.credentials.for_job(lease.repo, lease.job_id)
+        except CredentialUnavailable as exc:
+            return f"infrastructure fault: {exc}"
+        if credential is not None:
+            session.checkout = credential
+            session.masker = SecretMasker([*session.secrets.values(), credential.password],
+                                          verbatim=[token])
+        return None
 
     async def _end(self, lease: Lease, session: JobSession, name: str, vm: VM | None,
                    outcome: Outcome | None) -> None:

@@ -18,17 +18,19 @@ from common.broker import Broker, Delivery, Subscription
 from common.errors import ConfigError
 from common.health import broker_check, database_check
 from common.http import BackgroundServer
-from common.messages import RunRequest, decode
+from common.messages import RunApproval, decode_run_queue
 from common.supervise import Supervisor
 from orchestrator.admin import AdminService
 from orchestrator.adminauth import AdminTokenRequired, resolve_access, warn_about
 from orchestrator.api import OrchestratorAPI
 from orchestrator.artifacts import ArtifactLimits, ArtifactStore
 from orchestrator.backends.base import VMBackend
+from orchestrator.checkout_credentials import CheckoutCredentials
 from orchestrator.config import OrchestratorConfig
 from orchestrator.db import Database
 from orchestrator.effects import Effects
 from orchestrator.executor import Executor, host_prefix
+from orchestrator.forge_approvals import apply_approval
 from orchestrator.hosts import HostRegistry
 from orchestrator.intake import Intake
 from orchestrator.logstore import LogStore
@@ -100,6 +102,7 @@ class Orchestrator:
         self.grpc_url = ""
         self.admin_url = ""
         self.web: BackgroundServer | None = None
+        self.credentials: CheckoutCredentials | None = None
 
     async def start(self) -> None:
         # Hold the host name and clear up after a previous life before taking any job.
@@ -141,10 +144,13 @@ class Orchestrator:
             await self.web.start(self.supervisor)
             self.relay.log_url_base = self.config.public_url or self.web.url
         self.relay.start(self.supervisor)
+        if self.config.checkout_credentials:
+            self.credentials = CheckoutCredentials(self.config.checkout_credentials)
         self.executor = Executor(config=self.config, store=self.store, broker=self.broker,
                                  backend=self.backend, sessions=self.sessions,
                                  effects=self.effects, secrets=self.secrets,
-                                 advertise_url=self.grpc_url, supervisor=self.supervisor)
+                                 advertise_url=self.grpc_url, supervisor=self.supervisor,
+                                 credentials=self.credentials)
         await self.executor.start()
         self._runs = await self.broker.consume_runs(self._on_run)
         log.info("orchestrator started", extra={"host": self.config.host_name,
@@ -173,8 +179,11 @@ class Orchestrator:
         self.admin_url = advertised(self.config.admin_listen, port, None)
 
     async def _on_run(self, delivery: Delivery) -> None:
-        request = decode(delivery.body, RunRequest)
-        await self.intake.accept(request)
+        message = decode_run_queue(delivery.body)
+        if isinstance(message, RunApproval):
+            await apply_approval(self.db, self.api, message)
+        else:
+            await self.intake.accept(message)
         await delivery.ack()
 
     def _fenced(self) -> None:
@@ -213,6 +222,8 @@ class Orchestrator:
         if self.artifacts is not None:
             await self.artifacts.close()
         await self.logs.close()
+        if self.credentials is not None:
+            await self.credentials.aclose()
         await self.backend.close()
         await self.supervisor.close()
         log.info("orchestrator stopped", extra={"host": self.config.host_name})

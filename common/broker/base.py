@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from common.errors import SolsticeError
-from common.messages import JobEvent, JobRequest, MessageError, RunRequest
+from common.messages import JobEvent, JobRequest, MessageError, RunApproval, RunRequest
 
 REASON_HEADER = "x-solstice-reason"
 # The queue a dead-lettered message came from.
@@ -152,7 +152,7 @@ class Broker(abc.ABC):
         """Connected now (False while closed or reconnecting): for readiness checks."""
 
     @abc.abstractmethod
-    async def publish_run(self, request: RunRequest) -> None:
+    async def publish_run(self, request: RunRequest | RunApproval) -> None:
         """Returns once the broker holds the message durably; raises `BrokerError` if not."""
 
     @abc.abstractmethod
