@@ -34,7 +34,7 @@ _STATES: dict[JobState, tuple[str, str]] = {
     JobState.QUEUED: ("pending", "queued"),
     JobState.PROVISIONING: ("pending", "starting a VM"),
     JobState.RUNNING: ("pending", "running"),
-    JobState.AWAITING_APPROVAL: ("pending", "waiting for approval (ciadm approve)"),
+    JobState.AWAITING_APPROVAL: ("pending", "waiting for a maintainer: comment /solstice approve"),
     JobState.SUCCESS: ("success", "passed"),
     JobState.SKIPPED: ("success", "skipped"),
     JobState.FAILURE: ("failure", "failed"),

@@ -58,7 +58,8 @@ class GitHubIntegration:
             intake=Intake(self.api, broker, self.check_runs, approval_for=config.approval_for,
                           workflow_path=config.workflow_path,
                           workflow_limits=config.workflow_limits),
-            deliveries=DeliveryLog(pool), auth=self.auth, limits=config.body_limits)
+            deliveries=DeliveryLog(pool), auth=self.auth, limits=config.body_limits,
+            approvals=self.api, broker=broker)
         self._subscription: Subscription | None = None
         self._worker_task: asyncio.Task[None] | None = None
 

@@ -9,7 +9,8 @@ It implements the endpoints the integration uses, with GitHub's documented rules
   installation has no repository of gets 422, as on GitHub;
 - repository endpoints need a live installation token of the installation owning the repo
   (and, for a scoped token, naming it);
-- `POST`/`PATCH .../check-runs` validate the body: documented fields only, `status` and
+- `POST`/`PATCH .../check-runs` validate the body: documented fields only, `actions` (at most
+  3; label, description, identifier of at most 20, 40, 20 characters), `status` and
   `conclusion` values, `conclusion` required with `status: completed` or `completed_at`,
   `output.title`/`summary` required, summary and text at most 65,535 characters, at most 50
   annotations per request, each annotation's required fields and levels. PATCH appends
@@ -180,6 +181,20 @@ def _validate_annotation(index: int, annotation: Any) -> None:
             raise Invalid(f"{where}.{name} is longer than {TEXT_LIMIT} characters")
 
 
+def _validate_actions(actions: Any) -> None:
+    """GitHub's rules for requested actions: at most 3, each label <= 20 characters,
+    description <= 40, identifier <= 20, all three required."""
+    if not isinstance(actions, list) or len(actions) > 3:
+        raise Invalid("actions must be an array of at most 3 objects")
+    for index, action in enumerate(actions):
+        if not isinstance(action, dict) or set(action) != {"label", "description", "identifier"}:
+            raise Invalid(f"actions[{index}] needs exactly label, description and identifier")
+        for name, limit in (("label", 20), ("description", 40), ("identifier", 20)):
+            value = action[name]
+            if not isinstance(value, str) or not value or len(value) > limit:
+                raise Invalid(f"actions[{index}].{name} must be 1 to {limit} characters")
+
+
 def validate_check_run_body(body: Any, *, create: bool) -> None:
     """Raise `Invalid` for a body GitHub's check-runs endpoints would refuse."""
     if not isinstance(body, dict):
@@ -205,6 +220,8 @@ def validate_check_run_body(body: Any, *, create: bool) -> None:
             raise Invalid(f"{name} must be a string")
     if "details_url" in body and not body["details_url"].startswith(("http://", "https://")):
         raise Invalid("details_url must be an http(s) URL")
+    if "actions" in body:
+        _validate_actions(body["actions"])
     if "output" in body:
         output = body["output"]
         if not isinstance(output, dict):
