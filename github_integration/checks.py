@@ -178,11 +178,11 @@ def check_run_requests(event: JobEvent, *, create: bool) -> CheckRunRequests:
     if event.log_url:
         body["details_url"] = event.log_url
     conclusion = CONCLUSIONS.get(event.state)
+    if event.state is JobState.AWAITING_APPROVAL:
+        body["actions"] = [APPROVE_ACTION]
     if conclusion:
         body |= {"status": "completed", "conclusion": conclusion,
                  "completed_at": _timestamp(event)}
-    if event.state is JobState.AWAITING_APPROVAL:
-        body["actions"] = [APPROVE_ACTION]
     elif event.state is JobState.QUEUED:
         body["status"] = "queued"
     else:
