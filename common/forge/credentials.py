@@ -11,7 +11,8 @@ integration of the job's forge, over HTTP, for a credential for that one reposit
 answered 200 with a `CheckoutCredential` (`username`, `password`, `expires_at` or null), 204
 when the integration has no credential for that repository (it is cloned without one), 401 for
 a missing or wrong bearer token, 404 when the endpoint is disabled (no `internal_token`), 400
-for a body that is not a `CredentialRequest`, 503 when the forge could not mint one. The
+for a body that is not a `CredentialRequest` or a repository the forge refuses a credential
+for (e.g. one the GitHub App is not installed on), 503 when the forge could not be reached. The
 credential never crosses the broker: it goes integration -> orchestrator in this answer, then
 orchestrator -> runner inside `GetJob`.
 """
@@ -61,8 +62,8 @@ Issuer = Callable[[CredentialRequest], Awaitable[CheckoutCredential | None]]
 def credential_route(token: SecretStr | None, issue: Issuer) -> Route:
     """The `POST /internal/checkout-credential` route, answering with what `issue` returns.
 
-    `issue` raises `ForgeApiError` when the forge refuses or cannot be reached (503), or
-    `WebhookRejected` for a request it cannot serve (its status)."""
+    `issue` raises `ForgeApiError` when the forge refuses (400) or cannot be reached (503,
+    retryable), or `WebhookRejected` for a request it cannot serve (its status)."""
     expected = token.get_secret_value().encode() if token is not None else b""
 
     async def endpoint(request: Request) -> Response:
@@ -86,7 +87,7 @@ def credential_route(token: SecretStr | None, issue: Issuer) -> Route:
         try:
             credential = await issue(asked)
         except ForgeApiError as exc:
-            raise WebhookRejected(503, f"no checkout credential for {asked.repo.full_name}: "
+            raise WebhookRejected(503 if exc.retryable else 400, f"no checkout credential for {asked.repo.full_name}: "
                                        f"{exc.message}", hint=exc.hint) from exc
         log.info("checkout credential issued" if credential else "no checkout credential needed",
                  extra={"repo": asked.repo.full_name, "job_id": str(asked.job_id)})
