@@ -10,6 +10,7 @@ webhook_secret = "..."          # global; a site's or a repository's secret repl
 manual_token = "..."            # bearer token of POST /runs; no token: manual runs disabled
 max_body_bytes = 26214400       # larger webhook bodies are refused with 413
 body_timeout = 10.0             # seconds to receive a body; slower ones are answered 408
+internal_token = "..."          # orchestrators' bearer for checkout credentials
 
 [forge_integration.sites.forgejo]   # one table per forge kind served: forgejo, gitea
 url = "https://codeberg.org"
@@ -18,7 +19,7 @@ checkout_token = "..."          # read token jobs clone private repositories wit
 
 [forge_integration.repos."acme/app"]
 webhook_secret = "..."
-approval_for_untrusted = true   # untrusted pull requests wait for `ciadm approve RUN`
+approval_for_untrusted = true   # untrusted pull requests wait for `/solstice approve` (or `ciadm approve`)
 ```
 Environment: `SOLSTICE_FORGE_INTEGRATION__SITES__FORGEJO__TOKEN=...`.
 """

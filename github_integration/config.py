@@ -13,9 +13,10 @@ api_url = "https://api.github.com"                  # GitHub Enterprise: https:/
 approval_for_untrusted = false
 max_body_bytes = 26214400                           # larger webhook bodies are refused with 413
 body_timeout = 10.0                                 # seconds to receive a body, else 408
+internal_token = "..."                              # orchestrators' bearer for checkout tokens
 
 [github_integration.repos."acme/app"]
-approval_for_untrusted = true   # untrusted pull requests wait for `ciadm approve RUN`
+approval_for_untrusted = true   # untrusted pull requests wait for `/solstice approve` (or `ciadm approve`)
 ```
 Environment: `SOLSTICE_GITHUB_INTEGRATION__WEBHOOK_SECRET=...`.
 """
