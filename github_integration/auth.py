@@ -133,12 +133,12 @@ class AppAuth:
             status=422, retryable=False,
             hint="the webhook names an installation that does not cover its repository")
         name = repository.rpartition("/")[2]
-        body: dict[str, object] = {"repositories": [name]}
+        asked: dict[str, object] = {"repositories": [name]}
         if permissions is not None:
-            body["permissions"] = permissions
+            asked["permissions"] = permissions
         try:
             response = await self._http.post(f"/app/installations/{installation_id}/access_tokens",
-                                             headers=self.app_headers(), json=body)
+                                             headers=self.app_headers(), json=asked)
         except httpx.TransportError as exc:
             raise GitHubApiError.unreachable(FORGE, what, exc) from exc
         if response.status_code == 422:  # GitHub: a repository the installation cannot access
