@@ -31,6 +31,7 @@ from forge_integration.config import ForgeIntegrationConfig, Site
 from forge_integration.main import clients_for
 from github_integration.api import make_http_client
 from github_integration.config import GitHubIntegrationConfig
+from github_integration.db import open_database
 from github_integration.service import GitHubIntegration
 from tests.fakes.forgejo_api import FakeForgejo
 from tests.fakes.github_api import FakeGitHub
@@ -184,7 +185,7 @@ async def test_github_private_repository_cloned_with_a_per_job_installation_toke
             app_id=1, private_key_path=pem, webhook_secret=SecretStr(WEBHOOK_SECRET),
             api_url=fake.url, amqp_url=amqp_url, broker_prefix=broker_prefix,
             internal_token=SecretStr(INTERNAL))
-        pool: asyncpg.Pool = await open_pool(pg_dsn, min_size=1, max_size=4)
+        pool: asyncpg.Pool = await open_database(pg_dsn, min_size=1, max_size=4)
         http_client = make_http_client(fake.url, timeout=2.0)
         try:
             async with Cluster(pg_dsn, amqp_url, broker_prefix, tmp_path / "cluster") as cluster:
