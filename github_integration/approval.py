@@ -15,50 +15,32 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
-
 from common.forge.approval import ApprovalAsked
 from common.forge.commands import parse_command
 from common.forge.errors import WebhookRejected
 from common.forge.identity import RepositoryIdentity
-from common.messages import Repo
 from github_integration.checks import APPROVE_IDENTIFIER
-from github_integration.events import Ignored, parse_external_id
+from github_integration.events import (
+    Ignored,
+    _Account,
+    _CheckRun,
+    _Delivery,
+    _Model,
+    _parse,
+    _repo,
+    parse_external_id,
+)
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True)
-
-
-class _Account(_Model):
-    login: str
-
-
-class _Repository(_Model):
-    clone_url: str
-    default_branch: str = "main"
-
-
-class _Installation(_Model):
-    id: int
-
-
-class _Delivery(_Model):
-    repository: _Repository
-    installation: _Installation | None = None
+class _Sent(_Delivery):
     sender: _Account
-
-
-class _CheckRun(_Model):
-    name: str
-    external_id: str | None = None
 
 
 class _RequestedAction(_Model):
     identifier: str
 
 
-class _ButtonPressed(_Delivery):
+class _ButtonPressed(_Sent):
     check_run: _CheckRun
     requested_action: _RequestedAction
 
@@ -74,25 +56,9 @@ class _Issue(_Model):
     pull_request: dict[str, Any] | None = None
 
 
-class _IssueComment(_Delivery):
+class _IssueComment(_Sent):
     issue: _Issue
     comment: _Comment
-
-
-def _parse(model: type[_Model], event: str, payload: dict[str, Any]) -> Any:
-    try:
-        return model.model_validate(payload)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "body"
-        raise WebhookRejected(400, f"malformed {event} payload: {where}: {first['msg']}") from exc
-
-
-def _repo(delivery: _Delivery, identity: RepositoryIdentity, api_url: str) -> Repo:
-    return Repo(forge="github", owner=identity.owner, name=identity.name,
-                clone_url=delivery.repository.clone_url,
-                default_branch=delivery.repository.default_branch, api_url=api_url,
-                installation_id=delivery.installation.id if delivery.installation else None)
 
 
 def approval_asked(event: str, payload: Any, delivery_id: str, *,

@@ -14,8 +14,6 @@ from pathlib import Path
 import asyncpg
 import httpx
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 from pydantic import SecretStr
 
 from common.forge.signature import GITHUB_PREFIX, sign
@@ -24,7 +22,7 @@ from github_integration.api import make_http_client
 from github_integration.config import GitHubIntegrationConfig, RepoSettings
 from github_integration.db import open_database
 from github_integration.service import GitHubIntegration
-from tests.e2e.test_private_checkout import make_private_repo
+from tests.e2e.test_private_checkout import app_key_file, make_private_repo
 from tests.fakes.github_api import CheckRun, FakeGitHub
 from tests.fixtures import FIXTURES
 from tests.multihost.cluster import Cluster
@@ -48,11 +46,7 @@ async def until(condition: Callable[[], object], timeout: float = 60) -> None:
 
 async def test_maintainer_presses_approve_and_run(pg_dsn: str, amqp_url: str, broker_prefix: str,
                                                   tmp_path: Path) -> None:
-    app_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = tmp_path / "app.pem"
-    pem.write_bytes(app_key.private_bytes(serialization.Encoding.PEM,
-                                          serialization.PrivateFormat.PKCS8,
-                                          serialization.NoEncryption()))
+    app_key, pem = app_key_file(tmp_path)
     async with FakeGitHub(1, app_key.public_key(), git_root=tmp_path / "git") as fake:
         sha = make_private_repo(tmp_path / "git", "acme", "app", WORKFLOW)
         fake.add_repo("acme", "app", installation_ids={1}, branches={"main": sha},

@@ -77,22 +77,28 @@ def make_private_repo(git_root: Path, owner: str, name: str, source: str) -> str
     return git(work, "rev-parse", "HEAD").stdout.strip()
 
 
-async def finished_job(cluster: Cluster, timeout: float = 90) -> dict[str, object]:
+async def successful_job_log(cluster: Cluster, timeout: float = 90) -> bytes:
+    """The stored log of the cluster's one job, once it ended; fails unless it succeeded."""
     assert cluster.db is not None
     async with asyncio.timeout(timeout):
-        while True:
-            row = await cluster.db.fetchrow(
-                "SELECT id, state, message FROM jobs WHERE finished_at IS NOT NULL")
-            if row is not None:
-                return dict(row)
+        while (job := await cluster.db.fetchrow(
+                "SELECT id, state, message FROM jobs WHERE finished_at IS NOT NULL")) is None:
             await asyncio.sleep(0.2)
-
-
-async def stored_log(cluster: Cluster, job_id: object) -> bytes:
-    assert cluster.db is not None
     rows = await cluster.db.fetch("SELECT data FROM log_chunks WHERE job_id = $1 ORDER BY seq",
-                                  job_id)
-    return b"".join(r["data"] for r in rows)
+                                  job["id"])
+    log = b"".join(r["data"] for r in rows)
+    assert job["state"] == "success", (dict(job), log.decode(errors="replace"), cluster.tail("h1"))
+    return log
+
+
+def app_key_file(tmp_path: Path) -> tuple[rsa.RSAPrivateKey, Path]:
+    """A fresh GitHub App key and its PEM file."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = tmp_path / "app.pem"
+    pem.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                      serialization.PrivateFormat.PKCS8,
+                                      serialization.NoEncryption()))
+    return key, pem
 
 
 async def assert_anonymous_clone_refused(url: str) -> None:
@@ -145,10 +151,7 @@ async def test_forgejo_private_repository_cloned_with_the_configured_read_token(
                         "X-Forgejo-Event": "push", "X-Forgejo-Delivery": str(uuid.uuid4()),
                         "X-Forgejo-Signature": sign(WEBHOOK_SECRET, raw)})
                     assert response.status_code == 202, response.text
-                    job = await finished_job(cluster)
-                    log = await stored_log(cluster, job["id"])
-                    assert job["state"] == "success", (job, log.decode(errors="replace"),
-                                                       cluster.tail("h1"))
+                    log = await successful_job_log(cluster)
         finally:
             for client in clients.values():
                 await client.close()
@@ -165,15 +168,11 @@ async def test_forgejo_private_repository_cloned_with_the_configured_read_token(
 
 async def test_github_private_repository_cloned_with_a_per_job_installation_token(
         pg_dsn: str, amqp_url: str, broker_prefix: str, tmp_path: Path) -> None:
-    app_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    app_key, pem = app_key_file(tmp_path)
     dump = tmp_path / "dump"
     dump.mkdir()
     (dump / "printed").write_text("nothing secret here\n")
     source = workflow(dump)
-    pem = tmp_path / "app.pem"
-    pem.write_bytes(app_key.private_bytes(serialization.Encoding.PEM,
-                                          serialization.PrivateFormat.PKCS8,
-                                          serialization.NoEncryption()))
     async with FakeGitHub(1, app_key.public_key(), git_root=tmp_path / "git") as fake:
         sha = make_private_repo(tmp_path / "git", "acme", "app", source)
         fake.add_repo("acme", "app", installation_ids={1}, private=True,
@@ -209,10 +208,7 @@ async def test_github_private_repository_cloned_with_a_per_job_installation_toke
                         "X-GitHub-Event": "push", "X-GitHub-Delivery": str(uuid.uuid4()),
                         "X-Hub-Signature-256": sign(WEBHOOK_SECRET, raw, prefix=GITHUB_PREFIX)})
                     assert response.status_code == 202, response.text
-                    job = await finished_job(cluster)
-                    log = await stored_log(cluster, job["id"])
-                    assert job["state"] == "success", (job, log.decode(errors="replace"),
-                                                       cluster.tail("h1"))
+                    log = await successful_job_log(cluster)
         finally:
             await http_client.aclose()
             await pool.close()

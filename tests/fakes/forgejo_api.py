@@ -99,7 +99,9 @@ class FakeForgejo:
 
     def __init__(self, token: str = "forge-token", *, git_root: Path | None = None) -> None:
         self.token = token
-        self.git = GitHttp(git_root, self._may_clone) if git_root is not None else None
+        self.git = (GitHttp(git_root, lambda key: getattr(self.repos.get(key), 'private', True),
+                            lambda token, key: key in self.read_tokens.get(token, set()))
+                    if git_root is not None else None)
         # Read tokens for git: token -> the `owner/name`s (lower case) it reads.
         self.read_tokens: dict[str, set[str]] = {}
         self.comments: list[Comment] = []
@@ -210,15 +212,6 @@ class FakeForgejo:
                 return
             await app(scope, receive, send)
         return guarded
-
-    def _may_clone(self, owner: str, name: str, credentials: tuple[str, str] | None) -> bool:
-        key = f"{owner}/{name}".lower()
-        repo = self.repos.get(key)
-        if repo is None:
-            return False
-        if credentials is None:
-            return not repo.private
-        return key in self.read_tokens.get(credentials[1], set())
 
     def _find(self, request: Request) -> FakeRepo | None:
         return self.repos.get(f"{request.path_params['owner']}/{request.path_params['repo']}".lower())

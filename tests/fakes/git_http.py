@@ -1,10 +1,12 @@
 """Git's smart HTTP protocol for the fake forges: `git http-backend` run as a CGI per request.
 
-`GitHttp(root, authorize)` is an ASGI app serving `/{owner}/{name}.git/...` from the bare
-repository `root/owner/name.git`. `authorize(owner, name, credentials)` decides each request:
-`credentials` is the `(username, password)` of an `Authorization: Basic` header, or None.
-A refused request gets 401 with `WWW-Authenticate: Basic` (git then asks its credential
-helpers, finds none in a job, and fails), as both forges answer for a private repository.
+`GitHttp(root, private, reads)` is an ASGI app serving `/{owner}/{name}.git/...` from the bare
+repository `root/owner/name.git`. A request is let in when it carries no credentials and
+`private("owner/name")` is False, or when the password of its `Authorization: Basic` header is
+a token that `reads(token, "owner/name")` (lower case); any user name, as both forges accept
+a token as the password. A refused request gets 401 with `WWW-Authenticate: Basic` (git then
+asks its credential helpers, finds none in a job, and fails), as both forges answer for a
+private repository.
 Every clone attempt is recorded in `attempts` as `(owner/name, username or None, allowed)`.
 """
 from __future__ import annotations
@@ -21,7 +23,6 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 Credentials = tuple[str, str] | None
-Authorize = Callable[[str, str, Credentials], bool]
 _PATH = re.compile(r"^/(?P<owner>[^/]+)/(?P<name>[^/]+?)\.git(?P<rest>/.*)$")
 
 
@@ -40,9 +41,11 @@ def basic_credentials(header: str) -> Credentials:
 class GitHttp:
     """Serves the bare repositories under `root`, each request allowed by `authorize`."""
 
-    def __init__(self, root: Path, authorize: Authorize) -> None:
+    def __init__(self, root: Path, private: Callable[[str], bool],
+                 reads: Callable[[str, str], bool]) -> None:
         self.root = root
-        self.authorize = authorize
+        self.private = private
+        self.reads = reads
         self.attempts: list[tuple[str, str | None, bool]] = []
 
     def matches(self, path: str) -> bool:
@@ -53,7 +56,9 @@ class GitHttp:
         if match is None or not (self.root / match["owner"] / f"{match['name']}.git").is_dir():
             return Response("Not Found", 404)
         credentials = basic_credentials(request.headers.get("authorization", ""))
-        allowed = self.authorize(match["owner"], match["name"], credentials)
+        key = f"{match['owner']}/{match['name']}".lower()
+        allowed = (self.reads(credentials[1], key) if credentials is not None
+                   else not self.private(key))
         self.attempts.append((f"{match['owner']}/{match['name']}",
                               credentials[0] if credentials else None, allowed))
         if not allowed:

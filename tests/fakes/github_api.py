@@ -251,7 +251,8 @@ class FakeGitHub:
                  token_lifetime: float = 3600.0, clock: Callable[[], float] = time.time,
                  git_root: Path | None = None) -> None:
         self.app_id = app_id
-        self.git = GitHttp(git_root, self._may_clone) if git_root is not None else None
+        self.git = (GitHttp(git_root, lambda key: getattr(self.repos.get(key), 'private', True), self._token_reads)
+                    if git_root is not None else None)
         self.installation_permissions: dict[int, dict[str, str]] = {}
         self.comments: list[Comment] = []
         self.public_key = public_key
@@ -376,15 +377,11 @@ class FakeGitHub:
             return _error(403, "Resource not accessible by integration")
         return repo
 
-    def _may_clone(self, owner: str, name: str, credentials: tuple[str, str] | None) -> bool:
-        key = f"{owner}/{name}".lower()
+    def _token_reads(self, token: str, key: str) -> bool:
+        """Whether installation token `token` may clone `key` (live, reaching it, contents)."""
         repo = self.repos.get(key)
-        if repo is None:
-            return False
-        if credentials is None:
-            return not repo.private
-        grant = self.tokens.get(credentials[1])
-        return (grant is not None and grant.expires_at > self.clock()
+        grant = self.tokens.get(token)
+        return (repo is not None and grant is not None and grant.expires_at > self.clock()
                 and grant.installation_id in repo.installation_ids
                 and (grant.repositories is None or key in grant.repositories)
                 and grant.allows("contents", "read"))
