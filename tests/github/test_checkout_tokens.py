@@ -136,3 +136,20 @@ async def test_disabled_without_an_internal_token(github: FakeGitHub, app_key,
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
                                      base_url="http://integration") as client:
             assert (await ask(client, repo("app"), token="anything")).status_code == 404
+
+
+async def test_the_fake_refuses_permissions_beyond_the_installations(
+        github: FakeGitHub, app_key, clock: Clock) -> None:
+    github.installation_permissions[5] = {"metadata": "read", "checks": "write"}
+    async with make_http_client(github.url, timeout=2.0) as http:
+        auth = AppAuth(APP_ID, app_key, http, clock=clock)
+        refused = await http.post("/app/installations/5/access_tokens", headers=auth.app_headers(),
+                                  json={"repositories": ["app"],
+                                        "permissions": {"contents": "read"}})
+        narrower = await http.post("/app/installations/5/access_tokens",
+                                   headers=auth.app_headers(),
+                                   json={"repositories": ["app"],
+                                         "permissions": {"checks": "read"}})
+    assert refused.status_code == 422 and "not granted" in refused.json()["message"]
+    assert narrower.status_code == 201
+    assert narrower.json()["permissions"] == {"checks": "read", "metadata": "read"}
