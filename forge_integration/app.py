@@ -38,7 +38,7 @@ from starlette.routing import Route
 
 from common.broker import Broker, BrokerError, Delivery, Subscription
 from common.forge.approval import APPROVED, ApprovalAsked, handle_approval
-from common.forge.credentials import credential_route
+from common.forge.credentials import credential_routes
 from common.forge.deliveries import DeliveryLog
 from common.forge.errors import ForgeApiError, WebhookRejected
 from common.forge.identity import RepositoryIdentity, repository_identity
@@ -127,8 +127,8 @@ class ForgeIntegration:
         routes = [Route(f"/webhooks/{forge}", self._webhook_endpoint(forge), methods=["POST"])
                   for forge in self.config.sites]
         routes.append(Route("/runs", self.manual_run, methods=["POST"]))
-        routes.append(credential_route(self.config.internal_token,
-                                       ConfiguredTokens(self.config).issue))
+        tokens = ConfiguredTokens(self.config)
+        routes += credential_routes(self.config.internal_token, tokens.issue, tokens.revoke)
         return webhook_app(routes, lifespan=self._lifespan, checks={
             "database": database_check(self.pool), "broker": broker_check(self.broker),
             "tasks": self.supervisor.ready})

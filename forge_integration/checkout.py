@@ -3,12 +3,13 @@
 Neither forge mints short-lived repository tokens, so the credential is a read token from the
 configuration: the repository's `checkout_token` if it has one, else its site's. Use the
 token of a user that may only read the repositories it serves (scope `read:repository`); it
-does not expire with the job (see docs/SECURITY.md, Checkout credentials). Git over HTTPS
+does not expire with the job and is not revoked when it is handed back (see docs/SECURITY.md,
+Checkout credentials). Git over HTTPS
 takes it as the password; the user name is `checkout_username`.
 """
 from __future__ import annotations
 
-from common.forge.credentials import CheckoutCredential, CredentialRequest
+from common.forge.credentials import CheckoutCredential, CredentialRequest, RevokeRequest
 from common.forge.errors import WebhookRejected
 from forge_integration.config import ForgeIntegrationConfig
 
@@ -32,3 +33,6 @@ class ConfiguredTokens:
                 return CheckoutCredential(username=source.checkout_username,
                                           password=source.checkout_token.get_secret_value())
         return None
+
+    async def revoke(self, handed_back: RevokeRequest) -> None:
+        """Nothing to do: a configured token outlives the job (module docstring)."""

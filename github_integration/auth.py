@@ -117,6 +117,19 @@ class AppAuth:
         Never cached: each job gets its own, which GitHub expires within the hour."""
         return await self._mint(installation_id, repository, CHECKOUT_PERMISSIONS)
 
+    async def revoke(self, token: str) -> None:
+        """Revoke installation token `token` (GitHub's `DELETE /installation/token`, which the
+        token authorises itself); one already expired or revoked is left as it is. Raises
+        `GitHubApiError` when GitHub cannot be reached or refuses otherwise."""
+        what = "revoking an installation token"
+        try:
+            response = await self._http.delete("/installation/token",
+                                               headers={"Authorization": f"token {token}"})
+        except httpx.TransportError as exc:
+            raise GitHubApiError.unreachable(FORGE, what, exc) from exc
+        if response.status_code not in (204, 401):
+            raise GitHubApiError.from_response(FORGE, what, response)
+
     def invalidate(self, installation_id: int) -> None:
         """Forget the installation's cached tokens (GitHub refused one, or it went away)."""
         for key in [key for key in self._tokens if key[0] == installation_id]:

@@ -2,16 +2,21 @@
 
 Each job gets a fresh installation token restricted to its one repository with
 `contents: read` (GitHub adds `metadata: read`), minted with the App's key, which only the
-integration holds. GitHub expires it within the hour; the clone happens in the first minutes.
-Git over HTTPS takes it as the password of the user `x-access-token`.
+integration holds. It is revoked when the orchestrator hands it back at the job's end, and
+GitHub expires it within the hour anyway. Git over HTTPS takes it as the password of the user
+`x-access-token`.
 """
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime
 
-from common.forge.credentials import CheckoutCredential, CredentialRequest
+from common.forge.credentials import CheckoutCredential, CredentialRequest, RevokeRequest
 from common.forge.errors import WebhookRejected
 from github_integration.api import GitHubApi
+from github_integration.errors import GitHubApiError
+
+log = logging.getLogger(__name__)
 
 USERNAME = "x-access-token"
 
@@ -35,3 +40,11 @@ class CheckoutTokens:
         token = await self._api.auth.checkout_token(installation_id, repo.full_name)
         return CheckoutCredential(username=USERNAME, password=token.token,
                                   expires_at=datetime.fromtimestamp(token.expires_at, UTC))
+
+    async def revoke(self, handed_back: RevokeRequest) -> None:
+        """Revoke a job's token; a failure is logged (the token expires within the hour)."""
+        try:
+            await self._api.auth.revoke(handed_back.credential.password)
+        except GitHubApiError as exc:
+            log.warning("checkout token not revoked; it expires by itself",
+                        extra={"job_id": str(handed_back.job_id), "error": exc.message})

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from starlette.applications import Starlette
 
 from common.broker import Broker, Subscription
-from common.forge.credentials import credential_route
+from common.forge.credentials import credential_routes
 from common.forge.deliveries import DeliveryLog
 from common.forge.outbox import Outbox, OutboxWorker
 from common.health import broker_check, database_check
@@ -87,7 +87,8 @@ class GitHubIntegration:
             finally:
                 await self.stop()
 
-        return create_app(self.webhook, lifespan=lifespan, extra_routes=[credential_route(
-            self.config.internal_token, CheckoutTokens(self.api).issue)], checks={
+        tokens = CheckoutTokens(self.api)
+        return create_app(self.webhook, lifespan=lifespan, extra_routes=credential_routes(
+            self.config.internal_token, tokens.issue, tokens.revoke), checks={
             "database": database_check(self.pool), "broker": broker_check(self._broker),
             "tasks": self.supervisor.ready})

@@ -7,10 +7,12 @@ credentials, as a public repository. The protocol is `common.forge.credentials`.
 
 The executor asks before it provisions the job's machine: a job whose credential cannot be
 obtained ends `error` without a machine. The credential lives in the job's session only (the
-runner gets it in `GetJob`; it is masked in the job's log) and is forgotten with it.
+runner gets it in `GetJob`; it is masked in the job's log); once the job's machine is gone it
+is handed back to the integration, which revokes it where the forge can (GitHub).
 """
 from __future__ import annotations
 
+import logging
 import uuid
 from pathlib import Path
 
@@ -18,11 +20,20 @@ import httpx
 from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError, model_validator
 
 from common.errors import ConfigError, SolsticeError
-from common.forge.credentials import PATH, CheckoutCredential, CredentialRequest
+from common.forge.credentials import (
+    PATH,
+    REVOKE_PATH,
+    CheckoutCredential,
+    CredentialRequest,
+    RevokeRequest,
+)
 from common.messages import Repo
 from common.retry import Backoff, retry_async
 
 ATTEMPTS = 3
+# Handing a credential back is not worth holding a job's result up for long.
+REVOKE_TIMEOUT = 5.0
+log = logging.getLogger(__name__)
 
 
 class CredentialSource(BaseModel):
@@ -117,6 +128,25 @@ class CheckoutCredentials:
             return CheckoutCredential.model_validate_json(response.content)
         except ValidationError as exc:
             raise CredentialUnavailable(f"{what}: malformed answer") from exc
+
+    async def revoke(self, repo: Repo, job_id: uuid.UUID, credential: CheckoutCredential) -> None:
+        """Hand the job's credential back for revocation; a failure is only logged (a GitHub
+        token expires by itself within the hour)."""
+        entry = self._clients.get(repo.forge)
+        if entry is None:
+            return
+        client, url = entry
+        body = RevokeRequest(repo=repo, job_id=job_id, credential=credential).model_dump(mode="json")
+        try:
+            response = await client.post(REVOKE_PATH, json=body, timeout=REVOKE_TIMEOUT)
+        except httpx.TransportError as exc:
+            log.warning("checkout credential not handed back", extra={
+                "job_id": str(job_id), "integration": url, "error": f"{type(exc).__name__}: {exc}"})
+            return
+        if response.status_code != 204:
+            log.warning("checkout credential not handed back", extra={
+                "job_id": str(job_id), "integration": url,
+                "error": f"HTTP {response.status_code} {_reason(response)}"})
 
 
 def _reason(response: httpx.Response) -> str:

@@ -290,6 +290,9 @@ class Executor:
         except Exception:
             log.exception("destroying the job's machine failed; the reaper will retry",
                           extra={"machine": name})
+        if self.credentials is not None and session.checkout is not None:
+            # Nothing of the job runs any more: its checkout credential is of no use now.
+            await self.credentials.revoke(lease.repo, lease.job_id, session.checkout)
         if outcome is None:
             if self._hand_back:
                 _, changes = await hand_back(

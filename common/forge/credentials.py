@@ -15,6 +15,14 @@ for a body that is not a `CredentialRequest` or a repository the forge refuses a
 for (e.g. one the GitHub App is not installed on), 503 when the forge could not be reached. The
 credential never crosses the broker: it goes integration -> orchestrator in this answer, then
 orchestrator -> runner inside `GetJob`.
+
+When the job's machine is gone the orchestrator hands the credential back,
+
+    POST /internal/checkout-credential/revoke   (same bearer)
+    {"repo": {...}, "job_id": "...", "credential": {...}}
+
+and the integration revokes it where the forge can (GitHub: `DELETE /installation/token`);
+answered 204 either way (a credential already expired or unknown is as good as revoked).
 """
 from __future__ import annotations
 
@@ -23,6 +31,7 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import datetime
+from typing import TypeVar
 
 from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError
 from starlette.requests import Request
@@ -36,6 +45,8 @@ from common.messages import Repo
 log = logging.getLogger(__name__)
 
 PATH = "/internal/checkout-credential"
+M = TypeVar("M", bound=BaseModel)
+REVOKE_PATH = "/internal/checkout-credential/revoke"
 
 
 class CredentialRequest(BaseModel):
@@ -56,39 +67,60 @@ class CheckoutCredential(BaseModel):
     expires_at: datetime | None = None
 
 
+class RevokeRequest(BaseModel):
+    """A job's credential handed back once the job's machine is gone."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    repo: Repo
+    job_id: uuid.UUID
+    credential: CheckoutCredential
+
+
 Issuer = Callable[[CredentialRequest], Awaitable[CheckoutCredential | None]]
+Revoker = Callable[[RevokeRequest], Awaitable[None]]
 
 
-def credential_route(token: SecretStr | None, issue: Issuer) -> Route:
-    """The `POST /internal/checkout-credential` route, answering with what `issue` returns.
+def _authorize(request: Request, expected: bytes) -> None:
+    if not expected:
+        raise WebhookRejected(404, "checkout credentials are not served here",
+                              hint="set internal_token on the integration and the "
+                                   "orchestrators' checkout_credentials")
+    given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+    if not hmac.compare_digest(given.encode(), expected):
+        raise WebhookRejected(401, "missing or wrong bearer token",
+                              hint="the orchestrator's checkout_credentials token must "
+                                   "equal the integration's internal_token")
+
+
+async def _body(request: Request, model: type[M]) -> M:
+    payload = parse_json(await read_body(request, BodyLimits(max_bytes=64 * 1024)))
+    try:
+        return model.model_validate(payload)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "body"
+        raise WebhookRejected(400, f"malformed {model.__name__}: {where}: "
+                                   f"{first['msg']}") from exc
+
+
+def credential_routes(token: SecretStr | None, issue: Issuer, revoke: Revoker) -> list[Route]:
+    """`POST /internal/checkout-credential` answering with what `issue` returns, and
+    `POST /internal/checkout-credential/revoke` calling `revoke`.
 
     `issue` raises `ForgeApiError` when the forge refuses (400) or cannot be reached (503,
-    retryable), or `WebhookRejected` for a request it cannot serve (its status)."""
+    retryable), or `WebhookRejected` for a request it cannot serve (its status); `revoke`
+    does its best and raises nothing it expects."""
     expected = token.get_secret_value().encode() if token is not None else b""
 
-    async def endpoint(request: Request) -> Response:
-        if not expected:
-            raise WebhookRejected(404, "checkout credentials are not served here",
-                                  hint="set internal_token on the integration and the "
-                                       "orchestrators' checkout_credentials")
-        given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-        if not hmac.compare_digest(given.encode(), expected):
-            raise WebhookRejected(401, "missing or wrong bearer token",
-                                  hint="the orchestrator's checkout_credentials token must "
-                                       "equal the integration's internal_token")
-        payload = parse_json(await read_body(request, BodyLimits(max_bytes=64 * 1024)))
-        try:
-            asked = CredentialRequest.model_validate(payload)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"]) or "body"
-            raise WebhookRejected(400, f"malformed credential request: {where}: "
-                                       f"{first['msg']}") from exc
+    async def issue_endpoint(request: Request) -> Response:
+        _authorize(request, expected)
+        asked = await _body(request, CredentialRequest)
         try:
             credential = await issue(asked)
         except ForgeApiError as exc:
-            raise WebhookRejected(503 if exc.retryable else 400, f"no checkout credential for {asked.repo.full_name}: "
-                                       f"{exc.message}", hint=exc.hint) from exc
+            raise WebhookRejected(503 if exc.retryable else 400, f"no checkout credential "
+                                  f"for {asked.repo.full_name}: {exc.message}",
+                                  hint=exc.hint) from exc
         log.info("checkout credential issued" if credential else "no checkout credential needed",
                  extra={"repo": asked.repo.full_name, "job_id": str(asked.job_id)})
         if credential is None:
@@ -96,4 +128,11 @@ def credential_route(token: SecretStr | None, issue: Issuer) -> Route:
         return JSONResponse(credential.model_dump(mode="json"),
                             headers={"Cache-Control": "no-store"})
 
-    return Route(PATH, endpoint, methods=["POST"])
+    async def revoke_endpoint(request: Request) -> Response:
+        _authorize(request, expected)
+        handed_back = await _body(request, RevokeRequest)
+        await revoke(handed_back)
+        return Response(status_code=204)
+
+    return [Route(PATH, issue_endpoint, methods=["POST"]),
+            Route(REVOKE_PATH, revoke_endpoint, methods=["POST"])]

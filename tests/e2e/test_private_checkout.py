@@ -223,6 +223,7 @@ async def test_github_private_repository_cloned_with_a_per_job_installation_toke
     [token] = clone_tokens
     grant = fake.grant_of(token)
     assert grant is not None and grant.repositories == frozenset({"acme/app"})
+    assert fake.revoked == [token]  # handed back and revoked once the machine was gone
     for place in (log.decode(errors="replace"), (dump / "gitconfig").read_text(),
                   (dump / "env").read_text()):
         assert token not in place

@@ -24,6 +24,8 @@ It implements the endpoints the integration uses, with GitHub's documented rules
   integration": contents and git need `contents: read`, check runs `checks: write`, issue
   comments `issues: write`;
 - `POST .../issues/{number}/comments` keeps the comment in `comments`;
+- `DELETE /installation/token` revokes the token it is sent with (204; 401 for a token
+  already expired or revoked), listed in `revoked`;
 - git over smart HTTP (`git http-backend`, see `tests/fakes/git_http.py`) at
   `/{owner}/{name}.git` for repositories with a `git_root`: a `private` repository only with
   `Authorization: Basic` whose password is a live installation token reaching it with
@@ -41,7 +43,7 @@ import itertools
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -52,7 +54,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.base import BaseHTTPMiddleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from common.http import running
@@ -255,6 +257,7 @@ class FakeGitHub:
                     if git_root is not None else None)
         self.installation_permissions: dict[int, dict[str, str]] = {}
         self.comments: list[Comment] = []
+        self.revoked: list[str] = []  # tokens revoked through DELETE /installation/token
         self.public_key = public_key
         self.token_lifetime = token_lifetime
         self.clock = clock
@@ -298,6 +301,7 @@ class FakeGitHub:
             Route("/app/installations/{installation_id:int}/access_tokens", self._access_token,
                   methods=["POST"]),
             Route("/repos/{owner}/{repo}/installation", self._repo_installation, methods=["GET"]),
+            Route("/installation/token", self._revoke_token, methods=["DELETE"]),
             Route("/repos/{owner}/{repo}/contents/{path:path}", self._contents, methods=["GET"]),
             Route("/repos/{owner}/{repo}/collaborators/{user}/permission", self._permission,
                   methods=["GET"]),
@@ -442,6 +446,15 @@ class FakeGitHub:
             answer["repositories"] = [{"name": r.name, "full_name": f"{r.owner}/{r.name}",
                                        "owner": {"login": r.owner}} for r in scope]
         return JSONResponse(answer, 201)
+
+    async def _revoke_token(self, request: Request) -> Response:
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        grant = self.tokens.get(token) if scheme.lower() in ("token", "bearer") else None
+        if grant is None or grant.expires_at <= self.clock():
+            return _error(401, "Bad credentials")
+        self.tokens[token] = replace(grant, expires_at=0.0)  # dead, still inspectable
+        self.revoked.append(token)
+        return Response(status_code=204)
 
     async def _repo_installation(self, request: Request) -> JSONResponse:
         problem = self._app_jwt_problem(request)

@@ -14,7 +14,7 @@ import pytest
 from pydantic import SecretStr
 from starlette.applications import Starlette
 
-from common.forge.credentials import PATH, credential_route
+from common.forge.credentials import PATH, REVOKE_PATH, credential_routes
 from common.forge.webhook import webhook_app
 from common.messages import Repo
 from github_integration.api import GitHubApi, make_http_client
@@ -72,8 +72,9 @@ async def github(app_key, clock: Clock, tmp_path: Path) -> AsyncIterator[FakeGit
 async def endpoint(github: FakeGitHub, app_key, clock: Clock) -> AsyncIterator[httpx.AsyncClient]:
     async with make_http_client(github.url, timeout=2.0) as http:
         api = GitHubApi(http, AppAuth(APP_ID, app_key, http, clock=clock))
-        app: Starlette = webhook_app([credential_route(SecretStr(INTERNAL),
-                                                       CheckoutTokens(api).issue)])
+        tokens = CheckoutTokens(api)
+        app: Starlette = webhook_app(credential_routes(SecretStr(INTERNAL), tokens.issue,
+                                                       tokens.revoke))
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
                                      base_url="http://integration") as client:
             yield client
@@ -108,6 +109,23 @@ async def test_a_checkout_token_reads_its_repository_only_until_it_expires(
     assert await ls_remote(app_url, token) != 0
 
 
+async def test_a_handed_back_token_is_revoked(endpoint: httpx.AsyncClient,
+                                              github: FakeGitHub) -> None:
+    credential = (await ask(endpoint, repo("app"))).json()
+    assert await ls_remote(f"{github.url}/acme/app.git", credential["password"]) == 0
+    handed_back = {"repo": repo("app").model_dump(mode="json"), "job_id": str(uuid.uuid4()),
+                   "credential": credential}
+    wrong = await endpoint.post(REVOKE_PATH, json=handed_back,
+                                headers={"Authorization": "Bearer wrong"})
+    assert wrong.status_code == 401 and github.revoked == []
+    for _ in range(2):  # the second time the token is gone already: still 204
+        response = await endpoint.post(REVOKE_PATH, json=handed_back,
+                                       headers={"Authorization": f"Bearer {INTERNAL}"})
+        assert response.status_code == 204
+    assert github.revoked == [credential["password"]]
+    assert await ls_remote(f"{github.url}/acme/app.git", credential["password"]) != 0
+
+
 async def test_the_endpoint_demands_the_internal_token(endpoint: httpx.AsyncClient) -> None:
     assert (await ask(endpoint, repo("app"), token="wrong")).status_code == 401
     missing = await endpoint.post(PATH, json={"repo": repo("app").model_dump(mode="json"),
@@ -132,7 +150,8 @@ async def test_disabled_without_an_internal_token(github: FakeGitHub, app_key,
                                                   clock: Clock) -> None:
     async with make_http_client(github.url, timeout=2.0) as http:
         api = GitHubApi(http, AppAuth(APP_ID, app_key, http, clock=clock))
-        app = webhook_app([credential_route(None, CheckoutTokens(api).issue)])
+        tokens = CheckoutTokens(api)
+        app = webhook_app(credential_routes(None, tokens.issue, tokens.revoke))
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
                                      base_url="http://integration") as client:
             assert (await ask(client, repo("app"), token="anything")).status_code == 404

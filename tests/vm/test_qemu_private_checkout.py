@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from common.forge.credentials import credential_route
+from common.forge.credentials import credential_routes
 from common.forge.webhook import webhook_app
 from common.http import running as serving
 from common.messages import EventKind, JobState, Repo, RunRequest
@@ -60,8 +60,8 @@ async def test_private_repository_cloned_in_a_real_vm(
     await assert_anonymous_clone_refused(f"{fake.url}/acme/app.git")
     integration = ForgeIntegrationConfig(sites={"forgejo": Site(
         url=fake.url, checkout_token=SecretStr(READ_TOKEN), checkout_username="reader")})
-    credentials = webhook_app([credential_route(SecretStr(INTERNAL),
-                                                ConfiguredTokens(integration).issue)])
+    tokens = ConfiguredTokens(integration)
+    credentials = webhook_app(credential_routes(SecretStr(INTERNAL), tokens.issue, tokens.revoke))
     port = int(fake.url.rsplit(":", 1)[1])
     backend = QemuBackend(QemuSettings(
         state_dir=tmp_path / "vms", labels={"linux": linux_image},
