@@ -45,8 +45,8 @@ from common.messages import Repo
 log = logging.getLogger(__name__)
 
 PATH = "/internal/checkout-credential"
-M = TypeVar("M", bound=BaseModel)
 REVOKE_PATH = "/internal/checkout-credential/revoke"
+M = TypeVar("M", bound=BaseModel)
 
 
 class CredentialRequest(BaseModel):
