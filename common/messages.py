@@ -8,9 +8,9 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Literal, TypeVar
+from typing import Annotated, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from common.errors import SolsticeError
 
@@ -91,6 +91,28 @@ class RunRequest(_Message):
     requested_at: datetime = Field(default_factory=utcnow)
 
 
+class RunApproval(_Message):
+    """A maintainer approved on the forge the untrusted runs that wait for approval.
+
+    Either one run (`run_id`: GitHub's "Approve and run" on its check run) or the runs of a
+    pull request (`pull_request`: a `/solstice approve` comment) that were created before
+    `requested_at` and, with `commit_prefix`, whose commit starts with it. The orchestrator
+    approves only runs of `repo`. The integration checked that `actor` (the forge login) may
+    write to `repo` before publishing this; it travels on the runs queue, whose publishers are
+    trusted like the integrations.
+    """
+
+    type: Literal["run_approval"] = "run_approval"
+    request_id: str  # the forge's delivery id
+    repo: Repo
+    actor: str
+    run_id: uuid.UUID | None = None
+    pull_request: int | None = None
+    commit_prefix: str = ""
+    requested_at: datetime = Field(default_factory=utcnow)
+    priority: int = 9  # a maintainer waits on it: ahead of every run request
+
+
 class JobRequest(_Message):
     """One job of a run, ready to start, routed by its `runs_on` label."""
 
@@ -154,6 +176,21 @@ M = TypeVar("M", bound=_Message)
 
 def encode(message: _Message) -> bytes:
     return message.model_dump_json().encode()
+
+
+RunQueueMessage = Annotated[RunRequest | RunApproval, Field(discriminator="type")]
+_RUN_QUEUE: TypeAdapter[RunRequest | RunApproval] = TypeAdapter(RunQueueMessage)
+
+
+def decode_run_queue(body: bytes) -> RunRequest | RunApproval:
+    """A message of the runs queue: a `RunRequest` or a `RunApproval`, told apart by `type`;
+    `MessageError` as `decode`."""
+    try:
+        return _RUN_QUEUE.validate_json(body)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "body"
+        raise MessageError(f"malformed runs queue message: {where}: {first['msg']}") from exc
 
 
 def decode(body: bytes, model: type[M]) -> M:

@@ -113,6 +113,11 @@ class ForgejoApi:
             f"reading branch {branch} of {repo.full_name}", missing_ok=(404,))
         return None if response is None else response.json()["commit"]["id"]
 
+    async def comment(self, repo: Repo, number: int, body: str) -> None:
+        """Comment on issue or pull request `number` (the token needs `write:issue`)."""
+        await self._request("POST", f"{self._repo_path(repo)}/issues/{number}/comments",
+                            f"commenting on #{number} of {repo.full_name}", json={"body": body})
+
     async def create_status(self, owner: str, name: str, sha: str, body: dict[str, str]) -> None:
         """Set one commit status (a later one with the same `context` replaces it on the forge)."""
         await self._request(

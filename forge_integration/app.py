@@ -7,8 +7,10 @@ Routes:
   `skipped`, `duplicate` or `invalid_workflow` (a failed status is queued); 400 malformed,
   unsupported, or naming its repository two ways (`common.forge.identity`); 401 signature
   missing, wrong, or made with another repository's secret (checked on the raw bytes before
-  any parsing); 408 body too slow; 413 body too large; 503 when the broker, the database or the forge
-  API failed, so the forge retries (such a delivery is not recorded as handled).
+  any parsing); 202 `approval_published` for a `/solstice approve` comment by someone with
+  write access (`forge_integration.approval`), 200 `ignored` for one without; 408 body too
+  slow; 413 body too large; 503 when the broker, the database or the forge API failed, so
+  the forge retries (such a delivery is not recorded as handled).
 - `POST /runs` (manual trigger), `Authorization: Bearer <manual_token>`, JSON body
   `{"forge": "forgejo", "repository": "owner/name", "branch": "main", "sha": optional,
   "request_id": optional}`: the branch head (or `sha`) is planned like a push, with event
@@ -36,6 +38,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from common.broker import Broker, BrokerError, Delivery, Subscription
+from common.forge.approval import APPROVED, ApprovalAsked, handle_approval
+from common.forge.credentials import credential_routes
 from common.forge.deliveries import DeliveryLog
 from common.forge.errors import ForgeApiError, WebhookRejected
 from common.forge.identity import RepositoryIdentity, repository_identity
@@ -50,6 +54,8 @@ from common.observability import tracer
 from common.postgres import DATABASE_ERRORS
 from common.supervise import Supervisor
 from forge_integration.api import ForgejoApi
+from forge_integration.approval import approval_asked
+from forge_integration.checkout import ConfiguredTokens
 from forge_integration.config import ForgeIntegrationConfig, ForgeKind
 from forge_integration.events import Ignored, classify
 from forge_integration.statuses import (
@@ -123,6 +129,8 @@ class ForgeIntegration:
         routes = [Route(f"/webhooks/{forge}", self._webhook_endpoint(forge), methods=["POST"])
                   for forge in self.config.sites]
         routes.append(Route("/runs", self.manual_run, methods=["POST"]))
+        tokens = ConfiguredTokens(self.config)
+        routes += credential_routes(self.config.internal_token, tokens.issue, tokens.revoke)
         return webhook_app(routes, lifespan=self._lifespan, checks={
             "database": database_check(self.pool), "broker": broker_check(self.broker),
             "tasks": self.supervisor.ready},
@@ -183,6 +191,10 @@ class ForgeIntegration:
             try:
                 if (known := await self.deliveries.seen(forge, delivery_id)) is not None:
                     return answer("duplicate", f"delivery {delivery_id} already handled: {known}")
+                asked = approval_asked(event, payload, delivery_id, identity=identity,
+                                       forge=forge, api_url=self.config.sites[forge].api_url)
+                if asked is not None:
+                    return await self._approve(forge, delivery_id, asked)
                 outcome = classify(event, payload, delivery_id, identity=identity, forge=forge,
                                    api_url=self.config.sites[forge].api_url)
                 if isinstance(outcome, Ignored):
@@ -194,6 +206,16 @@ class ForgeIntegration:
             except DATABASE_ERRORS as exc:
                 raise WebhookRejected(503, f"database unavailable: {type(exc).__name__}: {exc}",
                                       hint="the forge retries the delivery") from exc
+
+    async def _approve(self, forge: ForgeKind, delivery_id: str,
+                       asked: ApprovalAsked | Ignored) -> Response:
+        """A `/solstice approve` comment, or a comment that approves nothing."""
+        if isinstance(asked, Ignored):
+            await self.deliveries.record(forge, delivery_id, f"ignored: {asked.reason}")
+            return answer("ignored", asked.reason)
+        outcome, reason = await handle_approval(asked, self.clients[forge], self.broker)
+        await self.deliveries.record(forge, delivery_id, f"{outcome}: {reason}")
+        return answer(outcome, reason, status=202 if outcome == APPROVED else 200)
 
     async def _dispatch(self, source: str, delivery_id: str, candidate: RunCandidate) -> Response:
         """Plan and publish `candidate`, then record `delivery_id` as handled."""

@@ -10,14 +10,16 @@ webhook_secret = "..."          # global; a site's or a repository's secret repl
 manual_token = "..."            # bearer token of POST /runs; no token: manual runs disabled
 max_body_bytes = 26214400       # larger webhook bodies are refused with 413
 body_timeout = 10.0             # seconds to receive a body; slower ones are answered 408
+internal_token = "..."          # orchestrators' bearer for checkout credentials
 
 [forge_integration.sites.forgejo]   # one table per forge kind served: forgejo, gitea
 url = "https://codeberg.org"
 token = "..."                   # API token: read contents, read permissions, write statuses
+checkout_token = "..."          # read token jobs clone private repositories with
 
 [forge_integration.repos."acme/app"]
 webhook_secret = "..."
-approval_for_untrusted = true   # untrusted pull requests wait for `ciadm approve RUN`
+approval_for_untrusted = true   # untrusted pull requests wait for `/solstice approve` (or `ciadm approve`)
 ```
 Environment: `SOLSTICE_FORGE_INTEGRATION__SITES__FORGEJO__TOKEN=...`.
 """
@@ -43,6 +45,9 @@ class Site(BaseModel):
     token: SecretStr = SecretStr("")
     webhook_secret: SecretStr | None = None
     timeout: float = 10.0  # seconds per API request
+    # The read token jobs clone the site's private repositories with (forge_integration/checkout.py).
+    checkout_token: SecretStr | None = None
+    checkout_username: str = "solstice"
 
     @field_validator("url")
     @classmethod
@@ -62,6 +67,8 @@ class RepoSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
     webhook_secret: SecretStr | None = None
     approval_for_untrusted: bool | None = None
+    checkout_token: SecretStr | None = None  # replaces the site's for this repository
+    checkout_username: str = "solstice"
 
 
 class ForgeIntegrationConfig(BaseModel):
@@ -82,6 +89,9 @@ class ForgeIntegrationConfig(BaseModel):
     body_timeout: float = Field(BODY_TIMEOUT, gt=0)
     sites: dict[ForgeKind, Site] = Field(default_factory=dict)
     repos: dict[str, RepoSettings] = Field(default_factory=dict)
+    # The bearer token orchestrators present to ask for checkout credentials
+    # (common/forge/credentials.py); unset: none are served.
+    internal_token: SecretStr | None = None
     log_level: str = "info"
     # What one workflow file may cost to validate and plan (docs/config.md).
     workflow_limits: Limits = Field(default_factory=Limits)

@@ -34,7 +34,8 @@ _STATES: dict[JobState, tuple[str, str]] = {
     JobState.QUEUED: ("pending", "queued"),
     JobState.PROVISIONING: ("pending", "starting a VM"),
     JobState.RUNNING: ("pending", "running"),
-    JobState.AWAITING_APPROVAL: ("pending", "waiting for approval (ciadm approve)"),
+    JobState.AWAITING_APPROVAL: ("pending",
+                                 "waiting for a maintainer: comment /solstice approve to run it"),
     JobState.SUCCESS: ("success", "passed"),
     JobState.SKIPPED: ("success", "skipped"),
     JobState.FAILURE: ("failure", "failed"),
@@ -59,7 +60,7 @@ def status_body(event: JobEvent) -> dict[str, str]:
     if event.state is JobState.FAILURE and event.failing_step:
         summary = f"failed at step {event.failing_step!r}"
     if event.description and event.state in (JobState.ERROR, JobState.CANCELLED,
-                                              JobState.AWAITING_APPROVAL, JobState.TIMED_OUT):
+                                              JobState.TIMED_OUT):
         summary = f"{summary}: {event.description}"
     return {"state": state, "context": context(event.workflow_name, event.job_key),
             "description": _cut(summary), "target_url": event.log_url}

@@ -111,6 +111,12 @@ class GitHubApi:
             raise
         return response.json().get("permission") in WRITE_PERMISSIONS
 
+    async def comment(self, repo: Repo, number: int, body: str) -> None:
+        """Comment on issue or pull request `number` (the App needs `issues: write`)."""
+        await self.request(f"comment on #{number} of {repo.full_name}", "POST",
+                           f"/repos/{repo.full_name}/issues/{number}/comments", repo=repo,
+                           json={"body": body}, ok=(201,))
+
     async def create_check_run(self, repo: Repo, body: dict[str, Any]) -> int:
         """Create a check run; returns its id."""
         response = await self.request(f"check run creation on {repo.full_name}", "POST",

@@ -11,27 +11,34 @@ Answers, in the order they are decided:
   no access to the repository named in it (no token for that repository is ever obtained);
 - 200: a redelivery of a delivery already handled (`duplicate`), or an event that needs
   nothing (`ignored`: `ping`, a closed pull request, a deleted branch, an `on` that does not
-  match, an invalid workflow reported as a failed check run);
-- 202: the run request was published and the broker confirmed it (`published`);
+  match, an invalid workflow reported as a failed check run, a comment without a command, an
+  approval by someone without write access);
+- 202: the run request was published and the broker confirmed it (`published`), or an
+  approval ("Approve and run", `/solstice approve`: `github_integration.approval`) was
+  (`approval_published`);
 - 503: GitHub or the broker could not be reached; the delivery is not recorded as handled,
   so its redelivery is processed afresh.
 """
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
+from common.broker import Broker
 from common.broker.base import BrokerError
+from common.forge.approval import APPROVED, ApprovalAsked, ApprovalForge, handle_approval
 from common.forge.deliveries import DeliveryLog
 from common.forge.errors import WebhookRejected
 from common.forge.identity import repository_identity
 from common.forge.signature import verify_github
 from common.forge.webhook import BodyLimits, answer, parse_json, read_body, webhook_app
+from github_integration.approval import approval_asked
 from github_integration.auth import AppAuth
 from github_integration.errors import GitHubApiError
 from github_integration.events import Ignored, classify
@@ -49,7 +56,9 @@ class GitHubWebhook:
 
     def __init__(self, *, secret: str | bytes, api_url: str, intake: Intake,
                  deliveries: DeliveryLog, auth: AppAuth,
-                 limits: BodyLimits) -> None:
+                 limits: BodyLimits, approvals: ApprovalForge, broker: Broker) -> None:
+        self._approvals = approvals
+        self._broker = broker
         self._secret = secret
         self._api_url = api_url
         self._intake = intake
@@ -72,6 +81,10 @@ class GitHubWebhook:
             log.info("redelivery of a delivery already handled", extra=context)
             return answer("duplicate", f"delivery {delivery} was already handled")
         payload = parse_json(body)
+        asked = approval_asked(event, payload, delivery, identity=repository_identity(payload),
+                               api_url=self._api_url)
+        if asked is not None:
+            return await self._approve(asked, delivery, context)
         outcome = classify(event, payload, delivery, identity=repository_identity(payload),
                            api_url=self._api_url)
         if isinstance(outcome, Ignored):
@@ -94,6 +107,17 @@ class GitHubWebhook:
         await self._deliveries.record(FORGE, delivery, "published")
         return answer("published", status=202, request_id=result.request.request_id)
 
+    async def _approve(self, asked: ApprovalAsked | Ignored, delivery: str,
+                       context: dict[str, str]) -> JSONResponse:
+        """An approval button or comment (see `github_integration.approval`)."""
+        if isinstance(asked, Ignored):
+            log.info("webhook ignored", extra=context | {"reason": asked.reason})
+            await self._deliveries.record(FORGE, delivery, f"ignored: {asked.reason}")
+            return answer("ignored", asked.reason)
+        outcome, reason = await handle_approval(asked, self._approvals, self._broker)
+        await self._deliveries.record(FORGE, delivery, f"{outcome}: {reason}")
+        return answer(outcome, reason, status=202 if outcome == APPROVED else 200)
+
     def _forget_installation(self, event: str, payload: dict[str, Any]) -> None:
         installation = payload.get("installation") or {}
         if event == "installation" and payload.get("action") in _INSTALLATION_GONE \
@@ -101,6 +125,9 @@ class GitHubWebhook:
             self._auth.invalidate(installation["id"])
 
 
-def create_app(handler: GitHubWebhook, **kwargs: Any) -> Starlette:
-    """The Starlette application serving `handler`; `kwargs` go to `webhook_app` (lifespan)."""
-    return webhook_app([Route("/webhooks/github", handler.handle, methods=["POST"])], **kwargs)
+def create_app(handler: GitHubWebhook, *, extra_routes: Sequence[BaseRoute] = (),
+               **kwargs: Any) -> Starlette:
+    """The Starlette application serving `handler` and `extra_routes`; `kwargs` go to
+    `webhook_app` (lifespan)."""
+    return webhook_app([Route("/webhooks/github", handler.handle, methods=["POST"]),
+                        *extra_routes], **kwargs)

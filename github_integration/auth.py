@@ -35,6 +35,8 @@ JWT_LIFETIME = 600
 # Mint a fresh installation token this long before the old one expires: long enough for a
 # slow request (or a retried outbox delivery) started with the old token to finish in time.
 DEFAULT_REFRESH_MARGIN = 300.0
+# What a job's clone needs, and all its token may do.
+CHECKOUT_PERMISSIONS = {"contents": "read"}
 
 
 def load_private_key(pem: str | bytes) -> rsa.RSAPrivateKey:
@@ -109,6 +111,25 @@ class AppAuth:
             self._tokens[key] = minted
             return minted.token
 
+    async def checkout_token(self, installation_id: int, repository: str) -> InstallationToken:
+        """A fresh token of `installation_id` that may only read `repository`'s contents
+        (`contents: read`, and the `metadata: read` GitHub always adds), for one job's clone.
+        Never cached: each job gets its own, which GitHub expires within the hour."""
+        return await self._mint(installation_id, repository, CHECKOUT_PERMISSIONS)
+
+    async def revoke(self, token: str) -> None:
+        """Revoke installation token `token` (GitHub's `DELETE /installation/token`, which the
+        token authorises itself); one already expired or revoked is left as it is. Raises
+        `GitHubApiError` when GitHub cannot be reached or refuses otherwise."""
+        what = "revoking an installation token"
+        try:
+            response = await self._http.delete("/installation/token",
+                                               headers={"Authorization": f"token {token}"})
+        except httpx.TransportError as exc:
+            raise GitHubApiError.unreachable(FORGE, what, exc) from exc
+        if response.status_code not in (204, 401):
+            raise GitHubApiError.from_response(FORGE, what, response)
+
     def invalidate(self, installation_id: int) -> None:
         """Forget the installation's cached tokens (GitHub refused one, or it went away)."""
         for key in [key for key in self._tokens if key[0] == installation_id]:
@@ -117,17 +138,20 @@ class AppAuth:
     def _fresh(self, token: InstallationToken) -> bool:
         return token.expires_at - self._refresh_margin > self._clock()
 
-    async def _mint(self, installation_id: int, repository: str) -> InstallationToken:
+    async def _mint(self, installation_id: int, repository: str,
+                    permissions: dict[str, str] | None = None) -> InstallationToken:
         what = f"installation token of installation {installation_id} for {repository}"
         no_access = GitHubApiError(
             f"GitHub installation {installation_id} has no access to {repository}",
             status=422, retryable=False,
             hint="the webhook names an installation that does not cover its repository")
         name = repository.rpartition("/")[2]
+        asked: dict[str, object] = {"repositories": [name]}
+        if permissions is not None:
+            asked["permissions"] = permissions
         try:
             response = await self._http.post(f"/app/installations/{installation_id}/access_tokens",
-                                             headers=self.app_headers(),
-                                             json={"repositories": [name]})
+                                             headers=self.app_headers(), json=asked)
         except httpx.TransportError as exc:
             raise GitHubApiError.unreachable(FORGE, what, exc) from exc
         if response.status_code == 422:  # GitHub: a repository the installation cannot access
@@ -146,4 +170,21 @@ class AppAuth:
         # (the body named another account's installation) is not the one asked for.
         if granted != {repository.lower()}:
             raise no_access
+        # GitHub grants at most what was asked; a wider grant would reach into the job.
+        if permissions is not None and not _within(body_permissions(body), permissions):
+            raise GitHubApiError(f"GitHub {what}: granted {body_permissions(body)}, more than "
+                                 f"the {permissions} asked for", status=201, retryable=False)
         return token
+
+
+def body_permissions(body: dict[str, object]) -> dict[str, str]:
+    """The `permissions` of a token GitHub minted, as `{name: level}`."""
+    permissions = body.get("permissions")
+    return ({str(k): str(v) for k, v in permissions.items()}
+            if isinstance(permissions, dict) else {})
+
+
+def _within(granted: dict[str, str], asked: dict[str, str]) -> bool:
+    allowed = {**asked, "metadata": "read"}
+    return all(name in allowed and (level == "read" or allowed[name] == level)
+               for name, level in granted.items())

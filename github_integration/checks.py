@@ -31,6 +31,12 @@ CONCLUSIONS: dict[JobState, str] = {
     JobState.AWAITING_APPROVAL: "action_required",
 }
 
+# GitHub's "requested action" button (label at most 20 characters, description 40,
+# identifier 20); pressing it sends a check_run `requested_action` webhook with the identifier.
+APPROVE_IDENTIFIER = "approve"
+APPROVE_ACTION = {"label": "Approve and run", "description": "Run this untrusted code",
+                  "identifier": APPROVE_IDENTIFIER}
+
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 # `path:line:col: message` as compilers, linters and test runners print it; the column is
 # optional because many tools (gcc notes, flake8 with some formats, shellcheck gcc mode) omit it.
@@ -118,7 +124,7 @@ def _title(event: JobEvent) -> str:
         JobState.CANCELLED: "Cancelled",
         JobState.TIMED_OUT: f"Timed out{step}",
         JobState.SKIPPED: "Skipped",
-        JobState.AWAITING_APPROVAL: "Waiting for approval",
+        JobState.AWAITING_APPROVAL: "Waiting for a maintainer's approval",
     }[event.state]
 
 
@@ -126,8 +132,10 @@ def _summary(event: JobEvent) -> str:
     """Description, failing step and the tail of its log, within GitHub's summary limit."""
     parts = [event.description or _title(event)]
     if event.state is JobState.AWAITING_APPROVAL:
-        parts.append(f"This run is untrusted (a fork, or an author without write access). "
-                     f"A maintainer starts it with `ciadm approve {event.run_id}`.")
+        parts.append("This run is untrusted (a fork, or an author without write access) and "
+                     "waits for a maintainer's approval. Someone with write access starts it "
+                     "with **Approve and run** above, or by commenting `/solstice approve` on "
+                     "the pull request.")
     if event.failing_step:
         parts.append(f"Failing step: `{event.failing_step}`")
     if event.log_url:
@@ -170,6 +178,8 @@ def check_run_requests(event: JobEvent, *, create: bool) -> CheckRunRequests:
     if event.log_url:
         body["details_url"] = event.log_url
     conclusion = CONCLUSIONS.get(event.state)
+    if event.state is JobState.AWAITING_APPROVAL:
+        body["actions"] = [APPROVE_ACTION]
     if conclusion:
         body |= {"status": "completed", "conclusion": conclusion,
                  "completed_at": _timestamp(event)}

@@ -13,9 +13,10 @@ api_url = "https://api.github.com"                  # GitHub Enterprise: https:/
 approval_for_untrusted = false
 max_body_bytes = 26214400                           # larger webhook bodies are refused with 413
 body_timeout = 10.0                                 # seconds to receive a body, else 408
+internal_token = "..."                              # orchestrators' bearer for checkout tokens
 
 [github_integration.repos."acme/app"]
-approval_for_untrusted = true   # untrusted pull requests wait for `ciadm approve RUN`
+approval_for_untrusted = true   # untrusted pull requests wait for `/solstice approve` (or `ciadm approve`)
 ```
 Environment: `SOLSTICE_GITHUB_INTEGRATION__WEBHOOK_SECRET=...`.
 """
@@ -59,6 +60,9 @@ class GitHubIntegrationConfig(BaseModel):
     max_body_bytes: int = Field(MAX_BODY, gt=0)
     body_timeout: float = Field(BODY_TIMEOUT, gt=0)
     repos: dict[str, RepoSettings] = Field(default_factory=dict)
+    # The bearer token orchestrators present to ask for checkout credentials
+    # (common/forge/credentials.py); unset: none are served.
+    internal_token: SecretStr | None = None
     log_level: str = "info"
     # What one workflow file may cost to validate and plan (docs/config.md).
     workflow_limits: Limits = Field(default_factory=Limits)

@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from starlette.applications import Starlette
 
 from common.broker import Broker, Subscription
+from common.forge.credentials import credential_routes
 from common.forge.deliveries import DeliveryLog
 from common.forge.outbox import Outbox, OutboxWorker
 from common.health import broker_check, database_check
@@ -26,6 +27,7 @@ from common.supervise import Supervisor
 from github_integration.api import GitHubApi
 from github_integration.app import GitHubWebhook, create_app
 from github_integration.auth import AppAuth
+from github_integration.checkout import CheckoutTokens
 from github_integration.config import GitHubIntegrationConfig
 from github_integration.feedback import TARGET, CheckRunOutbox, CheckRunSender, JobEventFeed
 from github_integration.intake import Intake
@@ -57,7 +59,8 @@ class GitHubIntegration:
             intake=Intake(self.api, broker, self.check_runs, approval_for=config.approval_for,
                           workflow_path=config.workflow_path,
                           workflow_limits=config.workflow_limits),
-            deliveries=DeliveryLog(pool), auth=self.auth, limits=config.body_limits)
+            deliveries=DeliveryLog(pool), auth=self.auth, limits=config.body_limits,
+            approvals=self.api, broker=broker)
         self._subscription: Subscription | None = None
         self._worker_task: asyncio.Task[None] | None = None
 
@@ -85,7 +88,9 @@ class GitHubIntegration:
             finally:
                 await self.stop()
 
-        return create_app(self.webhook, lifespan=lifespan, checks={
+        tokens = CheckoutTokens(self.api)
+        return create_app(self.webhook, lifespan=lifespan, extra_routes=credential_routes(
+            self.config.internal_token, tokens.issue, tokens.revoke), checks={
             "database": database_check(self.pool), "broker": broker_check(self._broker),
             "tasks": self.supervisor.ready},
             metrics=[outbox_backlog(TARGET, self.outbox.backlog)])

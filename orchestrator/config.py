@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from common.admin_auth import DEFAULT_ADMIN_ADDRESS
 from common.workflow import Limits
 from orchestrator.blobstore import BlobStoreConfig
+from orchestrator.checkout_credentials import CredentialSource
 from orchestrator.db.embedded import default_state_dir
 from orchestrator.secretstore.keys import SecretKeyConfig, parse_secret_keys
 
@@ -151,6 +152,10 @@ class OrchestratorConfig(BaseModel):
     # checked by the backend when it is the one chosen.
     bhyve: dict[str, Any] | None = None
     qemu: dict[str, Any] | None = None
+    # Per forge kind, the integration that gives jobs their checkout credentials
+    # (orchestrator/checkout_credentials.py); a forge not listed is cloned without any.
+    checkout_credentials: dict[Literal["github", "forgejo", "gitea"], CredentialSource] = Field(
+        default_factory=dict)
 
     @field_validator("capacity", mode="before")
     @classmethod

@@ -40,6 +40,7 @@ from orchestrator.backends.base import (
     VMBackend,
     VMSpec,
 )
+from orchestrator.checkout_credentials import CheckoutCredentials, CredentialUnavailable
 from orchestrator.config import OrchestratorConfig
 from orchestrator.db import TRANSIENT_ERRORS
 from orchestrator.effects import Effects
@@ -140,7 +141,7 @@ class Executor:
     def __init__(self, *, config: OrchestratorConfig, store: Store, broker: Broker,
                  backend: VMBackend, sessions: Sessions, effects: Effects,
                  secrets: JobSecrets, advertise_url: str,
-                 supervisor: Supervisor) -> None:
+                 supervisor: Supervisor, credentials: CheckoutCredentials | None = None) -> None:
         self.config = config
         self.store = store
         self.broker = broker
@@ -148,6 +149,7 @@ class Executor:
         self.sessions = sessions
         self.effects = effects
         self.secrets = secrets
+        self.credentials = credentials
         self.advertise_url = advertise_url
         self.supervisor = supervisor
         self.prefix = host_prefix(config.host_name)
@@ -263,6 +265,8 @@ class Executor:
             try:
                 if problem is not None:
                     outcome = problem
+                elif (refused := await self._checkout_credential(lease, session, token)):
+                    outcome = (JobState.ERROR, refused)
                 else:
                     resources = lease.spec.get("resources", {})
                     spec = VMSpec(
@@ -307,6 +311,22 @@ class Executor:
                     JOB_DURATION.labels(*metric_labels).observe(time.monotonic() - leased)
                     JOBS_FINISHED.labels(outcome[0].value, lease.runs_on).inc()
 
+    async def _checkout_credential(self, lease: Lease, session: JobSession,
+                                   token: str) -> str | None:
+        """Put the job's checkout credential, if its forge gives one, into its session and its
+        masker; the reason the job cannot start when it cannot be had."""
+        if self.credentials is None or session.preloaded:
+            return None
+        try:
+            credential = await self.credentials.for_job(lease.repo, lease.job_id)
+        except CredentialUnavailable as exc:
+            return f"infrastructure fault: {exc}"
+        if credential is not None:
+            session.checkout = credential
+            session.masker = SecretMasker([*session.secrets.values(), credential.password],
+                                          verbatim=[token])
+        return None
+
     async def _end(self, lease: Lease, session: JobSession, name: str, vm: VM | None,
                    outcome: Outcome | None) -> None:
         """Kill the token, destroy the machine, then record the result and release dependents."""
@@ -319,6 +339,9 @@ class Executor:
         except Exception:
             log.exception("destroying the job's machine failed; the reaper will retry",
                           extra={"machine": name})
+        if self.credentials is not None and session.checkout is not None:
+            # Nothing of the job runs any more: its checkout credential is of no use now.
+            await self.credentials.revoke(lease.repo, lease.job_id, session.checkout)
         if outcome is None:
             if self._hand_back:
                 _, changes = await hand_back(

@@ -39,6 +39,9 @@ WORKFLOW_JOB_KEY = "workflow"
 SKIPPED_BY_IF = "skipped: `if "
 
 
+APPROVAL_NOTE = "waiting for a maintainer: comment /solstice approve to run it"
+
+
 @dataclass(frozen=True)
 class RunOptions:
     """How a run deviates from what its event would do (`cidev run` uses these)."""
@@ -184,9 +187,11 @@ class Intake:
     async def _plan(self, conn: Any, run_id: uuid.UUID, request: RunRequest,
                     workflow: Workflow, options: RunOptions, changes: Changes) -> None:
         ctx = run_context(request)
-        # An untrusted run the repository wants approved waits for `ciadm approve` first.
+        # An untrusted run the repository wants approved waits for a maintainer first (on the
+        # forge, see orchestrator/forge_approvals.py, or `ciadm approve`). The note is what
+        # the contributor reads in the forge's status.
         waiting = JobState.AWAITING_APPROVAL if request.needs_approval else JobState.QUEUED
-        note = f"waiting for approval: ciadm approve {run_id}" if request.needs_approval else ""
+        note = APPROVAL_NOTE if request.needs_approval else ""
         jobs = await expand_async(workflow)
         if options.only_jobs is not None:
             jobs = select_jobs(jobs, options.only_jobs)

@@ -60,11 +60,14 @@ REFUSED = "invalid job token (wrong, already used, expired, or the job ended)"
 def build_job(session: JobSession) -> runner_pb2.Job:
     """The `Job` message for a runner, from the planned spec stored at intake."""
     spec = session.spec
+    credential = session.checkout
     return runner_pb2.Job(
         job_id=str(session.job_id), run_id=str(session.run_id), job_key=session.key,
         attempt=session.attempt,
         checkout=runner_pb2.Checkout(repo_url=session.repo.clone_url, commit=session.commit_sha,
-                                     ref=session.ref, preloaded=session.preloaded),
+                                     ref=session.ref, preloaded=session.preloaded,
+                                     username=credential.username if credential else "",
+                                     password=credential.password if credential else ""),
         env=spec["env"], secrets=session.secrets, setup_script=spec.get("setup") or "",
         steps=[runner_pb2.StepSpec(index=i, name=s["name"], run=s["run"],
                                    timeout_seconds=s.get("timeout") or 0, enabled=s["enabled"])

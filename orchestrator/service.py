@@ -18,7 +18,7 @@ from common.broker import Broker, Delivery, Subscription
 from common.errors import ConfigError
 from common.health import broker_check, database_check
 from common.http import BackgroundServer
-from common.messages import RunRequest, decode
+from common.messages import RunApproval, decode_run_queue
 from common.metrics import metrics_route
 from common.supervise import Supervisor
 from orchestrator import metrics
@@ -30,11 +30,13 @@ from orchestrator.artifact_copy import copy_chunk_rows
 from orchestrator.artifacts import ArtifactLimits, ArtifactStore
 from orchestrator.backends.base import VMBackend
 from orchestrator.blobstore import BlobStore, open_blob_store
+from orchestrator.checkout_credentials import CheckoutCredentials
 from orchestrator.compaction import LogCompactor
 from orchestrator.config import OrchestratorConfig
 from orchestrator.db import Database
 from orchestrator.effects import Effects
 from orchestrator.executor import Executor, host_prefix
+from orchestrator.forge_approvals import apply_approval
 from orchestrator.grants import GrantSigner
 from orchestrator.hosts import HostRegistry
 from orchestrator.intake import Intake
@@ -124,6 +126,7 @@ class Orchestrator:
         # Wakes the web pages' live streams when this host stored a job's log or changed state.
         self.live = LiveSignals()
         self.logs.on_written = self.live.notify
+        self.credentials: CheckoutCredentials | None = None
 
     async def start(self) -> None:
         # Hold the host name and clear up after a previous life before taking any job.
@@ -183,10 +186,13 @@ class Orchestrator:
             self.relay.log_url_base = self.config.public_url or self.web.url
             self.relay.grants = self.grants
         self.relay.start(self.supervisor)
+        if self.config.checkout_credentials:
+            self.credentials = CheckoutCredentials(self.config.checkout_credentials)
         self.executor = Executor(config=self.config, store=self.store, broker=self.broker,
                                  backend=self.backend, sessions=self.sessions,
                                  effects=self.effects, secrets=self.secrets,
-                                 advertise_url=self.grpc_url, supervisor=self.supervisor)
+                                 advertise_url=self.grpc_url, supervisor=self.supervisor,
+                                 credentials=self.credentials)
         self.executor.drained = self.registry.drained
         await self.executor.start()
         self._runs = await self.broker.consume_runs(self._on_run)
@@ -227,8 +233,11 @@ class Orchestrator:
         self.admin_url = advertised(self.config.admin_listen, port, None)
 
     async def _on_run(self, delivery: Delivery) -> None:
-        request = decode(delivery.body, RunRequest)
-        await self.intake.accept(request)
+        message = decode_run_queue(delivery.body)
+        if isinstance(message, RunApproval):
+            await apply_approval(self.db, self.api, message)
+        else:
+            await self.intake.accept(message)
         await delivery.ack()
 
     def _fenced(self) -> None:
@@ -276,6 +285,8 @@ class Orchestrator:
         if self.blobs is not None:
             await self.blobs.close()
         await self.logs.close()
+        if self.credentials is not None:
+            await self.credentials.aclose()
         await self.backend.close()
         await self.supervisor.close()
         log.info("orchestrator stopped", extra={"host": self.config.host_name})

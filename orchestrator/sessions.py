@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from common.errors import SolsticeError
+from common.forge.credentials import CheckoutCredential
 from common.masking import SecretMasker
 from common.messages import JobState, Repo
 
@@ -51,6 +52,8 @@ class JobSession:
     secrets: dict[str, str]
     preloaded: bool
     masker: SecretMasker
+    # The credential the runner clones with (orchestrator/checkout_credentials.py), if any.
+    checkout: CheckoutCredential | None = None
     started: asyncio.Event = field(default_factory=asyncio.Event)
     started_at: float = 0.0
     last_seen: float = field(default_factory=time.monotonic)

@@ -3,8 +3,12 @@ sees the same chunks whether the log is still rows or already compacted into the
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 
-from orchestrator.logarchive import LogChunk
+import asyncpg
+
+from orchestrator.blobstore.filesystem import FilesystemBlobStore
+from orchestrator.logarchive import LogChunk, read_chunks
 from orchestrator.logstore import read_log
 from orchestrator.service import Orchestrator
 
@@ -24,3 +28,16 @@ async def stored_chunks(orchestrator: Orchestrator, job_id: uuid.UUID) -> list[L
 async def stored_log(orchestrator: Orchestrator, job_id: uuid.UUID) -> bytes:
     """The job's log bytes, every attempt in order."""
     return b"".join(c.data for c in await stored_chunks(orchestrator, job_id))
+
+
+async def cluster_job_log(pool: asyncpg.Pool, blob_root: Path, job_id: uuid.UUID) -> bytes:
+    """The current attempt's log of a job run by orchestrator processes (`tests.multihost`)
+    sharing the filesystem blob store at `blob_root`: rows or archive alike."""
+    blobs = await FilesystemBlobStore.open(blob_root)
+    try:
+        async with pool.acquire() as conn:
+            attempt = await conn.fetchval("SELECT attempt FROM jobs WHERE id = $1", job_id)
+            chunks = await read_chunks(conn, blobs, job_id, attempt, 0)
+    finally:
+        await blobs.close()
+    return b"".join(c.data for c in chunks)

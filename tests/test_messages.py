@@ -9,8 +9,10 @@ from common.messages import (
     JobState,
     MessageError,
     Repo,
+    RunApproval,
     RunRequest,
     decode,
+    decode_run_queue,
     encode,
 )
 
@@ -35,3 +37,15 @@ def test_unknown_version_and_garbage_are_message_errors() -> None:
     with pytest.raises(MessageError, match="runs_on"):
         decode(b'{"schema_version":1,"run_id":"%s","job_id":"%s","job_key":"a"}'
                % (str(uuid.uuid4()).encode(), str(uuid.uuid4()).encode()), JobRequest)
+
+
+def test_the_runs_queue_carries_requests_and_approvals() -> None:
+    approval = RunApproval(request_id="d1", repo=REPO, actor="maintainer", run_id=uuid.uuid4())
+    assert decode_run_queue(encode(approval)) == approval
+    request = RunRequest(request_id="d2", repo=REPO, commit_sha="a" * 40, ref="refs/heads/main",
+                         event=EventKind.PUSH, workflow_source="workflow {}")
+    assert decode_run_queue(encode(request)) == request
+    for body in (b'{"type": "run_cancel", "schema_version": 1}', b"[]",
+                 encode(approval).replace(b'"schema_version":1', b'"schema_version":2')):
+        with pytest.raises(MessageError):
+            decode_run_queue(body)

@@ -67,7 +67,7 @@ from common.broker.base import (
     clamp_priority,
     run_handler,
 )
-from common.messages import JobEvent, JobRequest, RunRequest, encode
+from common.messages import JobEvent, JobRequest, RunApproval, RunRequest, encode
 from common.retry import Backoff, retry_async
 from common.tracing import message_headers
 
@@ -268,7 +268,7 @@ class AmqpBroker(Broker):
                               hint="is the broker up? nothing was lost: the caller still "
                                    "holds the message and may retry") from exc
 
-    async def publish_run(self, request: RunRequest) -> None:
+    async def publish_run(self, request: RunRequest | RunApproval) -> None:
         await self._publish("", f"{self.prefix}.runs", encode(request), priority=request.priority)
 
     async def publish_job(self, request: JobRequest) -> None:

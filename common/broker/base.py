@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from opentelemetry.trace import SpanKind
 
 from common.errors import SolsticeError
-from common.messages import JobEvent, JobRequest, MessageError, RunRequest
+from common.messages import JobEvent, JobRequest, MessageError, RunApproval, RunRequest
 from common.observability import tracer
 from common.tracing import SENT_AT_HEADER, TRACEPARENT, context_from
 
@@ -178,7 +178,7 @@ class Broker(abc.ABC):
         """Connected now (False while closed or reconnecting): for readiness checks."""
 
     @abc.abstractmethod
-    async def publish_run(self, request: RunRequest) -> None:
+    async def publish_run(self, request: RunRequest | RunApproval) -> None:
         """Returns once the broker holds the message durably; raises `BrokerError` if not."""
 
     @abc.abstractmethod

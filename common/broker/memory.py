@@ -25,7 +25,7 @@ from common.broker.base import (
     clamp_priority,
     run_handler,
 )
-from common.messages import JobEvent, JobRequest, RunRequest, encode
+from common.messages import JobEvent, JobRequest, RunApproval, RunRequest, encode
 from common.tracing import message_headers
 
 log = logging.getLogger(__name__)
@@ -163,7 +163,7 @@ class MemoryBroker(Broker):
         self._queue(f"{self.prefix}.dead").put(
             self._message(message.body, routing_key=message.routing_key, headers=headers))
 
-    async def publish_run(self, request: RunRequest) -> None:
+    async def publish_run(self, request: RunRequest | RunApproval) -> None:
         self._check_open()
         name = f"{self.prefix}.runs"
         self._queue(name).put(self._message(encode(request), priority=request.priority,

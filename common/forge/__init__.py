@@ -12,5 +12,8 @@
   decides both the secret (or installation) and the run's repository;
 - `webhook`: the Starlette edge (`webhook_app`, `read_body` within `BodyLimits`, `parse_json`,
   `answer`);
-- `errors`: `ForgeApiError` (with `retryable`) and `WebhookRejected` (with the HTTP status).
+- `errors`: `ForgeApiError` (with `retryable`) and `WebhookRejected` (with the HTTP status);
+- `commands`: `/solstice approve [SHA]` in a comment; `approval`: who may approve on the forge
+  and the `RunApproval` published for the orchestrators;
+- `credentials`: the internal endpoint orchestrators ask for a job's checkout credential.
 """

@@ -36,7 +36,7 @@ async def test_untrusted_run_waits_for_approval_then_runs(harness: Harness) -> N
     run_id = await harness.submit(WORKFLOW, trusted=False, needs_approval=True)
     summary = await harness.api.summary(run_id)
     assert [j.state for j in summary.jobs] == [JobState.AWAITING_APPROVAL]
-    assert "ciadm approve" in summary.jobs[0].message
+    assert "waiting for a maintainer" in summary.jobs[0].message
     await asyncio.sleep(0.5)  # nothing may start meanwhile
     assert (await harness.api.summary(run_id)).jobs[0].state == JobState.AWAITING_APPROVAL
 

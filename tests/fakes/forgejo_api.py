@@ -11,7 +11,14 @@ It serves the endpoints `forge_integration` uses, with the forge's documented ru
 - `POST /repos/{o}/{r}/statuses/{sha}`: `CreateStatusOption`: `state` one of pending, success,
   error, failure, warning; `context`, `description`, `target_url` strings (an http(s) URL or
   empty); other fields, a malformed sha or body are answered 422 and change nothing. Accepted
-  statuses are kept in order in `statuses`.
+  statuses are kept in order in `statuses`;
+- `POST /repos/{o}/{r}/issues/{index}/comments`: `CreateIssueCommentOption` (`body`), kept
+  in `comments`;
+- git over smart HTTP (`git http-backend`, see `tests/fakes/git_http.py`) at
+  `/{owner}/{name}.git` for a fake made with a `git_root`: a `private` repository only with
+  `Authorization: Basic` whose password is a token of `read_tokens` covering it (any user
+  name: the forges authenticate a token given as the password whatever the name); others
+  also anonymously.
 
 `fail(times, status=..., delay=..., path_contains=...)` answers the next matching requests with
 an error (or holds them `delay` seconds first: a hanging forge, for client timeouts).
@@ -24,6 +31,7 @@ import hashlib
 import re
 import socket
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -33,6 +41,8 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+from tests.fakes.git_http import GitHttp
 
 STATES = {"pending", "success", "error", "failure", "warning"}
 STATUS_FIELDS = {"state", "context", "description", "target_url"}
@@ -50,6 +60,7 @@ class FakeRepo:
     files: dict[tuple[str, str], str] = field(default_factory=dict)  # (sha, path) -> text
     permissions: dict[str, str] = field(default_factory=dict)  # login -> permission
     token_is_admin: bool = True  # whether the integration's token may read permissions
+    private: bool = False
 
 
 @dataclass(frozen=True)
@@ -61,6 +72,14 @@ class Status:
     context: str
     description: str
     target_url: str
+
+
+@dataclass(frozen=True)
+class Comment:
+    owner: str
+    repo: str
+    index: int
+    body: str
 
 
 @dataclass
@@ -78,8 +97,14 @@ def _error(status: int, message: str) -> JSONResponse:
 class FakeForgejo:
     """Use as `async with FakeForgejo(token) as forge:`; `forge.url` is the site root."""
 
-    def __init__(self, token: str = "forge-token") -> None:
+    def __init__(self, token: str = "forge-token", *, git_root: Path | None = None) -> None:
         self.token = token
+        self.git = (GitHttp(git_root, lambda key: getattr(self.repos.get(key), 'private', True),
+                            lambda token, key: key in self.read_tokens.get(token, set()))
+                    if git_root is not None else None)
+        # Read tokens for git: token -> the `owner/name`s (lower case) it reads.
+        self.read_tokens: dict[str, set[str]] = {}
+        self.comments: list[Comment] = []
         self.repos: dict[str, FakeRepo] = {}
         self.users: set[str] = set()
         self.statuses: list[Status] = []
@@ -100,9 +125,10 @@ class FakeForgejo:
     def add_repo(self, owner: str, name: str, *, repo_id: int = 1, default_branch: str = "main",
                  branches: dict[str, str] | None = None,
                  files: dict[tuple[str, str], str] | None = None,
-                 permissions: dict[str, str] | None = None, token_is_admin: bool = True) -> FakeRepo:
+                 permissions: dict[str, str] | None = None, token_is_admin: bool = True,
+                 private: bool = False) -> FakeRepo:
         repo = FakeRepo(owner, name, repo_id, default_branch, dict(branches or {}),
-                        dict(files or {}), dict(permissions or {}), token_is_admin)
+                        dict(files or {}), dict(permissions or {}), token_is_admin, private)
         self.repos[f"{owner}/{name}".lower()] = repo
         self.users |= {owner, *repo.permissions}
         return repo
@@ -130,6 +156,9 @@ class FakeForgejo:
             Route(prefix + "/contents/{path:path}", self._contents, methods=["GET"]),
             Route(prefix + "/collaborators/{user}/permission", self._permission, methods=["GET"]),
             Route(prefix + "/statuses/{sha}", self._create_status, methods=["POST"]),
+            Route(prefix + "/issues/{index:int}/comments", self._create_comment, methods=["POST"]),
+            *([Route("/{owner}/{name}.git/{rest:path}", self.git.handle, methods=["GET", "POST"])]
+              if self.git is not None else []),
         ])
         guarded = self._guard(app)
         # proto=IPPROTO_TCP: asyncio sets TCP_NODELAY only on sockets that say they are TCP;
@@ -177,7 +206,8 @@ class FakeForgejo:
                 if fault.status:
                     await _error(fault.status, "Internal Server Error (injected)")(scope, receive, send)
                     return
-            if Headers(scope=scope).get("authorization") != f"token {self.token}":
+            is_git = self.git is not None and self.git.matches(path)
+            if not is_git and Headers(scope=scope).get("authorization") != f"token {self.token}":
                 await _error(401, "token is required")(scope, receive, send)
                 return
             await app(scope, receive, send)
@@ -256,6 +286,20 @@ class FakeForgejo:
         return JSONResponse({"id": len(self.statuses), "status": status.state,
                              "context": status.context, "description": status.description,
                              "target_url": status.target_url}, status_code=201)
+
+    async def _create_comment(self, request: Request) -> Response:
+        repo = self._find(request)
+        if repo is None:
+            return _error(404, "repository does not exist")
+        try:
+            body = await request.json()
+        except ValueError:
+            return _error(422, "body is not JSON")
+        if not isinstance(body, dict) or not isinstance(body.get("body"), str) or not body["body"]:
+            return _error(422, "[Body]: Required")
+        comment = Comment(repo.owner, repo.name, request.path_params["index"], body["body"])
+        self.comments.append(comment)
+        return JSONResponse({"id": len(self.comments), "body": comment.body}, status_code=201)
 
     def _reject(self, status: int, message: str) -> Response:
         self.rejected.append((status, message))

@@ -9,13 +9,27 @@ It implements the endpoints the integration uses, with GitHub's documented rules
   installation has no repository of gets 422, as on GitHub;
 - repository endpoints need a live installation token of the installation owning the repo
   (and, for a scoped token, naming it);
-- `POST`/`PATCH .../check-runs` validate the body: documented fields only, `status` and
+- `POST`/`PATCH .../check-runs` validate the body: documented fields only, `actions` (at most
+  3; label, description, identifier of at most 20, 40, 20 characters), `status` and
   `conclusion` values, `conclusion` required with `status: completed` or `completed_at`,
   `output.title`/`summary` required, summary and text at most 65,535 characters, at most 50
   annotations per request, each annotation's required fields and levels. PATCH appends
   annotations, as GitHub does. Invalid bodies get 422 and change nothing;
 - `GET .../contents/{path}?ref=` serves files from memory, base64 as GitHub does;
-- `GET .../collaborators/{user}/permission`.
+- `GET .../collaborators/{user}/permission`;
+- installation permissions: each installation has `installation_permissions` (by default
+  checks and issues write, contents and metadata read); a token request's `permissions` must
+  stay within them (else 422) and the token holds just those plus `metadata: read`. An
+  endpoint the token's permissions do not cover answers 403 "Resource not accessible by
+  integration": contents and git need `contents: read`, check runs `checks: write`, issue
+  comments `issues: write`;
+- `POST .../issues/{number}/comments` keeps the comment in `comments`;
+- `DELETE /installation/token` revokes the token it is sent with (204; 401 for a token
+  already expired or revoked), listed in `revoked`;
+- git over smart HTTP (`git http-backend`, see `tests/fakes/git_http.py`) at
+  `/{owner}/{name}.git` for repositories with a `git_root`: a `private` repository only with
+  `Authorization: Basic` whose password is a live installation token reaching it with
+  `contents: read` (any user name, as GitHub's `x-access-token`); others also anonymously.
 
 `fail(times, status=...)` answers the next matching requests with an error status, and
 `fail(times, delay=...)` holds them that long (for client timeouts).
@@ -29,8 +43,9 @@ import itertools
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import jwt
@@ -39,10 +54,11 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.base import BaseHTTPMiddleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from common.http import running
+from tests.fakes.git_http import GitHttp
 
 STATUSES = {"queued", "in_progress", "completed"}
 CONCLUSIONS = {"action_required", "cancelled", "failure", "neutral", "success", "skipped",
@@ -71,15 +87,35 @@ class FakeRepo:
     files: dict[tuple[str, str], str] = field(default_factory=dict)  # (ref, path) -> text
     branches: dict[str, str] = field(default_factory=dict)  # branch -> sha
     permissions: dict[str, str] = field(default_factory=dict)  # login -> admin/write/read
+    private: bool = False
+
+
+DEFAULT_INSTALLATION_PERMISSIONS = {"checks": "write", "contents": "read", "metadata": "read",
+                                    "issues": "write"}
+LEVELS = {"read": 1, "write": 2}
 
 
 @dataclass(frozen=True)
 class Grant:
-    """An installation token: its installation, expiry and, when scoped, its repositories."""
+    """An installation token: its installation, expiry, permissions and, when scoped, its
+    repositories."""
 
     installation_id: int
     expires_at: float
     repositories: frozenset[str] | None = None  # lower-case owner/name; None: all of them
+    permissions: tuple[tuple[str, str], ...] = tuple(DEFAULT_INSTALLATION_PERMISSIONS.items())
+
+    def allows(self, name: str, level: str) -> bool:
+        held = dict(self.permissions).get(name)
+        return held is not None and LEVELS[held] >= LEVELS[level]
+
+
+@dataclass(frozen=True)
+class Comment:
+    owner: str
+    repo: str
+    number: int
+    body: str
 
 
 @dataclass
@@ -147,6 +183,20 @@ def _validate_annotation(index: int, annotation: Any) -> None:
             raise Invalid(f"{where}.{name} is longer than {TEXT_LIMIT} characters")
 
 
+def _validate_actions(actions: Any) -> None:
+    """GitHub's rules for requested actions: at most 3, each label <= 20 characters,
+    description <= 40, identifier <= 20, all three required."""
+    if not isinstance(actions, list) or len(actions) > 3:
+        raise Invalid("actions must be an array of at most 3 objects")
+    for index, action in enumerate(actions):
+        if not isinstance(action, dict) or set(action) != {"label", "description", "identifier"}:
+            raise Invalid(f"actions[{index}] needs exactly label, description and identifier")
+        for name, limit in (("label", 20), ("description", 40), ("identifier", 20)):
+            value = action[name]
+            if not isinstance(value, str) or not value or len(value) > limit:
+                raise Invalid(f"actions[{index}].{name} must be 1 to {limit} characters")
+
+
 def validate_check_run_body(body: Any, *, create: bool) -> None:
     """Raise `Invalid` for a body GitHub's check-runs endpoints would refuse."""
     if not isinstance(body, dict):
@@ -172,6 +222,8 @@ def validate_check_run_body(body: Any, *, create: bool) -> None:
             raise Invalid(f"{name} must be a string")
     if "details_url" in body and not body["details_url"].startswith(("http://", "https://")):
         raise Invalid("details_url must be an http(s) URL")
+    if "actions" in body:
+        _validate_actions(body["actions"])
     if "output" in body:
         output = body["output"]
         if not isinstance(output, dict):
@@ -198,8 +250,14 @@ class FakeGitHub:
     """The fake GitHub API. Use as `async with FakeGitHub(...) as gh:`; `gh.url` is its root."""
 
     def __init__(self, app_id: int, public_key: rsa.RSAPublicKey, *,
-                 token_lifetime: float = 3600.0, clock: Callable[[], float] = time.time) -> None:
+                 token_lifetime: float = 3600.0, clock: Callable[[], float] = time.time,
+                 git_root: Path | None = None) -> None:
         self.app_id = app_id
+        self.git = (GitHttp(git_root, lambda key: getattr(self.repos.get(key), 'private', True), self._token_reads)
+                    if git_root is not None else None)
+        self.installation_permissions: dict[int, dict[str, str]] = {}
+        self.comments: list[Comment] = []
+        self.revoked: list[str] = []  # tokens revoked through DELETE /installation/token
         self.public_key = public_key
         self.token_lifetime = token_lifetime
         self.clock = clock
@@ -219,9 +277,9 @@ class FakeGitHub:
     def add_repo(self, owner: str, name: str, *, installation_ids: set[int],
                  files: dict[tuple[str, str], str] | None = None,
                  branches: dict[str, str] | None = None,
-                 permissions: dict[str, str] | None = None) -> FakeRepo:
+                 permissions: dict[str, str] | None = None, private: bool = False) -> FakeRepo:
         repo = FakeRepo(owner, name, set(installation_ids), dict(files or {}),
-                        dict(branches or {}), dict(permissions or {}))
+                        dict(branches or {}), dict(permissions or {}), private)
         self.repos[f"{owner}/{name}".lower()] = repo
         return repo
 
@@ -243,12 +301,17 @@ class FakeGitHub:
             Route("/app/installations/{installation_id:int}/access_tokens", self._access_token,
                   methods=["POST"]),
             Route("/repos/{owner}/{repo}/installation", self._repo_installation, methods=["GET"]),
+            Route("/installation/token", self._revoke_token, methods=["DELETE"]),
             Route("/repos/{owner}/{repo}/contents/{path:path}", self._contents, methods=["GET"]),
             Route("/repos/{owner}/{repo}/collaborators/{user}/permission", self._permission,
                   methods=["GET"]),
             Route("/repos/{owner}/{repo}/check-runs", self._create_check_run, methods=["POST"]),
             Route("/repos/{owner}/{repo}/check-runs/{check_run_id:int}", self._update_check_run,
                   methods=["PATCH"]),
+            Route("/repos/{owner}/{repo}/issues/{number:int}/comments", self._create_comment,
+                  methods=["POST"]),
+            *([Route("/{owner}/{name}.git/{rest:path}", self.git.handle, methods=["GET", "POST"])]
+              if self.git is not None else []),
         ], middleware=[Middleware(BaseHTTPMiddleware, dispatch=self._inject_faults)])
         self._serving = running(app)
         self.url = await self._serving.__aenter__()
@@ -300,8 +363,10 @@ class FakeGitHub:
             return "'Expiration time' claim ('exp') must be a numeric value representing the future time"
         return None
 
-    def _repo_for(self, request: Request) -> FakeRepo | JSONResponse:
-        """The repo of the path if the request's installation token may use it, else an error."""
+    def _repo_for(self, request: Request,
+                  need: tuple[str, str] = ("metadata", "read")) -> FakeRepo | JSONResponse:
+        """The repo of the path if the request's installation token may use it with the
+        permission `need`, else an error."""
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
         grant = self.tokens.get(token) if scheme.lower() in ("token", "bearer") else None
@@ -312,7 +377,21 @@ class FakeGitHub:
         if repo is None or grant.installation_id not in repo.installation_ids \
                 or (grant.repositories is not None and key not in grant.repositories):
             return _error(404, "Not Found")
+        if not grant.allows(*need):
+            return _error(403, "Resource not accessible by integration")
         return repo
+
+    def _token_reads(self, token: str, key: str) -> bool:
+        """Whether installation token `token` may clone `key` (live, reaching it, contents)."""
+        repo = self.repos.get(key)
+        grant = self.tokens.get(token)
+        return (repo is not None and grant is not None and grant.expires_at > self.clock()
+                and grant.installation_id in repo.installation_ids
+                and (grant.repositories is None or key in grant.repositories)
+                and grant.allows("contents", "read"))
+
+    def grant_of(self, token: str) -> Grant | None:
+        return self.tokens.get(token)
 
     def tokens_for(self, owner: str, name: str) -> list[str]:
         """The live tokens issued so far that reach `owner/name`."""
@@ -332,7 +411,19 @@ class FakeGitHub:
         installed = [r for r in self.repos.values() if installation_id in r.installation_ids]
         if not installed:
             return _error(404, "Not Found")
-        names = (await request.json() if await request.body() else {}).get("repositories")
+        asked = await request.json() if await request.body() else {}
+        names = asked.get("repositories")
+        installed_permissions = self.installation_permissions.get(
+            installation_id, DEFAULT_INSTALLATION_PERMISSIONS)
+        permissions = dict(installed_permissions)
+        if asked.get("permissions") is not None:
+            wanted = asked["permissions"]
+            if any(installed_permissions.get(k) is None or v not in LEVELS
+                   or LEVELS[v] > LEVELS[installed_permissions[k]] for k, v in wanted.items()):
+                return JSONResponse({"message": "The permissions requested are not granted to "
+                                                "this installation.",
+                                     "documentation_url": "https://docs.github.com/rest"}, 422)
+            permissions = {**wanted, "metadata": "read"}
         scope: list[FakeRepo] | None = None
         if names is not None:
             scope = [r for r in installed if r.name.lower() in {n.lower() for n in names}]
@@ -344,17 +435,26 @@ class FakeGitHub:
         token = "ghs_" + secrets.token_hex(18)
         expires_at = self.clock() + self.token_lifetime
         self.tokens[token] = Grant(installation_id, expires_at, None if scope is None else
-                                   frozenset(f"{r.owner}/{r.name}".lower() for r in scope))
+                                   frozenset(f"{r.owner}/{r.name}".lower() for r in scope),
+                                   tuple(sorted(permissions.items())))
         self.tokens_issued += 1
         stamp = datetime.fromtimestamp(expires_at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         answer: dict[str, Any] = {"token": token, "expires_at": stamp,
-                                  "permissions": {"checks": "write", "contents": "read",
-                                                  "metadata": "read"},
+                                  "permissions": permissions,
                                   "repository_selection": "selected"}
         if scope is not None:
             answer["repositories"] = [{"name": r.name, "full_name": f"{r.owner}/{r.name}",
                                        "owner": {"login": r.owner}} for r in scope]
         return JSONResponse(answer, 201)
+
+    async def _revoke_token(self, request: Request) -> Response:
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        grant = self.tokens.get(token) if scheme.lower() in ("token", "bearer") else None
+        if grant is None or grant.expires_at <= self.clock():
+            return _error(401, "Bad credentials")
+        self.tokens[token] = replace(grant, expires_at=0.0)  # dead, still inspectable
+        self.revoked.append(token)
+        return Response(status_code=204)
 
     async def _repo_installation(self, request: Request) -> JSONResponse:
         problem = self._app_jwt_problem(request)
@@ -368,7 +468,7 @@ class FakeGitHub:
                              "account": {"login": repo.owner}})
 
     async def _contents(self, request: Request) -> JSONResponse:
-        repo = self._repo_for(request)
+        repo = self._repo_for(request, ("contents", "read"))
         if isinstance(repo, JSONResponse):
             return repo
         ref = request.query_params.get("ref") or "main"
@@ -424,7 +524,7 @@ class FakeGitHub:
                 "output": {**run.output, "annotations_count": len(run.annotations)}}
 
     async def _create_check_run(self, request: Request) -> JSONResponse:
-        repo = self._repo_for(request)
+        repo = self._repo_for(request, ("checks", "write"))
         if isinstance(repo, JSONResponse):
             return repo
         body = await self._body(request, create=True)
@@ -436,7 +536,7 @@ class FakeGitHub:
         return JSONResponse(self._as_json(run), 201)
 
     async def _update_check_run(self, request: Request) -> JSONResponse:
-        repo = self._repo_for(request)
+        repo = self._repo_for(request, ("checks", "write"))
         if isinstance(repo, JSONResponse):
             return repo
         run = self.check_runs.get(request.path_params["check_run_id"])
@@ -447,3 +547,17 @@ class FakeGitHub:
             return body
         self._apply(run, body)
         return JSONResponse(self._as_json(run))
+
+    async def _create_comment(self, request: Request) -> JSONResponse:
+        repo = self._repo_for(request, ("issues", "write"))
+        if isinstance(repo, JSONResponse):
+            return repo
+        try:
+            body = await request.json()
+        except ValueError:
+            return _error(400, "Problems parsing JSON")
+        if not isinstance(body, dict) or not isinstance(body.get("body"), str) or not body["body"]:
+            return JSONResponse({"message": "Invalid request.", "errors": ["body is required"]}, 422)
+        comment = Comment(repo.owner, repo.name, request.path_params["number"], body["body"])
+        self.comments.append(comment)
+        return JSONResponse({"id": next(self._ids), "body": comment.body}, 201)

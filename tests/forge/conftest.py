@@ -20,7 +20,7 @@ from common.forge.migrate import open_pool
 from common.forge.outbox import OutboxWorker
 from common.forge.signature import sign
 from common.http import running
-from common.messages import RunRequest, decode
+from common.messages import RunApproval, RunRequest, decode_run_queue
 from common.retry import Backoff
 from forge_integration.app import ForgeIntegration
 from forge_integration.config import ForgeIntegrationConfig, Site
@@ -44,7 +44,7 @@ class Harness:
     service: ForgeIntegration
     http: httpx.AsyncClient
     pool: asyncpg.Pool
-    runs: list[RunRequest] = field(default_factory=list)
+    runs: list[RunRequest | RunApproval] = field(default_factory=list)
 
     async def post(self, body: bytes | dict[str, Any], event: str, *, forge: str = "forgejo",
                    delivery: str | None = None, secret: str | None = SECRET,
@@ -111,10 +111,10 @@ async def service_with(config: ForgeIntegrationConfig, forge: FakeForgejo, pool:
     service = ForgeIntegration(config, pool, broker, clients)
     service.worker = OutboxWorker(service.outbox, StatusSender(clients), backoff=FAST,
                                   poll_interval=0.05, lease=3.0, send_timeout=2.0)
-    runs: list[RunRequest] = []
+    runs: list[RunRequest | RunApproval] = []
 
     async def collect(delivery: Delivery) -> None:
-        runs.append(decode(delivery.body, RunRequest))
+        runs.append(decode_run_queue(delivery.body))
         await delivery.ack()
 
     subscription = await broker.consume_runs(collect)

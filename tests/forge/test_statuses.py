@@ -41,8 +41,10 @@ def test_state_mapping() -> None:
         assert (body["state"], body["description"]) == (forge_state, description)
         assert body["context"] == "solstice/workflow/test[os=omnios]"
         assert body["target_url"] == "https://ci/jobs/1"
-    waiting = status_body(JobEvent(**base, state=JobState.AWAITING_APPROVAL))  # type: ignore[arg-type]
-    assert waiting["state"] == "pending" and "approv" in waiting["description"]
+    waiting = status_body(JobEvent(**base, state=JobState.AWAITING_APPROVAL,  # type: ignore[arg-type]
+                                   description="waiting for a maintainer: comment /solstice approve"))
+    assert waiting == {**waiting, "state": "pending", "description":
+                       "waiting for a maintainer: comment /solstice approve to run it"}
     long = JobEvent(**base, state=JobState.ERROR, description="x" * 500)  # type: ignore[arg-type]
     assert len(status_body(long)["description"]) == 140
 

@@ -74,9 +74,15 @@ def test_error_is_a_failure_titled_infrastructure() -> None:
     assert "zone boot failed" in body["output"]["summary"]
 
 
-def test_approval_summary_names_the_command() -> None:
+def test_approval_check_run_offers_the_button_and_the_comment() -> None:
     body = check_run_requests(job_event(JobState.AWAITING_APPROVAL, 1), create=True).first
-    assert f"ciadm approve {uuid.UUID(int=1)}" in body["output"]["summary"]
+    assert body["conclusion"] == "action_required"
+    assert body["actions"] == [{"label": "Approve and run", "description": "Run this untrusted code",
+                                "identifier": "approve"}]
+    summary = body["output"]["summary"]
+    assert "/solstice approve" in summary and "maintainer" in summary
+    assert "ciadm" not in summary and str(uuid.UUID(int=1)) not in summary
+    validate_check_run_body(body, create=True)
 
 
 def test_failure_summary_has_step_and_log_tail() -> None:

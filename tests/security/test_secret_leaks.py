@@ -34,6 +34,7 @@ from orchestrator.backends.local import LocalBackend
 from orchestrator.backends.seed import write_seed
 from orchestrator.config import OrchestratorConfig
 from orchestrator.secretstore import parse_scope
+from tests.joblog import stored_log
 from tests.orchestrator.conftest import ADMIN_TOKEN
 from tests.orchestrator.test_secret_store import key_file
 
@@ -113,7 +114,7 @@ async def test_a_stored_secret_leaks_nowhere(pg_dsn: str, amqp_url: str, broker_
         database_url=pg_dsn, amqp_url=amqp_url, broker_prefix=broker_prefix,
         grpc_listen="127.0.0.1:0", admin_listen="127.0.0.1:0", admin_token=ADMIN_TOKEN,
         capacity={"local": 2}, allow_local_backend=True, boot_timeout=30,
-        secret_keys=[key_file(tmp_path, "k1")])
+        secret_keys=[key_file(tmp_path, "k1")], blob_store={"path": tmp_path / "blobs"})
     tap_messages: list[aio_pika.abc.AbstractIncomingMessage] = []
     async with standalone.running(config, backend=RecordingBackend(tmp_path / "machines")) as orch:
         connection = await aio_pika.connect_robust(amqp_url)
@@ -140,8 +141,8 @@ async def test_a_stored_secret_leaks_nowhere(pg_dsn: str, amqp_url: str, broker_
         stop.set()
         await watcher
         assert summary.state == "success", summary
-        log = b"".join(bytes(r["data"]) for r in await orch.db.pool.fetch(
-            "SELECT data FROM log_chunks ORDER BY job_id, attempt, seq"))
+        log = b"".join([await stored_log(orch, job.job_id) for job in summary.jobs])
+        assert log, "the job's log was read (rows or its compacted archive)"
         await asyncio.sleep(0.5)  # the last events reach the tap
         while (message := await tap.get(no_ack=True, fail=False)) is not None:
             tap_messages.append(message)
