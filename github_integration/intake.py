@@ -16,14 +16,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from common.broker import Broker
 from common.forge.errors import WebhookRejected
+from common.forge.events import Ignored, Published
 from common.forge.policy import (
     InvalidWorkflow,
     RunCandidate,
-    Skip,
     Trust,
     plan_run,
     run_request,
@@ -33,17 +32,10 @@ from common.observability import tracer
 from common.workflow import DEFAULT_LIMITS, DEFAULT_PATH, Limits
 from github_integration.api import GitHubApi
 from github_integration.errors import GitHubApiError
-from github_integration.events import Ignored, JobRerun
+from github_integration.events import JobRerun
 from github_integration.feedback import WORKFLOW_CHECK_NAME, CheckRunOutbox
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Published:
-    """The broker confirmed this run request."""
-
-    request: RunRequest
 
 
 class Intake:
@@ -105,8 +97,8 @@ class Intake:
         plan = await plan_run(candidate, self._api,
                               approval_for_untrusted=self._approval_for(candidate.repo.full_name),
                               workflow_path=self._workflow_path, limits=self._workflow_limits)
-        if isinstance(plan, Skip):
-            return Ignored(plan.reason)
+        if isinstance(plan, Ignored):
+            return plan
         if isinstance(plan, InvalidWorkflow):
             await self._outbox.add_invalid_workflow(plan)
             return Ignored(f"{self._workflow_path} at {plan.workflow_ref} is invalid; "

@@ -22,10 +22,10 @@ from common.forge.signature import sign
 from common.http import running
 from common.messages import RunRequest, decode
 from common.retry import Backoff
-from forge_integration.app import ForgeIntegration
 from forge_integration.config import ForgeIntegrationConfig, Site
+from forge_integration.feedback import StatusSender
 from forge_integration.main import clients_for
-from forge_integration.statuses import StatusSender
+from forge_integration.service import ForgeIntegration
 from tests.fakes.forgejo_api import FakeForgejo
 from tests.fixtures import FIXTURES
 

@@ -163,7 +163,7 @@ async def test_invalid_workflow_gets_a_failed_status_pointing_at_the_error(harne
         'workflow name="ci" {\n  job id="build" runs_on="local" {\n    stepp name="x"\n'
         '    step name="ok" run="make"\n  }\n}\n')
     response = await harness.post(PUSH, "push")
-    assert response.status_code == 200 and response.json()["outcome"] == "invalid_workflow"
+    assert response.status_code == 200 and response.json()["outcome"] == "ignored"
     await harness.wait_for(lambda: bool(harness.forge.statuses))
     [status] = harness.forge.statuses
     assert (status.sha, status.state, status.context) == (PUSH["after"], "failure", "solstice/workflow")
@@ -179,12 +179,12 @@ async def test_triggers_filter_events_and_branches(harness: Harness) -> None:
         'workflow { on "push" branches="release/*"\n'
         ' job id="b" runs_on="local" { step name="m" run="make" } }')
     skipped = await harness.post(PUSH, "push")
-    assert skipped.status_code == 200 and skipped.json()["outcome"] == "skipped"
+    assert skipped.status_code == 200 and skipped.json()["outcome"] == "ignored"
     assert (await harness.post(push_to("refs/heads/release/2.0"), "push")).status_code == 202
-    assert (await harness.post(push_to("refs/tags/v2"), "push")).json()["outcome"] == "skipped"
+    assert (await harness.post(push_to("refs/tags/v2"), "push")).json()["outcome"] == "ignored"
     del repo.files[(PUSH["after"], ".solstice/workflow.kdl")]
     none = await harness.post(push_to("refs/heads/release/3.0"), "push")
-    assert none.json()["outcome"] == "skipped" and "no .solstice/workflow.kdl" in none.json()["reason"]
+    assert none.json()["outcome"] == "ignored" and "no .solstice/workflow.kdl" in none.json()["reason"]
     await harness.settle()
     assert [r.branch for r in harness.runs] == ["release/2.0"]
 

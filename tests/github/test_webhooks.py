@@ -22,7 +22,6 @@ from common.forge.signature import verify_github
 from common.messages import EventKind, RunRequest, decode
 from common.retry import Backoff
 from github_integration.api import make_http_client
-from github_integration.app import create_app
 from github_integration.config import GitHubIntegrationConfig, RepoSettings
 from github_integration.db import open_database
 from github_integration.service import GitHubIntegration
@@ -127,7 +126,7 @@ async def running_stack(pg_dsn: str, fake: FakeGitHub, app_key, broker: Broker, 
     if collect_runs:
         await broker.consume_runs(collect)
     await service.start()
-    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(service.webhook)),
+    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=service.app()),
                                base_url="http://test")
     try:
         yield Stack(client, fake, broker, service, runs)

@@ -30,14 +30,14 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from pydantic import SecretStr
 
-import forge_integration.app
-import github_integration.app
+import forge_integration.webhook
+import github_integration.webhook
 from common.broker.amqp import AmqpBroker
 from common.forge.migrate import open_pool
 from common.forge.signature import GITHUB_PREFIX, sign
+from common.forge.webhook import webhook_app
 from common.http import running
 from forge_integration.config import RepoSettings
-from github_integration.app import create_app
 from tests.fakes.forgejo_api import FakeForgejo
 from tests.fakes.github_api import FakeGitHub
 from tests.fixtures import FIXTURES
@@ -196,7 +196,7 @@ async def test_a_repository_secret_starts_runs_of_that_repository_only(
 @pytest.mark.parametrize("kind", ["forgejo", "gitea"])
 async def test_unsigned_deep_or_huge_bodies_get_401_unparsed(
         service: Callable[..., Any], monkeypatch: pytest.MonkeyPatch, kind: str) -> None:
-    parsed = ParseSpy(monkeypatch, forge_integration.app)
+    parsed = ParseSpy(monkeypatch, forge_integration.webhook)
     async with service() as harness:
         for body in (DEEP, b"[" * (HUGE // 2) + b"]" * (HUGE // 2)):
             for signature in (None, "0" * 64):  # absent, or made up
@@ -220,7 +220,7 @@ async def test_signed_hostile_bodies_get_400_with_the_reason(
 
 async def test_oversized_bodies_get_413_before_they_are_read(
         service: Callable[..., Any], monkeypatch: pytest.MonkeyPatch) -> None:
-    parsed = ParseSpy(monkeypatch, forge_integration.app)
+    parsed = ParseSpy(monkeypatch, forge_integration.webhook)
     body = raw(FORGEJO_PUSH).ljust(8192)
     async with service(max_body_bytes=4096) as harness:
         declared = await harness.post(body, "push", secret=VICTIM_SECRET)
@@ -319,7 +319,7 @@ async def test_github_installation_must_cover_the_repository(
 async def test_github_unsigned_bodies_get_401_unparsed_and_signed_hostile_ones_400(
         github_stack: Callable[..., Any], monkeypatch: pytest.MonkeyPatch,
         caplog: pytest.LogCaptureFixture) -> None:
-    parsed = ParseSpy(monkeypatch, github_integration.app)
+    parsed = ParseSpy(monkeypatch, github_integration.webhook)
     async with github_stack() as stack:
         for body in (DEEP, b"[" * (HUGE // 2) + b"]" * (HUGE // 2)):
             answer = await stack.post("push", body, signature="sha256=" + "0" * 64)
@@ -339,7 +339,7 @@ async def test_github_body_limits(github_stack: Callable[..., Any],
     async with github_stack(max_body_bytes=4096, body_timeout=0.5) as stack:
         answer = await stack.post("push", body)
         assert answer.status_code == 413, answer.text
-        async with running(create_app(stack.service.webhook)) as url:
+        async with running(webhook_app(stack.service.routes())) as url:
             headers = {"Content-Length": "4000", "X-GitHub-Event": "push",
                        "X-GitHub-Delivery": "slow", "X-Hub-Signature-256": github_sign(body[:4000])}
             status = await raw_post(url, "/webhooks/github", headers, body[:100])

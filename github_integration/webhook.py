@@ -10,7 +10,7 @@ Answers, in the order they are decided:
   carries, an App not installed on the repository, an installation named in the body that has
   no access to the repository named in it (no token for that repository is ever obtained);
 - 200: a redelivery of a delivery already handled (`duplicate`), or an event that needs
-  nothing (`ignored`: `ping`, a closed pull request, a deleted branch, an `on` that does not
+  nothing (`ignored`, recorded as handled: `ping`, a closed pull request, a deleted branch, an `on` that does not
   match, an invalid workflow reported as a failed check run);
 - 202: the run request was published and the broker confirmed it (`published`);
 - 503: GitHub or the broker could not be reached; the delivery is not recorded as handled,
@@ -21,7 +21,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
@@ -29,12 +28,14 @@ from starlette.routing import Route
 from common.broker.base import BrokerError
 from common.forge.deliveries import DeliveryLog
 from common.forge.errors import WebhookRejected
+from common.forge.events import Ignored, Published
 from common.forge.identity import repository_identity
+from common.forge.policy import RunCandidate
 from common.forge.signature import verify_github
-from common.forge.webhook import BodyLimits, answer, parse_json, read_body, webhook_app
+from common.forge.webhook import BodyLimits, answer, parse_json, read_body
 from github_integration.auth import AppAuth
 from github_integration.errors import GitHubApiError
-from github_integration.events import Ignored, classify
+from github_integration.events import JobRerun, classify
 from github_integration.intake import Intake
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,9 @@ class GitHubWebhook:
         self._auth = auth
         self._limits = limits
 
+    def routes(self) -> list[Route]:
+        return [Route("/webhooks/github", self.handle, methods=["POST"])]
+
     async def handle(self, request: Request) -> JSONResponse:
         """Verify, deduplicate, classify and act on one delivery (answers: module docstring)."""
         body = await read_body(request, self._limits)
@@ -76,17 +80,9 @@ class GitHubWebhook:
                            api_url=self._api_url)
         if isinstance(outcome, Ignored):
             self._forget_installation(event, payload)
-            log.info("webhook ignored", extra=context | {"reason": outcome.reason})
-            return answer("ignored", outcome.reason)
-        try:
-            result = await self._intake.handle(outcome)
-        except GitHubApiError as exc:
-            if not exc.retryable:
-                raise WebhookRejected(400, exc.message, hint=exc.hint) from exc
-            raise WebhookRejected(503, f"GitHub unavailable, retry later: {exc.message}") from exc
-        except BrokerError as exc:
-            raise WebhookRejected(503, f"the broker did not confirm the run: {exc.message}",
-                                  hint=exc.hint) from exc
+            result: Published | Ignored = outcome
+        else:
+            result = await self._handle(outcome)
         if isinstance(result, Ignored):
             await self._deliveries.record(FORGE, delivery, f"ignored: {result.reason}")
             log.info("webhook ignored", extra=context | {"reason": result.reason})
@@ -94,13 +90,19 @@ class GitHubWebhook:
         await self._deliveries.record(FORGE, delivery, "published")
         return answer("published", status=202, request_id=result.request.request_id)
 
+    async def _handle(self, outcome: RunCandidate | JobRerun) -> Published | Ignored:
+        try:
+            return await self._intake.handle(outcome)
+        except GitHubApiError as exc:
+            if not exc.retryable:
+                raise WebhookRejected(400, exc.message, hint=exc.hint) from exc
+            raise WebhookRejected(503, f"GitHub unavailable, retry later: {exc.message}") from exc
+        except BrokerError as exc:
+            raise WebhookRejected(503, f"the broker did not confirm the run: {exc.message}",
+                                  hint=exc.hint) from exc
+
     def _forget_installation(self, event: str, payload: dict[str, Any]) -> None:
         installation = payload.get("installation") or {}
         if event == "installation" and payload.get("action") in _INSTALLATION_GONE \
                 and isinstance(installation.get("id"), int):
             self._auth.invalidate(installation["id"])
-
-
-def create_app(handler: GitHubWebhook, **kwargs: Any) -> Starlette:
-    """The Starlette application serving `handler`; `kwargs` go to `webhook_app` (lifespan)."""
-    return webhook_app([Route("/webhooks/github", handler.handle, methods=["POST"])], **kwargs)

@@ -1,65 +1,49 @@
-"""The service: webhooks and manual runs in, job events to commit statuses out.
+"""The HTTP edge: `POST /webhooks/forgejo`, `POST /webhooks/gitea` and `POST /runs`.
 
-Routes:
-- `POST /webhooks/forgejo`, `POST /webhooks/gitea` (only for configured sites): verify the
-  signature, drop redeliveries, classify, plan (trust, workflow at the right ref, triggers),
-  publish, answer. 202 `published` once the broker confirmed the run; 200 `ignored`,
-  `skipped`, `duplicate` or `invalid_workflow` (a failed status is queued); 400 malformed,
-  unsupported, or naming its repository two ways (`common.forge.identity`); 401 signature
-  missing, wrong, or made with another repository's secret (checked on the raw bytes before
-  any parsing); 408 body too slow; 413 body too large; 503 when the broker, the database or the forge
-  API failed, so the forge retries (such a delivery is not recorded as handled).
-- `POST /runs` (manual trigger), `Authorization: Bearer <manual_token>`, JSON body
-  `{"forge": "forgejo", "repository": "owner/name", "branch": "main", "sha": optional,
-  "request_id": optional}`: the branch head (or `sha`) is planned like a push, with event
-  `manual`. Repeating a `request_id` is answered `duplicate`.
-- `GET /healthz`, `GET /readyz` (database, broker, the status outbox worker alive).
+Webhooks (only for configured sites): verify the signature, drop redeliveries, classify,
+plan (trust, workflow at the right ref, triggers), publish, answer. 202 `published` once the
+broker confirmed the run; 200 `ignored` (an event that starts nothing, no workflow, `on`
+triggers that do not match, an invalid workflow whose failed status is queued) or
+`duplicate`; 400 malformed, unsupported, or naming its repository two ways
+(`common.forge.identity`); 401 signature missing, wrong, or made with another repository's
+secret (checked on the raw bytes before any parsing); 408 body too slow; 413 body too large;
+503 when the broker, the database or the forge API failed, so the forge retries (such a
+delivery is not recorded as handled).
 
-Job events are consumed from the broker's events exchange through the durable queue
-`<prefix>.events.<events_queue>`; each becomes an outbox row (acked once stored) that the
-`OutboxWorker` sends.
+`POST /runs` (manual trigger), `Authorization: Bearer <manual_token>`, JSON body
+`{"forge": "forgejo", "repository": "owner/name", "branch": "main", "sha": optional,
+"request_id": optional}`: the branch head (or `sha`) is planned like a push, with event
+`manual`. Repeating a `request_id` is answered `duplicate`.
 """
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import hmac
 import logging
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
-import asyncpg
-from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from common.broker import Broker, BrokerError, Delivery, Subscription
+from common.broker import BrokerError
 from common.forge.deliveries import DeliveryLog
 from common.forge.errors import ForgeApiError, WebhookRejected
+from common.forge.events import Ignored
 from common.forge.identity import RepositoryIdentity, repository_identity
-from common.forge.outbox import Outbox, OutboxWorker
-from common.forge.policy import InvalidWorkflow, RunCandidate, Skip, plan_run
+from common.forge.policy import RunCandidate
 from common.forge.signature import verify_forgejo
-from common.forge.webhook import answer, parse_json, read_body, webhook_app
-from common.health import broker_check, database_check
-from common.messages import EventKind, JobEvent, Repo, decode
+from common.forge.webhook import answer, parse_json, read_body
+from common.messages import EventKind, Repo
 from common.observability import tracer
 from common.postgres import DATABASE_ERRORS
-from common.supervise import Supervisor
 from forge_integration.api import ForgejoApi
 from forge_integration.config import ForgeIntegrationConfig, ForgeKind
-from forge_integration.events import Ignored, classify
-from forge_integration.statuses import (
-    StatusSender,
-    event_key,
-    event_payload,
-    invalid_workflow_payload,
-)
+from forge_integration.events import classify
+from forge_integration.intake import Intake
 
 log = logging.getLogger(__name__)
 
-OUTBOX_TARGET = "forgejo"
 MANUAL = "manual"
 # Header prefixes per endpoint: Forgejo sends X-Forgejo-* and, for compatibility, X-Gitea-*.
 HEADER_PREFIXES: dict[str, tuple[str, ...]] = {"forgejo": ("x-forgejo-", "x-gitea-"),
@@ -74,60 +58,23 @@ def _header(request: Request, forge: str, name: str) -> str | None:
     return None
 
 
-class ForgeIntegration:
-    """The service's state and handlers; `app()` is its Starlette application."""
+class ForgeWebhook:
+    """The handlers of the webhook endpoints and of manual runs."""
 
-    def __init__(self, config: ForgeIntegrationConfig, pool: asyncpg.Pool, broker: Broker,
-                 clients: dict[str, ForgejoApi], *, worker: OutboxWorker | None = None,
-                 supervisor: Supervisor | None = None) -> None:
+    def __init__(self, config: ForgeIntegrationConfig, clients: dict[str, ForgejoApi],
+                 deliveries: DeliveryLog, intake: Intake) -> None:
         self.config = config
-        self.pool = pool
-        self.broker = broker
-        # `serve` waits on it: the outbox worker failing stops the service (exit non-zero).
-        self.supervisor = supervisor or Supervisor()
         self.clients = clients
-        self.deliveries = DeliveryLog(pool)
-        self.outbox = Outbox(pool, OUTBOX_TARGET)
-        self.worker = worker or OutboxWorker(self.outbox, StatusSender(clients))
-        self._tasks: list[asyncio.Task[None]] = []
-        self._subscription: Subscription | None = None
+        self.deliveries = deliveries
+        self.intake = intake
 
-    # ---- lifecycle ------------------------------------------------------------------------
-
-    async def start(self) -> None:
-        """Start sending statuses and consuming job events."""
-        self._tasks.append(self.supervisor.spawn("forge-status-outbox", self.worker.run()))
-        self._subscription = await self.broker.consume_events(self.config.events_queue,
-                                                              self.on_job_event)
-
-    async def stop(self) -> None:
-        if self._subscription is not None:
-            await self._subscription.cancel()
-            self._subscription = None
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks.clear()
-
-    @contextlib.asynccontextmanager
-    async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
-        await self.start()
-        try:
-            yield
-        finally:
-            await self.stop()
-
-    def app(self) -> Starlette:
-        routes = [Route(f"/webhooks/{forge}", self._webhook_endpoint(forge), methods=["POST"])
+    def routes(self) -> list[Route]:
+        routes = [Route(f"/webhooks/{forge}", self._endpoint(forge), methods=["POST"])
                   for forge in self.config.sites]
         routes.append(Route("/runs", self.manual_run, methods=["POST"]))
-        return webhook_app(routes, lifespan=self._lifespan, checks={
-            "database": database_check(self.pool), "broker": broker_check(self.broker),
-            "tasks": self.supervisor.ready})
+        return routes
 
-    # ---- webhooks -------------------------------------------------------------------------
-
-    def _webhook_endpoint(self, forge: ForgeKind) -> Callable[[Request], Awaitable[Response]]:
+    def _endpoint(self, forge: ForgeKind) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
             return await self.webhook(forge, request)
         return endpoint
@@ -182,49 +129,30 @@ class ForgeIntegration:
                     return answer("duplicate", f"delivery {delivery_id} already handled: {known}")
                 outcome = classify(event, payload, delivery_id, identity=identity, forge=forge,
                                    api_url=self.config.sites[forge].api_url)
-                if isinstance(outcome, Ignored):
-                    log.info("webhook ignored", extra={"forge": forge, "event": event,
-                                                       "delivery": delivery_id, "reason": outcome.reason})
-                    await self.deliveries.record(forge, delivery_id, f"ignored: {outcome.reason}")
-                    return answer("ignored", outcome.reason)
                 return await self._dispatch(forge, delivery_id, outcome)
             except DATABASE_ERRORS as exc:
                 raise WebhookRejected(503, f"database unavailable: {type(exc).__name__}: {exc}",
                                       hint="the forge retries the delivery") from exc
 
-    async def _dispatch(self, source: str, delivery_id: str, candidate: RunCandidate) -> Response:
-        """Plan and publish `candidate`, then record `delivery_id` as handled."""
-        client = self.clients[candidate.repo.forge]
+    async def _dispatch(self, source: str, delivery_id: str,
+                        outcome: RunCandidate | Ignored) -> Response:
+        """Plan and publish `outcome`, then record `delivery_id` as handled."""
         try:
-            plan = await plan_run(candidate, client, approval_for_untrusted=self.config.approval_for(
-                candidate.repo.full_name), limits=self.config.workflow_limits)
+            if isinstance(outcome, RunCandidate):
+                outcome = await self.intake.handle(outcome)
         except ForgeApiError as exc:
             raise WebhookRejected(503, f"cannot read the workflow: {exc.message}",
                                   hint=exc.hint) from exc
-        if isinstance(plan, Skip):
-            log.info("no run", extra={"delivery": delivery_id, "repo": candidate.repo.full_name,
-                                      "reason": plan.reason})
-            await self.deliveries.record(source, delivery_id, f"skipped: {plan.reason}")
-            return answer("skipped", plan.reason)
-        if isinstance(plan, InvalidWorkflow):
-            key, row = invalid_workflow_payload(plan)
-            await self.outbox.enqueue(key, 1, row)
-            self.worker.notify()
-            reason = plan.error.message
-            log.info("workflow does not validate", extra={"delivery": delivery_id,
-                                                          "repo": candidate.repo.full_name,
-                                                          "reason": reason})
-            await self.deliveries.record(source, delivery_id, f"invalid workflow: {reason}")
-            return answer("invalid_workflow", reason)
-        try:
-            await self.broker.publish_run(plan)
         except (BrokerError, ConnectionError, TimeoutError) as exc:
             raise WebhookRejected(503, f"the run could not be queued: {exc}",
                                   hint="the forge retries the delivery") from exc
+        if isinstance(outcome, Ignored):
+            log.info("webhook ignored", extra={"source": source, "delivery": delivery_id,
+                                               "reason": outcome.reason})
+            await self.deliveries.record(source, delivery_id, f"ignored: {outcome.reason}")
+            return answer("ignored", outcome.reason)
         await self.deliveries.record(source, delivery_id, "published")
-        log.info("run published", extra={"delivery": delivery_id, "repo": candidate.repo.full_name,
-                                         "commit": candidate.commit_sha, "event": candidate.event.value,
-                                         "trusted": plan.trusted})
+        plan = outcome.request
         return answer("published", status=202, request_id=plan.request_id, trusted=plan.trusted,
                       needs_approval=plan.needs_approval)
 
@@ -275,13 +203,3 @@ class ForgeIntegration:
             raise WebhookRejected(503, exc.message, hint=exc.hint) from exc
         except DATABASE_ERRORS as exc:
             raise WebhookRejected(503, f"database unavailable: {exc}") from exc
-
-    # ---- job events -----------------------------------------------------------------------
-
-    async def on_job_event(self, delivery: Delivery) -> None:
-        """Store a job event of a Forgejo/Gitea repository in the outbox, then ack it."""
-        event = decode(delivery.body, JobEvent)
-        if event.repo.forge in self.config.sites:
-            if await self.outbox.enqueue(event_key(event), event.sequence, event_payload(event)):
-                self.worker.notify()
-        await delivery.ack()

@@ -1,0 +1,63 @@
+"""From a Forgejo/Gitea run candidate to a confirmed `RunRequest` on the broker.
+
+Trust, workflow fetch and trigger filtering are the shared fork policy
+(`common.forge.policy.plan_run`) with the site's `ForgejoApi` as its reader. A workflow that
+fails validation becomes a failed `solstice/workflow` commit status (queued in the status
+outbox, see `feedback`) pointing at the first problem.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from common.broker import Broker
+from common.forge.events import Ignored, Published
+from common.forge.outbox import Outbox
+from common.forge.policy import InvalidWorkflow, RunCandidate, plan_run
+from common.observability import tracer
+from common.workflow import DEFAULT_LIMITS, Limits
+from forge_integration.api import ForgejoApi
+from forge_integration.feedback import invalid_workflow_payload
+
+log = logging.getLogger(__name__)
+
+
+class Intake:
+    """Turns run candidates into confirmed run requests."""
+
+    def __init__(self, clients: dict[str, ForgejoApi], broker: Broker, outbox: Outbox,
+                 wake_outbox: Callable[[], None], *, approval_for: Callable[[str], bool],
+                 workflow_limits: Limits = DEFAULT_LIMITS) -> None:
+        self._clients = clients
+        self._broker = broker
+        self._outbox = outbox
+        self._wake_outbox = wake_outbox
+        self._approval_for = approval_for
+        self._workflow_limits = workflow_limits
+
+    async def handle(self, candidate: RunCandidate) -> Published | Ignored:
+        """Fetch the workflow, decide trust, publish; `Ignored` when nothing should run.
+
+        Raises `ForgeApiError` when the forge could not answer, `BrokerError` when the broker
+        did not confirm the run.
+        """
+        with tracer(__name__).start_as_current_span("forge.intake") as span:
+            span.set_attribute("solstice.request_id", candidate.request_id)
+            plan = await plan_run(candidate, self._clients[candidate.repo.forge],
+                                  approval_for_untrusted=self._approval_for(candidate.repo.full_name),
+                                  limits=self._workflow_limits)
+            if isinstance(plan, Ignored):
+                return plan
+            if isinstance(plan, InvalidWorkflow):
+                key, row = invalid_workflow_payload(plan)
+                await self._outbox.enqueue(key, 1, row)
+                self._wake_outbox()
+                return Ignored(f"the workflow does not validate: {plan.error.message}; "
+                               "reported as a failed solstice/workflow status")
+            await self._broker.publish_run(plan)
+            log.info("run published", extra={"request_id": plan.request_id,
+                                             "repo": candidate.repo.full_name,
+                                             "commit": candidate.commit_sha,
+                                             "event": candidate.event.value,
+                                             "trusted": plan.trusted})
+            return Published(plan)

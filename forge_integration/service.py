@@ -1,0 +1,59 @@
+"""The running Forgejo/Gitea integration: its parts wired together on the shared lifecycle
+(`common.forge.service`).
+
+Job events are consumed from the broker's events exchange through the durable queue
+`<prefix>.events.<events_queue>`; each becomes a status outbox row (acked once stored) that
+the `OutboxWorker` sends. `/readyz` checks the database, the broker and the worker.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import asyncpg
+from starlette.routing import BaseRoute
+
+from common.broker import Broker, Delivery
+from common.forge.deliveries import DeliveryLog
+from common.forge.outbox import Outbox, OutboxWorker
+from common.forge.service import IntegrationService, TaskFactory
+from common.messages import JobEvent, decode
+from common.supervise import Supervisor
+from forge_integration.api import ForgejoApi
+from forge_integration.config import ForgeIntegrationConfig
+from forge_integration.feedback import StatusSender, event_key, event_payload
+from forge_integration.intake import Intake
+from forge_integration.webhook import ForgeWebhook
+
+OUTBOX_TARGET = "forgejo"
+
+
+class ForgeIntegration(IntegrationService):
+    """Webhooks and manual runs in, commit statuses out, for the configured sites."""
+
+    def __init__(self, config: ForgeIntegrationConfig, pool: asyncpg.Pool, broker: Broker,
+                 clients: dict[str, ForgejoApi], *, worker: OutboxWorker | None = None,
+                 supervisor: Supervisor | None = None) -> None:
+        super().__init__(pool, broker, config.events_queue, supervisor)
+        self.config = config
+        self.clients = clients
+        self.deliveries = DeliveryLog(pool)
+        self.outbox = Outbox(pool, OUTBOX_TARGET)
+        self.worker = worker or OutboxWorker(self.outbox, StatusSender(clients))
+        self.intake = Intake(clients, broker, self.outbox, lambda: self.worker.notify(),
+                             approval_for=config.approval_for,
+                             workflow_limits=config.workflow_limits)
+        self.webhook = ForgeWebhook(config, clients, self.deliveries, self.intake)
+
+    def routes(self) -> list[BaseRoute]:
+        return list(self.webhook.routes())
+
+    def tasks(self) -> Mapping[str, TaskFactory]:
+        return {"forge-status-outbox": lambda: self.worker.run()}
+
+    async def on_job_event(self, delivery: Delivery) -> None:
+        """Store a job event of a Forgejo/Gitea repository in the outbox, then ack it."""
+        event = decode(delivery.body, JobEvent)
+        if event.repo.forge in self.config.sites:
+            if await self.outbox.enqueue(event_key(event), event.sequence, event_payload(event)):
+                self.worker.notify()
+        await delivery.ack()
