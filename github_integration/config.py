@@ -13,6 +13,9 @@ api_url = "https://api.github.com"                  # GitHub Enterprise: https:/
 approval_for_untrusted = false
 max_body_bytes = 26214400                           # larger webhook bodies are refused with 413
 body_timeout = 10.0                                 # seconds to receive a body, else 408
+redelivery_interval = 300.0     # seconds between passes asking GitHub to redeliver failed webhooks
+redelivery_lookback = 86400.0   # how far back a pass looks (GitHub keeps 3 days)
+redelivery_attempts = 5         # failed attempts of one webhook after which it is left alone
 
 [github_integration.repos."acme/app"]
 approval_for_untrusted = true   # untrusted pull requests wait for `ciadm approve RUN`
@@ -44,6 +47,10 @@ class GitHubIntegrationConfig(IntegrationConfig):
     api_url: str = "https://api.github.com"
     api_timeout: float = Field(10.0, gt=0)  # seconds per GitHub API request
     workflow_path: str = DEFAULT_PATH
+    # Asking GitHub to redeliver the webhooks it failed to deliver (github_integration.recovery).
+    redelivery_interval: float = Field(300.0, gt=0)
+    redelivery_lookback: float = Field(86400.0, gt=0, le=3 * 86400)
+    redelivery_attempts: int = Field(5, ge=1)
 
     @field_validator("api_url")
     @classmethod

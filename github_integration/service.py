@@ -2,7 +2,8 @@
 (`common.forge.service`).
 
 `GitHubIntegration` owns the webhook handler, the job-event consumer that feeds the status
-outbox, and the outbox worker that turns rows into check runs.
+outbox, the outbox worker that turns rows into check runs, and the recovery that asks GitHub
+to redeliver the webhooks it could not deliver.
 """
 from __future__ import annotations
 
@@ -24,8 +25,9 @@ from github_integration.auth import AppAuth
 from github_integration.config import GitHubIntegrationConfig
 from github_integration.feedback import TARGET, CheckRunOutbox, CheckRunSender, JobEventFeed
 from github_integration.intake import Intake
+from github_integration.recovery import DeliveryRecovery
 from github_integration.reporter import CheckRunReporter, CheckRunStore
-from github_integration.webhook import GitHubWebhook
+from github_integration.webhook import FORGE, GitHubWebhook
 
 
 class GitHubIntegration(IntegrationService):
@@ -47,18 +49,23 @@ class GitHubIntegration(IntegrationService):
                                    send_timeout=min(60.0, config.api_timeout * 6))
         self.check_runs = CheckRunOutbox(self.outbox, self.worker)
         self._feed = JobEventFeed(self.check_runs)
+        deliveries = DeliveryLog(pool)
         self.webhook = GitHubWebhook(
             secret=config.webhook_secret.get_secret_value(), api_url=config.api_url,
             intake=Intake(self.api, broker, self.check_runs, approval_for=config.approval_for,
                           workflow_path=config.workflow_path,
                           workflow_limits=config.workflow_limits),
-            deliveries=DeliveryLog(pool), auth=self.auth, limits=config.body_limits)
+            deliveries=deliveries, auth=self.auth, limits=config.body_limits)
+        self.recovery = DeliveryRecovery(
+            self.api, lambda guids: deliveries.handled(FORGE, guids),
+            interval=config.redelivery_interval, lookback=config.redelivery_lookback,
+            attempts=config.redelivery_attempts)
 
     def routes(self) -> list[BaseRoute]:
         return list(self.webhook.routes())
 
     def tasks(self) -> Mapping[str, TaskFactory]:
-        return {"github-outbox": self.worker.run}
+        return {"github-outbox": self.worker.run, "github-recovery": self.recovery.run}
 
     async def on_job_event(self, delivery: Delivery) -> None:
         """Queue a job event of a GitHub repository for its check run, then ack it."""

@@ -210,7 +210,8 @@ async def test_every_fixture_with_a_wrong_signature_gets_401(stack: Stack) -> No
             "X-GitHub-Event": name.split("/")[0], "X-GitHub-Delivery": "x"})
         assert missing.status_code == 401, name
     assert await stack.published(0) == []
-    assert stack.fake.requests == []  # nothing was even looked up
+    # Nothing was even looked up (the redelivery recovery lists the App's deliveries).
+    assert [r for r in stack.fake.requests if not r[1].startswith("/app/hook/")] == []
 
 
 # ---- bad input ---------------------------------------------------------------------------------
