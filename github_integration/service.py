@@ -1,7 +1,8 @@
 """The running GitHub integration: its parts wired together on the shared lifecycle
 (`common.forge.service`).
 
-`GitHubIntegration` owns the webhook handler, the job-event consumer that feeds the status
+`GitHubIntegration` owns the webhook handler (into the inbox), the intake (the inbox
+worker's processor), the job-event consumer that feeds the status
 outbox, and the outbox worker that turns rows into check runs.
 """
 from __future__ import annotations
@@ -14,7 +15,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from starlette.routing import BaseRoute
 
 from common.broker import Broker, Delivery
-from common.forge.deliveries import DeliveryLog
+from common.forge.events import Ignored, Published
+from common.forge.inbox import InboxItem
 from common.forge.outbox import Outbox, OutboxWorker
 from common.forge.service import IntegrationService, TaskFactory
 from common.retry import Backoff
@@ -25,7 +27,7 @@ from github_integration.config import GitHubIntegrationConfig
 from github_integration.feedback import TARGET, CheckRunOutbox, CheckRunSender, JobEventFeed
 from github_integration.intake import Intake
 from github_integration.reporter import CheckRunReporter, CheckRunStore
-from github_integration.webhook import GitHubWebhook
+from github_integration.webhook import FORGE, GitHubWebhook
 
 
 class GitHubIntegration(IntegrationService):
@@ -36,7 +38,8 @@ class GitHubIntegration(IntegrationService):
                  outbox_backoff: Backoff = Backoff(initial=1.0, maximum=300.0),
                  outbox_poll: float = 1.0, supervisor: Supervisor | None = None) -> None:
         assert config.app_id is not None, "config.check() first"
-        super().__init__(pool, broker, config.events_queue, supervisor)
+        super().__init__(pool, broker, name="github", events_queue=config.events_queue,
+                         forges=[FORGE], inbox=config.inbox, supervisor=supervisor)
         self.config = config
         self.auth = AppAuth(config.app_id, private_key, http)
         self.api = GitHubApi(http, self.auth)
@@ -47,18 +50,23 @@ class GitHubIntegration(IntegrationService):
                                    send_timeout=min(60.0, config.api_timeout * 6))
         self.check_runs = CheckRunOutbox(self.outbox, self.worker)
         self._feed = JobEventFeed(self.check_runs)
+        self.intake = Intake(self.api, broker, self.check_runs, api_url=config.api_url,
+                             approval_for=config.approval_for,
+                             workflow_path=config.workflow_path,
+                             workflow_limits=config.workflow_limits)
         self.webhook = GitHubWebhook(
             secret=config.webhook_secret.get_secret_value(), api_url=config.api_url,
-            intake=Intake(self.api, broker, self.check_runs, approval_for=config.approval_for,
-                          workflow_path=config.workflow_path,
-                          workflow_limits=config.workflow_limits),
-            deliveries=DeliveryLog(pool), auth=self.auth, limits=config.body_limits)
+            inbox=self.inbox, wake=self.inbox_worker.notify, auth=self.auth,
+            limits=config.body_limits)
 
     def routes(self) -> list[BaseRoute]:
         return list(self.webhook.routes())
 
     def tasks(self) -> Mapping[str, TaskFactory]:
         return {"github-outbox": self.worker.run}
+
+    async def process(self, item: InboxItem) -> Published | Ignored:
+        return await self.intake.process(item)
 
     async def on_job_event(self, delivery: Delivery) -> None:
         """Queue a job event of a GitHub repository for its check run, then ack it."""
