@@ -213,9 +213,17 @@ async def test_signed_hostile_bodies_get_400_with_the_reason(
         service: Callable[..., Any], kind: str, caplog: pytest.LogCaptureFixture) -> None:
     async with service() as harness:
         for reason, body in hostile(FORGEJO_PUSH).items():
-            answer = await harness.post(body, "push", forge=kind, secret=VICTIM_SECRET)
+            delivery = f"hostile {reason}"
+            answer = await harness.post(body, "push", forge=kind, secret=VICTIM_SECRET,
+                                        delivery=delivery)
             assert answer.status_code == 400, (reason, answer.text)
             assert reason in answer.json()["error"]
+            # Stored as rejected, with the reason: a redelivery is a duplicate, never a retry.
+            entry = await harness.entry(delivery, kind)
+            assert entry.state is InboxState.REJECTED and reason in entry.outcome, entry
+            again = await harness.post(body, "push", forge=kind, secret=VICTIM_SECRET,
+                                       delivery=delivery)
+            assert again.status_code == 400
         await no_run(harness)
     assert tracebacks(caplog) == []
 
@@ -332,9 +340,12 @@ async def test_github_unsigned_bodies_get_401_unparsed_and_signed_hostile_ones_4
             assert answer.status_code == 401, answer.text
         assert parsed.calls == 0
         for reason, body in hostile(GITHUB_PUSH).items():
-            answer = await stack.post("push", body, signature=github_sign(body))
+            delivery = f"hostile {reason}"
+            answer = await stack.post("push", body, signature=github_sign(body), delivery=delivery)
             assert answer.status_code == 400, (reason, answer.text)
             assert reason in answer.json()["error"]
+            entry = await stack.entry(delivery)
+            assert entry.state is InboxState.REJECTED and reason in entry.outcome, entry
         assert await stack.published(1) == []
     assert tracebacks(caplog) == []
 
