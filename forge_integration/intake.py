@@ -11,12 +11,17 @@ import logging
 from collections.abc import Callable
 
 from common.broker import Broker
+from common.forge.errors import WebhookRejected
 from common.forge.events import Ignored, Published
+from common.forge.identity import repository_identity
+from common.forge.inbox import InboxItem
 from common.forge.outbox import Outbox
 from common.forge.policy import InvalidWorkflow, RunCandidate, plan_run
+from common.forge.webhook import parse_json
 from common.observability import tracer
 from common.workflow import DEFAULT_LIMITS, Limits
 from forge_integration.api import ForgejoApi
+from forge_integration.events import classify
 from forge_integration.feedback import invalid_workflow_payload
 
 log = logging.getLogger(__name__)
@@ -34,6 +39,20 @@ class Intake:
         self._wake_outbox = wake_outbox
         self._approval_for = approval_for
         self._workflow_limits = workflow_limits
+
+    async def process(self, item: InboxItem) -> Published | Ignored:
+        """The inbox worker's processor: the stored delivery classified again, then handled."""
+        client = self._clients.get(item.forge)
+        if client is None:
+            raise WebhookRejected(400, f"no {item.forge} site configured any more",
+                                  hint=f"add [forge_integration.sites.{item.forge}] back")
+        payload = parse_json(item.body)
+        outcome = classify(item.event, payload, item.delivery_id,
+                           identity=repository_identity(payload), forge=item.forge,
+                           api_url=client.api_url)
+        if isinstance(outcome, Ignored):
+            return outcome
+        return await self.handle(outcome)
 
     async def handle(self, candidate: RunCandidate) -> Published | Ignored:
         """Fetch the workflow, decide trust, publish; `Ignored` when nothing should run.

@@ -1,9 +1,11 @@
 """The running Forgejo/Gitea integration: its parts wired together on the shared lifecycle
 (`common.forge.service`).
 
-Job events are consumed from the broker's events exchange through the durable queue
-`<prefix>.events.<events_queue>`; each becomes a status outbox row (acked once stored) that
-the `OutboxWorker` sends. `/readyz` checks the database, the broker and the worker.
+Webhooks are stored in the inbox and processed by its worker (`common.forge.inbox`)
+through `Intake.process`; manual runs are planned in the request. Job events are consumed
+from the broker's events exchange through the durable queue `<prefix>.events.<events_queue>`;
+each becomes a status outbox row (acked once stored) that the `OutboxWorker` sends.
+`/readyz` checks the database, the broker and the workers.
 """
 from __future__ import annotations
 
@@ -14,6 +16,8 @@ from starlette.routing import BaseRoute
 
 from common.broker import Broker, Delivery
 from common.forge.deliveries import DeliveryLog
+from common.forge.events import Ignored, Published
+from common.forge.inbox import InboxItem
 from common.forge.outbox import Outbox, OutboxWorker
 from common.forge.service import IntegrationService, TaskFactory
 from common.messages import JobEvent, decode
@@ -33,7 +37,8 @@ class ForgeIntegration(IntegrationService):
     def __init__(self, config: ForgeIntegrationConfig, pool: asyncpg.Pool, broker: Broker,
                  clients: dict[str, ForgejoApi], *, worker: OutboxWorker | None = None,
                  supervisor: Supervisor | None = None) -> None:
-        super().__init__(pool, broker, config.events_queue, supervisor)
+        super().__init__(pool, broker, name="forge", events_queue=config.events_queue,
+                         forges=list(config.sites), inbox=config.inbox, supervisor=supervisor)
         self.config = config
         self.clients = clients
         self.deliveries = DeliveryLog(pool)
@@ -42,13 +47,18 @@ class ForgeIntegration(IntegrationService):
         self.intake = Intake(clients, broker, self.outbox, lambda: self.worker.notify(),
                              approval_for=config.approval_for,
                              workflow_limits=config.workflow_limits)
-        self.webhook = ForgeWebhook(config, clients, self.deliveries, self.intake)
+        self.webhook = ForgeWebhook(config, clients, inbox=self.inbox,
+                                    wake=self.inbox_worker.notify, deliveries=self.deliveries,
+                                    intake=self.intake)
 
     def routes(self) -> list[BaseRoute]:
         return list(self.webhook.routes())
 
     def tasks(self) -> Mapping[str, TaskFactory]:
         return {"forge-status-outbox": lambda: self.worker.run()}
+
+    async def process(self, item: InboxItem) -> Published | Ignored:
+        return await self.intake.process(item)
 
     async def on_job_event(self, delivery: Delivery) -> None:
         """Store a job event of a Forgejo/Gitea repository in the outbox, then ack it."""

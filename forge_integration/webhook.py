@@ -1,15 +1,15 @@
 """The HTTP edge: `POST /webhooks/forgejo`, `POST /webhooks/gitea` and `POST /runs`.
 
-Webhooks (only for configured sites): verify the signature, drop redeliveries, classify,
-plan (trust, workflow at the right ref, triggers), publish, answer. 202 `published` once the
-broker confirmed the run; 200 `ignored` (an event that starts nothing, no workflow, `on`
-triggers that do not match, an invalid workflow whose failed status is queued) or
-`duplicate`; 400 malformed, unsupported, or naming its repository two ways
-(`common.forge.identity`); 401 signature missing, wrong, or made with another repository's
-secret (checked on the raw bytes before any parsing); 408 body too slow; 413 body too large;
-503 when the broker, the database or the forge API failed, so the forge retries (such a
-delivery is not recorded as handled).
+Webhooks (only for configured sites) go to the inbox (`common.forge.inbox`): verify the
+signature, classify, store, answer; the inbox worker plans and publishes the run later.
+202 `accepted` (stored, its run follows); 200 `ignored` (an event that starts nothing, stored
+with the reason) or `duplicate` (that delivery id was received before); 400 malformed,
+unsupported, or naming its repository two ways (`common.forge.identity`), stored as
+rejected; 401 signature missing, wrong, or made with another repository's secret (checked
+on the raw bytes before any parsing; nothing is stored); 408 body too slow; 413 body too
+large; 503 when the database cannot store it, so the forge retries.
 
+Manual runs are planned and published in the request (a person waits for the answer):
 `POST /runs` (manual trigger), `Authorization: Bearer <manual_token>`, JSON body
 `{"forge": "forgejo", "repository": "owner/name", "branch": "main", "sha": optional,
 "request_id": optional}`: the branch head (or `sha`) is planned like a push, with event
@@ -31,12 +31,12 @@ from common.forge.deliveries import DeliveryLog
 from common.forge.errors import ForgeApiError, WebhookRejected
 from common.forge.events import Ignored
 from common.forge.identity import RepositoryIdentity, repository_identity
+from common.forge.inbox import Inbox, Received, receive
 from common.forge.policy import RunCandidate
 from common.forge.signature import verify_forgejo
 from common.forge.webhook import answer, parse_json, read_body
 from common.messages import EventKind, Repo
 from common.observability import tracer
-from common.postgres import DATABASE_ERRORS
 from forge_integration.api import ForgejoApi
 from forge_integration.config import ForgeIntegrationConfig, ForgeKind
 from forge_integration.events import classify
@@ -61,10 +61,15 @@ def _header(request: Request, forge: str, name: str) -> str | None:
 class ForgeWebhook:
     """The handlers of the webhook endpoints and of manual runs."""
 
-    def __init__(self, config: ForgeIntegrationConfig, clients: dict[str, ForgejoApi],
-                 deliveries: DeliveryLog, intake: Intake) -> None:
+    def __init__(self, config: ForgeIntegrationConfig, clients: dict[str, ForgejoApi], *,
+                 inbox: Inbox, wake: Callable[[], None], deliveries: DeliveryLog,
+                 intake: Intake) -> None:
+        """Webhooks go to `inbox` (then `wake` the worker); manual runs are planned at once
+        by `intake`, their request ids recorded in `deliveries`."""
         self.config = config
         self.clients = clients
+        self.inbox = inbox
+        self.wake = wake
         self.deliveries = deliveries
         self.intake = intake
 
@@ -100,7 +105,7 @@ class ForgeWebhook:
                                   hint="each repository's webhook must use its own secret")
 
     async def webhook(self, forge: ForgeKind, request: Request) -> Response:
-        """Handle one delivery to `/webhooks/<forge>` (see the module docstring)."""
+        """Verify, classify and store one delivery to `/webhooks/<forge>` (module docstring)."""
         body = await read_body(request, self.config.body_limits)
         # The raw bytes are verified before anything is parsed: an unsigned body costs one
         # HMAC per configured secret, never a parse. Which of the signers it must be depends
@@ -111,50 +116,26 @@ class ForgeWebhook:
             raise WebhookRejected(401, "webhook signature missing" if signature is None
                                   else "webhook signature does not match the body",
                                   hint="the webhook's secret on the forge must equal Solstice's")
-        payload = parse_json(body)
-        identity = repository_identity(payload)
-        self._authorize(forge, identity, signers)
         event = _header(request, forge, "event")
         delivery_id = _header(request, forge, "delivery")
         if not event:
             raise WebhookRejected(400, f"missing X-{forge.capitalize()}-Event header")
         if not delivery_id:
             raise WebhookRejected(400, f"missing X-{forge.capitalize()}-Delivery header")
+
+        def classify_body() -> RunCandidate | Ignored:
+            payload = parse_json(body)
+            identity = repository_identity(payload)
+            self._authorize(forge, identity, signers)
+            return classify(event, payload, delivery_id, identity=identity, forge=forge,
+                            api_url=self.config.sites[forge].api_url)
+
         with tracer(__name__).start_as_current_span("forge.webhook") as span:
             span.set_attribute("solstice.forge", forge)
             span.set_attribute("solstice.webhook.event", event)
             span.set_attribute("solstice.webhook.delivery", delivery_id)
-            try:
-                if (known := await self.deliveries.seen(forge, delivery_id)) is not None:
-                    return answer("duplicate", f"delivery {delivery_id} already handled: {known}")
-                outcome = classify(event, payload, delivery_id, identity=identity, forge=forge,
-                                   api_url=self.config.sites[forge].api_url)
-                return await self._dispatch(forge, delivery_id, outcome)
-            except DATABASE_ERRORS as exc:
-                raise WebhookRejected(503, f"database unavailable: {type(exc).__name__}: {exc}",
-                                      hint="the forge retries the delivery") from exc
-
-    async def _dispatch(self, source: str, delivery_id: str,
-                        outcome: RunCandidate | Ignored) -> Response:
-        """Plan and publish `outcome`, then record `delivery_id` as handled."""
-        try:
-            if isinstance(outcome, RunCandidate):
-                outcome = await self.intake.handle(outcome)
-        except ForgeApiError as exc:
-            raise WebhookRejected(503, f"cannot read the workflow: {exc.message}",
-                                  hint=exc.hint) from exc
-        except (BrokerError, ConnectionError, TimeoutError) as exc:
-            raise WebhookRejected(503, f"the run could not be queued: {exc}",
-                                  hint="the forge retries the delivery") from exc
-        if isinstance(outcome, Ignored):
-            log.info("webhook ignored", extra={"source": source, "delivery": delivery_id,
-                                               "reason": outcome.reason})
-            await self.deliveries.record(source, delivery_id, f"ignored: {outcome.reason}")
-            return answer("ignored", outcome.reason)
-        await self.deliveries.record(source, delivery_id, "published")
-        plan = outcome.request
-        return answer("published", status=202, request_id=plan.request_id, trusted=plan.trusted,
-                      needs_approval=plan.needs_approval)
+            return await receive(self.inbox, Received(forge, delivery_id, event, body),
+                                 classify_body, self.wake)
 
     # ---- manual runs ----------------------------------------------------------------------
 
@@ -198,8 +179,16 @@ class ForgeWebhook:
                 raise WebhookRejected(404, f"no branch {branch} in {repository}")
             candidate = RunCandidate(repo, EventKind.MANUAL, sha, f"refs/heads/{branch}",
                                      request_id, branch=branch)
-            return await self._dispatch(MANUAL, request_id, candidate)
+            outcome = await self.intake.handle(candidate)
         except ForgeApiError as exc:
             raise WebhookRejected(503, exc.message, hint=exc.hint) from exc
-        except DATABASE_ERRORS as exc:
-            raise WebhookRejected(503, f"database unavailable: {exc}") from exc
+        except (BrokerError, ConnectionError, TimeoutError) as exc:
+            raise WebhookRejected(503, f"the run could not be queued: {exc}",
+                                  hint="send the request again") from exc
+        if isinstance(outcome, Ignored):
+            await self.deliveries.record(MANUAL, request_id, f"ignored: {outcome.reason}")
+            return answer("ignored", outcome.reason)
+        await self.deliveries.record(MANUAL, request_id, "published")
+        plan = outcome.request
+        return answer("published", status=202, request_id=plan.request_id, trusted=plan.trusted,
+                      needs_approval=plan.needs_approval)

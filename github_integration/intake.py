@@ -20,6 +20,8 @@ from collections.abc import Callable
 from common.broker import Broker
 from common.forge.errors import WebhookRejected
 from common.forge.events import Ignored, Published
+from common.forge.identity import repository_identity
+from common.forge.inbox import InboxItem
 from common.forge.policy import (
     InvalidWorkflow,
     RunCandidate,
@@ -27,12 +29,13 @@ from common.forge.policy import (
     plan_run,
     run_request,
 )
+from common.forge.webhook import parse_json
 from common.messages import EventKind, Repo, RerunOf, RunRequest
 from common.observability import tracer
 from common.workflow import DEFAULT_LIMITS, DEFAULT_PATH, Limits
 from github_integration.api import GitHubApi
 from github_integration.errors import GitHubApiError
-from github_integration.events import JobRerun
+from github_integration.events import JobRerun, classify
 from github_integration.feedback import WORKFLOW_CHECK_NAME, CheckRunOutbox
 
 log = logging.getLogger(__name__)
@@ -42,16 +45,26 @@ class Intake:
     """Turns run candidates and job re-runs into confirmed run requests."""
 
     def __init__(self, api: GitHubApi, broker: Broker, outbox: CheckRunOutbox, *,
-                 approval_for: Callable[[str], bool],
+                 api_url: str, approval_for: Callable[[str], bool],
                  workflow_path: str = DEFAULT_PATH,
                  workflow_limits: Limits = DEFAULT_LIMITS) -> None:
         """`approval_for(owner/name)`: whether that repository's untrusted runs wait for approval."""
         self._api = api
+        self._api_url = api_url
         self._workflow_limits = workflow_limits
         self._broker = broker
         self._outbox = outbox
         self._approval_for = approval_for
         self._workflow_path = workflow_path
+
+    async def process(self, item: InboxItem) -> Published | Ignored:
+        """The inbox worker's processor: the stored delivery classified again, then handled."""
+        payload = parse_json(item.body)
+        outcome = classify(item.event, payload, item.delivery_id,
+                           identity=repository_identity(payload), api_url=self._api_url)
+        if isinstance(outcome, Ignored):
+            return outcome
+        return await self.handle(outcome)
 
     async def handle(self, outcome: RunCandidate | JobRerun) -> Published | Ignored:
         """Fetch the workflow, decide trust, publish; `Ignored` when nothing should run.

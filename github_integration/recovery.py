@@ -6,8 +6,9 @@ lost unless someone asks for it again. At start and every `redelivery_interval` 
 `DeliveryRecovery` lists the App's webhook deliveries of the last `redelivery_lookback`
 seconds (`GET /app/hook/deliveries`, as the App) and asks GitHub to redeliver
 (`POST /app/hook/deliveries/{id}/attempts`) each event (`guid`) none of whose attempts
-succeeded and that this service does not know already. GitHub then sends the same body with
-the same `X-GitHub-Delivery`, which the webhook handles as usual.
+succeeded and that is not in the inbox (a delivery stored there arrived, whatever became of
+it: the inbox worker retries it). GitHub then sends the same body with the same
+`X-GitHub-Delivery`, which the webhook stores as usual.
 
 Once GitHub lists `redelivery_attempts` failed attempts of an event (the first delivery
 included), it is not asked for again: one refused for good (a body the webhook rejects) is
@@ -27,7 +28,7 @@ from github_integration.errors import GitHubApiError
 
 log = logging.getLogger(__name__)
 
-# Of the guids given, those this service received already (stored or handled).
+# Of the guids given, those this service received already (stored in the inbox).
 KnownDeliveries = Callable[[Collection[str]], Awaitable[set[str]]]
 # More than this many pages is not "recent" any more: the lookback is cut short.
 MAX_PAGES = 50

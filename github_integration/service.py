@@ -1,9 +1,10 @@
 """The running GitHub integration: its parts wired together on the shared lifecycle
 (`common.forge.service`).
 
-`GitHubIntegration` owns the webhook handler, the job-event consumer that feeds the status
-outbox, the outbox worker that turns rows into check runs, and the recovery that asks GitHub
-to redeliver the webhooks it could not deliver.
+`GitHubIntegration` owns the webhook handler (into the inbox), the intake (the inbox
+worker's processor), the job-event consumer that feeds the status outbox, the outbox worker
+that turns rows into check runs, and the recovery that asks GitHub to redeliver the webhooks
+it could not deliver.
 """
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from starlette.routing import BaseRoute
 
 from common.broker import Broker, Delivery
-from common.forge.deliveries import DeliveryLog
+from common.forge.events import Ignored, Published
+from common.forge.inbox import InboxItem
 from common.forge.outbox import Outbox, OutboxWorker
 from common.forge.service import IntegrationService, TaskFactory
 from common.retry import Backoff
@@ -38,7 +40,8 @@ class GitHubIntegration(IntegrationService):
                  outbox_backoff: Backoff = Backoff(initial=1.0, maximum=300.0),
                  outbox_poll: float = 1.0, supervisor: Supervisor | None = None) -> None:
         assert config.app_id is not None, "config.check() first"
-        super().__init__(pool, broker, config.events_queue, supervisor)
+        super().__init__(pool, broker, name="github", events_queue=config.events_queue,
+                         forges=[FORGE], inbox=config.inbox, supervisor=supervisor)
         self.config = config
         self.auth = AppAuth(config.app_id, private_key, http)
         self.api = GitHubApi(http, self.auth)
@@ -49,15 +52,16 @@ class GitHubIntegration(IntegrationService):
                                    send_timeout=min(60.0, config.api_timeout * 6))
         self.check_runs = CheckRunOutbox(self.outbox, self.worker)
         self._feed = JobEventFeed(self.check_runs)
-        deliveries = DeliveryLog(pool)
+        self.intake = Intake(self.api, broker, self.check_runs, api_url=config.api_url,
+                             approval_for=config.approval_for,
+                             workflow_path=config.workflow_path,
+                             workflow_limits=config.workflow_limits)
         self.webhook = GitHubWebhook(
             secret=config.webhook_secret.get_secret_value(), api_url=config.api_url,
-            intake=Intake(self.api, broker, self.check_runs, approval_for=config.approval_for,
-                          workflow_path=config.workflow_path,
-                          workflow_limits=config.workflow_limits),
-            deliveries=deliveries, auth=self.auth, limits=config.body_limits)
+            inbox=self.inbox, wake=self.inbox_worker.notify, auth=self.auth,
+            limits=config.body_limits)
         self.recovery = DeliveryRecovery(
-            self.api, lambda guids: deliveries.handled(FORGE, guids),
+            self.api, lambda guids: self.inbox.stored(FORGE, guids),
             interval=config.redelivery_interval, lookback=config.redelivery_lookback,
             attempts=config.redelivery_attempts)
 
@@ -66,6 +70,9 @@ class GitHubIntegration(IntegrationService):
 
     def tasks(self) -> Mapping[str, TaskFactory]:
         return {"github-outbox": self.worker.run, "github-recovery": self.recovery.run}
+
+    async def process(self, item: InboxItem) -> Published | Ignored:
+        return await self.intake.process(item)
 
     async def on_job_event(self, delivery: Delivery) -> None:
         """Queue a job event of a GitHub repository for its check run, then ack it."""

@@ -1,42 +1,43 @@
-"""The webhook endpoint, `POST /webhooks/github`, on the shared Starlette edge.
+"""The webhook endpoint, `POST /webhooks/github`: verify, classify, store in the inbox
+(`common.forge.inbox`), answer. The inbox worker plans and publishes the run later
+(`github_integration.intake.Intake.process`).
 
 Answers, in the order they are decided:
 - 401: `X-Hub-Signature-256` missing or not `sha256=` + the HMAC-SHA256 of the raw body
-  (checked before anything is parsed);
+  (checked before anything is parsed; nothing is stored);
 - 408 / 413: a body too slow or too large (`BodyLimits`), before any of the rest;
-- 400: no `X-GitHub-Event` / `X-GitHub-Delivery`, malformed or hostile JSON (see
+- 400: no `X-GitHub-Event` / `X-GitHub-Delivery`; malformed or hostile JSON (see
   `common.forge.webhook.parse_json`), a body naming its repository two ways
   (`common.forge.identity`), an event Solstice does not handle, a body missing what its event
-  carries, an App not installed on the repository, an installation named in the body that has
-  no access to the repository named in it (no token for that repository is ever obtained);
-- 200: a redelivery of a delivery already handled (`duplicate`), or an event that needs
-  nothing (`ignored`, recorded as handled: `ping`, a closed pull request, a deleted branch, an `on` that does not
-  match, an invalid workflow reported as a failed check run);
-- 202: the run request was published and the broker confirmed it (`published`);
-- 503: GitHub or the broker could not be reached; the delivery is not recorded as handled,
-  so its redelivery is processed afresh.
+  carries: stored as rejected with the reason;
+- 200: a redelivery of a delivery already received (`duplicate`), or an event that needs
+  nothing (`ignored`, stored with the reason: `ping`, a closed pull request, a deleted
+  branch); an installation deleted or suspended also drops its cached token;
+- 202: stored; the worker fetches the workflow and publishes the run (`accepted`). What
+  needs GitHub is decided there: an App not installed on the repository, or an installation
+  named in the body without access to it, parks the delivery with that error (no token for
+  that repository is ever obtained); an `on` that does not match, no workflow file, or an
+  invalid one (reported as a failed check run) makes it `ignored`;
+- 503: the database could not store it; GitHub (or the recovery) delivers it again.
 """
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from common.broker.base import BrokerError
-from common.forge.deliveries import DeliveryLog
 from common.forge.errors import WebhookRejected
-from common.forge.events import Ignored, Published
+from common.forge.events import Ignored
 from common.forge.identity import repository_identity
-from common.forge.policy import RunCandidate
+from common.forge.inbox import Inbox, Received, receive
 from common.forge.signature import verify_github
-from common.forge.webhook import BodyLimits, answer, parse_json, read_body
+from common.forge.webhook import BodyLimits, parse_json, read_body
 from github_integration.auth import AppAuth
-from github_integration.errors import GitHubApiError
-from github_integration.events import JobRerun, classify
-from github_integration.intake import Intake
+from github_integration.events import Outcome, classify
 
 log = logging.getLogger(__name__)
 
@@ -48,13 +49,12 @@ _INSTALLATION_GONE = frozenset({"deleted", "suspend"})
 class GitHubWebhook:
     """The handler of `POST /webhooks/github`."""
 
-    def __init__(self, *, secret: str | bytes, api_url: str, intake: Intake,
-                 deliveries: DeliveryLog, auth: AppAuth,
-                 limits: BodyLimits) -> None:
+    def __init__(self, *, secret: str | bytes, api_url: str, inbox: Inbox,
+                 wake: Callable[[], None], auth: AppAuth, limits: BodyLimits) -> None:
         self._secret = secret
         self._api_url = api_url
-        self._intake = intake
-        self._deliveries = deliveries
+        self._inbox = inbox
+        self._wake = wake
         self._auth = auth
         self._limits = limits
 
@@ -62,7 +62,7 @@ class GitHubWebhook:
         return [Route("/webhooks/github", self.handle, methods=["POST"])]
 
     async def handle(self, request: Request) -> JSONResponse:
-        """Verify, deduplicate, classify and act on one delivery (answers: module docstring)."""
+        """Verify, classify and store one delivery (answers: module docstring)."""
         body = await read_body(request, self._limits)
         if not verify_github(self._secret, body, request.headers.get("x-hub-signature-256")):
             raise WebhookRejected(401, "missing or wrong X-Hub-Signature-256",
@@ -71,35 +71,17 @@ class GitHubWebhook:
         delivery = request.headers.get("x-github-delivery")
         if not event or not delivery:
             raise WebhookRejected(400, "X-GitHub-Event and X-GitHub-Delivery headers are required")
-        context = {"delivery": delivery, "event": event}
-        if await self._deliveries.seen(FORGE, delivery) is not None:
-            log.info("redelivery of a delivery already handled", extra=context)
-            return answer("duplicate", f"delivery {delivery} was already handled")
-        payload = parse_json(body)
-        outcome = classify(event, payload, delivery, identity=repository_identity(payload),
-                           api_url=self._api_url)
-        if isinstance(outcome, Ignored):
-            self._forget_installation(event, payload)
-            result: Published | Ignored = outcome
-        else:
-            result = await self._handle(outcome)
-        if isinstance(result, Ignored):
-            await self._deliveries.record(FORGE, delivery, f"ignored: {result.reason}")
-            log.info("webhook ignored", extra=context | {"reason": result.reason})
-            return answer("ignored", result.reason)
-        await self._deliveries.record(FORGE, delivery, "published")
-        return answer("published", status=202, request_id=result.request.request_id)
 
-    async def _handle(self, outcome: RunCandidate | JobRerun) -> Published | Ignored:
-        try:
-            return await self._intake.handle(outcome)
-        except GitHubApiError as exc:
-            if not exc.retryable:
-                raise WebhookRejected(400, exc.message, hint=exc.hint) from exc
-            raise WebhookRejected(503, f"GitHub unavailable, retry later: {exc.message}") from exc
-        except BrokerError as exc:
-            raise WebhookRejected(503, f"the broker did not confirm the run: {exc.message}",
-                                  hint=exc.hint) from exc
+        def classify_body() -> Outcome:
+            payload = parse_json(body)
+            outcome = classify(event, payload, delivery, identity=repository_identity(payload),
+                               api_url=self._api_url)
+            if isinstance(outcome, Ignored):
+                self._forget_installation(event, payload)
+            return outcome
+
+        return await receive(self._inbox, Received(FORGE, delivery, event, body),
+                             classify_body, self._wake)
 
     def _forget_installation(self, event: str, payload: dict[str, Any]) -> None:
         installation = payload.get("installation") or {}

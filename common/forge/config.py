@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from common.errors import ConfigError
 from common.forge.webhook import BODY_TIMEOUT, MAX_BODY, BodyLimits
+from common.retry import Backoff
 from common.workflow import Limits
 
 
@@ -17,6 +18,21 @@ class RepoSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     approval_for_untrusted: bool | None = None
+
+
+class InboxSettings(BaseModel):
+    """How the inbox worker retries a delivery it could not process (docs/config.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+    max_attempts: int = Field(10, ge=1)
+    retry_initial: float = Field(1.0, gt=0)
+    retry_max: float = Field(300.0, gt=0)
+    poll_interval: float = Field(0.5, gt=0)
+    workflow_cache_entries: int = Field(1024, ge=0)
+
+    @property
+    def backoff(self) -> Backoff:
+        return Backoff(initial=self.retry_initial, maximum=self.retry_max)
 
 
 class IntegrationConfig(BaseModel):
@@ -34,6 +50,7 @@ class IntegrationConfig(BaseModel):
     body_timeout: float = Field(BODY_TIMEOUT, gt=0)
     repos: dict[str, RepoSettings] = Field(default_factory=dict)
     log_level: str = "info"
+    inbox: InboxSettings = Field(default_factory=InboxSettings)
     # What one workflow file may cost to validate and plan (docs/config.md).
     workflow_limits: Limits = Field(default_factory=Limits)
 

@@ -10,8 +10,6 @@ id), so that race never runs a commit twice.
 """
 from __future__ import annotations
 
-from collections.abc import Collection
-
 import asyncpg
 
 
@@ -26,13 +24,6 @@ class DeliveryLog:
         return await self._pool.fetchval(
             "SELECT outcome FROM forge_deliveries WHERE forge = $1 AND delivery_id = $2",
             forge, delivery_id)
-
-    async def handled(self, forge: str, delivery_ids: Collection[str]) -> set[str]:
-        """Those of `delivery_ids` already handled."""
-        rows = await self._pool.fetch(
-            "SELECT delivery_id FROM forge_deliveries WHERE forge = $1"
-            " AND delivery_id = ANY($2::text[])", forge, list(delivery_ids))
-        return {row["delivery_id"] for row in rows}
 
     async def record(self, forge: str, delivery_id: str, outcome: str) -> bool:
         """Remember that `delivery_id` was handled; False if it already was (kept as first written)."""

@@ -1,18 +1,18 @@
-"""The lifecycle both integrations share: long-lived tasks under the service's `Supervisor`,
-job events consumed from the broker, and the Starlette app serving the routes with
-`/healthz` and `/readyz`.
+"""The lifecycle both integrations share: long-lived tasks under the service's `Supervisor`
+(the webhook inbox worker among them), job events consumed from the broker, and the
+Starlette app serving the routes with `/healthz` and `/readyz`.
 
-An integration subclasses `IntegrationService` and says what is its own: its routes, its
-tasks (the status outbox worker...), and what becomes of a job event. `start` spawns the
-tasks and subscribes; `stop` unsubscribes and cancels them (rows not yet handled stay in
-PostgreSQL for the next start). `app()` runs both from the app's lifespan.
+An integration subclasses `IntegrationService` and says what is its own: its routes, how it
+processes a stored delivery, its other tasks (the status outbox worker...), and what becomes
+of a job event. `start` spawns the tasks and subscribes; `stop` unsubscribes and cancels
+them (rows not yet handled stay in PostgreSQL for the next start). `app()` runs both from the app's lifespan.
 """
 from __future__ import annotations
 
 import abc
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from typing import Any
 
 import asyncpg
@@ -20,6 +20,9 @@ from starlette.applications import Starlette
 from starlette.routing import BaseRoute
 
 from common.broker import Broker, Delivery, Subscription
+from common.forge.config import InboxSettings
+from common.forge.events import Ignored, Published
+from common.forge.inbox import Inbox, InboxItem, InboxWorker
 from common.forge.webhook import webhook_app
 from common.health import Check, broker_check, database_check
 from common.supervise import Supervisor
@@ -30,13 +33,18 @@ TaskFactory = Callable[[], Coroutine[Any, Any, None]]
 class IntegrationService(abc.ABC):
     """One integration's parts with their lifecycle; see the module docstring."""
 
-    def __init__(self, pool: asyncpg.Pool, broker: Broker, events_queue: str,
+    def __init__(self, pool: asyncpg.Pool, broker: Broker, *, name: str, events_queue: str,
+                 forges: Sequence[str], inbox: InboxSettings,
                  supervisor: Supervisor | None = None) -> None:
+        """`name` prefixes the task names; the inbox worker takes the deliveries of `forges`."""
         self.pool = pool
         self.broker = broker
         # `serve` waits on it: a task failing stops the service (exit non-zero).
         self.supervisor = supervisor or Supervisor()
+        self.name = name
         self._events_queue = events_queue
+        self.inbox = Inbox(pool)
+        self.inbox_worker = InboxWorker(self.inbox, forges, self.process, settings=inbox)
         self._tasks: list[asyncio.Task[None]] = []
         self._subscription: Subscription | None = None
 
@@ -46,7 +54,11 @@ class IntegrationService(abc.ABC):
 
     @abc.abstractmethod
     def tasks(self) -> Mapping[str, TaskFactory]:
-        """The long-lived tasks to run while serving, by name."""
+        """The long-lived tasks to run while serving, by name, besides the inbox worker."""
+
+    @abc.abstractmethod
+    async def process(self, item: InboxItem) -> Published | Ignored:
+        """Plan and publish the run of one stored delivery (the inbox worker calls it)."""
 
     @abc.abstractmethod
     async def on_job_event(self, delivery: Delivery) -> None:
@@ -59,7 +71,8 @@ class IntegrationService(abc.ABC):
 
     async def start(self) -> None:
         """Start the tasks and consume job events (the broker must be connected)."""
-        for name, task in self.tasks().items():
+        tasks = {f"{self.name}-inbox": self.inbox_worker.run, **self.tasks()}
+        for name, task in tasks.items():
             self._tasks.append(self.supervisor.spawn(name, task()))
         self._subscription = await self.broker.consume_events(self._events_queue,
                                                               self.on_job_event)

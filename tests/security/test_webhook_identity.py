@@ -33,6 +33,7 @@ from pydantic import SecretStr
 import forge_integration.webhook
 import github_integration.webhook
 from common.broker.amqp import AmqpBroker
+from common.forge.inbox import InboxState
 from common.forge.migrate import open_pool
 from common.forge.signature import GITHUB_PREFIX, sign
 from common.forge.webhook import webhook_app
@@ -187,10 +188,11 @@ async def test_a_repository_secret_starts_runs_of_that_repository_only(
         assert harness.forge.requests == []  # not even the attacker's workflow was fetched
         # The forge's own delivery, signed with A's secret, runs A trusted.
         answer = await harness.post(raw(fixture), "push", forge=kind, secret=VICTIM_SECRET)
-        assert answer.status_code == 202 and answer.json()["trusted"], answer.text
+        assert answer.status_code == 202, answer.text
         await harness.wait_for(lambda: len(harness.runs) == 1)
         [run] = harness.runs
         assert run.repo.full_name == "gordon/hello-world" and run.workflow_source == WORKFLOW
+        assert run.trusted
 
 
 @pytest.mark.parametrize("kind", ["forgejo", "gitea"])
@@ -211,9 +213,17 @@ async def test_signed_hostile_bodies_get_400_with_the_reason(
         service: Callable[..., Any], kind: str, caplog: pytest.LogCaptureFixture) -> None:
     async with service() as harness:
         for reason, body in hostile(FORGEJO_PUSH).items():
-            answer = await harness.post(body, "push", forge=kind, secret=VICTIM_SECRET)
+            delivery = f"hostile {reason}"
+            answer = await harness.post(body, "push", forge=kind, secret=VICTIM_SECRET,
+                                        delivery=delivery)
             assert answer.status_code == 400, (reason, answer.text)
             assert reason in answer.json()["error"]
+            # Stored as rejected, with the reason: a redelivery is a duplicate, never a retry.
+            entry = await harness.entry(delivery, kind)
+            assert entry.state is InboxState.REJECTED and reason in entry.outcome, entry
+            again = await harness.post(body, "push", forge=kind, secret=VICTIM_SECRET,
+                                       delivery=delivery)
+            assert again.status_code == 400
         await no_run(harness)
     assert tracebacks(caplog) == []
 
@@ -299,8 +309,12 @@ async def test_github_installation_must_cover_the_repository(
     attack = {**GITHUB_PUSH, "after": ATTACKER_SHA}
     async with github_stack() as stack:
         for installation in (99, 98, 12345):  # same-named repository elsewhere, other, none
-            answer = await stack.post("push", {**attack, "installation": {"id": installation}})
-            assert answer.status_code == 400, answer.text
+            delivery = f"installation-{installation}"
+            answer = await stack.post("push", {**attack, "installation": {"id": installation}},
+                                      delivery=delivery)
+            assert answer.status_code == 202, answer.text  # GitHub is asked by the inbox worker
+            entry = await stack.settled(delivery)
+            assert entry.state is InboxState.PARKED and entry.attempts == 1, entry
         confused = with_repository(attack, full_name="mallory/tools")
         answer = await stack.post("push", confused)
         assert answer.status_code == 400 and "disagrees" in answer.json()["error"]
@@ -326,9 +340,12 @@ async def test_github_unsigned_bodies_get_401_unparsed_and_signed_hostile_ones_4
             assert answer.status_code == 401, answer.text
         assert parsed.calls == 0
         for reason, body in hostile(GITHUB_PUSH).items():
-            answer = await stack.post("push", body, signature=github_sign(body))
+            delivery = f"hostile {reason}"
+            answer = await stack.post("push", body, signature=github_sign(body), delivery=delivery)
             assert answer.status_code == 400, (reason, answer.text)
             assert reason in answer.json()["error"]
+            entry = await stack.entry(delivery)
+            assert entry.state is InboxState.REJECTED and reason in entry.outcome, entry
         assert await stack.published(1) == []
     assert tracebacks(caplog) == []
 
