@@ -34,15 +34,19 @@ PUSH = (FIXTURES / "push/with-new-branch.payload.json").read_bytes()
 
 class Receiver:
     """A webhook endpoint answering each delivery with the next status of `statuses` (then
-    200), recording the guids it got."""
+    200, after `delay` seconds), recording the guids it got."""
 
-    def __init__(self, *statuses: int) -> None:
+    def __init__(self, *statuses: int, delay: float = 0.0) -> None:
         self.statuses = list(statuses)
+        self.delay = delay
         self.received: list[str] = []
 
     async def handle(self, request: Request) -> JSONResponse:
         self.received.append(request.headers["x-github-delivery"])
-        return JSONResponse({}, self.statuses.pop(0) if self.statuses else 200)
+        status = self.statuses.pop(0) if self.statuses else 200
+        if status == 200:
+            await asyncio.sleep(self.delay)
+        return JSONResponse({}, status)
 
     def app(self) -> Starlette:
         return Starlette(routes=[Route("/hook", self.handle, methods=["POST"])])
@@ -86,6 +90,18 @@ async def test_only_events_never_delivered_nor_known_are_asked_for(
         # Delivered now: the next pass asks for nothing.
         assert await recovery(github_api, known={known.guid}).recover() == []
     assert delivered.guid not in asked
+
+
+async def test_a_redelivery_under_way_is_not_asked_for_again(
+        fake_github: FakeGitHub, github_api: GitHubApi) -> None:
+    async with running(Receiver(503, delay=1.0).app()) as url:
+        fake_github.hook(f"{url}/hook", SECRET)
+        refused = await fake_github.deliver("push", PUSH)
+        passes = recovery(github_api)
+        assert await passes.recover() == [refused.guid]
+        # GitHub lists the redelivery only once it was answered, a second from now.
+        assert await passes.recover() == []
+        assert [d.status_code for d in await fake_github.settle()] == [200]
 
 
 async def test_the_lookback_bounds_what_is_asked_for(
