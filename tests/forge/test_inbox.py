@@ -1,0 +1,78 @@
+"""The webhook inbox shared by both integrations: claims across processes, the workflow
+cache, and the store's answers (real PostgreSQL; the forge is the fake Forgejo)."""
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections import Counter
+
+import asyncpg
+
+from common.forge.config import InboxSettings
+from common.forge.events import Ignored
+from common.forge.inbox import Inbox, InboxItem, InboxState, InboxWorker, Received
+from common.forge.migrate import open_pool
+from tests.forge.conftest import Harness
+from tests.forge.test_webhooks import PUSH
+
+
+async def test_two_workers_never_process_one_delivery_twice(pg_dsn: str) -> None:
+    """Two workers on two pools (two integration processes) share 60 deliveries: each is
+    processed exactly once, however the claims interleave."""
+    pools = [await open_pool(pg_dsn, min_size=1, max_size=4) for _ in range(2)]
+    processed: Counter[str] = Counter()
+    by_worker: Counter[int] = Counter()
+    deliveries = [f"d-{n}" for n in range(60)]
+    try:
+        for delivery in deliveries:
+            assert await Inbox(pools[0]).store(Received("forgejo", delivery, "push", b"{}"),
+                                               InboxState.PENDING)
+
+        def processor(worker: int):
+            async def process(item: InboxItem) -> Ignored:
+                processed[item.delivery_id] += 1
+                by_worker[worker] += 1
+                await asyncio.sleep(0.01)  # the other worker claims meanwhile
+                return Ignored("test")
+            return process
+
+        settings = InboxSettings(poll_interval=0.05)
+        workers = [InboxWorker(Inbox(pool), ["forgejo"], processor(n), settings=settings, batch=4)
+                   for n, pool in enumerate(pools)]
+        await asyncio.gather(*(w.run_once() for w in workers))
+        assert processed == Counter({d: 1 for d in deliveries})
+        assert by_worker[0] > 0 and by_worker[1] > 0, by_worker  # both took a share
+        assert await Inbox(pools[0]).counts(["forgejo"]) == {"ignored": 60}
+    finally:
+        for pool in pools:
+            await pool.close()
+
+
+async def test_a_claimed_delivery_is_not_claimed_again_before_its_lease_ends(
+        pool: asyncpg.Pool) -> None:
+    inbox = Inbox(pool)
+    await inbox.store(Received("gitea", "d-1", "push", b"{}"), InboxState.PENDING)
+    [item] = await inbox.claim(["gitea"], limit=10, lease=0.3)
+    assert await inbox.claim(["gitea"], limit=10, lease=0.3) == []
+    assert await inbox.claim(["forgejo"], limit=10, lease=0.3) == []  # another forge's worker
+    await asyncio.sleep(0.4)  # the worker holding it died: the lease ends, it is claimed again
+    [again] = await inbox.claim(["gitea"], limit=10, lease=0.3)
+    assert (again.id, again.attempts) == (item.id, 2)
+
+
+async def test_the_second_delivery_of_a_commit_reads_the_workflow_from_the_cache(
+        harness: Harness) -> None:
+    for delivery in ("first", "second"):  # e.g. the same commit pushed to two branches
+        assert (await harness.post(PUSH, "push", delivery=delivery)).status_code == 202
+        assert (await harness.settled(delivery)).state is InboxState.DONE
+    contents = [path for _, path in harness.forge.requests if "/contents/" in path]
+    assert len(contents) == 1, contents
+    await harness.wait_for(lambda: len(harness.runs) == 2)
+    assert {r.workflow_source for r in harness.runs} == {harness.runs[0].workflow_source}
+    # Another commit is another file.
+    other = {**PUSH, "after": uuid.uuid4().hex + "0" * 8}
+    harness.forge.repos["gordon/hello-world"].files[(other["after"], ".solstice/workflow.kdl")] = \
+        harness.runs[0].workflow_source
+    assert (await harness.post(other, "push", delivery="third")).status_code == 202
+    assert (await harness.settled("third")).state is InboxState.DONE
+    assert len([p for _, p in harness.forge.requests if "/contents/" in p]) == 2
