@@ -50,6 +50,8 @@ from common.supervise import wait_event
 log = logging.getLogger(__name__)
 
 ERROR_LIMIT = 2000
+# How often a worker deletes the finished deliveries older than `keep_finished_days`.
+PRUNE_INTERVAL = 3600.0
 DEFAULT_SETTINGS = InboxSettings()
 
 
@@ -185,6 +187,15 @@ class Inbox:
             entry_id, list(forges))
         return status == "UPDATE 1"
 
+    async def prune(self, forges: Sequence[str], older_than: float) -> int:
+        """Delete the finished deliveries of `forges` (done, ignored, rejected) received more
+        than `older_than` seconds ago; parked ones stay until retried. How many went."""
+        status = await self._pool.execute(
+            "DELETE FROM forge_inbox WHERE forge = ANY($1) AND state IN ('done', 'ignored',"
+            " 'rejected') AND received_at < now() - make_interval(secs => $2)",
+            list(forges), float(older_than))
+        return int(status.split()[-1])
+
     async def counts(self, forges: Sequence[str]) -> dict[str, int]:
         """Deliveries of `forges` per state."""
         rows = await self._pool.fetch(
@@ -247,13 +258,21 @@ class InboxWorker:
         self._process_timeout = process_timeout
         self._batch = batch
         self._wake = asyncio.Event()
+        self._next_prune = 0.0
 
     def notify(self) -> None:
         """A delivery was stored: look now rather than at the next poll."""
         self._wake.set()
 
     async def run_once(self) -> int:
-        """Process every delivery due now; return how many were tried."""
+        """Process every delivery due now (and prune, once an hour); return how many were tried."""
+        now = asyncio.get_running_loop().time()
+        if now >= self._next_prune:
+            pruned = await self.inbox.prune(self.forges, self._settings.keep_finished_days * 86400)
+            if pruned:
+                log.info("pruned finished deliveries", extra={"deliveries": pruned,
+                                                              "forges": ",".join(self.forges)})
+            self._next_prune = now + PRUNE_INTERVAL
         tried = 0
         while True:
             items = await self.inbox.claim(self.forges, limit=self._batch, lease=self._lease)

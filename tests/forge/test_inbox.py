@@ -76,3 +76,20 @@ async def test_the_second_delivery_of_a_commit_reads_the_workflow_from_the_cache
     assert (await harness.post(other, "push", delivery="third")).status_code == 202
     assert (await harness.settled("third")).state is InboxState.DONE
     assert len([p for _, p in harness.forge.requests if "/contents/" in p]) == 2
+
+
+async def test_finished_deliveries_are_pruned_and_parked_ones_kept(pool: asyncpg.Pool) -> None:
+    inbox = Inbox(pool)
+    for delivery, state in (("done", InboxState.DONE), ("ignored", InboxState.IGNORED),
+                            ("rejected", InboxState.REJECTED), ("pending", InboxState.PENDING)):
+        await inbox.store(Received("forgejo", delivery, "push", b"{}"), state)
+    [item] = await inbox.claim(["forgejo"], limit=1, lease=60)
+    await inbox.park(item, "boom")
+    await inbox.store(Received("github", "other", "push", b"{}"), InboxState.DONE)
+    await pool.execute("UPDATE forge_inbox SET received_at = now() - interval '8 days'")
+    await inbox.store(Received("forgejo", "recent", "push", b"{}"), InboxState.DONE)
+    worker = InboxWorker(inbox, ["forgejo"], lambda item: asyncio.sleep(0),
+                         settings=InboxSettings(keep_finished_days=7))
+    await worker.run_once()
+    assert await inbox.counts(["forgejo"]) == {"parked": 1, "done": 1}
+    assert await inbox.counts(["github"]) == {"done": 1}  # another integration's to prune
