@@ -3,17 +3,21 @@ cache, and the store's answers (real PostgreSQL; the forge is the fake Forgejo).
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
 from collections import Counter
 
 import asyncpg
 
+from common.broker import MemoryBroker
 from common.forge.config import InboxSettings
 from common.forge.events import Ignored
 from common.forge.inbox import Inbox, InboxItem, InboxState, InboxWorker, Received
 from common.forge.migrate import open_pool
-from tests.forge.conftest import Harness
+from tests.fakes.forgejo_api import FakeForgejo
+from tests.forge.conftest import Harness, make_config, service_with
 from tests.forge.test_webhooks import PUSH
+from tests.tcp_proxy import TcpProxy
 
 
 async def test_two_workers_never_process_one_delivery_twice(pg_dsn: str) -> None:
@@ -93,3 +97,28 @@ async def test_finished_deliveries_are_pruned_and_parked_ones_kept(pool: asyncpg
     await worker.run_once()
     assert await inbox.counts(["forgejo"]) == {"parked": 1, "done": 1}
     assert await inbox.counts(["github"]) == {"done": 1}  # another integration's to prune
+
+
+async def test_a_database_refusing_connections_is_a_503_and_the_redelivery_runs(
+        forge: FakeForgejo, pg_dsn: str, broker: MemoryBroker) -> None:
+    await (await open_pool(pg_dsn, min_size=1, max_size=1)).close()  # migrates
+    proxy = TcpProxy("127.0.0.1", int(re.search(r":(\d+)/", pg_dsn).group(1)))
+    await proxy.start()
+    pool = await open_pool(re.sub(r"@[^/]+/", f"@127.0.0.1:{proxy.port}/", pg_dsn),
+                           min_size=1, max_size=2)
+    try:
+        async with service_with(make_config(forge), forge, pool, broker) as h:
+            await proxy.stop()
+            down = await h.post(PUSH, "push", delivery="outage")
+            assert down.status_code == 503, down.text
+            assert down.json()["error"].startswith("database unavailable: ")
+            ready = await h.http.get("/readyz")
+            assert ready.status_code == 503 and ready.json()["checks"]["database"] != "ok"
+            await proxy.start()
+            again = await h.post(PUSH, "push", delivery="outage")  # the forge's redelivery
+            assert again.status_code == 202, again.text
+            assert (await h.settled("outage", timeout=20)).state is InboxState.DONE
+            await h.wait_for(lambda: len(h.runs) == 1)
+    finally:
+        await pool.close()
+        await proxy.stop()
