@@ -42,10 +42,8 @@ from common.forge.errors import WebhookRejected
 from common.forge.events import Ignored, Published
 from common.forge.outbox import is_permanent
 from common.forge.webhook import answer
+from common.forge.worker import ClaimWorker
 from common.observability import tracer
-from common.postgres import TRANSIENT_ERRORS
-from common.retry import Backoff, retry_async
-from common.supervise import wait_event
 
 log = logging.getLogger(__name__)
 
@@ -241,7 +239,7 @@ def is_final(exc: BaseException) -> bool:
     return isinstance(exc, WebhookRejected) or is_permanent(exc)
 
 
-class InboxWorker:
+class InboxWorker(ClaimWorker[InboxItem]):
     """Processes the pending deliveries of `forges` with `process` (module docstring)."""
 
     def __init__(self, inbox: Inbox, forges: Sequence[str], process: Processor, *,
@@ -249,6 +247,8 @@ class InboxWorker:
                  process_timeout: float = 60.0, batch: int = 16) -> None:
         if process_timeout >= lease:
             raise ValueError("process_timeout must be shorter than the lease")
+        super().__init__(poll_interval=settings.poll_interval,
+                         describe=f"{'/'.join(forges)} webhook inbox")
         self.inbox = inbox
         self.forges = tuple(forges)
         self._process = process
@@ -257,15 +257,10 @@ class InboxWorker:
         self._lease = lease
         self._process_timeout = process_timeout
         self._batch = batch
-        self._wake = asyncio.Event()
         self._next_prune = 0.0
 
-    def notify(self) -> None:
-        """A delivery was stored: look now rather than at the next poll."""
-        self._wake.set()
-
-    async def run_once(self) -> int:
-        """Process every delivery due now (and prune, once an hour); return how many were tried."""
+    async def claim(self) -> list[InboxItem]:
+        """The due deliveries (pruning the old finished ones first, once an hour)."""
         now = asyncio.get_running_loop().time()
         if now >= self._next_prune:
             pruned = await self.inbox.prune(self.forges, self._settings.keep_finished_days * 86400)
@@ -273,24 +268,9 @@ class InboxWorker:
                 log.info("pruned finished deliveries", extra={"deliveries": pruned,
                                                               "forges": ",".join(self.forges)})
             self._next_prune = now + PRUNE_INTERVAL
-        tried = 0
-        while True:
-            items = await self.inbox.claim(self.forges, limit=self._batch, lease=self._lease)
-            if not items:
-                return tried
-            await asyncio.gather(*(self._handle(item) for item in items))
-            tried += len(items)
+        return await self.inbox.claim(self.forges, limit=self._batch, lease=self._lease)
 
-    async def run(self) -> None:
-        """Process forever; survives database restarts (retried with backoff)."""
-        while True:
-            self._wake.clear()
-            await retry_async(self.run_once, retry_on=TRANSIENT_ERRORS,
-                              backoff=Backoff(initial=0.5, maximum=10.0),
-                              describe=f"{'/'.join(self.forges)} webhook inbox")
-            await wait_event(self._wake, self._settings.poll_interval)
-
-    async def _handle(self, item: InboxItem) -> None:
+    async def handle(self, item: InboxItem) -> None:
         context = {"forge": item.forge, "delivery": item.delivery_id, "event": item.event,
                    "attempt": item.attempts}
         with tracer(__name__).start_as_current_span("inbox.process") as span:
