@@ -21,7 +21,7 @@ from typing import Any
 from common.forge.errors import WebhookRejected
 from common.forge.events import Ignored, Model, named, parse_model
 from common.forge.identity import RepositoryIdentity
-from common.forge.policy import RunCandidate
+from common.forge.policy import RunCandidate, push_candidate
 from common.messages import EventKind, Repo
 
 log = logging.getLogger(__name__)
@@ -81,13 +81,7 @@ def _push(payload: dict[str, Any], identity: RepositoryIdentity, delivery_id: st
     if push.after == ZERO_SHA:
         return Ignored(f"push deletes {push.ref}; nothing to build")
     repo = _repo(identity, push.repository, forge, api_url)
-    if push.ref.startswith("refs/heads/"):
-        return RunCandidate(repo, EventKind.PUSH, push.after, push.ref, delivery_id,
-                            branch=push.ref.removeprefix("refs/heads/"))
-    if push.ref.startswith("refs/tags/"):
-        return RunCandidate(repo, EventKind.TAG, push.after, push.ref, delivery_id,
-                            tag=push.ref.removeprefix("refs/tags/"))
-    return Ignored(f"push to {push.ref} is neither a branch nor a tag")
+    return push_candidate(repo, push.ref, push.after, delivery_id)
 
 
 def _pull_request(payload: dict[str, Any], identity: RepositoryIdentity, delivery_id: str,

@@ -11,6 +11,7 @@ import logging
 from collections.abc import Callable
 
 from common.broker import Broker
+from common.forge.cache import CachedReader
 from common.forge.errors import WebhookRejected
 from common.forge.events import Ignored, Published
 from common.forge.identity import repository_identity
@@ -32,8 +33,11 @@ class Intake:
 
     def __init__(self, clients: dict[str, ForgejoApi], broker: Broker, outbox: Outbox,
                  wake_outbox: Callable[[], None], *, approval_for: Callable[[str], bool],
-                 workflow_limits: Limits = DEFAULT_LIMITS) -> None:
+                 workflow_limits: Limits = DEFAULT_LIMITS, workflow_cache: int = 0) -> None:
+        """`workflow_cache`: how many workflow files read at a commit each site remembers."""
         self._clients = clients
+        self._readers = {forge: CachedReader(client, workflow_cache)
+                         for forge, client in clients.items()}
         self._broker = broker
         self._outbox = outbox
         self._wake_outbox = wake_outbox
@@ -62,7 +66,7 @@ class Intake:
         """
         with tracer(__name__).start_as_current_span("forge.intake") as span:
             span.set_attribute("solstice.request_id", candidate.request_id)
-            plan = await plan_run(candidate, self._clients[candidate.repo.forge],
+            plan = await plan_run(candidate, self._readers[candidate.repo.forge],
                                   approval_for_untrusted=self._approval_for(candidate.repo.full_name),
                                   limits=self._workflow_limits)
             if isinstance(plan, Ignored):

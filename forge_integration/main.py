@@ -55,7 +55,8 @@ async def open_service(config: ForgeIntegrationConfig, pool: asyncpg.Pool, broke
 ENTRY = entry.EntryPoint(
     prog="solstice-forge-integration",
     description="Forgejo/Gitea webhooks in, commit statuses out.",
-    config=ForgeIntegrationConfig, section=SECTION, open_service=open_service, flags=_flags)
+    config=ForgeIntegrationConfig, section=SECTION, open_service=open_service,
+    forges=("forgejo", "gitea"), flags=_flags)
 
 
 def main(argv: list[str] | None = None) -> int:

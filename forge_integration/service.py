@@ -46,7 +46,8 @@ class ForgeIntegration(IntegrationService):
         self.worker = worker or OutboxWorker(self.outbox, StatusSender(clients))
         self.intake = Intake(clients, broker, self.outbox, lambda: self.worker.notify(),
                              approval_for=config.approval_for,
-                             workflow_limits=config.workflow_limits)
+                             workflow_limits=config.workflow_limits,
+                             workflow_cache=config.inbox.workflow_cache_entries)
         self.webhook = ForgeWebhook(config, clients, inbox=self.inbox,
                                     wake=self.inbox_worker.notify, deliveries=self.deliveries,
                                     intake=self.intake)

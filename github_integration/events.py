@@ -21,7 +21,7 @@ from typing import Any
 from common.forge.errors import WebhookRejected
 from common.forge.events import Ignored, Model, named, parse_model
 from common.forge.identity import RepositoryIdentity
-from common.forge.policy import RunCandidate
+from common.forge.policy import RunCandidate, push_candidate
 from common.messages import EventKind, Repo
 
 ZERO_SHA = "0" * 40
@@ -143,13 +143,7 @@ def _push(payload: dict[str, Any], identity: RepositoryIdentity, api_url: str) -
         return Ignored(f"push deletes {push.ref}; nothing to build")
     repo = _repo(push, identity, api_url)
     request_id = commit_request_id(push, push.ref, push.after)
-    if push.ref.startswith("refs/heads/"):
-        return RunCandidate(repo, EventKind.PUSH, push.after, push.ref, request_id,
-                            branch=push.ref.removeprefix("refs/heads/"))
-    if push.ref.startswith("refs/tags/"):
-        return RunCandidate(repo, EventKind.TAG, push.after, push.ref, request_id,
-                            tag=push.ref.removeprefix("refs/tags/"))
-    return Ignored(f"push to {push.ref} is neither a branch nor a tag")
+    return push_candidate(repo, push.ref, push.after, request_id)
 
 
 def _pull_request(payload: dict[str, Any], identity: RepositoryIdentity, delivery_id: str,

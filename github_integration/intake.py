@@ -18,6 +18,7 @@ import logging
 from collections.abc import Callable
 
 from common.broker import Broker
+from common.forge.cache import CachedReader
 from common.forge.errors import WebhookRejected
 from common.forge.events import Ignored, Published
 from common.forge.identity import repository_identity
@@ -47,9 +48,11 @@ class Intake:
     def __init__(self, api: GitHubApi, broker: Broker, outbox: CheckRunOutbox, *,
                  api_url: str, approval_for: Callable[[str], bool],
                  workflow_path: str = DEFAULT_PATH,
-                 workflow_limits: Limits = DEFAULT_LIMITS) -> None:
-        """`approval_for(owner/name)`: whether that repository's untrusted runs wait for approval."""
+                 workflow_limits: Limits = DEFAULT_LIMITS, workflow_cache: int = 0) -> None:
+        """`approval_for(owner/name)`: whether that repository's untrusted runs wait for approval;
+        `workflow_cache`: how many workflow files read at a commit are remembered."""
         self._api = api
+        self._reader = CachedReader(api, workflow_cache)
         self._api_url = api_url
         self._workflow_limits = workflow_limits
         self._broker = broker
@@ -107,7 +110,7 @@ class Intake:
         return Published(request)
 
     async def _candidate(self, candidate: RunCandidate) -> Published | Ignored:
-        plan = await plan_run(candidate, self._api,
+        plan = await plan_run(candidate, self._reader,
                               approval_for_untrusted=self._approval_for(candidate.repo.full_name),
                               workflow_path=self._workflow_path, limits=self._workflow_limits)
         if isinstance(plan, Ignored):

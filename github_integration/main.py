@@ -23,6 +23,7 @@ from github_integration.auth import load_private_key
 from github_integration.config import SECTION, GitHubIntegrationConfig
 from github_integration.db import open_database
 from github_integration.service import GitHubIntegration
+from github_integration.webhook import FORGE
 
 
 @contextlib.asynccontextmanager
@@ -37,7 +38,7 @@ async def open_service(config: GitHubIntegrationConfig, pool: asyncpg.Pool, brok
 ENTRY = entry.EntryPoint(
     prog="solstice-github-integration", description="GitHub App webhooks in, check runs out.",
     config=GitHubIntegrationConfig, section=SECTION, open_service=open_service,
-    open_database=open_database)
+    forges=(FORGE,), open_database=open_database)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -55,7 +55,8 @@ class GitHubIntegration(IntegrationService):
         self.intake = Intake(self.api, broker, self.check_runs, api_url=config.api_url,
                              approval_for=config.approval_for,
                              workflow_path=config.workflow_path,
-                             workflow_limits=config.workflow_limits)
+                             workflow_limits=config.workflow_limits,
+                             workflow_cache=config.inbox.workflow_cache_entries)
         self.webhook = GitHubWebhook(
             secret=config.webhook_secret.get_secret_value(), api_url=config.api_url,
             inbox=self.inbox, wake=self.inbox_worker.notify, auth=self.auth,

@@ -29,6 +29,7 @@ class InboxSettings(BaseModel):
     retry_max: float = Field(300.0, gt=0)
     poll_interval: float = Field(0.5, gt=0)
     workflow_cache_entries: int = Field(1024, ge=0)
+    keep_finished_days: float = Field(7.0, gt=0)
 
     @property
     def backoff(self) -> Backoff:

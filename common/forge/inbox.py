@@ -42,14 +42,14 @@ from common.forge.errors import WebhookRejected
 from common.forge.events import Ignored, Published
 from common.forge.outbox import is_permanent
 from common.forge.webhook import answer
+from common.forge.worker import ClaimWorker
 from common.observability import tracer
-from common.postgres import TRANSIENT_ERRORS
-from common.retry import Backoff, retry_async
-from common.supervise import wait_event
 
 log = logging.getLogger(__name__)
 
 ERROR_LIMIT = 2000
+# How often a worker deletes the finished deliveries older than `keep_finished_days`.
+PRUNE_INTERVAL = 3600.0
 DEFAULT_SETTINGS = InboxSettings()
 
 
@@ -192,6 +192,15 @@ class Inbox:
             entry_id, list(forges))
         return status == "UPDATE 1"
 
+    async def prune(self, forges: Sequence[str], older_than: float) -> int:
+        """Delete the finished deliveries of `forges` (done, ignored, rejected) received more
+        than `older_than` seconds ago; parked ones stay until retried. How many went."""
+        status = await self._pool.execute(
+            "DELETE FROM forge_inbox WHERE forge = ANY($1) AND state IN ('done', 'ignored',"
+            " 'rejected') AND received_at < now() - make_interval(secs => $2)",
+            list(forges), float(older_than))
+        return int(status.split()[-1])
+
     async def counts(self, forges: Sequence[str]) -> dict[str, int]:
         """Deliveries of `forges` per state."""
         rows = await self._pool.fetch(
@@ -237,7 +246,7 @@ def is_final(exc: BaseException) -> bool:
     return isinstance(exc, WebhookRejected) or is_permanent(exc)
 
 
-class InboxWorker:
+class InboxWorker(ClaimWorker[InboxItem]):
     """Processes the pending deliveries of `forges` with `process` (module docstring)."""
 
     def __init__(self, inbox: Inbox, forges: Sequence[str], process: Processor, *,
@@ -245,6 +254,8 @@ class InboxWorker:
                  process_timeout: float = 60.0, batch: int = 16) -> None:
         if process_timeout >= lease:
             raise ValueError("process_timeout must be shorter than the lease")
+        super().__init__(poll_interval=settings.poll_interval,
+                         describe=f"{'/'.join(forges)} webhook inbox")
         self.inbox = inbox
         self.forges = tuple(forges)
         self._process = process
@@ -253,32 +264,20 @@ class InboxWorker:
         self._lease = lease
         self._process_timeout = process_timeout
         self._batch = batch
-        self._wake = asyncio.Event()
+        self._next_prune = 0.0
 
-    def notify(self) -> None:
-        """A delivery was stored: look now rather than at the next poll."""
-        self._wake.set()
+    async def claim(self) -> list[InboxItem]:
+        """The due deliveries (pruning the old finished ones first, once an hour)."""
+        now = asyncio.get_running_loop().time()
+        if now >= self._next_prune:
+            pruned = await self.inbox.prune(self.forges, self._settings.keep_finished_days * 86400)
+            if pruned:
+                log.info("pruned finished deliveries", extra={"deliveries": pruned,
+                                                              "forges": ",".join(self.forges)})
+            self._next_prune = now + PRUNE_INTERVAL
+        return await self.inbox.claim(self.forges, limit=self._batch, lease=self._lease)
 
-    async def run_once(self) -> int:
-        """Process every delivery due now; return how many were tried."""
-        tried = 0
-        while True:
-            items = await self.inbox.claim(self.forges, limit=self._batch, lease=self._lease)
-            if not items:
-                return tried
-            await asyncio.gather(*(self._handle(item) for item in items))
-            tried += len(items)
-
-    async def run(self) -> None:
-        """Process forever; survives database restarts (retried with backoff)."""
-        while True:
-            self._wake.clear()
-            await retry_async(self.run_once, retry_on=TRANSIENT_ERRORS,
-                              backoff=Backoff(initial=0.5, maximum=10.0),
-                              describe=f"{'/'.join(self.forges)} webhook inbox")
-            await wait_event(self._wake, self._settings.poll_interval)
-
-    async def _handle(self, item: InboxItem) -> None:
+    async def handle(self, item: InboxItem) -> None:
         context = {"forge": item.forge, "delivery": item.delivery_id, "event": item.event,
                    "attempt": item.attempts}
         with tracer(__name__).start_as_current_span("inbox.process") as span:

@@ -3,6 +3,7 @@
 
     solstice-<name>-integration [--config FILE] [--listen-host H] [--listen-port P]
                                 [--database-url DSN] [--amqp-url URL] [flags of its own]
+    solstice-<name>-integration inbox [--parked] [--json] [--retry ID]   (`inbox_cli`)
 
 Settings come from `[<section>]` of the config file, `SOLSTICE_<SECTION>__*` variables and
 these flags. Exit status: 0 after SIGTERM/SIGINT, 1 when a supervised task failed, 2 for a
@@ -22,8 +23,10 @@ from typing import Generic, TypeVar
 import asyncpg
 
 from common.broker import Broker, open_broker
+from common.cli import quiet_on_closed_stdout
 from common.config import load_config
 from common.errors import SolsticeError
+from common.forge import inbox_cli
 from common.forge.config import IntegrationConfig
 from common.forge.migrate import open_pool
 from common.forge.service import IntegrationService
@@ -49,6 +52,8 @@ class EntryPoint(Generic[C]):
     section: str
     open_service: Callable[[C, asyncpg.Pool, Broker, Supervisor],
                            AbstractAsyncContextManager[IntegrationService]]
+    # The forges whose deliveries its inbox worker processes (and `inbox` lists).
+    forges: tuple[str, ...]
     open_database: Callable[[str], Awaitable[asyncpg.Pool]] = open_pool
     # Flags of its own; each one's destination is a config key.
     flags: Callable[[argparse.ArgumentParser], None] = _no_flags
@@ -66,6 +71,7 @@ def parse_args(entry: EntryPoint[C], argv: list[str] | None) -> argparse.Namespa
     parser.add_argument("--database-url")
     parser.add_argument("--amqp-url")
     entry.flags(parser)
+    inbox_cli.add_command(parser.add_subparsers(dest="command", metavar="{inbox}"))
     return parser.parse_args(argv)
 
 
@@ -88,10 +94,24 @@ async def run(entry: EntryPoint[C], config: C) -> None:
     entry.log.info("stopped")
 
 
+def _inbox(entry: EntryPoint[C], args: argparse.Namespace) -> int:
+    """`inbox` (`common.forge.inbox_cli`): needs only the database of the config."""
+    try:
+        config = load_config(entry.config, path=args.config, section=entry.section,
+                             cli={"database_url": args.database_url})
+        return asyncio.run(inbox_cli.run(args, entry.open_database, config.database_url,
+                                         entry.forges, print))
+    except SolsticeError as exc:
+        print(f"{entry.prog} inbox: {exc}", file=sys.stderr)
+        return 2
+
+
 def main(entry: EntryPoint[C], argv: list[str] | None = None) -> int:
     """The command: parse, load and check the config, serve; the exit status (module doc)."""
     args = parse_args(entry, argv)
-    cli = {key: value for key, value in vars(args).items() if key != "config"}
+    if args.command == "inbox":
+        return quiet_on_closed_stdout(lambda: _inbox(entry, args))
+    cli = {key: value for key, value in vars(args).items() if key not in ("config", "command")}
     try:
         config = load_config(entry.config, path=args.config, section=entry.section, cli=cli)
         config.check()

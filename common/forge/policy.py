@@ -70,6 +70,17 @@ class RunCandidate:
     fork: bool = False
 
 
+def push_candidate(repo: Repo, ref: str, sha: str, request_id: str) -> RunCandidate | Ignored:
+    """What a push of `sha` to `ref` asks for: a branch or tag run, else nothing."""
+    if ref.startswith("refs/heads/"):
+        return RunCandidate(repo, EventKind.PUSH, sha, ref, request_id,
+                            branch=ref.removeprefix("refs/heads/"))
+    if ref.startswith("refs/tags/"):
+        return RunCandidate(repo, EventKind.TAG, sha, ref, request_id,
+                            tag=ref.removeprefix("refs/tags/"))
+    return Ignored(f"push to {ref} is neither a branch nor a tag")
+
+
 @dataclass(frozen=True)
 class Trust:
     """How far to trust a candidate, and where its workflow file is read from."""

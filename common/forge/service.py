@@ -1,6 +1,7 @@
 """The lifecycle both integrations share: long-lived tasks under the service's `Supervisor`
 (the webhook inbox worker among them), job events consumed from the broker, and the
-Starlette app serving the routes with `/healthz` and `/readyz`.
+Starlette app serving the routes with `/healthz` and `/readyz` (whose details show the inbox
+backlog: deliveries pending and parked).
 
 An integration subclasses `IntegrationService` and says what is its own: its routes, how it
 processes a stored delivery, its other tasks (the status outbox worker...), and what becomes
@@ -97,4 +98,10 @@ class IntegrationService(abc.ABC):
 
     def app(self) -> Starlette:
         """The web app; its lifespan starts and stops the tasks and the consumer."""
-        return webhook_app(self.routes(), lifespan=self._lifespan, checks=self.checks())
+        return webhook_app(self.routes(), lifespan=self._lifespan, checks=self.checks(),
+                           details={"inbox": self.inbox_backlog})
+
+    async def inbox_backlog(self) -> dict[str, int]:
+        """This service's deliveries still to process and those parked (`/readyz` details)."""
+        counts = await self.inbox.counts(self.inbox_worker.forges)
+        return {"pending": counts.get("pending", 0), "parked": counts.get("parked", 0)}

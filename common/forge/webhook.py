@@ -31,7 +31,7 @@ from starlette.routing import BaseRoute
 
 from common.errors import SolsticeError
 from common.forge.errors import WebhookRejected
-from common.health import Check, health_routes
+from common.health import Check, Detail, health_routes
 from common.postgres import DATABASE_ERRORS
 
 log = logging.getLogger(__name__)
@@ -151,14 +151,15 @@ async def _database_unavailable(request: Request, exc: Exception) -> Response:
 
 def webhook_app(routes: Sequence[BaseRoute], *,
                 lifespan: Callable[[Starlette], AbstractAsyncContextManager[None]] | None = None,
-                checks: Mapping[str, Check] | None = None) -> Starlette:
-    """A Starlette app with `routes`, `/healthz`, `/readyz` (running `checks`) and the error
-    answers described above."""
+                checks: Mapping[str, Check] | None = None,
+                details: Mapping[str, Detail] | None = None) -> Starlette:
+    """A Starlette app with `routes`, `/healthz`, `/readyz` (running `checks`, showing
+    `details`) and the error answers described above."""
     handlers: dict[type[Exception], Callable[[Request, Exception], Any]] = {
         WebhookRejected: _rejected, SolsticeError: _solstice_error}
     handlers.update({error: _database_unavailable for error in DATABASE_ERRORS})
     return Starlette(
-        routes=[*routes, *health_routes(checks or {})],
+        routes=[*routes, *health_routes(checks or {}, details)],
         exception_handlers=handlers,
         lifespan=lifespan,
     )

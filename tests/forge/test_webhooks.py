@@ -143,6 +143,9 @@ async def test_forge_api_failing_on_parks_the_delivery_with_its_last_error(
         assert "HTTP 502" in entry.last_error
         await h.settle()
         assert h.runs == []
+        ready = (await h.http.get("/readyz")).json()
+        assert ready["details"]["inbox"] == {"pending": 0, "parked": 1}, ready
+        assert ready["status"] == "ready"  # a parked delivery is the operator's, not a fault
 
 
 def pr_body(head_repo_id: int | None, author: str, head_sha: str = "a" * 40) -> dict[str, Any]:

@@ -452,3 +452,15 @@ async def test_installation_removed_drops_its_cached_token(stack: Stack) -> None
     assert response.status_code == 200 and response.json()["outcome"] == "ignored"
     assert await auth.installation_token(1, f"{OWNER}/{REPO}") != first
     assert stack.fake.tokens_issued == 2
+
+
+async def test_the_second_delivery_of_a_commit_reads_the_workflow_from_the_cache(
+        stack: Stack) -> None:
+    push = load("push/with-new-branch.payload.json")
+    suite = load("check_suite/requested.payload.json")  # GitHub sends both for one push
+    suite["check_suite"]["head_sha"] = push["after"]
+    for event, body, delivery in (("push", push, "push"), ("check_suite", suite, "suite")):
+        assert (await stack.post(event, body, delivery=delivery)).status_code == 202
+        assert (await stack.settled(delivery)).state is InboxState.DONE
+    contents = [path for _, path in stack.fake.requests if "/contents/" in path]
+    assert len(contents) == 1, contents
