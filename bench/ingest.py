@@ -3,12 +3,17 @@
 Starts the integration through its real entry point (a subprocess, on the real PostgreSQL and
 RabbitMQ), with the fake Forgejo API serving the workflow file from memory in this process,
 then posts `--webhooks` signed Forgejo push webhooks (each its own delivery id and commit)
-over `--concurrency` keep-alive connections. Each accepted webhook was verified, checked
-against the delivery log, had its workflow fetched and validated, was published with a
-publisher confirm and recorded. It prints accepted webhooks/s, then in the same run the rate of bare aio-pika
-confirmed publishes (persistent, durable queue, same concurrency) of a message the size of
-the RunRequest, and the ratio (goal >= 0.5). It also prints the CPU time per webhook of the
-integration and of this process (load generator + fake forge), since all share one machine.
+over `--concurrency` keep-alive connections, while a consumer in this process takes the run
+requests off the runs queue. It prints:
+- accepted (2xx) webhooks/s and the latency of the 2xx answers (p50/p99);
+- the time from each 2xx to its run request reaching the runs queue (p50/p99; a run request
+  is consumable once RabbitMQ took it, which it confirms to the publisher at the same time).
+  Negative when the integration publishes before it answers;
+- in the same run, the rate of bare aio-pika confirmed publishes (persistent, durable queue,
+  same concurrency) of a message the size of the RunRequest, and the ratio accepted/bare
+  (goal >= 0.5);
+- the CPU time per webhook of the integration and of this process (load generator, fake
+  forge and run consumer), since all share one machine.
 Run: .venv/bin/python bench/ingest.py [--webhooks 2000] [--concurrency 32]
 """
 from __future__ import annotations
@@ -18,6 +23,7 @@ import asyncio
 import json
 import os
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -34,9 +40,11 @@ sys.path.insert(0, str(ROOT))  # the fake forge lives in tests/, not in an insta
 
 from common.forge.signature import sign  # noqa: E402
 from common.messages import EventKind, Repo, RunRequest, encode  # noqa: E402
+from common.supervise import wait_event  # noqa: E402
 from tests.fakes.forgejo_api import FakeForgejo  # noqa: E402
+from tests.fixtures import FIXTURES  # noqa: E402
 
-FIXTURE = ROOT.parent / "shared" / "fixtures" / "forgejo" / "HookPush.json"
+FIXTURE = FIXTURES / "forgejo" / "HookPush.json"
 SECRET = "bench-secret"
 GOAL = 0.5
 WORKFLOW = """workflow name="ci" {
@@ -49,6 +57,9 @@ WORKFLOW = """workflow name="ci" {
     job id="lint" runs_on="illumos" { step name="lint" run="gmake lint" }
 }
 """
+
+
+RUNS_TIMEOUT = 120.0  # seconds to wait for the last run request after the last 2xx
 
 
 def cpu_seconds(process: psutil.Process) -> float:
@@ -116,10 +127,19 @@ async def wait_healthy(client: httpx.AsyncClient, proc: subprocess.Popen[bytes])
     raise SystemExit("the integration did not become healthy within 30 s")
 
 
-def push_bodies(payload: dict, shas: list[str]) -> list[bytes]:
+def push_bodies(payload: dict, shas: list[str]) -> list[tuple[str, bytes]]:
     """One push body per commit: each webhook names a commit of its own, so every one makes
-    the integration fetch that commit's workflow from the forge."""
-    return [json.dumps({**payload, "after": sha}).encode() for sha in shas]
+    the integration fetch that commit's workflow from the forge (and its run request can be
+    told apart by its commit)."""
+    return [(sha, json.dumps({**payload, "after": sha}).encode()) for sha in shas]
+
+
+def percentiles(values: list[float]) -> str:
+    """`p50 X ms, p99 Y ms` of `values` in seconds."""
+    if len(values) < 2:
+        return "n/a"
+    cuts = statistics.quantiles(values, n=100, method="inclusive")
+    return f"p50 {cuts[49] * 1000:.1f} ms, p99 {cuts[98] * 1000:.1f} ms"
 
 
 class Connection:
@@ -154,33 +174,76 @@ class Connection:
         await self._writer.wait_closed()
 
 
-async def post_webhooks(port: int, bodies: list[bytes], concurrency: int) -> tuple[int, float]:
-    """Post each signed push, `concurrency` at a time; (accepted, seconds)."""
+class Posted:
+    """What the webhooks got: per commit, when its 2xx arrived and how long it took."""
+
+    def __init__(self) -> None:
+        self.answered: dict[str, float] = {}  # commit -> perf_counter() at its 2xx
+        self.latencies: list[float] = []
+        self.failures: dict[int, int] = {}
+        self.seconds = 0.0
+
+
+async def post_webhooks(port: int, bodies: list[tuple[str, bytes]], concurrency: int) -> Posted:
+    """Post each signed push, `concurrency` at a time."""
     pending = iter(bodies)
-    accepted = 0
-    failures: dict[int, int] = {}
+    posted = Posted()
     connections = [await Connection.open(port) for _ in range(concurrency)]
 
     async def worker(connection: Connection) -> None:
-        nonlocal accepted
-        for body in pending:
+        for sha, body in pending:
+            sent = time.perf_counter()
             status = await connection.post("/webhooks/forgejo", {
                 "Content-Type": "application/json", "X-Forgejo-Event": "push",
                 "X-Forgejo-Delivery": str(uuid.uuid4()),
                 "X-Forgejo-Signature": sign(SECRET, body)}, body)
-            if status == 202:
-                accepted += 1
+            if 200 <= status < 300:
+                posted.answered[sha] = answered = time.perf_counter()
+                posted.latencies.append(answered - sent)
             else:
-                failures[status] = failures.get(status, 0) + 1
+                posted.failures[status] = posted.failures.get(status, 0) + 1
 
     start = time.perf_counter()
     await asyncio.gather(*(worker(c) for c in connections))
-    elapsed = time.perf_counter() - start
+    posted.seconds = time.perf_counter() - start
     for connection in connections:
         await connection.close()
-    if failures:
-        print(f"  not accepted: {failures}")
-    return accepted, elapsed
+    if posted.failures:
+        print(f"  not accepted: {posted.failures}")
+    return posted
+
+
+class RunWatcher:
+    """Takes the run requests off the integration's runs queue, noting when each arrived."""
+
+    def __init__(self) -> None:
+        self.arrived: dict[str, float] = {}  # commit -> perf_counter() on arrival
+        self._changed = asyncio.Event()
+        self._connection: aio_pika.abc.AbstractRobustConnection | None = None
+
+    async def start(self, amqp_url: str, prefix: str) -> None:
+        self._connection = await aio_pika.connect_robust(amqp_url)
+        channel = await self._connection.channel()
+        await channel.set_qos(prefetch_count=256)
+        queue = await channel.declare_queue(f"{prefix}.runs", passive=True)
+        await queue.consume(self._received, no_ack=True)
+
+    async def _received(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
+        self.arrived[json.loads(message.body)["commit_sha"]] = time.perf_counter()
+        self._changed.set()
+
+    async def wait_for(self, commits: set[str], timeout: float) -> set[str]:
+        """Wait until every commit's run request arrived (or `timeout`); the missing ones."""
+        deadline = time.monotonic() + timeout
+        while commits - self.arrived.keys() and time.monotonic() < deadline:
+            self._changed.clear()
+            await wait_event(self._changed, 1.0)
+        return commits - self.arrived.keys()
+
+    async def close(self) -> None:
+        if self._connection is not None:
+            connection, self._connection = self._connection, None
+            await connection.close()
 
 
 async def bare_publishes(amqp_url: str, queue_name: str, size: int, count: int,
@@ -207,18 +270,15 @@ async def bare_publishes(amqp_url: str, queue_name: str, size: int, count: int,
     return elapsed
 
 
-async def delete_topology(amqp_url: str, prefix: str) -> int:
-    """Delete the integration's queues and exchanges; return how many runs it had queued."""
+async def delete_topology(amqp_url: str, prefix: str) -> None:
+    """Delete the integration's queues and exchanges."""
     connection = await aio_pika.connect(amqp_url)
     async with connection:
         channel = await connection.channel()
-        runs = await channel.declare_queue(f"{prefix}.runs", passive=True)
-        queued = runs.declaration_result.message_count or 0
         for name in (f"{prefix}.runs", f"{prefix}.dead", f"{prefix}.events.forge-integration"):
             await channel.queue_delete(name)
         for name in (f"{prefix}.events", f"{prefix}.logs", f"{prefix}.dlx"):
             await channel.exchange_delete(name)
-    return queued
 
 
 async def main() -> None:
@@ -240,6 +300,7 @@ async def main() -> None:
     dsn = args.pg.rsplit("/", 1)[0] + f"/{database}"
     port = free_port()
     proc = None
+    watcher = RunWatcher()
     try:
         async with FakeForgejo() as forge, httpx.AsyncClient(
                 base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
@@ -248,16 +309,21 @@ async def main() -> None:
                            files={(sha, ".solstice/workflow.kdl"): WORKFLOW for sha in shas})
             proc = start_integration(forge, dsn, args.amqp, prefix, port)
             await wait_healthy(client, proc)
+            await watcher.start(args.amqp, prefix)
             bodies = push_bodies(payload, shas)
             await post_webhooks(port, bodies[:warmup], args.concurrency)
+            await watcher.wait_for(set(shas[:warmup]), RUNS_TIMEOUT)
             service, harness = psutil.Process(proc.pid), psutil.Process()
             before = cpu_seconds(service), cpu_seconds(harness)
-            accepted, seconds = await post_webhooks(port, bodies[warmup:], args.concurrency)
+            posted = await post_webhooks(port, bodies[warmup:], args.concurrency)
+            missing = await watcher.wait_for(set(posted.answered), RUNS_TIMEOUT)
+            accepted = len(posted.answered)
             service_ms = (cpu_seconds(service) - before[0]) * 1000 / max(accepted, 1)
             harness_ms = (cpu_seconds(harness) - before[1]) * 1000 / max(accepted, 1)
+        await watcher.close()
         stop(proc)
-        webhook_rate = accepted / seconds
-        queued = await delete_topology(args.amqp, prefix)
+        webhook_rate = accepted / posted.seconds
+        await delete_topology(args.amqp, prefix)
         message = RunRequest(
             request_id=str(uuid.uuid4()), commit_sha=payload["after"], ref=payload["ref"],
             event=EventKind.PUSH, branch="main", workflow_source=WORKFLOW, priority=6,
@@ -268,18 +334,25 @@ async def main() -> None:
         bare_seconds = await bare_publishes(args.amqp, f"{prefix}.bare", size, args.webhooks,
                                             args.concurrency)
     finally:
+        await watcher.close()
         if proc is not None:
             stop(proc)
         await drop_database(args.pg, database)
     bare_rate = args.webhooks / bare_seconds
-    print(f"webhooks: {accepted}/{args.webhooks} accepted in {seconds:.2f} s "
-          f"(concurrency {args.concurrency}): {webhook_rate:.0f} webhooks/s; "
-          f"{queued} runs queued in RabbitMQ (warm-up included)")
-    print(f"CPU per webhook: integration {service_ms:.1f} ms; load generator + fake forge "
-          f"{harness_ms:.1f} ms")
+    queued = [watcher.arrived[sha] - answered for sha, answered in posted.answered.items()
+              if sha in watcher.arrived]
+    print(f"webhooks: {accepted}/{args.webhooks} accepted (2xx) in {posted.seconds:.2f} s "
+          f"(concurrency {args.concurrency}): {webhook_rate:.0f} webhooks/s")
+    print(f"2xx latency: {percentiles(posted.latencies)}")
+    print(f"2xx -> run request queued: {percentiles(queued)} ({len(queued)} run requests; "
+          f"{len(missing)} missing after {RUNS_TIMEOUT:.0f} s; negative: queued before the "
+          "answer)")
+    print(f"CPU per webhook: integration {service_ms:.1f} ms; load generator + fake forge + "
+          f"run consumer {harness_ms:.1f} ms")
     print(f"bare aio-pika confirmed publishes of {size} bytes: {bare_rate:.0f} msg/s")
     ratio = webhook_rate / bare_rate
-    print(f"ratio: {ratio:.2f}x (goal >= {GOAL}x) {'OK' if ratio >= GOAL else 'BELOW GOAL'}")
+    print(f"ratio accepted/bare: {ratio:.2f}x (goal >= {GOAL}x) "
+          f"{'OK' if ratio >= GOAL else 'BELOW GOAL'}")
 
 
 if __name__ == "__main__":

@@ -66,7 +66,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Validate a workflow, then run it through a standalone orchestrator on "
                     "this machine: same protocol, runner and state machine as production. "
                     "Exit status: 0 every job succeeded, 1 a job did not or the workflow is "
-                    "invalid, 2 usage error, 130 interrupted.",
+                    "invalid, 2 usage error, 128+N stopped by signal N (130 Ctrl-C, 143 "
+                    "SIGTERM, 129 SIGHUP).",
         epilog=NO_ISOLATION)
     parser.add_argument("path", nargs="?", type=Path, metavar="PATH",
                         help=f"workflow file or repository directory (default: the {DEFAULT_PATH}"
@@ -365,11 +366,60 @@ def summary_table(summary: RunSummary, printer: Printer, elapsed: float) -> str:
     return "\n".join(rows)
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class Interrupts:
+    """SIGINT, SIGTERM and SIGHUP while a run goes (Ctrl-C, `timeout`, a closed terminal).
+
+    The first asks to cancel the run: its jobs end `cancelled`, each machine destroyed. The
+    second asks to stop at once: the jobs are ended without waiting for their steps, still
+    destroying every machine on the way out. Later ones are ignored until that is done. No
+    signal interrupts the code where it stands, so nothing is left half torn down.
+    """
+
+    def __init__(self) -> None:
+        self.first: signal.Signals | None = None
+        self.cancel = asyncio.Event()
+        self.stop_now = asyncio.Event()
+
+    def install(self) -> None:
+        loop = asyncio.get_running_loop()
+        for signum in STOP_SIGNALS:
+            loop.add_signal_handler(signum, self._received, signum)
+
+    def remove(self) -> None:
+        loop = asyncio.get_running_loop()
+        for signum in STOP_SIGNALS:
+            loop.remove_signal_handler(signum)
+
+    def _received(self, signum: signal.Signals) -> None:
+        if self.first is None:
+            self.first = signum
+            self.cancel.set()
+        else:
+            self.stop_now.set()
+
+    @property
+    def name(self) -> str:
+        return "Ctrl-C" if self.first == signal.SIGINT else signal.Signals(self.first).name
+
+    @property
+    def exit_status(self) -> int:
+        """The shell's status for a process ended by the first signal."""
+        assert self.first is not None
+        return 128 + self.first
+
+
 async def execute(request: RunRequest, options: RunOptions, *, secrets: dict[str, str],
                   labels: set[str], parallel: int, printer: Printer,
-                  state_dir: Path, record: Path | None = None) -> RunSummary:
-    """Run `request` on a throw-away standalone orchestrator; its summary. The record of a run
-    that ended is written to `record` (default `records/RUN-ID` under `state_dir`)."""
+                  state_dir: Path, interrupts: Interrupts,
+                  record: Path | None = None) -> RunSummary | None:
+    """Run `request` on a throw-away standalone orchestrator; its summary, or None when a
+    second signal stopped it at once. The stop signals are `interrupts`' while it runs. The
+    record of a run that ended is written to `record` (default `records/RUN-ID` under
+    `state_dir`)."""
+    interrupts.install()
     machines = Path(tempfile.mkdtemp(prefix="cidev-machines-", dir=state_dir))
     # The run's artifacts go with it, like its throw-away schema.
     blobs = Path(tempfile.mkdtemp(prefix="cidev-blobs-", dir=state_dir))
@@ -381,13 +431,15 @@ async def execute(request: RunRequest, options: RunOptions, *, secrets: dict[str
     backend = LocalBackend(machines)
     schema = f"run_{uuid.uuid4().hex[:12]}"
     try:
+        # Leaving this block stops the orchestrator, which ends the jobs still running and
+        # destroys their machines.
         async with running(config, backend=backend, secrets=secrets,
                            embedded_name=CIDEV_DATABASE, schema=schema) as orchestrator:
             api = orchestrator.api
             with api.watch(kinds=(LogUpdate, StepUpdate, JobUpdate)) as watch:
                 run_id = await api.submit(request, options)
-                summary = await _follow(api, run_id, watch, printer)
-            if summary.final:
+                summary = await _follow(api, run_id, watch, printer, interrupts)
+            if summary is not None and summary.final:
                 directory = record or state_dir / "records" / str(run_id)
                 files = await save_record(orchestrator, run_id, directory)
                 print(printer.paint("2", f"cidev: record of the run (manifest.json, "
@@ -399,22 +451,22 @@ async def execute(request: RunRequest, options: RunOptions, *, secrets: dict[str
             machines.rmdir()
         except OSError:
             pass
+        interrupts.remove()
 
 
-async def _follow(api: OrchestratorAPI, run_id: uuid.UUID, watch: Watch,
-                  printer: Printer) -> RunSummary:
-    """Print the run's updates as they come until it ends; Ctrl-C cancels it (a second one
-    stops at once, still destroying every job's machine on the way out)."""
-    loop = asyncio.get_running_loop()
-    interrupted = asyncio.Event()
-    loop.add_signal_handler(signal.SIGINT, interrupted.set)
+async def _follow(api: OrchestratorAPI, run_id: uuid.UUID, watch: Watch, printer: Printer,
+                  interrupts: Interrupts) -> RunSummary | None:
+    """Print the run's updates as they come until it ends; a first signal cancels it, a
+    second stops following at once (None)."""
     reorder = Reorder(REORDER_MS)
     waiter = asyncio.ensure_future(api.wait(run_id))
     getter = asyncio.ensure_future(watch.queue.get())
-    stop = asyncio.ensure_future(interrupted.wait())
+    cancel = asyncio.ensure_future(interrupts.cancel.wait())
+    stop_now = asyncio.ensure_future(interrupts.stop_now.wait())
     try:
         while not waiter.done():
-            await asyncio.wait({getter, waiter, stop}, return_when=asyncio.FIRST_COMPLETED,
+            await asyncio.wait({getter, waiter, cancel, stop_now},
+                               return_when=asyncio.FIRST_COMPLETED,
                                timeout=REORDER_MS / 1000 / 3 if reorder.pending else None)
             while getter.done():
                 update = getter.result()
@@ -424,11 +476,15 @@ async def _follow(api: OrchestratorAPI, run_id: uuid.UUID, watch: Watch,
                 await asyncio.sleep(0)
             for update in reorder.ready():
                 printer.show(update)
-            if stop.done():
-                loop.remove_signal_handler(signal.SIGINT)
-                printer.line("cidev", "interrupted: cancelling the run (Ctrl-C again to stop at once)")
-                await api.cancel_run(run_id, "cancelled: interrupted (Ctrl-C)")
-                stop = asyncio.ensure_future(asyncio.Event().wait())
+            if stop_now.done():
+                printer.line("cidev", "stopping now: ending the jobs and destroying their "
+                                      "machines")
+                return None
+            if cancel.done():
+                printer.line("cidev", f"interrupted ({interrupts.name}): cancelling the run "
+                                      "(Ctrl-C again to stop at once)")
+                await api.cancel_run(run_id, f"cancelled: interrupted ({interrupts.name})")
+                cancel = asyncio.ensure_future(asyncio.Event().wait())
         while not watch.queue.empty():
             update = watch.queue.get_nowait()
             if update.run_id == run_id:
@@ -437,9 +493,9 @@ async def _follow(api: OrchestratorAPI, run_id: uuid.UUID, watch: Watch,
             printer.show(update)
         return waiter.result()
     finally:
-        for future in (getter, stop):
+        for future in (getter, cancel, stop_now, waiter):
             future.cancel()
-        loop.remove_signal_handler(signal.SIGINT)
+        await asyncio.gather(getter, cancel, stop_now, waiter, return_exceptions=True)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -467,11 +523,15 @@ def run(args: argparse.Namespace) -> int:
     print(printer.paint("2", f"cidev: running {path} from {source}, {tree.describe()} (local "
                              "backend, no isolation)"), flush=True)
     started = time.monotonic()
+    interrupts = Interrupts()
     summary = asyncio.run(execute(request, RunOptions(only_jobs=only, ignore_triggers=True),
                                   secrets=secrets, labels=labels, parallel=args.parallel,
-                                  printer=printer, state_dir=state_dir, record=args.record))
-    print()
-    print(summary_table(summary, printer, time.monotonic() - started))
-    if summary.state == "cancelled" and any("interrupted" in j.message for j in summary.jobs):
-        return 130
+                                  printer=printer, state_dir=state_dir, interrupts=interrupts,
+                                  record=args.record))
+    if summary is not None:
+        print()
+        print(summary_table(summary, printer, time.monotonic() - started))
+    if interrupts.first is not None:
+        return interrupts.exit_status
+    assert summary is not None
     return 0 if summary.succeeded else 1

@@ -30,8 +30,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from common.errors import ConfigError
-from common.forge.webhook import BODY_TIMEOUT, MAX_BODY, BodyLimits
-from common.workflow import Limits
+from common.forge import config as base
 
 SECTION = "forge_integration"
 ForgeKind = Literal["forgejo", "gitea"]
@@ -61,45 +60,22 @@ class Site(BaseModel):
         return f"{self.url}/api/v1"
 
 
-class RepoSettings(BaseModel):
+class RepoSettings(base.RepoSettings):
     """Per-repository settings, keyed `owner/name` (case-insensitive)."""
 
-    model_config = ConfigDict(extra="forbid")
     webhook_secret: SecretStr | None = None
-    approval_for_untrusted: bool | None = None
     checkout_token: SecretStr | None = None  # replaces the site's for this repository
     checkout_username: str = "solstice"
 
 
-class ForgeIntegrationConfig(BaseModel):
+class ForgeIntegrationConfig(base.IntegrationConfig):
     """Everything the service reads at start; see the module docstring for the file layout."""
 
-    model_config = ConfigDict(extra="forbid")
-    listen_host: str = "127.0.0.1"
-    listen_port: int = 8090
-    database_url: str = "postgresql://postgres@127.0.0.1:5432/solstice"
-    amqp_url: str | None = None
-    broker_prefix: str = "solstice"
-    events_queue: str = "forge-integration"
     webhook_secret: SecretStr | None = None
     manual_token: SecretStr | None = None
-    approval_for_untrusted: bool = False
     insecure_no_signature: bool = False
-    max_body_bytes: int = Field(MAX_BODY, gt=0)
-    body_timeout: float = Field(BODY_TIMEOUT, gt=0)
     sites: dict[ForgeKind, Site] = Field(default_factory=dict)
-    repos: dict[str, RepoSettings] = Field(default_factory=dict)
-    # The bearer token orchestrators present to ask for checkout credentials
-    # (common/forge/credentials.py); unset: none are served.
-    internal_token: SecretStr | None = None
-    log_level: str = "info"
-    # What one workflow file may cost to validate and plan (docs/config.md).
-    workflow_limits: Limits = Field(default_factory=Limits)
-
-    @field_validator("repos")
-    @classmethod
-    def _lower(cls, value: dict[str, RepoSettings]) -> dict[str, RepoSettings]:
-        return {name.lower(): settings for name, settings in value.items()}
+    repos: dict[str, RepoSettings] = Field(default_factory=dict)  # type: ignore[assignment]
 
     def check(self) -> None:
         """Refuse a configuration the service cannot run safely with."""
@@ -111,19 +87,15 @@ class ForgeIntegrationConfig(BaseModel):
                 "no webhook secret configured: anyone could start runs",
                 hint="set webhook_secret (global, per site or per repository), or pass "
                      "--insecure-no-signature for local development only")
-        if not self.amqp_url:
-            raise ConfigError("no amqp_url: runs would reach no orchestrator",
-                              hint="set amqp_url (or --amqp-url) to the orchestrators' RabbitMQ URL")
+        super().check()
+
+    def ready_fields(self) -> dict[str, str]:
+        return {"forges": ",".join(self.sites)}
 
     def any_secret(self) -> bool:
         return any(s is not None and s.get_secret_value() for s in
                    [self.webhook_secret, *(site.webhook_secret for site in self.sites.values()),
                     *(repo.webhook_secret for repo in self.repos.values())])
-
-    @property
-    def body_limits(self) -> BodyLimits:
-        return BodyLimits(self.max_body_bytes, self.body_timeout)
-
     def candidate_secrets(self, forge: ForgeKind) -> list[str]:
         """Every distinct secret a webhook to `forge`'s endpoint may be signed with: each
         repository's, the site's and the global one (the body's repository picks the one it
@@ -143,10 +115,3 @@ class ForgeIntegrationConfig(BaseModel):
             if candidate is not None and candidate.get_secret_value():
                 return candidate.get_secret_value()
         return None
-
-    def approval_for(self, full_name: str) -> bool:
-        """Whether untrusted runs of `full_name` wait for approval."""
-        repo = self.repos.get(full_name.lower())
-        if repo is not None and repo.approval_for_untrusted is not None:
-            return repo.approval_for_untrusted
-        return self.approval_for_untrusted

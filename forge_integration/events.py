@@ -16,85 +16,57 @@ took from the body (the one that chose the webhook secret), never read again her
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
-
 from common.forge.errors import WebhookRejected
+from common.forge.events import Ignored, Model, named, parse_model
 from common.forge.identity import RepositoryIdentity
-from common.forge.policy import RunCandidate
+from common.forge.policy import RunCandidate, push_candidate
 from common.messages import EventKind, Repo
 
 log = logging.getLogger(__name__)
 
 ZERO_SHA = "0" * 40
+FORGE_NAME = "the forge"  # in the hint of a 400 for a malformed body
 PULL_REQUEST_ACTIONS = frozenset({"opened", "synchronized", "reopened"})
 REF_EVENTS = frozenset({"create", "delete"})
 HANDLED = ("push", "pull_request")
 
 
-@dataclass(frozen=True)
-class Ignored:
-    """Nothing to run; answered 200 with `reason` (and logged)."""
-
-    reason: str
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True)
-
-
-class _User(_Model):
+class _User(Model):
     login: str
 
 
-class _Repository(_Model):
+class _Repository(Model):
     id: int
     clone_url: str
     default_branch: str = "main"
 
 
-class _Push(_Model):
+class _Push(Model):
     ref: str
     after: str
     repository: _Repository
 
 
-class _Branch(_Model):
+class _Branch(Model):
     ref: str
     sha: str
     repo_id: int | None = None
     repo: _Repository | None = None
 
 
-class _PullRequest(_Model):
+class _PullRequest(Model):
     head: _Branch
     base: _Branch
     user: _User
 
 
-class _PullRequestEvent(_Model):
+class _PullRequestEvent(Model):
     action: str
     number: int
     pull_request: _PullRequest
     repository: _Repository
-
-
-def _parse(model: type[_Model], event: str, payload: dict[str, Any]) -> Any:
-    try:
-        return model.model_validate(payload)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "body"
-        raise WebhookRejected(400, f"malformed {event} payload: {where}: {first['msg']}",
-                              hint="the forge sends this field; was the body altered on the way?") from exc
-
-
-def _named(identity: RepositoryIdentity | None, event: str) -> RepositoryIdentity:
-    if identity is None:
-        raise WebhookRejected(400, f"malformed {event} payload: repository: Field required")
-    return identity
 
 
 def _repo(identity: RepositoryIdentity, repository: _Repository, forge: str, api_url: str) -> Repo:
@@ -105,17 +77,11 @@ def _repo(identity: RepositoryIdentity, repository: _Repository, forge: str, api
 
 def _push(payload: dict[str, Any], identity: RepositoryIdentity, delivery_id: str,
           forge: str, api_url: str) -> RunCandidate | Ignored:
-    push = _parse(_Push, "push", payload)
+    push = parse_model(_Push, "push", payload, FORGE_NAME)
     if push.after == ZERO_SHA:
         return Ignored(f"push deletes {push.ref}; nothing to build")
     repo = _repo(identity, push.repository, forge, api_url)
-    if push.ref.startswith("refs/heads/"):
-        return RunCandidate(repo, EventKind.PUSH, push.after, push.ref, delivery_id,
-                            branch=push.ref.removeprefix("refs/heads/"))
-    if push.ref.startswith("refs/tags/"):
-        return RunCandidate(repo, EventKind.TAG, push.after, push.ref, delivery_id,
-                            tag=push.ref.removeprefix("refs/tags/"))
-    return Ignored(f"push to {push.ref} is neither a branch nor a tag")
+    return push_candidate(repo, push.ref, push.after, delivery_id)
 
 
 def _pull_request(payload: dict[str, Any], identity: RepositoryIdentity, delivery_id: str,
@@ -123,7 +89,7 @@ def _pull_request(payload: dict[str, Any], identity: RepositoryIdentity, deliver
     action = payload.get("action")
     if action not in PULL_REQUEST_ACTIONS:
         return Ignored(f"pull_request action {action!r} does not start runs")
-    event = _parse(_PullRequestEvent, "pull_request", payload)
+    event = parse_model(_PullRequestEvent, "pull_request", payload, FORGE_NAME)
     pr = event.pull_request
     head_repo_id = pr.head.repo.id if pr.head.repo is not None else pr.head.repo_id
     # A head whose repository the forge does not name is treated as a fork: trust is never
@@ -142,11 +108,11 @@ def classify(event: str, payload: Any, delivery_id: str, *, identity: Repository
     if not isinstance(payload, dict):
         raise WebhookRejected(400, f"{event} payload is not a JSON object")
     if event == "push":
-        return _push(payload, _named(identity, event), delivery_id, forge, api_url)
+        return _push(payload, named(identity, event), delivery_id, forge, api_url)
     if event in ("pull_request", "pull_request_sync"):
         if event == "pull_request_sync" and payload.get("action") is None:
             payload = {**payload, "action": "synchronized"}
-        return _pull_request(payload, _named(identity, event), delivery_id, forge, api_url)
+        return _pull_request(payload, named(identity, event), delivery_id, forge, api_url)
     if event.startswith("pull_request_"):
         return Ignored(f"{event} event does not start runs")
     if event in REF_EVENTS:

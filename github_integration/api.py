@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+from datetime import datetime
 from typing import Any
 
 import httpx
+from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 
 from common.messages import Repo
 from github_integration.auth import AppAuth
@@ -19,6 +21,26 @@ from github_integration.errors import FORGE, GitHubApiError
 API_VERSION = "2022-11-28"
 USER_AGENT = "solstice-ci-github-integration"
 WRITE_PERMISSIONS = frozenset({"admin", "maintain", "write"})
+
+
+class HookDelivery(BaseModel):
+    """One attempt to deliver a webhook of the App (`GET /app/hook/deliveries`). A
+    redelivery is another attempt with the same `guid` (the `X-GitHub-Delivery` header)."""
+
+    model_config = ConfigDict(extra="ignore")
+    id: int
+    guid: str
+    status_code: int  # 0: no HTTP answer (timeout, connection refused)
+    redelivery: bool
+    delivered_at: datetime
+    event: str
+
+    @property
+    def succeeded(self) -> bool:
+        return 200 <= self.status_code < 300
+
+
+_DELIVERIES = TypeAdapter(list[HookDelivery])
 
 
 def make_http_client(api_url: str, *, timeout: float = 10.0) -> httpx.AsyncClient:
@@ -129,3 +151,31 @@ class GitHubApi:
         await self.request(f"check run {check_run_id} update on {repo.full_name}", "PATCH",
                            f"/repos/{repo.full_name}/check-runs/{check_run_id}", json=body,
                            repo=repo)
+
+    async def hook_deliveries(self, *, cursor: str | None = None,
+                              per_page: int = 100) -> tuple[list[HookDelivery], str | None]:
+        """One page of the App's webhook deliveries, newest first, and the cursor of the next
+        page (None on the last), from GitHub's `Link` header."""
+        what = "list of the App's webhook deliveries"
+        params: dict[str, str | int] = {"per_page": per_page}
+        if cursor is not None:
+            params["cursor"] = cursor
+        response = await self._send(what, "GET", "/app/hook/deliveries",
+                                    self.auth.app_headers(), params=params)
+        if response.status_code != 200:
+            raise GitHubApiError.from_response(FORGE, what, response)
+        try:
+            deliveries = _DELIVERIES.validate_json(response.content)
+        except ValidationError as exc:
+            raise GitHubApiError(f"{FORGE} {what}: malformed answer ({exc.error_count()} "
+                                 "errors)", status=200, retryable=True) from exc
+        following = response.links.get("next", {}).get("url")
+        return deliveries, httpx.URL(following).params.get("cursor") if following else None
+
+    async def redeliver(self, delivery_id: int) -> None:
+        """Ask GitHub to deliver the webhook of delivery `delivery_id` again (202: queued)."""
+        what = f"redelivery of webhook delivery {delivery_id}"
+        response = await self._send(what, "POST", f"/app/hook/deliveries/{delivery_id}/attempts",
+                                    self.auth.app_headers())
+        if response.status_code != 202:
+            raise GitHubApiError.from_response(FORGE, what, response)

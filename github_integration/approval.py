@@ -18,6 +18,7 @@ from typing import Any
 from common.forge.approval import ApprovalAsked
 from common.forge.commands import parse_command
 from common.forge.errors import WebhookRejected
+from common.forge.events import Model, parse_model
 from common.forge.identity import RepositoryIdentity
 from github_integration.checks import APPROVE_IDENTIFIER
 from github_integration.events import (
@@ -25,8 +26,6 @@ from github_integration.events import (
     _Account,
     _CheckRun,
     _Delivery,
-    _Model,
-    _parse,
     _repo,
     parse_external_id,
 )
@@ -36,7 +35,7 @@ class _Sent(_Delivery):
     sender: _Account
 
 
-class _RequestedAction(_Model):
+class _RequestedAction(Model):
     identifier: str
 
 
@@ -45,13 +44,13 @@ class _ButtonPressed(_Sent):
     requested_action: _RequestedAction
 
 
-class _Comment(_Model):
+class _Comment(Model):
     body: str
     user: _Account
     created_at: datetime
 
 
-class _Issue(_Model):
+class _Issue(Model):
     number: int
     pull_request: dict[str, Any] | None = None
 
@@ -69,7 +68,7 @@ def approval_asked(event: str, payload: Any, delivery_id: str, *,
         return None
     action = payload.get("action")
     if event == "check_run" and action == "requested_action":
-        pressed = _parse(_ButtonPressed, event, payload)
+        pressed = parse_model(_ButtonPressed, event, payload, "github")
         run = parse_external_id(pressed.check_run.external_id)
         if pressed.requested_action.identifier != APPROVE_IDENTIFIER or run is None:
             return Ignored(f"requested action {pressed.requested_action.identifier!r} on "
@@ -83,7 +82,7 @@ def approval_asked(event: str, payload: Any, delivery_id: str, *,
         return None
     if action != "created":
         return Ignored(f"issue_comment action {action!r} approves nothing")
-    comment = _parse(_IssueComment, event, payload)
+    comment = parse_model(_IssueComment, event, payload, "github")
     command = parse_command(comment.comment.body)
     if command is None:
         return Ignored("the comment holds no /solstice command")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import httpx
 
-from common.forge.errors import ForgeApiError
+from common.forge.errors import ForgeApiError, error_detail
 
 FORGE = "GitHub"
 
@@ -19,11 +19,7 @@ class GitHubApiError(ForgeApiError):
     @classmethod
     def from_response(cls, forge: str, what: str, response: httpx.Response) -> GitHubApiError:
         """The error for a non-2xx `response` to the request described by `what`."""
-        try:
-            body = response.json()
-            detail = str(body.get("message", "")) if isinstance(body, dict) else ""
-        except ValueError:
-            detail = response.text[:200]
+        detail = error_detail(response)
         status = response.status_code
         rate_limited = status == 429 or (status == 403 and (
             response.headers.get("x-ratelimit-remaining") == "0"

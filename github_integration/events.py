@@ -18,14 +18,14 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
-
 from common.forge.errors import WebhookRejected
+from common.forge.events import Ignored, Model, named, parse_model
 from common.forge.identity import RepositoryIdentity
-from common.forge.policy import RunCandidate
+from common.forge.policy import RunCandidate, push_candidate
 from common.messages import EventKind, Repo
 
 ZERO_SHA = "0" * 40
+FORGE_NAME = "GitHub"  # in the hint of a 400 for a malformed body
 PULL_REQUEST_ACTIONS = frozenset({"opened", "synchronize", "reopened"})
 CHECK_SUITE_ACTIONS = frozenset({"requested", "rerequested"})
 # Delivered to every GitHub App whatever it subscribes to, so they cannot be refused with 400.
@@ -34,25 +34,21 @@ APP_LIFECYCLE_EVENTS = frozenset({"installation", "installation_repositories",
 HANDLED_EVENTS = ("push", "pull_request", "check_suite", "check_run", "ping")
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True)
-
-
-class _Account(_Model):
+class _Account(Model):
     login: str
 
 
-class _Repository(_Model):
+class _Repository(Model):
     id: int
     clone_url: str
     default_branch: str = "main"
 
 
-class _Installation(_Model):
+class _Installation(Model):
     id: int
 
 
-class _Delivery(_Model):
+class _Delivery(Model):
     repository: _Repository
     installation: _Installation | None = None
 
@@ -63,13 +59,13 @@ class _Push(_Delivery):
     deleted: bool = False
 
 
-class _PullRequestRef(_Model):
+class _PullRequestRef(Model):
     ref: str
     sha: str
     repo: _Repository | None  # None when the fork was deleted
 
 
-class _PullRequest(_Model):
+class _PullRequest(Model):
     number: int
     head: _PullRequestRef
     base: _PullRequestRef
@@ -81,7 +77,7 @@ class _PullRequestEvent(_Delivery):
     pull_request: _PullRequest
 
 
-class _CheckSuite(_Model):
+class _CheckSuite(Model):
     head_sha: str
     head_branch: str | None = None
 
@@ -91,7 +87,7 @@ class _CheckSuiteEvent(_Delivery):
     check_suite: _CheckSuite
 
 
-class _CheckRun(_Model):
+class _CheckRun(Model):
     id: int
     name: str
     head_sha: str
@@ -101,13 +97,6 @@ class _CheckRun(_Model):
 class _CheckRunEvent(_Delivery):
     action: str
     check_run: _CheckRun
-
-
-@dataclass(frozen=True)
-class Ignored:
-    """Nothing to do; answered 200 with `reason`."""
-
-    reason: str
 
 
 @dataclass(frozen=True)
@@ -122,23 +111,6 @@ class JobRerun:
 
 
 Outcome = Ignored | RunCandidate | JobRerun
-
-
-def _parse(model: type[_Model], event: str, payload: dict[str, Any]) -> Any:
-    try:
-        return model.model_validate(payload)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "body"
-        raise WebhookRejected(400, f"malformed {event} payload: {where}: {first['msg']}",
-                              hint="GitHub sends this field; was the body altered on the way?"
-                              ) from exc
-
-
-def _named(identity: RepositoryIdentity | None, event: str) -> RepositoryIdentity:
-    if identity is None:
-        raise WebhookRejected(400, f"malformed {event} payload: repository: Field required")
-    return identity
 
 
 def _repo(delivery: _Delivery, identity: RepositoryIdentity, api_url: str) -> Repo:
@@ -166,18 +138,12 @@ def parse_external_id(value: str | None) -> tuple[uuid.UUID, str] | None:
 
 
 def _push(payload: dict[str, Any], identity: RepositoryIdentity, api_url: str) -> Outcome:
-    push = _parse(_Push, "push", payload)
+    push = parse_model(_Push, "push", payload, FORGE_NAME)
     if push.deleted or push.after == ZERO_SHA:
         return Ignored(f"push deletes {push.ref}; nothing to build")
     repo = _repo(push, identity, api_url)
     request_id = commit_request_id(push, push.ref, push.after)
-    if push.ref.startswith("refs/heads/"):
-        return RunCandidate(repo, EventKind.PUSH, push.after, push.ref, request_id,
-                            branch=push.ref.removeprefix("refs/heads/"))
-    if push.ref.startswith("refs/tags/"):
-        return RunCandidate(repo, EventKind.TAG, push.after, push.ref, request_id,
-                            tag=push.ref.removeprefix("refs/tags/"))
-    return Ignored(f"push to {push.ref} is neither a branch nor a tag")
+    return push_candidate(repo, push.ref, push.after, request_id)
 
 
 def _pull_request(payload: dict[str, Any], identity: RepositoryIdentity, delivery_id: str,
@@ -185,7 +151,7 @@ def _pull_request(payload: dict[str, Any], identity: RepositoryIdentity, deliver
     action = payload.get("action")
     if action not in PULL_REQUEST_ACTIONS:
         return Ignored(f"pull_request action {action!r} does not start runs")
-    event = _parse(_PullRequestEvent, "pull_request", payload)
+    event = parse_model(_PullRequestEvent, "pull_request", payload, FORGE_NAME)
     pr = event.pull_request
     fork = pr.head.repo is None or pr.head.repo.id != event.repository.id
     return RunCandidate(_repo(event, identity, api_url), EventKind.PULL_REQUEST, pr.head.sha,
@@ -199,7 +165,7 @@ def _check_suite(payload: dict[str, Any], identity: RepositoryIdentity, delivery
     action = payload.get("action")
     if action not in CHECK_SUITE_ACTIONS:
         return Ignored(f"check_suite action {action!r} does not start runs")
-    event = _parse(_CheckSuiteEvent, "check_suite", payload)
+    event = parse_model(_CheckSuiteEvent, "check_suite", payload, FORGE_NAME)
     suite = event.check_suite
     if not suite.head_branch:
         return Ignored("check suite is not on a branch; its push event starts the run")
@@ -217,7 +183,7 @@ def _check_run(payload: dict[str, Any], identity: RepositoryIdentity, delivery_i
     action = payload.get("action")
     if action != "rerequested":
         return Ignored(f"check_run action {action!r} needs nothing from Solstice")
-    event = _parse(_CheckRunEvent, "check_run", payload)
+    event = parse_model(_CheckRunEvent, "check_run", payload, FORGE_NAME)
     job = parse_external_id(event.check_run.external_id)
     if job is None:
         return Ignored(f"check run {event.check_run.name!r} was not created by Solstice")
@@ -238,13 +204,13 @@ def classify(event: str, payload: Any, delivery_id: str, *, identity: Repository
     if event in APP_LIFECYCLE_EVENTS:
         return Ignored(f"{event} event: nothing to build")
     if event == "push":
-        return _push(payload, _named(identity, event), api_url)
+        return _push(payload, named(identity, event), api_url)
     if event == "pull_request":
-        return _pull_request(payload, _named(identity, event), delivery_id, api_url)
+        return _pull_request(payload, named(identity, event), delivery_id, api_url)
     if event == "check_suite":
-        return _check_suite(payload, _named(identity, event), delivery_id, api_url)
+        return _check_suite(payload, named(identity, event), delivery_id, api_url)
     if event == "check_run":
-        return _check_run(payload, _named(identity, event), delivery_id, api_url)
+        return _check_run(payload, named(identity, event), delivery_id, api_url)
     raise WebhookRejected(400, f"unsupported event {event!r}",
                           hint=f"Solstice acts on {', '.join(HANDLED_EVENTS)}; "
                                "unsubscribe the App from the others")

@@ -16,50 +16,65 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from common.broker import Broker
+from common.forge.approval import approve
+from common.forge.cache import CachedReader
 from common.forge.errors import WebhookRejected
+from common.forge.events import ApprovalSent, Ignored, Published
+from common.forge.identity import repository_identity
+from common.forge.inbox import InboxItem
 from common.forge.policy import (
     InvalidWorkflow,
     RunCandidate,
-    Skip,
     Trust,
     plan_run,
     run_request,
 )
+from common.forge.webhook import parse_json
 from common.messages import EventKind, Repo, RerunOf, RunRequest
 from common.observability import tracer
 from common.workflow import DEFAULT_LIMITS, DEFAULT_PATH, Limits
 from github_integration.api import GitHubApi
+from github_integration.approval import approval_asked
 from github_integration.errors import GitHubApiError
-from github_integration.events import Ignored, JobRerun
+from github_integration.events import JobRerun, classify
 from github_integration.feedback import WORKFLOW_CHECK_NAME, CheckRunOutbox
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Published:
-    """The broker confirmed this run request."""
-
-    request: RunRequest
 
 
 class Intake:
     """Turns run candidates and job re-runs into confirmed run requests."""
 
     def __init__(self, api: GitHubApi, broker: Broker, outbox: CheckRunOutbox, *,
-                 approval_for: Callable[[str], bool],
+                 api_url: str, approval_for: Callable[[str], bool],
                  workflow_path: str = DEFAULT_PATH,
-                 workflow_limits: Limits = DEFAULT_LIMITS) -> None:
-        """`approval_for(owner/name)`: whether that repository's untrusted runs wait for approval."""
+                 workflow_limits: Limits = DEFAULT_LIMITS, workflow_cache: int = 0) -> None:
+        """`approval_for(owner/name)`: whether that repository's untrusted runs wait for approval;
+        `workflow_cache`: how many workflow files read at a commit are remembered."""
         self._api = api
+        self._reader = CachedReader(api, workflow_cache)
+        self._api_url = api_url
         self._workflow_limits = workflow_limits
         self._broker = broker
         self._outbox = outbox
         self._approval_for = approval_for
         self._workflow_path = workflow_path
+
+    async def process(self, item: InboxItem) -> Published | Ignored | ApprovalSent:
+        """The inbox worker's processor: the stored delivery classified again, then handled."""
+        payload = parse_json(item.body)
+        identity = repository_identity(payload)
+        asked = approval_asked(item.event, payload, item.delivery_id, identity=identity,
+                               api_url=self._api_url)
+        if asked is not None:
+            return await approve(asked, self._api, self._broker)
+        outcome = classify(item.event, payload, item.delivery_id, identity=identity,
+                           api_url=self._api_url)
+        if isinstance(outcome, Ignored):
+            return outcome
+        return await self.handle(outcome)
 
     async def handle(self, outcome: RunCandidate | JobRerun) -> Published | Ignored:
         """Fetch the workflow, decide trust, publish; `Ignored` when nothing should run.
@@ -102,11 +117,11 @@ class Intake:
         return Published(request)
 
     async def _candidate(self, candidate: RunCandidate) -> Published | Ignored:
-        plan = await plan_run(candidate, self._api,
+        plan = await plan_run(candidate, self._reader,
                               approval_for_untrusted=self._approval_for(candidate.repo.full_name),
                               workflow_path=self._workflow_path, limits=self._workflow_limits)
-        if isinstance(plan, Skip):
-            return Ignored(plan.reason)
+        if isinstance(plan, Ignored):
+            return plan
         if isinstance(plan, InvalidWorkflow):
             await self._outbox.add_invalid_workflow(plan)
             return Ignored(f"{self._workflow_path} at {plan.workflow_ref} is invalid; "

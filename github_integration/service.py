@@ -1,40 +1,41 @@
-"""The running GitHub integration: its parts wired together, with their lifecycle.
+"""The running GitHub integration: its parts wired together on the shared lifecycle
+(`common.forge.service`).
 
-`GitHubIntegration` owns the webhook handler, the job-event consumer that feeds the status
-outbox, and the outbox worker that turns rows into check runs. `start` subscribes and starts
-the worker under `supervisor` (`serve` waits on it: the worker failing stops the service);
-`stop` cancels both (rows not yet delivered stay in PostgreSQL for the next start).
+`GitHubIntegration` owns the webhook handler (into the inbox), the intake (the inbox
+worker's processor), the job-event consumer that feeds the status outbox, the outbox worker
+that turns rows into check runs, and the recovery that asks GitHub to redeliver the webhooks
+it could not deliver.
 """
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import Mapping
 
 import asyncpg
 import httpx
 from cryptography.hazmat.primitives.asymmetric import rsa
-from starlette.applications import Starlette
+from starlette.routing import BaseRoute
 
-from common.broker import Broker, Subscription
+from common.broker import Broker, Delivery
 from common.forge.credentials import credential_routes
-from common.forge.deliveries import DeliveryLog
+from common.forge.events import ApprovalSent, Ignored, Published
+from common.forge.inbox import InboxItem
 from common.forge.outbox import Outbox, OutboxWorker
-from common.health import broker_check, database_check
-from common.metrics import outbox_backlog
+from common.forge.service import IntegrationService, TaskFactory
+from common.metrics import Refresher, outbox_backlog
 from common.retry import Backoff
 from common.supervise import Supervisor
 from github_integration.api import GitHubApi
-from github_integration.app import GitHubWebhook, create_app
 from github_integration.auth import AppAuth
 from github_integration.checkout import CheckoutTokens
 from github_integration.config import GitHubIntegrationConfig
 from github_integration.feedback import TARGET, CheckRunOutbox, CheckRunSender, JobEventFeed
 from github_integration.intake import Intake
+from github_integration.recovery import DeliveryRecovery
 from github_integration.reporter import CheckRunReporter, CheckRunStore
+from github_integration.webhook import FORGE, GitHubWebhook
 
 
-class GitHubIntegration:
+class GitHubIntegration(IntegrationService):
     """Webhooks in, check runs out, for one GitHub App."""
 
     def __init__(self, config: GitHubIntegrationConfig, pool: asyncpg.Pool, broker: Broker,
@@ -42,9 +43,9 @@ class GitHubIntegration:
                  outbox_backoff: Backoff = Backoff(initial=1.0, maximum=300.0),
                  outbox_poll: float = 1.0, supervisor: Supervisor | None = None) -> None:
         assert config.app_id is not None, "config.check() first"
+        super().__init__(pool, broker, name="github", events_queue=config.events_queue,
+                         forges=[FORGE], inbox=config.inbox, supervisor=supervisor)
         self.config = config
-        self.pool = pool
-        self.supervisor = supervisor or Supervisor()
         self.auth = AppAuth(config.app_id, private_key, http)
         self.api = GitHubApi(http, self.auth)
         self.outbox = Outbox(pool, TARGET)
@@ -53,44 +54,35 @@ class GitHubIntegration:
                                    backoff=outbox_backoff, poll_interval=outbox_poll,
                                    send_timeout=min(60.0, config.api_timeout * 6))
         self.check_runs = CheckRunOutbox(self.outbox, self.worker)
-        self._broker = broker
+        self._feed = JobEventFeed(self.check_runs)
+        self.intake = Intake(self.api, broker, self.check_runs, api_url=config.api_url,
+                             approval_for=config.approval_for,
+                             workflow_path=config.workflow_path,
+                             workflow_limits=config.workflow_limits,
+                             workflow_cache=config.inbox.workflow_cache_entries)
         self.webhook = GitHubWebhook(
             secret=config.webhook_secret.get_secret_value(), api_url=config.api_url,
-            intake=Intake(self.api, broker, self.check_runs, approval_for=config.approval_for,
-                          workflow_path=config.workflow_path,
-                          workflow_limits=config.workflow_limits),
-            deliveries=DeliveryLog(pool), auth=self.auth, limits=config.body_limits,
-            approvals=self.api, broker=broker)
-        self._subscription: Subscription | None = None
-        self._worker_task: asyncio.Task[None] | None = None
+            inbox=self.inbox, wake=self.inbox_worker.notify, auth=self.auth,
+            limits=config.body_limits)
+        self.recovery = DeliveryRecovery(
+            self.api, lambda guids: self.inbox.stored(FORGE, guids),
+            interval=config.redelivery_interval, lookback=config.redelivery_lookback,
+            attempts=config.redelivery_attempts)
 
-    async def start(self) -> None:
-        """Consume job events and send check runs (the broker must be connected)."""
-        self._subscription = await self._broker.consume_events(
-            self.config.events_queue, JobEventFeed(self.check_runs))
-        self._worker_task = self.supervisor.spawn("github-outbox", self.worker.run())
-
-    async def stop(self) -> None:
-        if self._subscription is not None:
-            await self._subscription.cancel()
-        if self._worker_task is not None:
-            self._worker_task.cancel()
-            # A failure was reported by the supervisor already.
-            await asyncio.gather(self._worker_task, return_exceptions=True)
-
-    def app(self) -> Starlette:
-        """The web app; its lifespan starts and stops the consumer and the worker."""
-        @contextlib.asynccontextmanager
-        async def lifespan(_: Starlette) -> AsyncIterator[None]:
-            await self.start()
-            try:
-                yield
-            finally:
-                await self.stop()
-
+    def routes(self) -> list[BaseRoute]:
         tokens = CheckoutTokens(self.api)
-        return create_app(self.webhook, lifespan=lifespan, extra_routes=credential_routes(
-            self.config.internal_token, tokens.issue, tokens.revoke), checks={
-            "database": database_check(self.pool), "broker": broker_check(self._broker),
-            "tasks": self.supervisor.ready},
-            metrics=[outbox_backlog(TARGET, self.outbox.backlog)])
+        return [*self.webhook.routes(),
+                *credential_routes(self.config.internal_token, tokens.issue, tokens.revoke)]
+
+    def metrics(self) -> list[Refresher]:
+        return [*super().metrics(), outbox_backlog(TARGET, self.outbox.backlog)]
+
+    def tasks(self) -> Mapping[str, TaskFactory]:
+        return {"github-outbox": self.worker.run, "github-recovery": self.recovery.run}
+
+    async def process(self, item: InboxItem) -> Published | Ignored | ApprovalSent:
+        return await self.intake.process(item)
+
+    async def on_job_event(self, delivery: Delivery) -> None:
+        """Queue a job event of a GitHub repository for its check run, then ack it."""
+        await self._feed(delivery)

@@ -42,12 +42,14 @@ def token_actor(name: str) -> str:
 
 async def record(db: Executor, *, actor: str, action: str, target: str = "",
                  outcome: str = OK, detail: str = "") -> None:
-    """Append one entry; `outcome` is `ok` or why the action was refused. Over-long values
-    (a refused name can be anything a caller sent) are cut to MAX_TEXT characters."""
+    """Append one entry; `outcome` is `ok` or why the action was refused. A refused value can
+    be anything a caller sent: cut to MAX_TEXT characters, and a NUL (which PostgreSQL's text
+    cannot hold) written as `\\0`."""
     await db.execute(
         "INSERT INTO audit_log (actor, action, target, outcome, detail)"
         " VALUES ($1, $2, $3, $4, $5)",
-        *(value[:MAX_TEXT] for value in (actor, action, target, outcome, detail)))
+        *(value[:MAX_TEXT].replace("\0", "\\0")
+          for value in (actor, action, target, outcome, detail)))
 
 
 async def recent(db: Executor, limit: int = 50) -> list[AuditEntry]:

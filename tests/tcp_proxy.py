@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 
 
 class TcpProxy:
@@ -14,13 +15,18 @@ class TcpProxy:
         self.port = 0
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        # Bumped by stop(): a connection accepted before it, still connecting upstream, is
+        # dropped rather than left forwarding.
+        self._generation = 0
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)
+        self._server = await asyncio.start_server(
+            functools.partial(self._accept, self._generation), "127.0.0.1", self.port)
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
         assert self._server is not None
+        self._generation += 1
         self._server.close()
         for writer in list(self._writers):
             writer.transport.abort()
@@ -28,10 +34,15 @@ class TcpProxy:
         await self._server.wait_closed()
         self._server = None
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _accept(self, generation: int, reader: asyncio.StreamReader,
+                      writer: asyncio.StreamWriter) -> None:
         try:
             up_reader, up_writer = await asyncio.open_connection(*self.target)
         except OSError:
+            writer.transport.abort()
+            return
+        if generation != self._generation:  # stopped meanwhile
+            up_writer.transport.abort()
             writer.transport.abort()
             return
         self._writers |= {writer, up_writer}

@@ -41,6 +41,7 @@ ORCHESTRATOR_TASKS = {
 }
 JOB_TASK = "orchestrator.executor:Executor._run"
 OUTBOX_WORKER = "common.forge.outbox:OutboxWorker.run"
+INBOX_WORKER = "common.forge.inbox:InboxWorker.run_once"
 EXIT_TIMEOUT = 30
 TRACEBACK = "Traceback (most recent call last)"
 
@@ -210,6 +211,8 @@ async def test_orchestrator_exits_when_any_of_its_tasks_fails(
     ("forge_integration", _forge_env, "forge-status-outbox", OUTBOX_WORKER),
     ("forge_integration", _forge_env, "http-server", "common.http:_QuietServer.serve"),
     ("github_integration", _github_env, "github-outbox", OUTBOX_WORKER),
+    ("forge_integration", _forge_env, "forge-inbox", INBOX_WORKER),
+    ("github_integration", _github_env, "github-inbox", INBOX_WORKER),
 ])
 async def test_integration_exits_when_a_task_fails(
         module: str, setup, task: str, target: str, pg_dsn: str, amqp_url: str,

@@ -18,6 +18,7 @@ from typing import Protocol
 
 from common.broker import Broker, BrokerError
 from common.forge.errors import ForgeApiError, WebhookRejected
+from common.forge.events import ApprovalSent, Ignored
 from common.messages import Repo, RunApproval
 
 log = logging.getLogger(__name__)
@@ -92,3 +93,14 @@ async def handle_approval(asked: ApprovalAsked, forge: ApprovalForge,
     log.info("approval published", extra=context)
     target = f"run {asked.run_id}" if asked.run_id else f"pull request #{asked.pull_request}"
     return APPROVED, f"{asked.actor} approved the waiting runs of {target}"
+
+
+async def approve(asked: ApprovalAsked | Ignored, forge: ApprovalForge,
+                  broker: Broker) -> ApprovalSent | Ignored:
+    """The inbox worker's handling of an approval delivery: `ApprovalSent` once published,
+    `Ignored` (with why) for a comment that approves nothing or an actor without write
+    access."""
+    if isinstance(asked, Ignored):
+        return asked
+    outcome, reason = await handle_approval(asked, forge, broker)
+    return ApprovalSent(reason) if outcome == APPROVED else Ignored(reason)

@@ -1,12 +1,10 @@
-"""Which webhook deliveries were already handled, persisted in PostgreSQL (`forge_deliveries`).
+"""Which manual runs were already handled, persisted in PostgreSQL (`forge_deliveries`).
 
-Forges redeliver a webhook when they did not get a 2xx in time, and operators press
-"Redeliver". The integration checks `seen` first and answers a known delivery 200 without
-doing anything; it calls `record` only once the delivery was fully handled (run published
-and confirmed, failure status queued, or ignored on purpose). A delivery that failed half
-way is not recorded, so the forge's retry is processed again. Two copies arriving at the
-same moment may both publish; the orchestrator records one run per request id (the delivery
-id), so that race never runs a commit twice.
+`POST /runs` of the forge integration is planned in the request; a client repeating a
+`request_id` (a retry after a timeout) is answered `duplicate`: `seen` first, `record` once
+the run was published or ignored on purpose. Webhook deliveries are deduplicated by the inbox
+(`common.forge.inbox`) instead. Two copies arriving at the same moment may both publish; the
+orchestrator records one run per request id, so that race never runs a commit twice.
 """
 from __future__ import annotations
 

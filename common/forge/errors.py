@@ -6,6 +6,16 @@ import httpx
 from common.errors import SolsticeError
 
 
+def error_detail(response: httpx.Response) -> str:
+    """What a forge API said in its error body: the `message` of a JSON object (Forgejo, Gitea
+    and GitHub all answer so), else the start of the text."""
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:200]
+    return str(body.get("message", "")) if isinstance(body, dict) else ""
+
+
 class ForgeApiError(SolsticeError):
     """A forge's API answered with an error, or could not be reached.
 
@@ -22,11 +32,7 @@ class ForgeApiError(SolsticeError):
     @classmethod
     def from_response(cls, forge: str, what: str, response: httpx.Response) -> ForgeApiError:
         """The error for a non-2xx `response` to the request described by `what`."""
-        try:
-            body = response.json()
-            detail = str(body.get("message", "")) if isinstance(body, dict) else ""
-        except ValueError:
-            detail = response.text[:200]
+        detail = error_detail(response)
         status = response.status_code
         hint = {
             401: f"check the {forge} API token",

@@ -31,10 +31,9 @@ from typing import Any
 
 import asyncpg
 
+from common.forge.worker import ClaimWorker
 from common.observability import tracer
-from common.postgres import TRANSIENT_ERRORS
-from common.retry import Backoff, retry_async
-from common.supervise import wait_event
+from common.retry import Backoff
 from common.tracing import context_from, current_traceparent
 
 log = logging.getLogger(__name__)
@@ -149,7 +148,7 @@ class Outbox:
         return {r["state"]: r["n"] for r in rows}
 
 
-class OutboxWorker:
+class OutboxWorker(ClaimWorker[OutboxItem]):
     """Sends an `Outbox`'s rows with `send`, retrying with backoff until each is accepted.
 
     `run()` loops until cancelled: it wakes on `notify()` (call it after `enqueue`) or every
@@ -162,37 +161,20 @@ class OutboxWorker:
                  batch: int = 32) -> None:
         if send_timeout >= lease:
             raise ValueError("send_timeout must be shorter than the lease")
+        super().__init__(poll_interval=poll_interval, describe=f"{outbox.target} status outbox")
         self.outbox = outbox
         self._send = send
         self._backoff = backoff
-        self._poll_interval = poll_interval
         self._lease = lease
         self._send_timeout = send_timeout
         self._batch = batch
-        self._wake = asyncio.Event()
 
-    def notify(self) -> None:
-        """Something was enqueued: look now rather than at the next poll."""
-        self._wake.set()
+    async def claim(self) -> list[OutboxItem]:
+        """One row per key, in rounds: a key's next row waits for the previous one."""
+        return await self.outbox.claim(limit=self._batch, lease=self._lease)
 
-    async def run_once(self) -> int:
-        """Send every row due now (in rounds, one row per key per round); return how many were tried."""
-        tried = 0
-        while True:
-            items = await self.outbox.claim(limit=self._batch, lease=self._lease)
-            if not items:
-                return tried
-            await asyncio.gather(*(self._deliver(item) for item in items))
-            tried += len(items)
-
-    async def run(self) -> None:
-        """Deliver forever; survives database restarts (retried with backoff)."""
-        while True:
-            self._wake.clear()
-            await retry_async(self.run_once, retry_on=TRANSIENT_ERRORS,
-                              backoff=Backoff(initial=0.5, maximum=10.0),
-                              describe=f"{self.outbox.target} status outbox")
-            await wait_event(self._wake, self._poll_interval)
+    async def handle(self, item: OutboxItem) -> None:
+        await self._deliver(item)
 
     async def _deliver(self, item: OutboxItem) -> None:
         with tracer(__name__).start_as_current_span(

@@ -9,7 +9,7 @@ Both integrations parse their webhooks into a `RunCandidate`, then call `plan_ru
   rewrite what runs, nor which secrets it asks for), the PR's head commit is still what gets
   built, the run gets no secrets, and it waits for approval if the repository asks for it.
 
-`plan_run` answers with one of: `RunRequest` (publish it), `Skip` (no workflow file, or its
+`plan_run` answers with one of: `RunRequest` (publish it), `Ignored` (no workflow file, or its
 `on` triggers do not match: answered 200), `InvalidWorkflow` (report a failed status pointing
 at the first problem; never a silent drop).
 """
@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from common.forge.events import Ignored
 from common.messages import EventKind, Repo, RunRequest
 from common.workflow import (
     DEFAULT_LIMITS,
@@ -69,19 +70,23 @@ class RunCandidate:
     fork: bool = False
 
 
+def push_candidate(repo: Repo, ref: str, sha: str, request_id: str) -> RunCandidate | Ignored:
+    """What a push of `sha` to `ref` asks for: a branch or tag run, else nothing."""
+    if ref.startswith("refs/heads/"):
+        return RunCandidate(repo, EventKind.PUSH, sha, ref, request_id,
+                            branch=ref.removeprefix("refs/heads/"))
+    if ref.startswith("refs/tags/"):
+        return RunCandidate(repo, EventKind.TAG, sha, ref, request_id,
+                            tag=ref.removeprefix("refs/tags/"))
+    return Ignored(f"push to {ref} is neither a branch nor a tag")
+
+
 @dataclass(frozen=True)
 class Trust:
     """How far to trust a candidate, and where its workflow file is read from."""
 
     trusted: bool
     workflow_ref: str
-    reason: str
-
-
-@dataclass(frozen=True)
-class Skip:
-    """Nothing to run; the webhook is answered 200 with `reason`."""
-
     reason: str
 
 
@@ -94,7 +99,7 @@ class InvalidWorkflow:
     workflow_ref: str
 
 
-PlanOutcome = RunRequest | Skip | InvalidWorkflow
+PlanOutcome = RunRequest | Ignored | InvalidWorkflow
 
 
 async def decide_trust(candidate: RunCandidate, forge: ForgeReader) -> Trust:
@@ -155,14 +160,14 @@ async def plan_run(candidate: RunCandidate, forge: ForgeReader, *, approval_for_
     trust = await decide_trust(candidate, forge)
     source = await forge.fetch_file(candidate.repo, workflow_path, trust.workflow_ref)
     if source is None:
-        return Skip(f"no {workflow_path} at {trust.workflow_ref}")
+        return Ignored(f"no {workflow_path} at {trust.workflow_ref}")
     try:
         workflow = await load_workflow_async(source, workflow_path, limits)
     except WorkflowError as exc:
         return InvalidWorkflow(candidate, exc, trust.workflow_ref)
     if not matches(workflow, candidate):
         where = trigger_branch(candidate) or candidate.tag or ""
-        return Skip(f"the workflow's `on` triggers do not start {candidate.event.value}"
+        return Ignored(f"the workflow's `on` triggers do not start {candidate.event.value}"
                     + (f" on {where}" if where else ""))
     return run_request(candidate, source, trust, approval_for_untrusted=approval_for_untrusted,
                        workflow_path=workflow_path)

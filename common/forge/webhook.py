@@ -33,7 +33,7 @@ from starlette.routing import BaseRoute
 
 from common.errors import SolsticeError
 from common.forge.errors import WebhookRejected
-from common.health import Check, health_routes
+from common.health import Check, Detail, health_routes
 from common.metrics import Refresher, WebhookOutcomes, metrics_route
 from common.postgres import DATABASE_ERRORS
 
@@ -155,15 +155,16 @@ async def _database_unavailable(request: Request, exc: Exception) -> Response:
 def webhook_app(routes: Sequence[BaseRoute], *,
                 lifespan: Callable[[Starlette], AbstractAsyncContextManager[None]] | None = None,
                 checks: Mapping[str, Check] | None = None,
+                details: Mapping[str, Detail] | None = None,
                 metrics: Sequence[Refresher] = ()) -> Starlette:
-    """A Starlette app with `routes`, `/healthz`, `/readyz` (running `checks`), `/metrics`
-    (after `metrics` refreshed their gauges; every webhook answer counted, `common.metrics`)
-    and the error answers described above."""
+    """A Starlette app with `routes`, `/healthz`, `/readyz` (running `checks`, showing
+    `details`), `/metrics` (after `metrics` refreshed their gauges; every webhook answer
+    counted, `common.metrics`) and the error answers described above."""
     handlers: dict[type[Exception], Callable[[Request, Exception], Any]] = {
         WebhookRejected: _rejected, SolsticeError: _solstice_error}
     handlers.update({error: _database_unavailable for error in DATABASE_ERRORS})
     return Starlette(
-        routes=[*routes, *health_routes(checks or {}), metrics_route(metrics)],
+        routes=[*routes, *health_routes(checks or {}, details), metrics_route(metrics)],
         exception_handlers=handlers,
         lifespan=lifespan,
         middleware=[Middleware(WebhookOutcomes)],

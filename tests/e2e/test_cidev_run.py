@@ -4,11 +4,8 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -37,15 +34,6 @@ def cidev(args: list[str], state: Path, cwd: Path, **env: str) -> subprocess.Com
     return subprocess.run(CIDEV + args, cwd=cwd, env=environ, capture_output=True, text=True,
                           stdin=subprocess.DEVNULL,
                           timeout=240)
-
-
-@pytest.fixture
-def state() -> Iterator[Path]:
-    """XDG_STATE_HOME for one test. Not under pytest's tmp_path: the embedded PostgreSQL runs
-    as another user and must traverse it, and pytest resets its base directory to 0700."""
-    path = Path(tempfile.mkdtemp(prefix="cidev-e2e-"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def leftovers(state: Path) -> list[str]:

@@ -26,9 +26,9 @@ from pydantic import SecretStr
 from common.forge.migrate import open_pool
 from common.forge.signature import GITHUB_PREFIX, sign
 from common.http import running
-from forge_integration.app import ForgeIntegration
 from forge_integration.config import ForgeIntegrationConfig, Site
 from forge_integration.main import clients_for
+from forge_integration.service import ForgeIntegration
 from github_integration.api import make_http_client
 from github_integration.config import GitHubIntegrationConfig
 from github_integration.db import open_database

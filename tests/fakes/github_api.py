@@ -40,14 +40,17 @@ import asyncio
 import base64
 import contextlib
 import itertools
+import json
 import secrets
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
 import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
 from starlette.applications import Starlette
@@ -57,6 +60,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from common.forge.signature import GITHUB_PREFIX, sign
 from common.http import running
 from tests.fakes.git_http import GitHttp
 
@@ -69,6 +73,9 @@ ANNOTATIONS_PER_REQUEST = 50
 CHECK_RUN_FIELDS = {"name", "head_sha", "details_url", "external_id", "status", "started_at",
                     "conclusion", "completed_at", "output", "actions"}
 OUTPUT_FIELDS = {"title", "summary", "text", "annotations", "images"}
+DELIVERY_TIMEOUT = 10.0  # GitHub gives up on a webhook not answered within 10 s
+DELIVERY_RETENTION = 3 * 86400  # and keeps its deliveries' log 3 days
+HOOK_ID = 1
 ANNOTATION_FIELDS = {"path", "start_line", "end_line", "start_column", "end_column",
                      "annotation_level", "message", "title", "raw_details"}
 
@@ -134,6 +141,32 @@ class CheckRun:
     output: dict[str, Any] = field(default_factory=dict)
     annotations: list[dict[str, Any]] = field(default_factory=list)
     history: list[dict[str, Any]] = field(default_factory=list)  # every accepted body, in order
+
+
+@dataclass
+class HookDelivery:
+    """One attempt at delivering a webhook, with what was sent (to send it again)."""
+
+    id: int
+    guid: str
+    event: str
+    action: str | None
+    status_code: int  # 0: no answer
+    redelivery: bool
+    delivered_at: float
+    duration: float
+    headers: dict[str, str]
+    body: bytes
+
+    def as_json(self) -> dict[str, Any]:
+        return {"id": self.id, "guid": self.guid, "event": self.event, "action": self.action,
+                "status_code": self.status_code, "redelivery": self.redelivery,
+                "status": "OK" if 200 <= self.status_code < 300 else
+                f"Invalid HTTP Response: {self.status_code}" if self.status_code else "timed out",
+                "delivered_at": datetime.fromtimestamp(self.delivered_at, UTC)
+                .strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "duration": round(self.duration, 2), "installation_id": None,
+                "repository_id": None}
 
 
 @dataclass
@@ -268,6 +301,10 @@ class FakeGitHub:
         self.requests: list[tuple[str, str]] = []  # (method, path) of every request received
         self._ids = itertools.count(1000)
         self._faults: list[_Fault] = []
+        self.deliveries: list[HookDelivery] = []  # oldest first
+        self.webhook_url = ""
+        self.webhook_secret = ""
+        self._redeliveries: set[asyncio.Task[HookDelivery]] = set()
         self._stopping = asyncio.Event()
         self._serving: contextlib.AbstractAsyncContextManager[str] | None = None
         self.url = ""
@@ -291,6 +328,44 @@ class FakeGitHub:
         self._faults += [_Fault(status, delay, path_contains, after if i == 0 else 0)
                          for i in range(times)]
 
+    def hook(self, url: str, secret: str) -> None:
+        """Set the App's webhook: where deliveries go and the secret that signs them."""
+        self.webhook_url, self.webhook_secret = url, secret
+
+    async def deliver(self, event: str, body: bytes) -> HookDelivery:
+        """Send a webhook to the App's URL as GitHub does; the attempt as recorded."""
+        signature = sign(self.webhook_secret, body, prefix=GITHUB_PREFIX)
+        headers = {"Content-Type": "application/json", "User-Agent": "GitHub-Hookshot/fake",
+                   "X-GitHub-Event": event, "X-GitHub-Delivery": str(uuid.uuid4()),
+                   "X-GitHub-Hook-ID": str(HOOK_ID),
+                   "X-GitHub-Hook-Installation-Target-Type": "integration",
+                   "X-GitHub-Hook-Installation-Target-ID": str(self.app_id),
+                   "X-Hub-Signature-256": signature}
+        return await self._send(headers, body, redelivery=False)
+
+    async def _send(self, headers: dict[str, str], body: bytes, *,
+                    redelivery: bool) -> HookDelivery:
+        started = time.monotonic()
+        try:
+            async with httpx.AsyncClient(timeout=DELIVERY_TIMEOUT) as client:
+                response = await client.post(self.webhook_url, content=body, headers=headers)
+            status = response.status_code
+        except httpx.HTTPError:
+            status = 0
+        try:
+            action = json.loads(body).get("action")
+        except (ValueError, AttributeError):
+            action = None
+        delivery = HookDelivery(next(self._ids), headers["X-GitHub-Delivery"],
+                                headers["X-GitHub-Event"], action, status, redelivery,
+                                self.clock(), time.monotonic() - started, headers, body)
+        self.deliveries.append(delivery)
+        return delivery
+
+    async def settle(self) -> list[HookDelivery]:
+        """Wait for the redeliveries asked for so far; their attempts."""
+        return list(await asyncio.gather(*self._redeliveries))
+
     def runs_named(self, name: str) -> list[CheckRun]:
         return [run for run in self.check_runs.values() if run.name == name]
 
@@ -299,6 +374,9 @@ class FakeGitHub:
     async def __aenter__(self) -> FakeGitHub:
         app = Starlette(routes=[
             Route("/app/installations/{installation_id:int}/access_tokens", self._access_token,
+                  methods=["POST"]),
+            Route("/app/hook/deliveries", self._list_deliveries, methods=["GET"]),
+            Route("/app/hook/deliveries/{delivery_id:int}/attempts", self._redeliver,
                   methods=["POST"]),
             Route("/repos/{owner}/{repo}/installation", self._repo_installation, methods=["GET"]),
             Route("/installation/token", self._revoke_token, methods=["DELETE"]),
@@ -319,6 +397,7 @@ class FakeGitHub:
 
     async def __aexit__(self, *exc: object) -> None:
         self._stopping.set()  # held (delayed) requests answer now, so shutdown is quick
+        await asyncio.gather(*self._redeliveries, return_exceptions=True)
         assert self._serving is not None
         await self._serving.__aexit__(None, None, None)
 
@@ -455,6 +534,48 @@ class FakeGitHub:
         self.tokens[token] = replace(grant, expires_at=0.0)  # dead, still inspectable
         self.revoked.append(token)
         return Response(status_code=204)
+
+    def _retained(self) -> list[HookDelivery]:
+        """The deliveries GitHub still keeps, newest first."""
+        horizon = self.clock() - DELIVERY_RETENTION
+        return [d for d in reversed(self.deliveries) if d.delivered_at >= horizon]
+
+    async def _list_deliveries(self, request: Request) -> JSONResponse:
+        problem = self._app_jwt_problem(request)
+        if problem:
+            return _error(401, problem)
+        try:
+            per_page = int(request.query_params.get("per_page", "30"))
+        except ValueError:
+            per_page = 0
+        cursor = request.query_params.get("cursor")
+        if not 1 <= per_page <= 100 or (cursor is not None and not (
+                cursor.startswith("v1_") and cursor[3:].isdigit())):
+            return _error(422, "Validation Failed")
+        listed = self._retained()
+        if cursor is not None:
+            listed = [d for d in listed if d.id <= int(cursor[3:])]
+        page, rest = listed[:per_page], listed[per_page:]
+        headers = {}
+        if rest:
+            following = request.url.include_query_params(per_page=per_page,
+                                                          cursor=f"v1_{rest[0].id}")
+            headers["Link"] = f'<{following}>; rel="next"'
+        return JSONResponse([d.as_json() for d in page], headers=headers)
+
+    async def _redeliver(self, request: Request) -> JSONResponse:
+        problem = self._app_jwt_problem(request)
+        if problem:
+            return _error(401, problem)
+        delivery_id = request.path_params["delivery_id"]
+        original = next((d for d in self.deliveries if d.id == delivery_id), None)
+        if original is None:
+            return _error(404, "Not Found")
+        if original not in self._retained():
+            return _error(422, "Validation Failed: delivery is older than 3 days")
+        task = asyncio.create_task(self._send(original.headers, original.body, redelivery=True))
+        self._redeliveries.add(task)
+        return JSONResponse({}, 202)
 
     async def _repo_installation(self, request: Request) -> JSONResponse:
         problem = self._app_jwt_problem(request)

@@ -16,22 +16,25 @@ import pytest
 from pydantic import SecretStr
 
 from common.broker import Broker, Delivery, MemoryBroker
+from common.forge.config import InboxSettings
+from common.forge.inbox import InboxEntry, InboxState
 from common.forge.migrate import open_pool
 from common.forge.outbox import OutboxWorker
 from common.forge.signature import sign
 from common.http import running
 from common.messages import RunApproval, RunRequest, decode_run_queue
 from common.retry import Backoff
-from forge_integration.app import ForgeIntegration
 from forge_integration.config import ForgeIntegrationConfig, Site
+from forge_integration.feedback import StatusSender
 from forge_integration.main import clients_for
-from forge_integration.statuses import StatusSender
+from forge_integration.service import ForgeIntegration
 from tests.fakes.forgejo_api import FakeForgejo
 from tests.fixtures import FIXTURES
 
 SECRET = "webhook-s3cret"
 WORKFLOW = 'workflow name="ci" { job id="build" runs_on="local" { step name="make" run="true" } }'
 FAST = Backoff(initial=0.02, maximum=0.1)
+FAST_INBOX = InboxSettings(retry_initial=0.01, retry_max=0.05, poll_interval=0.05)
 
 
 def fixture_bodies(forge: str) -> list[Path]:
@@ -58,6 +61,20 @@ class Harness:
         if signature is not None:
             headers[prefix + "Signature"] = signature
         return await self.http.post(f"/webhooks/{forge}", content=raw, headers=headers)
+
+    async def entry(self, delivery: str, forge: str = "forgejo") -> InboxEntry:
+        """The inbox entry of `delivery`, which must have been stored."""
+        entry = await self.service.inbox.find(forge, delivery)
+        assert entry is not None, f"delivery {delivery} was not stored"
+        return entry
+
+    async def settled(self, delivery: str, forge: str = "forgejo",
+                      timeout: float = 5.0) -> InboxEntry:
+        """The inbox entry of `delivery` once the worker is done with it (not pending)."""
+        async with asyncio.timeout(timeout):
+            while (entry := await self.entry(delivery, forge)).state is InboxState.PENDING:
+                await asyncio.sleep(0.02)
+        return entry
 
     async def settle(self) -> None:
         """Let the broker hand over what was published."""
@@ -96,6 +113,7 @@ def add_fixture_repos(forge: FakeForgejo, workflow: str = WORKFLOW) -> None:
 def make_config(forge: FakeForgejo, **overrides: Any) -> ForgeIntegrationConfig:
     values: dict[str, Any] = dict(
         webhook_secret=SecretStr(SECRET), manual_token=SecretStr("manual-token"),
+        inbox=FAST_INBOX,
         sites={"forgejo": Site(url=forge.url, token=SecretStr(forge.token), timeout=1.0),
                "gitea": Site(url=forge.url, token=SecretStr(forge.token), timeout=1.0)})
     values.update(overrides)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from common.forge.inbox import InboxState
 from common.messages import EventKind
 from tests.forge.conftest import Harness, fixture_bodies
 
@@ -37,7 +38,7 @@ def event_of(path: Path) -> str:
 def expected(path: Path) -> tuple[int, str]:
     """(HTTP status, outcome) documented for a fixture body."""
     if path.stem in PUBLISHED:
-        return 202, "published"
+        return 202, "accepted"
     if path.stem == "HookRelease":
         return 400, "unsupported event 'release'"
     return 200, "ignored"
@@ -57,19 +58,25 @@ async def check_outcome(harness: Harness, kind: str, path: Path) -> str | None:
     body = path.read_bytes()
     status, outcome = expected(path)
     harness.runs.clear()
-    response = await harness.post(body, event_of(path), forge=kind)
+    delivery = f"{kind}-{path.stem}"
+    response = await harness.post(body, event_of(path), forge=kind, delivery=delivery)
     if response.status_code != status:
         return f"HTTP {response.status_code}, expected {status}: {response.text}"
     if status == 400:
         return None if outcome in response.json()["error"] else response.text
     if response.json()["outcome"] != outcome:
         return f"outcome {response.json()['outcome']}, expected {outcome}"
-    await harness.settle()
-    if outcome != "published":
+    if outcome != "accepted":
+        await harness.settle()
         return None if harness.runs == [] else f"published {harness.runs}"
+    entry = await harness.settled(delivery, kind)
+    if entry.state is not InboxState.DONE:
+        return f"inbox {entry}"
+    await harness.wait_for(lambda: bool(harness.runs))
+    await harness.settle()
     [run] = harness.runs
     payload = json.loads(body)
-    assert run.request_id == response.json()["request_id"]
+    assert run.request_id == delivery
     assert run.repo.forge == kind
     assert run.repo.full_name == payload["repository"]["full_name"]
     if event_of(path) == "push":
@@ -99,4 +106,4 @@ async def test_wrong_or_missing_signature_is_refused(harness: Harness, kind: str
         assert (path.stem, wrong.status_code, missing.status_code) == (path.stem, 401, 401)
     await harness.settle()
     assert harness.runs == []
-    assert await harness.pool.fetchval("SELECT count(*) FROM forge_deliveries") == 0
+    assert await harness.pool.fetchval("SELECT count(*) FROM forge_inbox") == 0

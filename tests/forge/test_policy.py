@@ -6,13 +6,13 @@ from dataclasses import dataclass, field
 import pytest
 
 from common.forge.errors import ForgeApiError
+from common.forge.events import Ignored
 from common.forge.policy import (
     PRIORITY_BRANCH,
     PRIORITY_DEFAULT_BRANCH,
     PRIORITY_PULL_REQUEST,
     InvalidWorkflow,
     RunCandidate,
-    Skip,
     plan_run,
 )
 from common.messages import EventKind, Repo, RunRequest
@@ -76,7 +76,7 @@ async def test_collaborator_pr_uses_its_own_workflow() -> None:
 async def test_no_workflow_file_is_skipped() -> None:
     push = RunCandidate(REPO, EventKind.PUSH, "c" * 40, "refs/heads/x", "d-1", branch="x")
     outcome = await plan_run(push, Reader(), approval_for_untrusted=False)
-    assert isinstance(outcome, Skip) and ".solstice/workflow.kdl" in outcome.reason
+    assert isinstance(outcome, Ignored) and ".solstice/workflow.kdl" in outcome.reason
 
 
 async def test_invalid_workflow_is_reported_not_dropped() -> None:
@@ -99,14 +99,14 @@ async def test_trigger_filter_on_events_branches_and_tags() -> None:
     assert isinstance(await plan_run(push("release/1.0"), reader, approval_for_untrusted=False),
                       RunRequest)
     skipped = await plan_run(push("feature"), reader, approval_for_untrusted=False)
-    assert isinstance(skipped, Skip) and "feature" in skipped.reason
+    assert isinstance(skipped, Ignored) and "feature" in skipped.reason
     tag = RunCandidate(REPO, EventKind.TAG, "c" * 40, "refs/tags/v1", "d", tag="v1")
     assert isinstance(await plan_run(tag, reader, approval_for_untrusted=False), RunRequest)
     other_tag = RunCandidate(REPO, EventKind.TAG, "c" * 40, "refs/tags/nightly", "d", tag="nightly")
-    assert isinstance(await plan_run(other_tag, reader, approval_for_untrusted=False), Skip)
+    assert isinstance(await plan_run(other_tag, reader, approval_for_untrusted=False), Ignored)
     # A pull request is filtered by its target branch, not its head branch.
     assert isinstance(await plan_run(pr(), reader, approval_for_untrusted=False), RunRequest)
-    assert isinstance(await plan_run(pr(base_branch="dev"), reader, approval_for_untrusted=False), Skip)
+    assert isinstance(await plan_run(pr(base_branch="dev"), reader, approval_for_untrusted=False), Ignored)
     branch = await plan_run(push("release/2"), reader, approval_for_untrusted=False)
     assert isinstance(branch, RunRequest) and branch.priority == PRIORITY_BRANCH
 

@@ -7,7 +7,7 @@ import asyncpg
 
 from common.broker import MemoryBroker
 from common.messages import JobEvent, JobState, Repo
-from forge_integration.statuses import status_body
+from forge_integration.feedback import status_body
 from tests.fakes.forgejo_api import FakeForgejo
 from tests.forge.conftest import Harness, make_config, service_with
 

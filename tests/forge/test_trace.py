@@ -23,9 +23,9 @@ from common.forge.migrate import open_pool
 from common.forge.outbox import OutboxWorker
 from common.forge.signature import sign
 from common.http import running
-from forge_integration.app import ForgeIntegration
+from forge_integration.feedback import StatusSender
 from forge_integration.main import clients_for
-from forge_integration.statuses import StatusSender
+from forge_integration.service import ForgeIntegration
 from tests.fakes.forgejo_api import FakeForgejo
 from tests.forge.conftest import FAST, FIXTURES, SECRET, make_config
 from tests.forge.test_e2e import make_repo

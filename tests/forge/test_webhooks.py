@@ -1,6 +1,7 @@
 """Webhook handling beyond the fixtures: dedup, refusals, 503s, fork policy, triggers, manual runs."""
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -9,11 +10,13 @@ import httpx
 from pydantic import SecretStr
 
 from common.broker import BrokerError, MemoryBroker
+from common.forge.inbox import InboxState
 from common.forge.signature import sign
 from common.messages import EventKind, RunRequest
 from forge_integration.config import RepoSettings
 from tests.fakes.forgejo_api import FakeForgejo
 from tests.forge.conftest import (
+    FAST_INBOX,
     FIXTURES,
     SECRET,
     Harness,
@@ -32,20 +35,24 @@ def push_to(ref: str, after: str = PUSH["after"]) -> dict[str, Any]:
     return {**PUSH, "ref": ref, "after": after}
 
 
-async def recorded(pool: asyncpg.Pool) -> int:
-    return await pool.fetchval("SELECT count(*) FROM forge_deliveries")
+async def recorded(pool: asyncpg.Pool, *, rejected: bool = False) -> int:
+    """How many deliveries the inbox holds that were (not) rejected."""
+    return await pool.fetchval("SELECT count(*) FROM forge_inbox WHERE (state = 'rejected') = $1",
+                               rejected)
 
 
 async def test_redelivery_is_answered_200_and_publishes_nothing_new(harness: Harness) -> None:
     first = await harness.post(PUSH, "push", delivery="d-1")
     again = await harness.post(PUSH, "push", delivery="d-1")
-    assert first.status_code == 202 and first.json()["request_id"] == "d-1"
+    assert first.status_code == 202 and first.json()["delivery"] == "d-1"
     assert again.status_code == 200 and again.json()["outcome"] == "duplicate"
-    assert "published" in again.json()["reason"]
+    assert "received before" in again.json()["reason"]
     # The same delivery id on the other forge is another delivery.
     assert (await harness.post(PUSH, "push", forge="gitea", delivery="d-1")).status_code == 202
+    await harness.wait_for(lambda: len(harness.runs) == 2)
     await harness.settle()
-    assert [r.repo.forge for r in harness.runs] == ["forgejo", "gitea"]
+    assert sorted(r.repo.forge for r in harness.runs) == ["forgejo", "gitea"]
+    assert await harness.pool.fetchval("SELECT count(*) FROM forge_inbox") == 2
 
 
 async def test_bad_requests_get_a_reason_and_change_nothing(harness: Harness) -> None:
@@ -66,6 +73,7 @@ async def test_bad_requests_get_a_reason_and_change_nothing(harness: Harness) ->
         "X-Forgejo-Event": "push", "X-Forgejo-Signature": sign(SECRET, b"{}")})
     assert no_delivery.status_code == 400 and "Delivery" in no_delivery.json()["error"]
     assert await recorded(harness.pool) == 0
+    assert await recorded(harness.pool, rejected=True) == 5  # those with a delivery id and a signature
     deleted = await harness.post(push_to("refs/heads/gone", "0" * 40), "push")
     assert deleted.status_code == 200 and deleted.json()["outcome"] == "ignored"
     await harness.settle()
@@ -73,9 +81,10 @@ async def test_bad_requests_get_a_reason_and_change_nothing(harness: Harness) ->
 
 
 async def test_tag_push_runs_as_a_tag(harness: Harness) -> None:
-    response = await harness.post(push_to("refs/tags/v1.0.0"), "push")
+    response = await harness.post(push_to("refs/tags/v1.0.0"), "push", delivery="tag")
     assert response.status_code == 202
-    await harness.settle()
+    assert (await harness.settled("tag")).state is InboxState.DONE
+    await harness.wait_for(lambda: bool(harness.runs))
     [run] = harness.runs
     assert (run.event, run.tag, run.branch, run.ref) == (EventKind.TAG, "v1.0.0", None,
                                                          "refs/tags/v1.0.0")
@@ -92,30 +101,51 @@ class FlakyBroker(MemoryBroker):
         await super().publish_run(request)
 
 
-async def test_unconfirmed_publish_answers_503_and_the_retry_publishes(
+async def test_unconfirmed_publish_is_retried_until_the_broker_confirms(
         forge: FakeForgejo, pool: asyncpg.Pool, broker_prefix: str) -> None:
     broker = FlakyBroker(broker_prefix)
     await broker.connect()
+    patient = make_config(forge, inbox=FAST_INBOX.model_copy(update={"max_attempts": 1000}))
     try:
-        async with service_with(make_config(forge), forge, pool, broker) as h:
-            refused = await h.post(PUSH, "push", delivery="d-503")
-            assert refused.status_code == 503 and "could not be queued" in refused.json()["error"]
-            assert await recorded(pool) == 0  # the forge's retry must be processed again
-            broker.refusing = False
+        async with service_with(patient, forge, pool, broker) as h:
             assert (await h.post(PUSH, "push", delivery="d-503")).status_code == 202
-            await h.settle()
+            async with asyncio.timeout(5):
+                while "nacked" not in (await h.entry("d-503")).last_error:
+                    await asyncio.sleep(0.02)
+            assert h.runs == []
+            broker.refusing = False
+            entry = await h.settled("d-503")
+            assert entry.state is InboxState.DONE and entry.attempts >= 2, entry
+            await h.wait_for(lambda: bool(h.runs))
             assert [r.request_id for r in h.runs] == ["d-503"]
     finally:
         await broker.close()
 
 
-async def test_forge_api_failure_or_hang_answers_503(harness: Harness) -> None:
+async def test_forge_api_failure_or_hang_is_retried(harness: Harness) -> None:
     harness.forge.fail(1, status=500, path_contains="/contents/")
-    assert (await harness.post(PUSH, "push", delivery="d-1")).status_code == 503
     harness.forge.fail(1, status=0, delay=3.0, path_contains="/contents/")  # client timeout is 1 s
-    assert (await harness.post(PUSH, "push", delivery="d-1")).status_code == 503
-    assert await recorded(harness.pool) == 0
     assert (await harness.post(PUSH, "push", delivery="d-1")).status_code == 202
+    entry = await harness.settled("d-1", timeout=10)
+    assert (entry.state, entry.attempts) == (InboxState.DONE, 3), entry
+    assert "no answer" in entry.last_error  # the last failure, kept for the record
+    await harness.wait_for(lambda: len(harness.runs) == 1)
+
+
+async def test_forge_api_failing_on_parks_the_delivery_with_its_last_error(
+        forge: FakeForgejo, pool: asyncpg.Pool, broker: MemoryBroker) -> None:
+    forge.fail(100, status=502, path_contains="/contents/")
+    config = make_config(forge, inbox=FAST_INBOX.model_copy(update={"max_attempts": 4}))
+    async with service_with(config, forge, pool, broker) as h:
+        assert (await h.post(PUSH, "push", delivery="d-park")).status_code == 202
+        entry = await h.settled("d-park")
+        assert (entry.state, entry.attempts) == (InboxState.PARKED, 4), entry
+        assert "HTTP 502" in entry.last_error
+        await h.settle()
+        assert h.runs == []
+        ready = (await h.http.get("/readyz")).json()
+        assert ready["details"]["inbox"] == {"pending": 0, "parked": 1}, ready
+        assert ready["status"] == "ready"  # a parked delivery is the operator's, not a fault
 
 
 def pr_body(head_repo_id: int | None, author: str, head_sha: str = "a" * 40) -> dict[str, Any]:
@@ -143,13 +173,19 @@ async def test_fork_policy(forge: FakeForgejo, pool: asyncpg.Pool, broker: Memor
         cases = [(pr_body(own_id + 1, "alice"), False), (pr_body(None, "alice"), False),
                  (pr_body(own_id, "bob"), False), (pr_body(own_id, "carol"), False),
                  (pr_body(own_id, "alice"), True)]
-        for body, trusted in cases:
-            response = await h.post(body, "pull_request")
+
+        async def trusted(body: dict[str, Any], delivery: str) -> bool:
+            count = len(h.runs)
+            response = await h.post(body, "pull_request", delivery=delivery)
             assert response.status_code == 202, response.text
-            assert response.json()["trusted"] is trusted
-        repo.token_is_admin = False  # the token may not read permissions: untrusted, not 503
-        assert (await h.post(pr_body(own_id, "alice"), "pull_request")).json()["trusted"] is False
-        await h.settle()
+            assert (await h.settled(delivery)).state is InboxState.DONE
+            await h.wait_for(lambda: len(h.runs) == count + 1)
+            return h.runs[-1].trusted
+
+        for number, (body, expected) in enumerate(cases):
+            assert await trusted(body, f"pr-{number}") is expected
+        repo.token_is_admin = False  # the token may not read permissions: untrusted, not parked
+        assert await trusted(pr_body(own_id, "alice"), "pr-admin") is False
     untrusted = [r for r in h.runs if not r.trusted]
     assert len(untrusted) == 5 and all(r.needs_approval for r in untrusted)
     assert all(r.workflow_source == SAFE and r.commit_sha == "a" * 40 for r in untrusted)
@@ -162,8 +198,9 @@ async def test_invalid_workflow_gets_a_failed_status_pointing_at_the_error(harne
     repo.files[(PUSH["after"], ".solstice/workflow.kdl")] = (
         'workflow name="ci" {\n  job id="build" runs_on="local" {\n    stepp name="x"\n'
         '    step name="ok" run="make"\n  }\n}\n')
-    response = await harness.post(PUSH, "push")
-    assert response.status_code == 200 and response.json()["outcome"] == "invalid_workflow"
+    assert (await harness.post(PUSH, "push", delivery="bad")).status_code == 202
+    entry = await harness.settled("bad")
+    assert entry.state is InboxState.IGNORED and "does not validate" in entry.outcome, entry
     await harness.wait_for(lambda: bool(harness.forge.statuses))
     [status] = harness.forge.statuses
     assert (status.sha, status.state, status.context) == (PUSH["after"], "failure", "solstice/workflow")
@@ -178,13 +215,19 @@ async def test_triggers_filter_events_and_branches(harness: Harness) -> None:
     repo.files[(PUSH["after"], ".solstice/workflow.kdl")] = (
         'workflow { on "push" branches="release/*"\n'
         ' job id="b" runs_on="local" { step name="m" run="make" } }')
-    skipped = await harness.post(PUSH, "push")
-    assert skipped.status_code == 200 and skipped.json()["outcome"] == "skipped"
-    assert (await harness.post(push_to("refs/heads/release/2.0"), "push")).status_code == 202
-    assert (await harness.post(push_to("refs/tags/v2"), "push")).json()["outcome"] == "skipped"
+
+    async def outcome(body: dict[str, Any], delivery: str) -> tuple[InboxState, str]:
+        assert (await harness.post(body, "push", delivery=delivery)).status_code == 202
+        entry = await harness.settled(delivery)
+        return entry.state, entry.outcome
+
+    state, reason = await outcome(PUSH, "main")
+    assert state is InboxState.IGNORED and "`on` triggers" in reason
+    assert (await outcome(push_to("refs/heads/release/2.0"), "r2"))[0] is InboxState.DONE
+    assert (await outcome(push_to("refs/tags/v2"), "v2"))[0] is InboxState.IGNORED
     del repo.files[(PUSH["after"], ".solstice/workflow.kdl")]
-    none = await harness.post(push_to("refs/heads/release/3.0"), "push")
-    assert none.json()["outcome"] == "skipped" and "no .solstice/workflow.kdl" in none.json()["reason"]
+    state, reason = await outcome(push_to("refs/heads/release/3.0"), "r3")
+    assert state is InboxState.IGNORED and "no .solstice/workflow.kdl" in reason
     await harness.settle()
     assert [r.branch for r in harness.runs] == ["release/2.0"]
 

@@ -18,11 +18,12 @@ import pytest
 
 from common.broker import Broker
 from common.broker.memory import MemoryBroker
+from common.forge.config import InboxSettings
+from common.forge.inbox import InboxEntry, InboxState
 from common.forge.signature import verify_github
 from common.messages import EventKind, RunApproval, RunRequest, decode_run_queue
 from common.retry import Backoff
 from github_integration.api import make_http_client
-from github_integration.app import create_app
 from github_integration.config import GitHubIntegrationConfig, RepoSettings
 from github_integration.db import open_database
 from github_integration.service import GitHubIntegration
@@ -40,6 +41,7 @@ WORKFLOW = """workflow name="ci" {
 }
 """
 BASE_WORKFLOW = WORKFLOW.replace('run="make"', 'run="make base"')
+FAST_INBOX = InboxSettings(retry_initial=0.01, retry_max=0.05, poll_interval=0.05)
 FIXTURE_SHAS = ("f95f852bd8fca8fcc58a9a2d6c842781e32a215e",
                 "ec26c3e57ca3a959ca5aad62de7213c562f8c821",
                 "6113728f27ae82c7b1a177c8d03f9e96e0adf246")
@@ -92,6 +94,21 @@ class Stack:
                    "Content-Type": "application/json"}
         return await self.client.post("/webhooks/github", content=raw, headers=headers)
 
+    async def entry(self, delivery: str) -> InboxEntry:
+        """The inbox entry of `delivery`, which must have been stored."""
+        entry = await self.service.inbox.find("github", delivery)
+        assert entry is not None, f"delivery {delivery} was not stored"
+        return entry
+
+    async def settled(self, delivery: str, timeout: float = 5.0) -> InboxEntry:
+        """The inbox entry of `delivery` once the worker is done with it (not pending)."""
+        async with asyncio.timeout(timeout):
+            while True:
+                entry = await self.service.inbox.find("github", delivery)
+                if entry is not None and entry.state is not InboxState.PENDING:
+                    return entry
+                await asyncio.sleep(0.02)
+
     async def published(self, count: int) -> list[RunRequest]:
         """The run requests consumed, once `count` arrived (or 2 s passed); a confirmed
         publish reaches the in-process consumer within milliseconds, so anything beyond
@@ -110,6 +127,7 @@ async def running_stack(pg_dsn: str, fake: FakeGitHub, app_key, broker: Broker, 
     """The integration on `broker`, talking to `fake`, with a consumer collecting run requests
     (unless `collect_runs` is False)."""
     pool = await open_database(pg_dsn, min_size=1, max_size=4)
+    settings.setdefault("inbox", FAST_INBOX)
     config = GitHubIntegrationConfig(app_id=1, private_key_path=Path("unused.pem"),
                                      webhook_secret=SECRET, api_url=fake.url,
                                      events_queue=f"github-{uuid.uuid4().hex[:8]}", **settings)
@@ -126,7 +144,7 @@ async def running_stack(pg_dsn: str, fake: FakeGitHub, app_key, broker: Broker, 
     if collect_runs:
         await broker.consume_runs(collect)
     await service.start()
-    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(service.webhook)),
+    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=service.app()),
                                base_url="http://test")
     try:
         yield Stack(client, fake, broker, service, runs)
@@ -210,7 +228,8 @@ async def test_every_fixture_with_a_wrong_signature_gets_401(stack: Stack) -> No
             "X-GitHub-Event": name.split("/")[0], "X-GitHub-Delivery": "x"})
         assert missing.status_code == 401, name
     assert await stack.published(0) == []
-    assert stack.fake.requests == []  # nothing was even looked up
+    # Nothing was even looked up (the redelivery recovery lists the App's deliveries).
+    assert [r for r in stack.fake.requests if not r[1].startswith("/app/hook/")] == []
 
 
 # ---- bad input ---------------------------------------------------------------------------------
@@ -240,33 +259,52 @@ async def test_redelivery_publishes_nothing_new(stack: Stack) -> None:
 
 # ---- GitHub and broker failures ---------------------------------------------------------------
 
-async def test_github_down_gets_503_and_a_redelivery_works(stack: Stack) -> None:
+async def test_github_down_is_retried_then_published(stack: Stack) -> None:
     raw = (FIXTURES / "pull_request/synchronize.payload.json").read_bytes()
-    stack.fake.fail(1, status=500, path_contains="/contents/")
-    assert (await stack.post("pull_request", raw, delivery="d-2")).status_code == 503
+    stack.fake.fail(2, status=500, path_contains="/contents/")
     assert (await stack.post("pull_request", raw, delivery="d-2")).status_code == 202
+    entry = await stack.settled("d-2")
+    assert entry.state is InboxState.DONE and entry.attempts == 3, entry
+    assert "HTTP 500" in entry.last_error  # what failed before stays on record
     assert len(await stack.published(1)) == 1
 
 
-async def test_broker_confirm_failure_gets_503(pg_dsn: str, fake: FakeGitHub, app_key,
-                                               amqp_url: str, broker_prefix: str) -> None:
+async def test_github_failing_for_good_parks_the_delivery(pg_dsn: str, fake: FakeGitHub,
+                                                          app_key) -> None:
+    raw = (FIXTURES / "pull_request/synchronize.payload.json").read_bytes()
+    fake.fail(100, status=502, path_contains="/contents/")
+    inbox = InboxSettings(max_attempts=3, retry_initial=0.01, retry_max=0.02, poll_interval=0.05)
+    async with MemoryBroker(f"gh-{uuid.uuid4().hex[:8]}") as broker, \
+            running_stack(pg_dsn, fake, app_key, broker, inbox=inbox) as built:
+        assert (await built.post("pull_request", raw, delivery="d-park")).status_code == 202
+        entry = await built.settled("d-park")
+        assert (entry.state, entry.attempts) == (InboxState.PARKED, 3), entry
+        assert "HTTP 502" in entry.last_error
+        assert await built.published(0) == []
+
+
+async def test_unconfirmed_publish_is_retried_until_the_broker_confirms(
+        pg_dsn: str, fake: FakeGitHub, app_key, amqp_url: str, broker_prefix: str) -> None:
     import aio_pika
 
     from common.broker.amqp import AmqpBroker
 
     try:
         async with AmqpBroker(amqp_url, broker_prefix) as broker, \
-                running_stack(pg_dsn, fake, app_key, broker, collect_runs=False) as built:
+                running_stack(pg_dsn, fake, app_key, broker, collect_runs=False,
+                              inbox=FAST_INBOX.model_copy(update={"max_attempts": 1000})) as built:
             async with await aio_pika.connect(amqp_url) as connection:
                 channel = await connection.channel()
                 await channel.queue_delete(f"{broker_prefix}.runs")  # the publish is unroutable
             raw = (FIXTURES / "push/with-new-branch.payload.json").read_bytes()
-            response = await built.post("push", raw, delivery="d-3")
-            assert response.status_code == 503 and "broker" in response.json()["error"]
+            assert (await built.post("push", raw, delivery="d-3")).status_code == 202
+            async with asyncio.timeout(5):
+                while "BrokerError" not in (await built.entry("d-3")).last_error:
+                    await asyncio.sleep(0.02)
             async with AmqpBroker(amqp_url, broker_prefix):
                 pass  # connecting declares the topology again
-            response = await built.post("push", raw, delivery="d-3")
-            assert response.status_code == 202  # the 503 did not record the delivery as seen
+            entry = await built.settled("d-3")
+            assert entry.state is InboxState.DONE and entry.attempts >= 2, entry
     finally:
         async with await aio_pika.connect(amqp_url) as connection:
             channel = await connection.channel()
@@ -306,15 +344,18 @@ async def test_untrusted_run_waits_for_approval_where_configured(pg_dsn, fake, a
 async def test_workflow_triggers_filter_events(stack: Stack) -> None:
     only_main = WORKFLOW.replace('workflow name="ci" {', 'workflow name="ci" {\n    on "push" branches="main"')
     stack.fake.repos[f"{OWNER}/{REPO}".lower()].files[(FIXTURE_SHAS[2], ".solstice/workflow.kdl")] = only_main
-    response = await stack.post("push", load("push/with-new-branch.payload.json"))
-    assert response.status_code == 200 and "on" in response.json()["reason"]
+    response = await stack.post("push", load("push/with-new-branch.payload.json"), delivery="d-on")
+    assert response.status_code == 202
+    entry = await stack.settled("d-on")
+    assert entry.state is InboxState.IGNORED and "`on` triggers" in entry.outcome, entry
     assert await stack.published(0) == []
 
 
 async def test_missing_workflow_is_ignored(stack: Stack) -> None:
     stack.fake.repos[f"{OWNER}/{REPO}".lower()].files.clear()
-    response = await stack.post("push", load("push/with-new-branch.payload.json"))
-    assert response.status_code == 200 and "no .solstice/workflow.kdl" in response.json()["reason"]
+    await stack.post("push", load("push/with-new-branch.payload.json"), delivery="d-none")
+    entry = await stack.settled("d-none")
+    assert entry.state is InboxState.IGNORED and "no .solstice/workflow.kdl" in entry.outcome
 
 
 async def test_invalid_workflow_becomes_a_failed_check_run(stack: Stack) -> None:
@@ -322,7 +363,9 @@ async def test_invalid_workflow_becomes_a_failed_check_run(stack: Stack) -> None
         'workflow name="ci" {\n    job id="build" {\n    }\n}\n')
     delivery = str(uuid.uuid4())
     response = await stack.post("push", load("push/with-new-branch.payload.json"), delivery=delivery)
-    assert response.status_code == 200 and "invalid" in response.json()["reason"]
+    assert response.status_code == 202
+    entry = await stack.settled(delivery)
+    assert entry.state is InboxState.IGNORED and "invalid" in entry.outcome
     await until(lambda: stack.fake.check_runs)
     [check] = stack.fake.check_runs.values()
     assert check.name == "solstice/workflow" and check.conclusion == "failure"
@@ -361,8 +404,10 @@ async def test_app_not_installed_is_rejected(stack: Stack) -> None:
     body = load("push/payload.json")
     body |= {"ref": "refs/heads/master", "after": FIXTURE_SHAS[2], "deleted": False}
     body["repository"] = copy.deepcopy(body["repository"]) | {"name": "Other", "full_name": "Codertocat/Other"}
-    response = await stack.post("push", body)
-    assert response.status_code == 400 and "not installed" in response.json()["error"]
+    assert (await stack.post("push", body, delivery="d-other")).status_code == 202
+    entry = await stack.settled("d-other")
+    assert entry.state is InboxState.PARKED and "not installed" in entry.last_error, entry
+    assert entry.attempts == 1  # refused for good: not retried
 
 
 # ---- job events back to GitHub as check runs, through the outbox ----------------------------
@@ -406,3 +451,15 @@ async def test_installation_removed_drops_its_cached_token(stack: Stack) -> None
     assert response.status_code == 200 and response.json()["outcome"] == "ignored"
     assert await auth.installation_token(1, f"{OWNER}/{REPO}") != first
     assert stack.fake.tokens_issued == 2
+
+
+async def test_the_second_delivery_of_a_commit_reads_the_workflow_from_the_cache(
+        stack: Stack) -> None:
+    push = load("push/with-new-branch.payload.json")
+    suite = load("check_suite/requested.payload.json")  # GitHub sends both for one push
+    suite["check_suite"]["head_sha"] = push["after"]
+    for event, body, delivery in (("push", push, "push"), ("check_suite", suite, "suite")):
+        assert (await stack.post(event, body, delivery=delivery)).status_code == 202
+        assert (await stack.settled(delivery)).state is InboxState.DONE
+    contents = [path for _, path in stack.fake.requests if "/contents/" in path]
+    assert len(contents) == 1, contents

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
+from common.forge.config import InboxSettings
 from forge_integration.config import ForgeIntegrationConfig, Site
 from forge_integration.config import RepoSettings as ForgeRepo
 from github_integration.config import GitHubIntegrationConfig
@@ -19,7 +20,7 @@ from workflow_runner.config import RunnerSettings
 DOC = (Path(__file__).resolve().parents[2] / "docs" / "config.md").read_text()
 MODELS = [OrchestratorConfig, BhyveSettings, BhyveNetwork, LabelImage, QemuSettings, QemuLabel, QemuLimits,
           GuestForward, ForgeIntegrationConfig, Site, ForgeRepo, GitHubIntegrationConfig,
-          GitHubRepo, RunnerSettings]
+          GitHubRepo, InboxSettings, RunnerSettings]
 
 
 @pytest.mark.parametrize("model", MODELS, ids=lambda m: f"{m.__module__}.{m.__name__}")

@@ -30,14 +30,15 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from pydantic import SecretStr
 
-import forge_integration.app
-import github_integration.app
+import forge_integration.webhook
+import github_integration.webhook
 from common.broker.amqp import AmqpBroker
+from common.forge.inbox import InboxState
 from common.forge.migrate import open_pool
 from common.forge.signature import GITHUB_PREFIX, sign
+from common.forge.webhook import webhook_app
 from common.http import running
 from forge_integration.config import RepoSettings
-from github_integration.app import create_app
 from tests.fakes.forgejo_api import FakeForgejo
 from tests.fakes.github_api import FakeGitHub
 from tests.fixtures import FIXTURES
@@ -187,16 +188,17 @@ async def test_a_repository_secret_starts_runs_of_that_repository_only(
         assert harness.forge.requests == []  # not even the attacker's workflow was fetched
         # The forge's own delivery, signed with A's secret, runs A trusted.
         answer = await harness.post(raw(fixture), "push", forge=kind, secret=VICTIM_SECRET)
-        assert answer.status_code == 202 and answer.json()["trusted"], answer.text
+        assert answer.status_code == 202, answer.text
         await harness.wait_for(lambda: len(harness.runs) == 1)
         [run] = harness.runs
         assert run.repo.full_name == "gordon/hello-world" and run.workflow_source == WORKFLOW
+        assert run.trusted
 
 
 @pytest.mark.parametrize("kind", ["forgejo", "gitea"])
 async def test_unsigned_deep_or_huge_bodies_get_401_unparsed(
         service: Callable[..., Any], monkeypatch: pytest.MonkeyPatch, kind: str) -> None:
-    parsed = ParseSpy(monkeypatch, forge_integration.app)
+    parsed = ParseSpy(monkeypatch, forge_integration.webhook)
     async with service() as harness:
         for body in (DEEP, b"[" * (HUGE // 2) + b"]" * (HUGE // 2)):
             for signature in (None, "0" * 64):  # absent, or made up
@@ -211,16 +213,24 @@ async def test_signed_hostile_bodies_get_400_with_the_reason(
         service: Callable[..., Any], kind: str, caplog: pytest.LogCaptureFixture) -> None:
     async with service() as harness:
         for reason, body in hostile(FORGEJO_PUSH).items():
-            answer = await harness.post(body, "push", forge=kind, secret=VICTIM_SECRET)
+            delivery = f"hostile {reason}"
+            answer = await harness.post(body, "push", forge=kind, secret=VICTIM_SECRET,
+                                        delivery=delivery)
             assert answer.status_code == 400, (reason, answer.text)
             assert reason in answer.json()["error"]
+            # Stored as rejected, with the reason: a redelivery is a duplicate, never a retry.
+            entry = await harness.entry(delivery, kind)
+            assert entry.state is InboxState.REJECTED and reason in entry.outcome, entry
+            again = await harness.post(body, "push", forge=kind, secret=VICTIM_SECRET,
+                                       delivery=delivery)
+            assert again.status_code == 400
         await no_run(harness)
     assert tracebacks(caplog) == []
 
 
 async def test_oversized_bodies_get_413_before_they_are_read(
         service: Callable[..., Any], monkeypatch: pytest.MonkeyPatch) -> None:
-    parsed = ParseSpy(monkeypatch, forge_integration.app)
+    parsed = ParseSpy(monkeypatch, forge_integration.webhook)
     body = raw(FORGEJO_PUSH).ljust(8192)
     async with service(max_body_bytes=4096) as harness:
         declared = await harness.post(body, "push", secret=VICTIM_SECRET)
@@ -299,8 +309,12 @@ async def test_github_installation_must_cover_the_repository(
     attack = {**GITHUB_PUSH, "after": ATTACKER_SHA}
     async with github_stack() as stack:
         for installation in (99, 98, 12345):  # same-named repository elsewhere, other, none
-            answer = await stack.post("push", {**attack, "installation": {"id": installation}})
-            assert answer.status_code == 400, answer.text
+            delivery = f"installation-{installation}"
+            answer = await stack.post("push", {**attack, "installation": {"id": installation}},
+                                      delivery=delivery)
+            assert answer.status_code == 202, answer.text  # GitHub is asked by the inbox worker
+            entry = await stack.settled(delivery)
+            assert entry.state is InboxState.PARKED and entry.attempts == 1, entry
         confused = with_repository(attack, full_name="mallory/tools")
         answer = await stack.post("push", confused)
         assert answer.status_code == 400 and "disagrees" in answer.json()["error"]
@@ -319,16 +333,19 @@ async def test_github_installation_must_cover_the_repository(
 async def test_github_unsigned_bodies_get_401_unparsed_and_signed_hostile_ones_400(
         github_stack: Callable[..., Any], monkeypatch: pytest.MonkeyPatch,
         caplog: pytest.LogCaptureFixture) -> None:
-    parsed = ParseSpy(monkeypatch, github_integration.app)
+    parsed = ParseSpy(monkeypatch, github_integration.webhook)
     async with github_stack() as stack:
         for body in (DEEP, b"[" * (HUGE // 2) + b"]" * (HUGE // 2)):
             answer = await stack.post("push", body, signature="sha256=" + "0" * 64)
             assert answer.status_code == 401, answer.text
         assert parsed.calls == 0
         for reason, body in hostile(GITHUB_PUSH).items():
-            answer = await stack.post("push", body, signature=github_sign(body))
+            delivery = f"hostile {reason}"
+            answer = await stack.post("push", body, signature=github_sign(body), delivery=delivery)
             assert answer.status_code == 400, (reason, answer.text)
             assert reason in answer.json()["error"]
+            entry = await stack.entry(delivery)
+            assert entry.state is InboxState.REJECTED and reason in entry.outcome, entry
         assert await stack.published(1) == []
     assert tracebacks(caplog) == []
 
@@ -339,7 +356,7 @@ async def test_github_body_limits(github_stack: Callable[..., Any],
     async with github_stack(max_body_bytes=4096, body_timeout=0.5) as stack:
         answer = await stack.post("push", body)
         assert answer.status_code == 413, answer.text
-        async with running(create_app(stack.service.webhook)) as url:
+        async with running(webhook_app(stack.service.routes())) as url:
             headers = {"Content-Length": "4000", "X-GitHub-Event": "push",
                        "X-GitHub-Delivery": "slow", "X-Hub-Signature-256": github_sign(body[:4000])}
             status = await raw_post(url, "/webhooks/github", headers, body[:100])

@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from bench.kdl_validate import generate
 from common.broker import MemoryBroker
 from common.config import load_config
+from common.forge.inbox import InboxState
 from common.forge.migrate import open_pool
 from common.messages import EventKind, Repo, RunRequest
 from common.workflow import (
@@ -304,20 +305,23 @@ async def test_the_forge_integration_answers_healthz_while_validating(
         await load_workflow_async(MINIMAL)  # the worker process is up
         async with service_with(make_config(forge), forge, broker=broker, pool=pool) as h:
             slowest = float("inf")
-            for _ in range(TRIES):
+            for attempt in range(TRIES):
                 gc.collect()
-                webhook = asyncio.create_task(h.post(PUSH, "push"))
+                delivery = f"hostile-{attempt}"
+                assert (await h.post(PUSH, "push", delivery=delivery)).status_code == 202
+                # The inbox worker validates the workflow in the same process.
+                processed = asyncio.create_task(h.settled(delivery, timeout=60))
                 worst = 0.0
-                while not webhook.done():
+                while not processed.done():
                     # From one answer to the next, less the pause: a stall during the pause
                     # counts too.
                     start = time.perf_counter()
                     await asyncio.sleep(0.01)
                     assert (await h.http.get("/healthz")).status_code == 200
                     worst = max(worst, time.perf_counter() - start - 0.01)
-                answer = (await webhook).json()
-                assert answer["outcome"] == "invalid_workflow"
-                assert "13000 jobs after matrix expansion" in answer["reason"]
+                entry = await processed
+                assert entry.state is InboxState.IGNORED
+                assert "13000 jobs after matrix expansion" in entry.outcome
                 slowest = min(slowest, worst)
             assert slowest < LOOP_LAG_LIMIT, f"/healthz took {slowest * 1000:.0f} ms"
             # The configured limits apply: within them, the same file would be valid, but
@@ -329,9 +333,10 @@ async def test_the_forge_integration_answers_healthz_while_validating(
             assert h.runs[0].workflow_source == LARGE
         small = make_config(forge, workflow_limits={"max_jobs": 100})
         async with service_with(small, forge, broker=broker, pool=pool) as h:
-            answer = (await h.post(PUSH, "push")).json()
-            assert answer["outcome"] == "invalid_workflow"
-            assert "1304 jobs after matrix expansion; at most 100" in answer["reason"]
+            assert (await h.post(PUSH, "push", delivery="small")).status_code == 202
+            entry = await h.settled("small", timeout=30)
+            assert entry.state is InboxState.IGNORED
+            assert "1304 jobs after matrix expansion; at most 100" in entry.outcome
     finally:
         await broker.close()
 
@@ -345,8 +350,10 @@ async def test_the_github_integration_applies_its_limits(pg_dsn: str) -> None:
                       files={(sha, ".solstice/workflow.kdl"): two_steps for sha in FIXTURE_SHAS})
         async with running_stack(pg_dsn, fake, key, broker,
                                  workflow_limits={"max_steps": 1}) as stack:
-            response = await stack.post("push", load("push/with-new-branch.payload.json"))
-            assert response.status_code == 200 and "invalid" in response.json()["reason"]
+            response = await stack.post("push", load("push/with-new-branch.payload.json"),
+                                        delivery="limits")
+            assert response.status_code == 202
+            assert "invalid" in (await stack.settled("limits")).outcome
             await until(lambda: stack.fake.check_runs)
             [check] = stack.fake.check_runs.values()
             assert check.conclusion == "failure"

@@ -1,0 +1,314 @@
+"""The webhook inbox: a delivery is stored, answered, and processed later by a worker.
+
+A forge gives up on a delivery after a few seconds (GitHub after 10 s, and does not retry by
+itself), so nothing slow or fallible happens while it waits: the edge verifies the signature,
+classifies the body (pure, no I/O) and stores the delivery in `forge_inbox` with one
+`INSERT ... ON CONFLICT DO NOTHING`, which is also the deduplication by delivery id. Then:
+- 202 `accepted`: stored `pending`, the worker will plan and publish its run;
+- 200 `ignored`: stored `ignored` with the reason (an event that starts nothing);
+- 200 `duplicate`: that delivery id was stored before (a redelivery);
+- 400: stored `rejected` with the reason (a body Solstice cannot take; never retried);
+- 503: the database did not take it; the forge (or GitHub recovery) delivers it again.
+
+`InboxWorker` claims due `pending` deliveries of its forges (`FOR UPDATE SKIP LOCKED` with a
+lease, so several integration processes share the work and none processes a delivery another
+holds), hands each to the integration's processor (fetch the workflow at the commit, trust
+policy, triggers, publish the confirmed `RunRequest`) and records the outcome: `done` or
+`ignored`. A failure is retried after `Backoff.delay(attempts)`; a delivery that failed
+`max_attempts` times, or failed for good (a forge refusing with a 4xx, an App not installed),
+is `parked` with its last error: never dropped, listed by the integrations' `inbox` command
+and put back with `inbox --retry ID`. A worker that died mid-delivery leaves its lease to
+expire and the delivery is processed again: publishing twice is harmless, the orchestrator
+records one run per request id.
+
+The worker wakes when its own process stored a delivery, and every `poll_interval` seconds
+(deliveries stored by another process, retries come due).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Collection, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+import asyncpg
+from starlette.responses import JSONResponse
+
+from common.forge.config import InboxSettings
+from common.forge.errors import WebhookRejected
+from common.forge.events import ApprovalSent, Ignored, Published
+from common.forge.outbox import is_permanent
+from common.forge.webhook import answer
+from common.forge.worker import ClaimWorker
+from common.observability import tracer
+
+log = logging.getLogger(__name__)
+
+ERROR_LIMIT = 2000
+# How often a worker deletes the finished deliveries older than `keep_finished_days`.
+PRUNE_INTERVAL = 3600.0
+DEFAULT_SETTINGS = InboxSettings()
+
+
+class InboxState(StrEnum):
+    PENDING = "pending"
+    DONE = "done"
+    IGNORED = "ignored"
+    REJECTED = "rejected"
+    PARKED = "parked"
+
+
+@dataclass(frozen=True)
+class Received:
+    """A delivery as it arrived: its forge, id, event name and signed bytes."""
+
+    forge: str
+    delivery_id: str
+    event: str
+    body: bytes
+
+
+@dataclass(frozen=True)
+class InboxItem:
+    """A delivery claimed for processing; `attempts` counts this one."""
+
+    id: int
+    forge: str
+    delivery_id: str
+    event: str
+    body: bytes
+    attempts: int
+
+
+@dataclass(frozen=True)
+class InboxEntry:
+    """A stored delivery as an operator sees it."""
+
+    id: int
+    forge: str
+    delivery_id: str
+    event: str
+    state: InboxState
+    outcome: str
+    attempts: int
+    last_error: str
+    received_at: datetime
+    next_attempt_at: datetime
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "forge": self.forge, "delivery_id": self.delivery_id,
+                "event": self.event, "state": self.state.value, "outcome": self.outcome,
+                "attempts": self.attempts, "last_error": self.last_error,
+                "received_at": self.received_at.isoformat(),
+                "next_attempt_at": self.next_attempt_at.isoformat()}
+
+
+_ENTRY_COLUMNS = ("id, forge, delivery_id, event, state, outcome, attempts, last_error,"
+                  " received_at, next_attempt_at")
+
+
+def _entry(row: asyncpg.Record) -> InboxEntry:
+    return InboxEntry(**{**dict(row), "state": InboxState(row["state"])})
+
+
+class Inbox:
+    """The `forge_inbox` table (see `common/forge/migrations/0002_inbox.sql`)."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    async def store(self, received: Received, state: InboxState, outcome: str = "") -> bool:
+        """Store a delivery in one statement; False if its id was stored before."""
+        finished = state is not InboxState.PENDING
+        row_id = await self._pool.fetchval(
+            "INSERT INTO forge_inbox (forge, delivery_id, event, body, state, outcome, finished_at)"
+            " VALUES ($1, $2, $3, $4, $5, $6, CASE WHEN $7 THEN now() END)"
+            " ON CONFLICT (forge, delivery_id) DO NOTHING RETURNING id",
+            received.forge, received.delivery_id, received.event, received.body, state.value,
+            outcome[:ERROR_LIMIT], finished)
+        return row_id is not None
+
+    async def claim(self, forges: Sequence[str], *, limit: int, lease: float) -> list[InboxItem]:
+        """Lease up to `limit` due pending deliveries of `forges` for `lease` seconds."""
+        rows = await self._pool.fetch(
+            "UPDATE forge_inbox i SET lease_until = now() + make_interval(secs => $3),"
+            " attempts = i.attempts + 1 FROM ("
+            "  SELECT id FROM forge_inbox WHERE state = 'pending' AND forge = ANY($1)"
+            "  AND next_attempt_at <= now() AND (lease_until IS NULL OR lease_until < now())"
+            "  ORDER BY next_attempt_at LIMIT $2 FOR UPDATE SKIP LOCKED"
+            ") due WHERE i.id = due.id"
+            " RETURNING i.id, i.forge, i.delivery_id, i.event, i.body, i.attempts",
+            list(forges), limit, float(lease))
+        return [InboxItem(**dict(r)) for r in rows]
+
+    async def finish(self, item: InboxItem, state: InboxState, outcome: str) -> None:
+        """Record the outcome of a processed delivery (`done`, `ignored` or `parked`)."""
+        await self._pool.execute(
+            "UPDATE forge_inbox SET state = $2, outcome = $3, lease_until = NULL,"
+            " finished_at = now() WHERE id = $1", item.id, state.value, outcome[:ERROR_LIMIT])
+
+    async def park(self, item: InboxItem, error: str) -> None:
+        await self._pool.execute(
+            "UPDATE forge_inbox SET state = 'parked', last_error = $2, lease_until = NULL,"
+            " finished_at = now() WHERE id = $1", item.id, error[:ERROR_LIMIT])
+
+    async def retry_later(self, item: InboxItem, error: str, delay: float) -> None:
+        await self._pool.execute(
+            "UPDATE forge_inbox SET lease_until = NULL, last_error = $2,"
+            " next_attempt_at = now() + make_interval(secs => $3) WHERE id = $1",
+            item.id, error[:ERROR_LIMIT], float(delay))
+
+    async def find(self, forge: str, delivery_id: str) -> InboxEntry | None:
+        """The stored delivery `delivery_id` of `forge`, None if it never arrived."""
+        row = await self._pool.fetchrow(
+            f"SELECT {_ENTRY_COLUMNS} FROM forge_inbox WHERE forge = $1 AND delivery_id = $2",
+            forge, delivery_id)
+        return None if row is None else _entry(row)
+
+    async def stored(self, forge: str, delivery_ids: Collection[str]) -> set[str]:
+        """Those of `delivery_ids` of `forge` that arrived (in any state)."""
+        rows = await self._pool.fetch(
+            "SELECT delivery_id FROM forge_inbox WHERE forge = $1"
+            " AND delivery_id = ANY($2::text[])", forge, list(delivery_ids))
+        return {row["delivery_id"] for row in rows}
+
+    async def entries(self, forges: Sequence[str], states: Sequence[InboxState], *,
+                      limit: int = 100) -> list[InboxEntry]:
+        """The oldest `limit` deliveries of `forges` in `states`."""
+        rows = await self._pool.fetch(
+            f"SELECT {_ENTRY_COLUMNS} FROM forge_inbox WHERE forge = ANY($1) AND state = ANY($2)"
+            " ORDER BY id LIMIT $3", list(forges), [s.value for s in states], limit)
+        return [_entry(r) for r in rows]
+
+    async def retry(self, forges: Sequence[str], entry_id: int) -> bool:
+        """Put a parked delivery back to pending, due now, its attempts reset; False if
+        there is no parked delivery `entry_id` of `forges`."""
+        status = await self._pool.execute(
+            "UPDATE forge_inbox SET state = 'pending', attempts = 0, next_attempt_at = now(),"
+            " finished_at = NULL WHERE id = $1 AND forge = ANY($2) AND state = 'parked'",
+            entry_id, list(forges))
+        return status == "UPDATE 1"
+
+    async def prune(self, forges: Sequence[str], older_than: float) -> int:
+        """Delete the finished deliveries of `forges` (done, ignored, rejected) received more
+        than `older_than` seconds ago; parked ones stay until retried. How many went."""
+        status = await self._pool.execute(
+            "DELETE FROM forge_inbox WHERE forge = ANY($1) AND state IN ('done', 'ignored',"
+            " 'rejected') AND received_at < now() - make_interval(secs => $2)",
+            list(forges), float(older_than))
+        return int(status.split()[-1])
+
+    async def counts(self, forges: Sequence[str]) -> dict[str, int]:
+        """Deliveries of `forges` per state."""
+        rows = await self._pool.fetch(
+            "SELECT state, count(*) AS n FROM forge_inbox WHERE forge = ANY($1) GROUP BY state",
+            list(forges))
+        return {r["state"]: r["n"] for r in rows}
+
+
+async def receive(inbox: Inbox, received: Received,
+                  classify: Callable[[], object], wake: Callable[[], None]) -> JSONResponse:
+    """Store one verified delivery and answer it (see the module docstring).
+
+    `classify` parses and classifies the body without I/O: it returns `Ignored` or what the
+    worker will process, or raises `WebhookRejected`; a 400 is stored as rejected, any
+    other refusal (401: signed with another repository's secret) stores nothing.
+    """
+    context = {"forge": received.forge, "delivery": received.delivery_id,
+               "event": received.event}
+    try:
+        outcome = classify()
+    except WebhookRejected as exc:
+        if exc.status == 400:
+            await inbox.store(received, InboxState.REJECTED, exc.message)
+        raise
+    if isinstance(outcome, Ignored):
+        if not await inbox.store(received, InboxState.IGNORED, outcome.reason):
+            return answer("duplicate", f"delivery {received.delivery_id} was received before")
+        log.info("webhook ignored", extra=context | {"reason": outcome.reason})
+        return answer("ignored", outcome.reason)
+    if not await inbox.store(received, InboxState.PENDING):
+        log.info("redelivery of a delivery already received", extra=context)
+        return answer("duplicate", f"delivery {received.delivery_id} was received before")
+    wake()
+    return answer("accepted", "stored; its run is planned and published next", status=202,
+                  delivery=received.delivery_id)
+
+
+Processor = Callable[[InboxItem], Awaitable[Published | Ignored | ApprovalSent]]
+
+
+def is_final(exc: BaseException) -> bool:
+    """Whether processing failed for good: retrying the same delivery cannot succeed."""
+    return isinstance(exc, WebhookRejected) or is_permanent(exc)
+
+
+class InboxWorker(ClaimWorker[InboxItem]):
+    """Processes the pending deliveries of `forges` with `process` (module docstring)."""
+
+    def __init__(self, inbox: Inbox, forges: Sequence[str], process: Processor, *,
+                 settings: InboxSettings = DEFAULT_SETTINGS, lease: float = 120.0,
+                 process_timeout: float = 60.0, batch: int = 16) -> None:
+        if process_timeout >= lease:
+            raise ValueError("process_timeout must be shorter than the lease")
+        super().__init__(poll_interval=settings.poll_interval,
+                         describe=f"{'/'.join(forges)} webhook inbox")
+        self.inbox = inbox
+        self.forges = tuple(forges)
+        self._process = process
+        self._settings = settings
+        self._backoff = settings.backoff
+        self._lease = lease
+        self._process_timeout = process_timeout
+        self._batch = batch
+        self._next_prune = 0.0
+
+    async def claim(self) -> list[InboxItem]:
+        """The due deliveries (pruning the old finished ones first, once an hour)."""
+        now = asyncio.get_running_loop().time()
+        if now >= self._next_prune:
+            pruned = await self.inbox.prune(self.forges, self._settings.keep_finished_days * 86400)
+            if pruned:
+                log.info("pruned finished deliveries", extra={"deliveries": pruned,
+                                                              "forges": ",".join(self.forges)})
+            self._next_prune = now + PRUNE_INTERVAL
+        return await self.inbox.claim(self.forges, limit=self._batch, lease=self._lease)
+
+    async def handle(self, item: InboxItem) -> None:
+        context = {"forge": item.forge, "delivery": item.delivery_id, "event": item.event,
+                   "attempt": item.attempts}
+        with tracer(__name__).start_as_current_span("inbox.process") as span:
+            span.set_attribute("solstice.forge", item.forge)
+            span.set_attribute("solstice.webhook.delivery", item.delivery_id)
+            span.set_attribute("solstice.inbox.attempt", item.attempts)
+            try:
+                async with asyncio.timeout(self._process_timeout):
+                    outcome = await self._process(item)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                await self._failed(item, exc, context)
+                return
+        if isinstance(outcome, Ignored):
+            log.info("delivery needs no run", extra=context | {"reason": outcome.reason})
+            await self.inbox.finish(item, InboxState.IGNORED, outcome.reason)
+        elif isinstance(outcome, ApprovalSent):
+            await self.inbox.finish(item, InboxState.DONE, f"approval published: {outcome.reason}")
+        else:
+            await self.inbox.finish(item, InboxState.DONE,
+                                    f"published {outcome.request.request_id}")
+
+    async def _failed(self, item: InboxItem, exc: Exception, context: dict[str, Any]) -> None:
+        reason = f"{type(exc).__name__}: {exc}"
+        if is_final(exc) or item.attempts >= self._settings.max_attempts:
+            log.error("delivery parked; `inbox --retry %d` processes it again", item.id,
+                      extra=context | {"error": reason})
+            await self.inbox.park(item, reason)
+            return
+        delay = self._backoff.delay(item.attempts)
+        log.warning("delivery not processed; retrying",
+                    extra=context | {"retry_in": round(delay, 2), "error": reason})
+        await self.inbox.retry_later(item, reason, delay)
