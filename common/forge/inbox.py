@@ -44,6 +44,7 @@ from common.forge.outbox import is_permanent
 from common.forge.webhook import answer
 from common.forge.worker import ClaimWorker
 from common.observability import tracer
+from common.tracing import context_from, current_traceparent
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,7 @@ class InboxItem:
     event: str
     body: bytes
     attempts: int
+    trace_context: str | None = None  # the storing request's `traceparent`
 
 
 @dataclass(frozen=True)
@@ -124,11 +126,11 @@ class Inbox:
         """Store a delivery in one statement; False if its id was stored before."""
         finished = state is not InboxState.PENDING
         row_id = await self._pool.fetchval(
-            "INSERT INTO forge_inbox (forge, delivery_id, event, body, state, outcome, finished_at)"
-            " VALUES ($1, $2, $3, $4, $5, $6, CASE WHEN $7 THEN now() END)"
+            "INSERT INTO forge_inbox (forge, delivery_id, event, body, state, outcome, finished_at,"
+            " trace_context) VALUES ($1, $2, $3, $4, $5, $6, CASE WHEN $7 THEN now() END, $8)"
             " ON CONFLICT (forge, delivery_id) DO NOTHING RETURNING id",
             received.forge, received.delivery_id, received.event, received.body, state.value,
-            outcome[:ERROR_LIMIT], finished)
+            outcome[:ERROR_LIMIT], finished, current_traceparent())
         return row_id is not None
 
     async def claim(self, forges: Sequence[str], *, limit: int, lease: float) -> list[InboxItem]:
@@ -140,7 +142,7 @@ class Inbox:
             "  AND next_attempt_at <= now() AND (lease_until IS NULL OR lease_until < now())"
             "  ORDER BY next_attempt_at LIMIT $2 FOR UPDATE SKIP LOCKED"
             ") due WHERE i.id = due.id"
-            " RETURNING i.id, i.forge, i.delivery_id, i.event, i.body, i.attempts",
+            " RETURNING i.id, i.forge, i.delivery_id, i.event, i.body, i.attempts, i.trace_context",
             list(forges), limit, float(lease))
         return [InboxItem(**dict(r)) for r in rows]
 
@@ -280,7 +282,8 @@ class InboxWorker(ClaimWorker[InboxItem]):
     async def handle(self, item: InboxItem) -> None:
         context = {"forge": item.forge, "delivery": item.delivery_id, "event": item.event,
                    "attempt": item.attempts}
-        with tracer(__name__).start_as_current_span("inbox.process") as span:
+        with tracer(__name__).start_as_current_span(
+                "inbox.process", context=context_from(item.trace_context)) as span:
             span.set_attribute("solstice.forge", item.forge)
             span.set_attribute("solstice.webhook.delivery", item.delivery_id)
             span.set_attribute("solstice.inbox.attempt", item.attempts)

@@ -108,7 +108,7 @@ async def test_maintainer_presses_approve_and_run(pg_dsn: str, amqp_url: str, br
                     pressed["requested_action"] = {"identifier": "approve"}
                     pressed["sender"] = {**pressed["sender"], "login": "drive-by"}
                     refused = await post("check_run", pressed)
-                    assert refused.status_code == 200, refused.text
+                    assert refused.status_code == 202, refused.text  # stored; the worker refuses
                     await asyncio.sleep(1.0)
                     assert await cluster.db.fetchval(
                         "SELECT count(*) FROM jobs WHERE state = 'awaiting_approval'") == 1

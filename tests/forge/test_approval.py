@@ -38,7 +38,9 @@ async def test_comment_by_a_writer_approves_the_pull_requests_runs(harness: Harn
     may(harness, "maintainer", "write")
     response = await harness.post(BODY, "issue_comment", forge=kind)
     assert response.status_code == 202, response.text
-    assert response.json()["outcome"] == "approval_published"
+    assert response.json()["outcome"] == "accepted"
+    entry = await harness.settled(response.json()["delivery"], forge=kind)
+    assert entry.outcome.startswith("approval published"), entry
     await harness.wait_for(lambda: len(harness.runs) == 1)
     [approval] = approvals(harness)
     assert (approval.repo.forge, approval.repo.full_name) == (kind, "gordon/hello-world")
@@ -50,7 +52,9 @@ async def test_comment_by_a_writer_approves_the_pull_requests_runs(harness: Harn
 async def test_comment_by_someone_without_write_access_is_answered(harness: Harness) -> None:
     may(harness, "contributor", "read")
     response = await harness.post(commented("contributor", "/solstice approve"), "issue_comment")
-    assert response.status_code == 200 and response.json()["outcome"] == "ignored"
+    assert response.status_code == 202 and response.json()["outcome"] == "accepted"
+    entry = await harness.settled(response.json()["delivery"])
+    assert entry.state.value == "ignored" and "write access" in entry.outcome, entry
     await harness.settle()
     assert harness.runs == []
     [reply] = harness.forge.comments

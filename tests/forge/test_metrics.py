@@ -26,7 +26,7 @@ async def test_webhook_outcomes_and_outbox_backlog(harness: Harness) -> None:
         return (value(after, "solstice_webhooks_total", **labels)
                 - value(before, "solstice_webhooks_total", **labels))
 
-    assert grew(forge="forgejo", event="push", outcome="published") == 1
+    assert grew(forge="forgejo", event="push", outcome="accepted") == 1
     assert grew(forge="forgejo", event="push", outcome="duplicate") == 1
     assert grew(forge="forgejo", event="push", outcome="http_401") == 1
     # Anyone can send any event name: unknown ones share one label value.

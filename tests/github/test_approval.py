@@ -77,7 +77,9 @@ async def test_approve_and_run_button_by_a_writer_publishes_the_approval(stack: 
     writer(stack.fake, "maintainer", "write")
     response = await stack.post("check_run", button("maintainer"))
     assert response.status_code == 202, response.text
-    assert response.json()["outcome"] == "approval_published"
+    assert response.json()["outcome"] == "accepted"
+    entry = await stack.settled(response.json()["delivery"])
+    assert entry.outcome.startswith("approval published"), entry
     await stack.published(1)
     [approval] = approvals(stack)
     assert approval.run_id == RUN_ID and approval.actor == "maintainer"
@@ -90,8 +92,9 @@ async def test_approve_and_run_button_by_a_writer_publishes_the_approval(stack: 
 async def test_button_by_someone_without_write_access_starts_nothing(stack: Stack) -> None:
     writer(stack.fake, "drive-by", "read")
     response = await stack.post("check_run", button("drive-by"))
-    assert response.status_code == 200 and response.json()["outcome"] == "ignored"
-    assert "no write access" in response.json()["reason"]
+    assert response.status_code == 202 and response.json()["outcome"] == "accepted"
+    entry = await stack.settled(response.json()["delivery"])
+    assert entry.state.value == "ignored" and "no write access" in entry.outcome, entry
     assert await stack.published(0) == []
 
 
@@ -121,7 +124,9 @@ async def test_comment_by_a_writer_approves_the_pull_requests_waiting_runs(stack
 async def test_comment_by_someone_without_write_access_is_answered(stack: Stack) -> None:
     writer(stack.fake, "contributor", "read")
     response = await stack.post("issue_comment", comment("contributor", "/solstice approve"))
-    assert response.status_code == 200 and response.json()["outcome"] == "ignored"
+    assert response.status_code == 202 and response.json()["outcome"] == "accepted"
+    entry = await stack.settled(response.json()["delivery"])
+    assert entry.state.value == "ignored" and "write access" in entry.outcome, entry
     assert await stack.published(0) == []
     [reply] = stack.fake.comments
     assert reply.number == 2 and reply.body.startswith("@contributor:")

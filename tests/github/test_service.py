@@ -117,7 +117,7 @@ async def test_webhook_to_rabbitmq_and_job_events_to_check_runs(
                                                                     "completed"]
                 samples = await scrape(url)
                 assert value(samples, "solstice_webhooks_total", forge="github", event="push",
-                             outcome="published") >= 1
+                             outcome="accepted") >= 1
                 assert value(samples, "solstice_outbox_backlog", outbox="github") == 0
                 assert ("solstice_outbox_backlog", frozenset({("outbox", "github")})) in samples
         finally:
