@@ -18,7 +18,6 @@ Manual runs are planned and published in the request (a person waits for the ans
 from __future__ import annotations
 
 import hmac
-import logging
 import uuid
 from collections.abc import Awaitable, Callable
 
@@ -43,8 +42,6 @@ from forge_integration.approval import approval_asked
 from forge_integration.config import ForgeIntegrationConfig, ForgeKind
 from forge_integration.events import classify
 from forge_integration.intake import Intake
-
-log = logging.getLogger(__name__)
 
 MANUAL = "manual"
 # Header prefixes per endpoint: Forgejo sends X-Forgejo-* and, for compatibility, X-Gitea-*.

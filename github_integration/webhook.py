@@ -22,7 +22,6 @@ Answers, in the order they are decided:
 """
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -40,8 +39,6 @@ from common.forge.webhook import BodyLimits, parse_json, read_body
 from github_integration.approval import approval_asked
 from github_integration.auth import AppAuth
 from github_integration.events import Outcome, classify
-
-log = logging.getLogger(__name__)
 
 FORGE = "github"
 # Installation events after which the cached token is useless.

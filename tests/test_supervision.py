@@ -213,6 +213,7 @@ async def test_orchestrator_exits_when_any_of_its_tasks_fails(
     ("github_integration", _github_env, "github-outbox", OUTBOX_WORKER),
     ("forge_integration", _forge_env, "forge-inbox", INBOX_WORKER),
     ("github_integration", _github_env, "github-inbox", INBOX_WORKER),
+    ("forge_integration", _forge_env, "forge-inbox-listener", "common.forge.inbox:InboxWorker.listen"),
 ])
 async def test_integration_exits_when_a_task_fails(
         module: str, setup, task: str, target: str, pg_dsn: str, amqp_url: str,

@@ -21,8 +21,10 @@ and put back with `inbox --retry ID`. A worker that died mid-delivery leaves its
 expire and the delivery is processed again: publishing twice is harmless, the orchestrator
 records one run per request id.
 
-The worker wakes when its own process stored a delivery, and every `poll_interval` seconds
-(deliveries stored by another process, retries come due).
+The worker wakes when its own process stored a delivery, on `NOTIFY forge_inbox` (a trigger
+sends it for a delivery stored pending by any process, or put back by `inbox --retry`), and
+every `poll_interval` seconds (retries come due, a NOTIFY lost while the LISTEN connection
+reconnected).
 """
 from __future__ import annotations
 
@@ -44,6 +46,7 @@ from common.forge.outbox import is_permanent
 from common.forge.webhook import answer
 from common.forge.worker import ClaimWorker
 from common.observability import tracer
+from common.postgres import DATABASE_ERRORS
 from common.tracing import context_from, current_traceparent
 
 log = logging.getLogger(__name__)
@@ -51,6 +54,10 @@ log = logging.getLogger(__name__)
 ERROR_LIMIT = 2000
 # How often a worker deletes the finished deliveries older than `keep_finished_days`.
 PRUNE_INTERVAL = 3600.0
+# The NOTIFY channel of deliveries stored pending (the trigger of migration 0002).
+CHANNEL = "forge_inbox"
+# How often the LISTEN connection is looked at; a lost one is opened again.
+LISTEN_CHECK = 1.0
 DEFAULT_SETTINGS = InboxSettings()
 
 
@@ -278,6 +285,29 @@ class InboxWorker(ClaimWorker[InboxItem]):
                                                               "forges": ",".join(self.forges)})
             self._next_prune = now + PRUNE_INTERVAL
         return await self.inbox.claim(self.forges, limit=self._batch, lease=self._lease)
+
+    async def listen(self, pool: asyncpg.Pool) -> None:
+        """Wake on `NOTIFY forge_inbox` for this worker's forges (a delivery stored by another
+        process, or put back by `inbox --retry`); runs until cancelled, reconnecting after a
+        database restart (the poll covers the gap)."""
+        def notified(conn: object, pid: int, channel: str, forge: str) -> None:
+            if forge in self.forges:
+                self.notify()
+
+        while True:
+            try:
+                async with pool.acquire() as conn:
+                    await conn.add_listener(CHANNEL, notified)
+                    try:
+                        while not conn.is_closed():
+                            await asyncio.sleep(LISTEN_CHECK)
+                    finally:
+                        if not conn.is_closed():  # back to the pool without its listener
+                            await conn.remove_listener(CHANNEL, notified)
+            except DATABASE_ERRORS as exc:
+                log.warning("inbox LISTEN connection lost; reconnecting",
+                            extra={"error": f"{type(exc).__name__}: {exc}"})
+            await asyncio.sleep(LISTEN_CHECK)
 
     async def handle(self, item: InboxItem) -> None:
         context = {"forge": item.forge, "delivery": item.delivery_id, "event": item.event,

@@ -73,7 +73,9 @@ class IntegrationService(abc.ABC):
 
     async def start(self) -> None:
         """Start the tasks and consume job events (the broker must be connected)."""
-        tasks = {f"{self.name}-inbox": self.inbox_worker.run, **self.tasks()}
+        tasks = {f"{self.name}-inbox": self.inbox_worker.run,
+                 f"{self.name}-inbox-listener": lambda: self.inbox_worker.listen(self.pool),
+                 **self.tasks()}
         for name, task in tasks.items():
             self._tasks.append(self.supervisor.spawn(name, task()))
         self._subscription = await self.broker.consume_events(self._events_queue,

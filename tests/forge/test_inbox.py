@@ -122,3 +122,32 @@ async def test_a_database_refusing_connections_is_a_503_and_the_redelivery_runs(
     finally:
         await pool.close()
         await proxy.stop()
+
+
+async def test_a_delivery_stored_by_another_process_wakes_the_worker_at_once(
+        pool: asyncpg.Pool, pg_dsn: str) -> None:
+    """The worker polls only every minute here: NOTIFY is what wakes it."""
+    processed = asyncio.Event()
+
+    async def process(item: InboxItem) -> Ignored:
+        processed.set()
+        return Ignored("test")
+
+    worker = InboxWorker(Inbox(pool), ["gitea"], process,
+                         settings=InboxSettings(poll_interval=60))
+    tasks = [asyncio.create_task(worker.run()), asyncio.create_task(worker.listen(pool))]
+    other = await asyncpg.connect(pg_dsn)  # another integration process
+    try:
+        await asyncio.sleep(0.5)  # the first round found nothing; LISTEN is on
+        await Inbox(other).store(Received("forgejo", "not-mine", "push", b"{}"),
+                                 InboxState.PENDING)
+        await asyncio.sleep(0.3)
+        assert not processed.is_set()  # another forge's delivery does not wake it
+        await Inbox(other).store(Received("gitea", "mine", "push", b"{}"), InboxState.PENDING)
+        async with asyncio.timeout(5):
+            await processed.wait()
+    finally:
+        await other.close()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

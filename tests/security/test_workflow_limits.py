@@ -240,6 +240,9 @@ def test_limits_are_configured_per_service(model: Any, section: str, tmp_path: P
 # -- the event loops ---------------------------------------------------------------------------
 
 LARGE = generate(jobs=1300)  # about 1 MB: a valid workflow as large as the defaults allow
+# Another commit holds it: the integrations remember the file read at a commit.
+LARGE_COMMIT = "c" * 40
+LARGE_PUSH = {**PUSH, "after": LARGE_COMMIT}
 HOSTILE = unknown_needs(13_000)  # about 1 MB of jobs needing unknown jobs: the slowest refusal
 TRIES = 3
 
@@ -327,13 +330,13 @@ async def test_the_forge_integration_answers_healthz_while_validating(
             # The configured limits apply: within them, the same file would be valid, but
             # for its unknown needs.
             repo = forge.repos["gordon/hello-world"]
-            repo.files[(PUSH["after"], ".solstice/workflow.kdl")] = LARGE
-            assert (await h.post(PUSH, "push")).status_code == 202
+            repo.files[(LARGE_COMMIT, ".solstice/workflow.kdl")] = LARGE
+            assert (await h.post(LARGE_PUSH, "push")).status_code == 202
             await h.wait_for(lambda: len(h.runs) == 1)
             assert h.runs[0].workflow_source == LARGE
         small = make_config(forge, workflow_limits={"max_jobs": 100})
         async with service_with(small, forge, broker=broker, pool=pool) as h:
-            assert (await h.post(PUSH, "push", delivery="small")).status_code == 202
+            assert (await h.post(LARGE_PUSH, "push", delivery="small")).status_code == 202
             entry = await h.settled("small", timeout=30)
             assert entry.state is InboxState.IGNORED
             assert "1304 jobs after matrix expansion; at most 100" in entry.outcome

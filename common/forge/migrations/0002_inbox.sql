@@ -22,3 +22,13 @@ CREATE TABLE forge_inbox (
 );
 CREATE INDEX forge_inbox_due ON forge_inbox (next_attempt_at) WHERE state = 'pending';
 CREATE INDEX forge_inbox_parked ON forge_inbox (forge, id) WHERE state = 'parked';
+
+-- Wakes the inbox workers of every integration process (LISTEN forge_inbox) when a delivery
+-- to process is stored; the payload is its forge.
+CREATE FUNCTION forge_inbox_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('forge_inbox', NEW.forge);
+    RETURN NULL;
+END $$;
+CREATE TRIGGER forge_inbox_stored AFTER INSERT OR UPDATE OF state ON forge_inbox
+    FOR EACH ROW WHEN (NEW.state = 'pending') EXECUTE FUNCTION forge_inbox_notify();
