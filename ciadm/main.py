@@ -17,13 +17,13 @@ import sys
 
 import grpc
 
-from ciadm import audit, hosts, record, runs, tokens
+from ciadm import audit, debug, hosts, record, runs, tokens
 from ciadm.client import TOKEN_HINT, Client, Command, address, admin_token
 from common.admin_auth import DEFAULT_ADMIN_ADDRESS, TOKEN_ENV, TOKEN_FILE_ENV
 from common.cli import quiet_on_closed_stdout
 from common.errors import SolsticeError
 
-COMMAND_MODULES = (runs, hosts, record, tokens, audit)
+COMMAND_MODULES = (runs, hosts, record, tokens, audit, debug)
 
 
 def build_parser() -> argparse.ArgumentParser:

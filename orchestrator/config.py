@@ -113,6 +113,9 @@ class OrchestratorConfig(BaseModel):
     # gap a chunk may arrive. The first chunk past either fails the job (see rpc.StreamLogs).
     log_quota_bytes: int = Field(default=128 * 1024 * 1024, gt=0)
     log_reorder_window: int = Field(default=1024, ge=1)
+    # Held machines (a failed job's, kept for `ciadm shell`): at most this many per host; a
+    # hold asked beyond it is not granted (the log says why). See orchestrator/holds.py.
+    max_held: int = Field(default=2, ge=0)
     log_level: str = "info"
     # What one workflow file may cost to validate and plan (docs/config.md).
     workflow_limits: Limits = Field(default_factory=Limits)

@@ -31,6 +31,7 @@ from orchestrator.db import Database
 from orchestrator.effects import Effects
 from orchestrator.executor import Executor, host_prefix
 from orchestrator.grants import GrantSigner
+from orchestrator.holds import Holds
 from orchestrator.hosts import HostRegistry
 from orchestrator.intake import Intake
 from orchestrator.logstore import LogStore
@@ -87,6 +88,7 @@ class Orchestrator:
         self.api = OrchestratorAPI(db=db, intake=self.intake, store=self.store, hub=self.hub,
                                    effects=self.effects)
         self.secrets = dict(secrets or {})
+        self.holds = Holds()
         self.admin_tokens = AdminTokens(db, self.access.token)
         # Signed links to the pages (`web_access = "signed"`): the relay puts them into events.
         self.grants = (GrantSigner(self.access.web_key, config.web_grant_ttl)
@@ -133,7 +135,8 @@ class Orchestrator:
             effects=self.effects, broker=self.broker, artifacts=self.artifacts,
             log_drain_timeout=self.config.log_drain_timeout,
             log_quota=LogQuota(max_bytes=self.config.log_quota_bytes,
-                               window=self.config.log_reorder_window)), self.server)
+                               window=self.config.log_reorder_window),
+            holds=self.holds), self.server)
         port = self.server.add_insecure_port(self.config.grpc_listen)
         await self.server.start()
         self.grpc_url = advertised(self.config.grpc_listen, port, self.config.grpc_advertise)
@@ -156,7 +159,8 @@ class Orchestrator:
         self.executor = Executor(config=self.config, store=self.store, broker=self.broker,
                                  backend=self.backend, sessions=self.sessions,
                                  effects=self.effects, secrets=self.secrets,
-                                 advertise_url=self.grpc_url, supervisor=self.supervisor)
+                                 advertise_url=self.grpc_url, supervisor=self.supervisor,
+                                 holds=self.holds, admin_url=self.admin_url)
         await self.executor.start()
         self._runs = await self.broker.consume_runs(self._on_run)
         log.info("orchestrator started", extra={"host": self.config.host_name,
@@ -183,7 +187,8 @@ class Orchestrator:
         admin_pb2_grpc.add_AdminServicer_to_server(AdminService(
             db=self.db, api=self.api, registry=self.registry, tokens=self.admin_tokens,
             artifacts=self.artifacts,
-            pages_url=lambda: self.relay.log_url_base, grants=self.grants), self.admin_server)
+            pages_url=lambda: self.relay.log_url_base, grants=self.grants, holds=self.holds,
+            host_name=self.config.host_name), self.admin_server)
         try:
             port = self.admin_server.add_insecure_port(self.config.admin_listen)
         except RuntimeError as exc:  # gRPC's way of saying the address is taken or invalid

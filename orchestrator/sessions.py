@@ -69,6 +69,10 @@ class JobSession:
     # Artifact bytes stored or arriving for this attempt, against the per-job cap
     # (orchestrator/artifacts.py).
     artifact_bytes: int = 0
+    # Seconds the machine is held after the result (0: not held), decided by the executor
+    # once the result is in; the ReportResult ack tells the runner.
+    hold: asyncio.Future[int] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future())
 
     def touch(self) -> None:
         self.last_seen = time.monotonic()
