@@ -377,8 +377,7 @@ class Executor:
                 return "its time ran out"
             if not warned and remaining <= WARNING_BEFORE:
                 warned = True
-                held.notify(f"solstice: this machine is destroyed in {remaining:.0f} s "
-                            f"(at {held.until:%H:%M:%S} UTC)")
+                held.notify(held.warning())
             silent = time.monotonic() - held.session.last_seen
             if silent > self.config.heartbeat_timeout:
                 return f"the runner stopped responding ({silent:.0f} s)"

@@ -76,6 +76,10 @@ class HeldMachine:
     def remaining(self) -> float:
         return self.deadline - time.monotonic()
 
+    def warning(self) -> str:
+        return (f"solstice: this machine is destroyed in {max(self.remaining(), 0):.0f} s "
+                f"(at {self.until:%H:%M:%S} UTC)")
+
     async def open(self, command: str, rows: int, cols: int) -> DebugChannel:
         """A new session: a shell on a PTY (`command` empty) or one command with pipes.
         `LookupError` when the runner never attached its DebugSessions stream."""
@@ -85,6 +89,8 @@ class HeldMachine:
         channel = DebugChannel(self._next_id)
         self._next_id += 1
         self._channels[channel.id] = channel
+        if self.remaining() <= WARNING_BEFORE:  # opened after the warning: it is due now
+            channel.inbox.put_nowait(Notice(self.warning()))
         self._send(runner_pb2.DebugToRunner(session=channel.id, open=runner_pb2.DebugOpen(
             command=command, size=runner_pb2.WindowSize(rows=rows, cols=cols))))
         return channel

@@ -48,10 +48,11 @@ def set_window_size(fd: int, size: runner_pb2.WindowSize) -> None:
         fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", size.rows, size.cols, 0, 0))
 
 
-def _take_terminal() -> None:
-    """In the shell's child, after setsid: make the PTY (fd 0) its controlling terminal, so
-    Ctrl-C and job control reach its foreground process group."""
-    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+# The shell's first bash is a session leader (start_new_session) and opens the PTY by name:
+# a session leader without a terminal that opens one gets it as its controlling terminal, so
+# Ctrl-C and job control reach the foreground process group. (A `preexec_fn` doing TIOCSCTTY
+# would do the same, but forking with a callback is unsafe next to gRPC's threads.)
+SHELL_ON_TTY = 'exec bash -i <>"$0" >&0 2>&0'
 
 
 def _status(returncode: int) -> int:
@@ -79,8 +80,9 @@ class DebugProcess:
         try:
             set_window_size(slave, opening.size)
             process = await asyncio.create_subprocess_exec(
-                "bash", stdin=slave, stdout=slave, stderr=slave, cwd=workspace, env=env,
-                start_new_session=True, preexec_fn=_take_terminal)
+                "bash", "-c", SHELL_ON_TTY, os.ttyname(slave), stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+                cwd=workspace, env=env, start_new_session=True)
         except BaseException:
             os.close(master)
             raise
