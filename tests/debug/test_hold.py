@@ -13,7 +13,10 @@ import sys
 import termios
 import uuid
 
-from common.messages import JobState
+import httpx
+
+from common.broker import Delivery
+from common.messages import JobEvent, JobState, decode
 from orchestrator.api import RunSummary
 from tests.ciadm.test_admin import ciadm
 from tests.orchestrator.conftest import ADMIN_TOKEN, Harness
@@ -236,3 +239,30 @@ workflow name="held-later" {{
     assert shown.stdout == "inside\n"
     done = await ciadm(harness, "hold", str(job_id), "--ttl", "1m")
     assert done.returncode == 1 and "not queued or running" in done.stderr
+
+
+async def test_job_page_says_held_and_the_forge_already_saw_failure(orchestrator_factory):
+    harness = await orchestrator_factory(web_listen="127.0.0.1:0")
+    events: list[JobEvent] = []
+
+    async def collect(delivery: Delivery) -> None:
+        events.append(decode(delivery.body, JobEvent))
+        await delivery.ack()
+
+    await harness.orchestrator.broker.consume_events("hold-test", collect)
+    summary = await held_failure(harness)
+    job_id = summary.jobs[0].job_id
+    await wait_for(lambda: _reported(events))  # while the machine is held
+    assert machine_dirs(harness)
+    async with httpx.AsyncClient(base_url=harness.orchestrator.web.url,
+                                 headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as http:
+        page = await http.get(f"/jobs/{job_id}")
+        assert "held until" in page.text and f"ciadm shell {job_id}" in page.text
+        harness.orchestrator.holds.release_all("test")
+        await wait_for(lambda: _gone(harness))
+        page = await http.get(f"/jobs/{job_id}")
+        assert "held until" not in page.text
+
+
+async def _reported(events: list[JobEvent]) -> bool:
+    return any(e.state == JobState.FAILURE for e in events)
