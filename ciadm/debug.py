@@ -152,5 +152,6 @@ def register(add: AddCommand) -> None:
         command.add_argument("--record", action="store_true",
                              help="also write the session's output into the job's log")
         if name == "exec":
+            # Everything after JOB is the command (options go before JOB, as with docker exec).
             command.add_argument("command", nargs=argparse.REMAINDER,
-                                 help="-- COMMAND [ARG...]")
+                                 metavar="-- COMMAND [ARG...]", help="the command, after --")

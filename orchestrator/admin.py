@@ -25,7 +25,7 @@ from orchestrator.artifacts import ArtifactStore
 from orchestrator.bundle import BundleError, stream_bundle
 from orchestrator.db import Database
 from orchestrator.grants import GrantSigner, grant_link
-from orchestrator.holds import Holds
+from orchestrator.holds import HeldMachine, Holds
 from orchestrator.hosts import HostRegistry
 from orchestrator.logstore import read_log
 from protos import admin_pb2, admin_pb2_grpc
@@ -379,14 +379,25 @@ class AdminService(admin_pb2_grpc.AdminServicer):
                            else "opened")
         log.info("debug session opened", extra={"job_id": str(job_id), "by": who,
                                                 "kind": action})
+        recording = first.open.record and self.holds.logs is not None
         record = shells.SessionRecord(exit_code=shells.ENDED_BY_HOLD, seconds=0.0,
-                                      output_bytes=0)
+                                      output_bytes=0,
+                                      kept=bytearray() if recording else None)
         try:
             async for output in shells.relay(held, first.open, request_iterator, record):
                 yield output
         except LookupError as exc:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
         finally:
-            await audit.record(self.db.pool, actor=who, action=action, target=str(job_id),
-                               detail=f"closed after {record.seconds:.1f} s, exit "
-                                      f"{record.exit_code}, {record.output_bytes} bytes out")
+            # Shielded: a client that leaves cancels this call, not the session's record.
+            await asyncio.shield(self._session_ended(held, who, action, record, recording))
+        yield admin_pb2.ShellOutput(exit_code=record.exit_code)
+
+    async def _session_ended(self, held: HeldMachine, who: str, action: str,
+                             record: shells.SessionRecord, recording: bool) -> None:
+        await audit.record(self.db.pool, actor=who, action=action, target=str(held.job_id),
+                           detail=f"closed after {record.seconds:.1f} s, exit "
+                                  f"{record.exit_code}, {record.output_bytes} bytes out"
+                                  + (", recorded in the job's log" if recording else ""))
+        if recording and self.holds.logs is not None:
+            await shells.write_to_log(self.holds.logs, held, who, action, record)

@@ -19,6 +19,7 @@ from datetime import datetime
 import grpc
 
 from common.supervise import wait_event
+from orchestrator.logstore import LogStore
 from orchestrator.sessions import JobSession
 from protos import runner_pb2
 
@@ -153,10 +154,11 @@ class HeldMachine:
 
 
 class Holds:
-    """The machines this host holds, by job id."""
+    """The machines this host holds, by job id; `logs` takes recorded sessions."""
 
-    def __init__(self) -> None:
+    def __init__(self, logs: LogStore | None = None) -> None:
         self._held: dict[uuid.UUID, HeldMachine] = {}
+        self.logs = logs
 
     def add(self, held: HeldMachine) -> None:
         self._held[held.job_id] = held

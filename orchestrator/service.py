@@ -88,7 +88,7 @@ class Orchestrator:
         self.api = OrchestratorAPI(db=db, intake=self.intake, store=self.store, hub=self.hub,
                                    effects=self.effects)
         self.secrets = dict(secrets or {})
-        self.holds = Holds()
+        self.holds = Holds(self.logs)
         self.admin_tokens = AdminTokens(db, self.access.token)
         # Signed links to the pages (`web_access = "signed"`): the relay puts them into events.
         self.grants = (GrantSigner(self.access.web_key, config.web_grant_ttl)

@@ -30,7 +30,7 @@ workflow name="debug" hold_on_failure="{ttl}" {{
 """
 
 
-async def held_failure(harness: Harness, ttl: str = "1m") -> RunSummary:
+async def held_failure(harness: Harness, ttl: str = "5m") -> RunSummary:
     """A run whose only job failed and whose machine is held."""
     summary = await asyncio.wait_for(harness.run(FAILING.format(ttl=ttl)), 60)
     assert summary.state == "failure"
@@ -68,6 +68,12 @@ async def test_failed_job_is_held_exec_runs_in_its_workspace_then_release(harnes
     assert evidence.stdout == "the-evidence\n"
     status = await ciadm(harness, "exec", str(job_id), "--", "sh", "-c", "exit 7")
     assert status.returncode == 7
+    recorded = await ciadm(harness, "exec", "--record", str(job_id), "--", "echo", "kept-line")
+    assert recorded.returncode == 0, recorded.stderr
+    log = (await ciadm(harness, "logs", str(job_id))).stdout
+    assert "debug session (exec) by token:bootstrap" in log
+    assert "kept-line" in log and "end of debug session: exit 0" in log
+    assert "the-evidence" not in log and "Linux" not in log  # unrecorded sessions stay out
 
     shown = await ciadm(harness, "show", str(summary.run_id))
     assert "machine held until" in shown.stdout and f"ciadm shell {job_id}" in shown.stdout
@@ -82,11 +88,13 @@ async def test_failed_job_is_held_exec_runs_in_its_workspace_then_release(harnes
     assert again.returncode == 1 and "not held" in again.stderr
 
     entries = await harness.orchestrator.db.pool.fetch(
-        "SELECT actor, action, detail FROM audit_log WHERE target = $1 ORDER BY id",
+        "SELECT actor, action, outcome, detail FROM audit_log WHERE target = $1 ORDER BY id",
         str(job_id))
-    actions = [(e["actor"], e["action"]) for e in entries]
-    assert actions.count(("token:bootstrap", "exec")) >= 6  # opened and closed, three times
-    assert ("token:bootstrap", "release") in actions
+    actions = [(e["actor"], e["action"], e["outcome"]) for e in entries]
+    # Opened and closed, four times; the one after the release refused.
+    assert actions.count(("token:bootstrap", "exec", "ok")) == 8
+    assert ("token:bootstrap", "release", "ok") in actions
+    assert actions[-1][:2] == ("token:bootstrap", "exec") and "not held" in actions[-1][2]
     assert any("closed after" in e["detail"] and "exit 7" in e["detail"] for e in entries)
 
 
@@ -194,7 +202,7 @@ async def test_session_open_at_the_ttl_is_told_and_ended(orchestrator_factory):
 async def test_no_more_than_max_held_machines(orchestrator_factory):
     harness = await orchestrator_factory(max_held=1)
     first = await held_failure(harness)
-    second = await asyncio.wait_for(harness.run(FAILING.format(ttl="1m")), 60)
+    second = await asyncio.wait_for(harness.run(FAILING.format(ttl="5m")), 60)
     assert second.state == "failure"
     assert await held_until(harness, first.jobs[0].job_id) is not None
     assert await held_until(harness, second.jobs[0].job_id) is None
