@@ -63,9 +63,15 @@ def _status(returncode: int) -> int:
 class DebugProcess:
     """One session's process; `output()` yields what it writes until it exited."""
 
-    def __init__(self, process: asyncio.subprocess.Process, master: int | None) -> None:
+    def __init__(self, process: asyncio.subprocess.Process, master: int | None = None,
+                 slave: int | None = None) -> None:
         self.process = process
         self.master = master
+        # The runner keeps the terminal's other end open while the shell lives: a PTY whose
+        # every slave is closed reads as EIO, which the shell's start (it opens the terminal
+        # by name) would otherwise race with. The session ends when the shell exits.
+        self.slave = slave
+        self._reading: asyncio.Future[None] | None = None
 
     @classmethod
     async def start(cls, opening: runner_pb2.DebugOpen, workspace: Path,
@@ -75,7 +81,7 @@ class DebugProcess:
                 "bash", "-c", opening.command, stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
                 cwd=workspace, env=env, start_new_session=True)
-            return cls(process, None)
+            return cls(process)
         master, slave = os.openpty()
         try:
             set_window_size(slave, opening.size)
@@ -85,11 +91,10 @@ class DebugProcess:
                 cwd=workspace, env=env, start_new_session=True)
         except BaseException:
             os.close(master)
-            raise
-        finally:
             os.close(slave)
+            raise
         os.set_blocking(master, False)
-        return cls(process, master)
+        return cls(process, master, slave)
 
     def write(self, data: bytes) -> None:
         if self.master is not None:
@@ -102,7 +107,7 @@ class DebugProcess:
                 set_window_size(self.master, size)
 
     async def output(self) -> asyncio.Queue[bytes | None]:
-        """A queue of the process' output, None once it is all read."""
+        """A queue of the process' output, None once it exited and all of it was read."""
         queue: asyncio.Queue[bytes | None] = asyncio.Queue()
         if self.master is None:
             assert self.process.stdout is not None
@@ -113,25 +118,29 @@ class DebugProcess:
                     queue.put_nowait(data)
                 queue.put_nowait(None)
 
-            self._pipe = asyncio.ensure_future(pipe())
+            self._reading = asyncio.ensure_future(pipe())
             return queue
         loop = asyncio.get_running_loop()
         master = self.master
 
-        def readable() -> None:
-            try:
-                data = os.read(master, READ_SIZE)
-            except BlockingIOError:
-                return
-            except OSError:  # EIO: every process holding the terminal is gone
-                data = b""
-            if data:
+        def drain() -> None:
+            while True:
+                try:
+                    data = os.read(master, READ_SIZE)
+                except OSError:  # BlockingIOError: nothing more for now
+                    return
+                if not data:
+                    return
                 queue.put_nowait(data)
-            else:
-                loop.remove_reader(master)
-                queue.put_nowait(None)
 
-        loop.add_reader(master, readable)
+        async def until_exit() -> None:
+            await self.process.wait()
+            loop.remove_reader(master)
+            drain()
+            queue.put_nowait(None)
+
+        loop.add_reader(master, drain)
+        self._reading = asyncio.ensure_future(until_exit())
         return queue
 
     async def wait(self) -> int:
@@ -142,11 +151,16 @@ class DebugProcess:
             os.killpg(self.process.pid, signal.SIGKILL)
 
     def close(self) -> None:
+        if self._reading is not None:
+            self._reading.cancel()
         if self.master is not None:
             with contextlib.suppress(ValueError, OSError):
                 asyncio.get_running_loop().remove_reader(self.master)
             os.close(self.master)
             self.master = None
+        if self.slave is not None:
+            os.close(self.slave)
+            self.slave = None
 
 
 class DebugServer:
