@@ -154,6 +154,11 @@ async def serve(config: OrchestratorConfig, config_path: str | None = None) -> N
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["selftest"]:
+        from orchestrator import selftest
+
+        return selftest.main(argv[1:])
     args = _parser().parse_args(argv)
     try:
         config = load(args)
