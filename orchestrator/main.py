@@ -38,6 +38,10 @@ allow_local_backend = true) is given. Use it for development only.
 The Admin service (ciadm) listens on --admin-listen, apart from the Runner port that job
 machines reach, and demands the admin token (admin_token_file); without one the orchestrator
 does not start. See docs/SECURITY.md.
+
+`solstice-orchestrator selftest [--backend bhyve|qemu|local] [--label L]` proves this host:
+one two-step job on one machine of the label, each stage timed, the first failure explained
+(`solstice-orchestrator selftest --help`).
 """
 
 
