@@ -45,3 +45,21 @@ async def test_crash_while_holding_leaves_nothing_after_restart(cluster: Cluster
     assert list(host.machines.iterdir()) == [], cluster.tail("holder")
     assert await cluster.db.fetchval("SELECT count(*) FROM jobs WHERE held_host IS NOT NULL") == 0
     assert cluster.stop("holder") == 0
+
+
+async def test_drain_destroys_held_machines_at_once(cluster: Cluster) -> None:
+    host = cluster.start("holder", drain_timeout="300")
+    await cluster.ready("holder")
+    request = await cluster.submit(HELD)
+    assert (await cluster.wait_runs([request], timeout=60))[request] == "failure"
+    assert cluster.db is not None
+    deadline = time.monotonic() + 20
+    while await cluster.db.fetchval("SELECT held_until FROM jobs WHERE state = 'failure'"
+                                    " AND held_host = 'holder'") is None:
+        assert time.monotonic() < deadline, cluster.tail("holder")
+        await asyncio.sleep(0.1)
+    began = time.monotonic()
+    assert cluster.stop("holder", timeout=60) == 0
+    assert time.monotonic() - began < 30  # the hold does not wait out drain_timeout
+    assert list(host.machines.iterdir()) == []
+    assert await cluster.db.fetchval("SELECT count(*) FROM jobs WHERE held_host IS NOT NULL") == 0
