@@ -51,9 +51,11 @@ class CommandParser(argparse.ArgumentParser):
     _intermixing = False
 
     def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
-        # The intermixed parse's own passes, and a command with subcommands of its own (`secret
-        # set`), which argparse cannot intermix: parsed as usual.
-        if self._intermixing or any(a.nargs == argparse.PARSER for a in self._actions):
+        # The intermixed parse's own passes, and what argparse cannot intermix (a command with
+        # subcommands of its own, `secret set`; one taking the rest, `exec JOB -- CMD`): parsed
+        # as usual.
+        if self._intermixing or any(a.nargs in (argparse.PARSER, argparse.REMAINDER)
+                                    for a in self._actions):
             return super().parse_known_args(args, namespace)
         self._intermixing = True
         try:

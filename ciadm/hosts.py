@@ -26,7 +26,8 @@ def print_host(host: admin_pb2.Host) -> None:
     capacity = ",".join(f"{k}={v}" for k, v in sorted(host.capacity.items()))
     health = "alive" if host.alive else "STALE" if host.state != "stopped" else "stopped"
     drained = "  DRAINED" if host.drained else ""
-    print(f"{host.name:<24} {host.state:<9} {health:<8} jobs {host.active_jobs:<3} "
+    held = f"held {host.held_jobs:<2} " if host.held_jobs else ""
+    print(f"{host.name:<24} {host.state:<9} {health:<8} jobs {host.active_jobs:<3} {held}"
           f"capacity {capacity}  heartbeat {when(host.last_heartbeat_unix_ms)}{drained}")
 
 

@@ -17,14 +17,26 @@ import sys
 
 import grpc
 
-from ciadm import artifacts, audit, hosts, record, retention, runs, secrets, steer, submit, tokens
+from ciadm import (
+    artifacts,
+    audit,
+    debug,
+    hosts,
+    record,
+    retention,
+    runs,
+    secrets,
+    steer,
+    submit,
+    tokens,
+)
 from ciadm.client import TOKEN_HINT, Client, Command, CommandParser, address, admin_token
 from common.admin_auth import DEFAULT_ADMIN_ADDRESS, TOKEN_ENV, TOKEN_FILE_ENV
 from common.cli import quiet_on_closed_stdout
 from common.errors import SolsticeError
 
 COMMAND_MODULES = (runs, hosts, submit, steer, record, artifacts, retention, secrets, tokens,
-                   audit)
+                   audit, debug)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -35,6 +35,9 @@ def print_run(run: admin_pb2.Run) -> None:
             print(f"      attempt {earlier.attempt}: {earlier.state}  {earlier.message}".rstrip())
         if job.page_url:
             print(f"      {job.page_url}")
+        if job.held_until_unix_ms:
+            print(f"      machine held until {when(job.held_until_unix_ms)} UTC on "
+                  f"{job.held_host}: ciadm shell {job.job_id}")
         for step in job.steps:  # numbered from 1, as on the web pages
             code = f"exit {step.exit_code}" if step.exit_code >= 0 else ""
             print(f"      {step.index + 1:>2}. {step.name:<30} {step.state:<10} {code}".rstrip())

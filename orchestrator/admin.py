@@ -18,8 +18,9 @@ import grpc
 from opentelemetry.trace import SpanKind
 
 from common.broker import Broker
+from common.messages import JobState
 from common.observability import tracer
-from orchestrator import admintokens, audit, steering, submit, validate
+from orchestrator import admintokens, audit, shells, steering, submit, validate
 from orchestrator.adminauth import actor
 from orchestrator.admintokens import AdminTokenInfo, AdminTokens, TokenRefused
 from orchestrator.api import JobSummary, OrchestratorAPI, RunSummary
@@ -29,6 +30,7 @@ from orchestrator.blobstore import BlobNotFound, BlobStore, BlobStoreUnavailable
 from orchestrator.bundle import BundleError, stream_bundle
 from orchestrator.db import Database
 from orchestrator.grants import GrantSigner, grant_link
+from orchestrator.holds import HeldMachine, Holds
 from orchestrator.hosts import HostInfo, HostRegistry
 from orchestrator.logarchive import LogGone, LogUnavailable
 from orchestrator.logstore import read_log
@@ -42,6 +44,9 @@ _tracer = tracer(__name__)
 
 FOLLOW_POLL_SECONDS = 0.3
 DEFAULT_AUDIT_LIMIT = 50
+# The longest hold an operator may ask for (`ciadm hold --ttl`).
+MAX_HOLD_SECONDS = 24 * 3600
+HOLDABLE = [s.value for s in JobState if not s.final]
 TOKEN_REFUSALS = {admintokens.INVALID: grpc.StatusCode.INVALID_ARGUMENT,
                   admintokens.EXISTS: grpc.StatusCode.ALREADY_EXISTS,
                   admintokens.UNKNOWN: grpc.StatusCode.NOT_FOUND,
@@ -78,7 +83,8 @@ async def _abort_log_unavailable(context: grpc.aio.ServicerContext, exc: LogUnav
 def _host_message(host: HostInfo) -> admin_pb2.Host:
     return admin_pb2.Host(name=host.name, capacity=host.capacity, state=host.state,
                           alive=host.alive, active_jobs=host.active_jobs,
-                          last_heartbeat_unix_ms=_ms(host.last_heartbeat), drained=host.drained)
+                          last_heartbeat_unix_ms=_ms(host.last_heartbeat), drained=host.drained,
+                          held_jobs=host.held_jobs)
 
 
 def _token_message(info: AdminTokenInfo) -> admin_pb2.AdminToken:
@@ -99,9 +105,13 @@ class AdminService(SecretAdmin, admin_pb2_grpc.AdminServicer):
                  pages_url: Callable[[], str] = lambda: "",
                  grants: GrantSigner | None = None,
                  blobs: BlobStore | None = None,
-                 retention: RetentionSweeper | None = None) -> None:
+                 retention: RetentionSweeper | None = None, holds: Holds | None = None,
+                 host_name: str = "") -> None:
         self.db = db
         self.secrets = secrets
+        # The machines this host holds, and its name: shells reach only those.
+        self.holds = holds if holds is not None else Holds()
+        self.host_name = host_name
         self.artifacts = artifacts
         self.api = api
         self.registry = registry
@@ -175,7 +185,7 @@ class AdminService(SecretAdmin, admin_pb2_grpc.AdminServicer):
             earlier.setdefault(attempt["job_id"], []).append(admin_pb2.Attempt(
                 attempt=attempt["attempt"], state=attempt["state"], message=attempt["message"],
                 host=attempt["host"] or ""))
-        return admin_pb2.Run(
+        run = admin_pb2.Run(
             run_id=str(run_id), state=summary.state, message=summary.message,
             workflow_name=summary.workflow_name, repo=f"{repo['owner']}/{repo['name']}",
             commit_sha=row["commit_sha"], ref=row["ref"], event=row["event"],
@@ -185,6 +195,16 @@ class AdminService(SecretAdmin, admin_pb2_grpc.AdminServicer):
             approved_by=summary.approved_by or "", approved_unix_ms=_ms(summary.approved_at),
             cancelled_by=summary.cancelled_by or "", cancelled_unix_ms=_ms(summary.cancelled_at),
             gate=row["gate"] or "", gate_reasons=row["gate_reasons"] or [])
+        held = {r["id"]: r for r in await self.db.pool.fetch(
+            "SELECT id, held_until, held_host, held_admin FROM jobs"
+            " WHERE run_id = $1 AND held_until > now()", run_id)}
+        for job in run.jobs:
+            hold = held.get(uuid.UUID(job.job_id))
+            if hold is not None:
+                job.held_until_unix_ms = _ms(hold["held_until"])
+                job.held_host = hold["held_host"]
+                job.held_admin = hold["held_admin"] or ""
+        return run
 
     async def ListRuns(self, request: admin_pb2.ListRunsRequest,
                        context: grpc.aio.ServicerContext) -> admin_pb2.ListRunsReply:
@@ -472,6 +492,110 @@ class AdminService(SecretAdmin, admin_pb2_grpc.AdminServicer):
             admin_pb2.PrunedRun(run_id=str(r.run_id), repository=r.repository, ref=r.ref,
                                 finished_unix_ms=_ms(r.finished_at), keep_days=r.keep_days,
                                 bytes=r.bytes) for r in report.runs])
+
+    async def _job_reply(self, job_id: uuid.UUID) -> admin_pb2.Job:
+        run_id = await self.db.pool.fetchval("SELECT run_id FROM jobs WHERE id = $1", job_id)
+        run = await self._run_message(run_id)
+        return next(j for j in run.jobs if j.job_id == str(job_id))
+
+    async def HoldJob(self, request: admin_pb2.HoldRequest,
+                      context: grpc.aio.ServicerContext) -> admin_pb2.Job:
+        job_id = await self._resolve("jobs", request.job_id, context, "hold")
+        if not 0 < request.ttl_seconds <= MAX_HOLD_SECONDS:
+            await self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT,
+                               f"ttl_seconds must be from 1 to {MAX_HOLD_SECONDS}", "hold",
+                               str(job_id))
+        async with self.db.transaction() as conn:
+            state = await conn.fetchval(
+                "UPDATE jobs SET hold_ttl = $2 WHERE id = $1 AND state = ANY($3)"
+                " RETURNING state", job_id, request.ttl_seconds, HOLDABLE)
+            if state is None:
+                await audit.record(conn, actor=actor(), action="hold", target=str(job_id),
+                                   outcome="refused: the job is not running")
+            else:
+                await audit.record(conn, actor=actor(), action="hold", target=str(job_id),
+                                   detail=f"ttl {request.ttl_seconds} s")
+        if state is None:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                f"job {job_id} is not queued or running: only a job that has "
+                                "not ended can be held when it fails")
+        return await self._job_reply(job_id)
+
+    async def ReleaseJob(self, request: admin_pb2.JobRef,
+                         context: grpc.aio.ServicerContext) -> admin_pb2.Job:
+        job_id = await self._resolve("jobs", request.job_id, context, "release")
+        held = self.holds.get(job_id)
+        if held is None:
+            await self._elsewhere(job_id, context, "release")
+            cleared = await self.db.pool.fetchval(
+                "UPDATE jobs SET hold_ttl = NULL WHERE id = $1 AND hold_ttl IS NOT NULL"
+                " RETURNING id", job_id)
+            if cleared is None:
+                await self._refuse(context, grpc.StatusCode.FAILED_PRECONDITION,
+                                   f"job {job_id} is not held", "release", str(job_id))
+        else:
+            held.release(f"released by {actor()}")
+        await audit.record(self.db.pool, actor=actor(), action="release", target=str(job_id))
+        return await self._job_reply(job_id)
+
+    async def _elsewhere(self, job_id: uuid.UUID, context: grpc.aio.ServicerContext,
+                         action: str) -> None:
+        """End the call if another host holds the job: name its Admin address."""
+        row = await self.db.pool.fetchrow(
+            "SELECT held_host, held_admin FROM jobs WHERE id = $1 AND held_until > now()"
+            " AND held_host <> $2", job_id, self.host_name)
+        if row is not None:
+            await self._refuse(
+                context, grpc.StatusCode.FAILED_PRECONDITION,
+                f"job {job_id} is held by host {row['held_host']}; orchestrators do not relay "
+                f"to each other: run ciadm --orchestrator {row['held_admin']} {action} ...",
+                action, str(job_id))
+
+    async def Shell(self, request_iterator: AsyncIterator[admin_pb2.ShellInput],
+                    context: grpc.aio.ServicerContext) -> AsyncIterator[admin_pb2.ShellOutput]:
+        first = await anext(aiter(request_iterator), None)
+        if first is None or first.WhichOneof("kind") != "open":
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                "a Shell stream starts with `open`")
+        assert first is not None
+        action = "exec" if first.open.command else "shell"
+        job_id = await self._resolve("jobs", first.open.job_id, context, action)
+        held = self.holds.get(job_id)
+        if held is None:
+            await self._elsewhere(job_id, context, action)
+            await self._refuse(context, grpc.StatusCode.FAILED_PRECONDITION,
+                               f"job {job_id}'s machine is not held (only a failed job with "
+                               "hold_on_failure, or `ciadm hold` while it ran, is)", action,
+                               str(job_id))
+        assert held is not None
+        who = actor()
+        await audit.record(self.db.pool, actor=who, action=action, target=str(job_id),
+                           detail=f"opened: {first.open.command}" if first.open.command
+                           else "opened")
+        log.info("debug session opened", extra={"job_id": str(job_id), "by": who,
+                                                "kind": action})
+        recording = first.open.record and self.holds.logs is not None
+        record = shells.SessionRecord(exit_code=shells.ENDED_BY_HOLD, seconds=0.0,
+                                      output_bytes=0,
+                                      kept=bytearray() if recording else None)
+        try:
+            async for output in shells.relay(held, first.open, request_iterator, record):
+                yield output
+        except LookupError as exc:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        finally:
+            # Shielded: a client that leaves cancels this call, not the session's record.
+            await asyncio.shield(self._session_ended(held, who, action, record, recording))
+        yield admin_pb2.ShellOutput(exit_code=record.exit_code)
+
+    async def _session_ended(self, held: HeldMachine, who: str, action: str,
+                             record: shells.SessionRecord, recording: bool) -> None:
+        await audit.record(self.db.pool, actor=who, action=action, target=str(held.job_id),
+                           detail=f"closed after {record.seconds:.1f} s, exit "
+                                  f"{record.exit_code}, {record.output_bytes} bytes out"
+                                  + (", recorded in the job's log" if recording else ""))
+        if recording and self.holds.logs is not None:
+            await shells.write_to_log(self.holds.logs, held, who, action, record)
 
 
 async def follow_run(db: Database, blobs: BlobStore | None, run_id: uuid.UUID, *, follow: bool

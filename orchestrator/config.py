@@ -142,6 +142,11 @@ class OrchestratorConfig(BaseModel):
     retention_days_default_branch: int = Field(default=365, ge=0)
     retention_repositories: dict[str, Annotated[int, Field(ge=0)]] = Field(default_factory=dict)
     retention_interval: float = Field(default=3600.0, gt=0)
+
+
+    # Held machines (a failed job's, kept for `ciadm shell`): at most this many per host; a
+    # hold asked beyond it is not granted (the log says why). See orchestrator/holds.py.
+    max_held: int = Field(default=2, ge=0)
     log_level: str = "info"
     # The keys sealing stored secrets (files or environment variables, never the database);
     # the last one listed encrypts. See orchestrator/secretstore/keys.py and docs/config.md.

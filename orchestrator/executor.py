@@ -11,7 +11,10 @@ A leased job: mint a one-time token (only its hash is stored), provision and sta
 with the runner bootstrap, then wait for the first of: the runner's result, the boot timeout,
 silence past the heartbeat timeout, the machine stopping by itself, the job timeout (+ grace),
 a cancel not honoured within its grace, or the lease lost to another host. Whatever happened,
-the machine is destroyed (shielded from cancellation) before the result is recorded.
+the machine is destroyed (shielded from cancellation) before the result is recorded, except
+for a failed job that asked to be held (`hold_on_failure`, `ciadm hold`): its result is
+recorded first, then its machine and label slot stay taken until the hold ends (see
+orchestrator/holds.py).
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ import logging
 import re
 import time
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TypeVar
 
@@ -29,7 +33,7 @@ from common.messages import JobRequest, JobState, decode
 from common.metrics import BOOT_DURATION, JOB_DURATION, JOBS_FINISHED, PROVISION_DURATION
 from common.observability import log_context, tracer
 from common.retry import Backoff, retry_async
-from common.supervise import Supervisor
+from common.supervise import Supervisor, wait_event
 from common.tracing import current_traceparent
 from orchestrator import tokens
 from orchestrator.backends.base import (
@@ -44,6 +48,7 @@ from orchestrator.checkout_credentials import CheckoutCredentials, CredentialUna
 from orchestrator.config import OrchestratorConfig
 from orchestrator.db import TRANSIENT_ERRORS
 from orchestrator.effects import Effects
+from orchestrator.holds import WARNING_BEFORE, HeldMachine, Holds
 from orchestrator.secretstore import JobSecrets, RunContext, SecretsUnavailable
 from orchestrator.sessions import JobSession, Sessions
 from orchestrator.store import Lease, Store, hand_back
@@ -141,7 +146,8 @@ class Executor:
     def __init__(self, *, config: OrchestratorConfig, store: Store, broker: Broker,
                  backend: VMBackend, sessions: Sessions, effects: Effects,
                  secrets: JobSecrets, advertise_url: str,
-                 supervisor: Supervisor, credentials: CheckoutCredentials | None = None) -> None:
+                 supervisor: Supervisor, credentials: CheckoutCredentials | None = None,
+                 holds: Holds | None = None, admin_url: str = "") -> None:
         self.config = config
         self.store = store
         self.broker = broker
@@ -159,6 +165,10 @@ class Executor:
         self._hand_back = False
         # `ciadm drain`: take no new jobs while set (the running ones go on).
         self.drained = False
+        self.holds = holds if holds is not None else Holds()
+        self.admin_url = admin_url
+        self._holding: set[asyncio.Task[None]] = set()
+        self._stopping = False
 
     async def start(self) -> None:
         if self.drained:
@@ -181,6 +191,10 @@ class Executor:
         """Stop taking jobs; give running ones `grace` seconds, then end them `error` (or,
         with `hand_back`, re-queue them for another host: the drain on SIGTERM)."""
         await self.stop_taking()
+        # Held machines are not running jobs: they go at once, before the grace.
+        self._stopping = True
+        self.holds.release_all(f"host {self.config.host_name} is stopping")
+        await asyncio.gather(*self._holding, return_exceptions=True)
         if self._jobs and grace > 0:
             await asyncio.wait(set(self._jobs), timeout=grace)
         self._hand_back = hand_back
@@ -329,7 +343,14 @@ class Executor:
 
     async def _end(self, lease: Lease, session: JobSession, name: str, vm: VM | None,
                    outcome: Outcome | None) -> None:
-        """Kill the token, destroy the machine, then record the result and release dependents."""
+        """Kill the token, destroy the machine, then record the result and release dependents.
+        A failed job to be held: record first, hold, then kill the token and destroy."""
+        ttl = await self._hold_ttl(lease, session, vm, outcome)
+        if ttl:
+            assert outcome is not None
+            await self._hold(lease, session, ttl, outcome)
+        elif not session.hold.done():
+            session.hold.set_result(0)
         self.sessions.remove(session)
         try:
             if vm is not None:
@@ -342,6 +363,11 @@ class Executor:
         if self.credentials is not None and session.checkout is not None:
             # Nothing of the job runs any more: its checkout credential is of no use now.
             await self.credentials.revoke(lease.repo, lease.job_id, session.checkout)
+        if ttl:
+            return
+        await self._record(lease, outcome)
+
+    async def _record(self, lease: Lease, outcome: Outcome | None) -> None:
         if outcome is None:
             if self._hand_back:
                 _, changes = await hand_back(
@@ -363,6 +389,71 @@ class Executor:
         self.effects.apply(changes)
         log.info("job finished", extra={"job_id": str(lease.job_id), "key": lease.key,
                                         "state": state.value})
+
+    async def _hold_ttl(self, lease: Lease, session: JobSession, vm: VM | None,
+                        outcome: Outcome | None) -> int:
+        """Seconds to hold the machine of a job that failed and asked for it; 0: not held."""
+        if (vm is None or outcome is None or outcome[0] != JobState.FAILURE
+                or not session.result.done() or self._stopping):
+            return 0
+        try:
+            asked = await self.store.db.pool.fetchval(
+                "SELECT hold_ttl FROM jobs WHERE id = $1", lease.job_id)
+        except TRANSIENT_ERRORS as exc:
+            log.warning("not holding the machine: the database is unavailable",
+                        extra={"job_id": str(lease.job_id), "error": repr(exc)})
+            return 0
+        ttl = asked or lease.spec.get("hold_on_failure") or 0
+        if ttl and len(self.holds) >= self.config.max_held:
+            log.warning("not holding the failed job's machine: this host already holds "
+                        "max_held=%d machines", self.config.max_held,
+                        extra={"job_id": str(lease.job_id), "key": lease.key})
+            return 0
+        return ttl
+
+    async def _hold(self, lease: Lease, session: JobSession, ttl: int, outcome: Outcome) -> None:
+        """Record the result, then keep the machine until the hold ends."""
+        until = datetime.now(UTC) + timedelta(seconds=ttl)
+        held = HeldMachine(session=session, until=until, deadline=time.monotonic() + ttl)
+        # Marked held before the result is recorded: the reaper spares held machines only.
+        await self.store.db.pool.execute(
+            "UPDATE jobs SET held_until = $2, held_host = $3, held_admin = $4 WHERE id = $1",
+            lease.job_id, until, self.config.host_name, self.admin_url)
+        self.holds.add(held)
+        task = asyncio.current_task()
+        assert task is not None
+        self._holding.add(task)
+        session.hold.set_result(ttl)
+        log.info("holding the failed job's machine", extra={
+            "job_id": str(lease.job_id), "key": lease.key, "until": until.isoformat()})
+        try:
+            await self._record(lease, outcome)
+            reason = await self._held(held)
+            log.info("hold ended", extra={"job_id": str(lease.job_id), "reason": reason})
+            held.end(reason)
+        finally:
+            self._holding.discard(task)
+            self.holds.remove(held)
+            await self.store.db.pool.execute(
+                "UPDATE jobs SET held_until = NULL, held_host = NULL, held_admin = NULL,"
+                " hold_ttl = NULL WHERE id = $1", lease.job_id)
+
+    async def _held(self, held: HeldMachine) -> str:
+        """Wait for the end of the hold, warning open sessions before the TTL; why it ended."""
+        warned = False
+        while True:
+            remaining = held.remaining()
+            if remaining <= 0:
+                return "its time ran out"
+            if not warned and remaining <= WARNING_BEFORE:
+                warned = True
+                held.notify(held.warning())
+            silent = time.monotonic() - held.session.last_seen
+            if silent > self.config.heartbeat_timeout:
+                return f"the runner stopped responding ({silent:.0f} s)"
+            wake = remaining - WARNING_BEFORE if not warned else remaining
+            if await wait_event(held.released, min(max(wake, 0.01), SUPERVISE_TICK)):
+                return held.reason
 
     async def _supervise(self, lease: Lease, session: JobSession, vm: VM) -> Outcome:
         loop = asyncio.get_running_loop()

@@ -57,6 +57,7 @@ class HostInfo:
     alive: bool
     active_jobs: int
     drained: bool = False  # `ciadm drain`: takes no new jobs
+    held_jobs: int = 0  # failed jobs' machines kept for debugging; they take slots too
 
 
 class HostRegistry:
@@ -175,10 +176,12 @@ class HostRegistry:
             "SELECT h.name, h.capacity, h.state, h.started_at, h.last_heartbeat, h.drained,"
             " h.state <> 'stopped' AND h.last_heartbeat >= now() - $1::interval AS alive,"
             " (SELECT count(*) FROM jobs j WHERE j.lease_host = h.name"
-            "  AND j.state = ANY($2)) AS active_jobs"
+            "  AND j.state = ANY($2)) AS active_jobs,"
+            " (SELECT count(*) FROM jobs j WHERE j.held_host = h.name"
+            "  AND j.held_until > now()) AS held_jobs"
             " FROM hosts h ORDER BY h.name",
             timedelta(seconds=self.stale_after), ACTIVE_JOB_STATES)
         return [HostInfo(name=r["name"], capacity=dict(r["capacity"]), state=r["state"],
                          started_at=r["started_at"], last_heartbeat=r["last_heartbeat"],
-                         alive=r["alive"], active_jobs=r["active_jobs"], drained=r["drained"])
-                for r in rows]
+                         alive=r["alive"], active_jobs=r["active_jobs"], drained=r["drained"],
+                         held_jobs=r["held_jobs"]) for r in rows]

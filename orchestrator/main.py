@@ -40,6 +40,10 @@ allow_local_backend = true) is given. Use it for development only.
 The Admin service (ciadm) listens on --admin-listen, apart from the Runner port that job
 machines reach, and demands the admin token (admin_token_file); without one the orchestrator
 does not start. See docs/SECURITY.md.
+
+`solstice-orchestrator selftest [--backend bhyve|qemu|local] [--label L]` proves this host:
+one two-step job on one machine of the label, each stage timed, the first failure explained
+(`solstice-orchestrator selftest --help`).
 """
 
 
@@ -165,6 +169,11 @@ async def serve(config: OrchestratorConfig, config_path: str | None = None) -> N
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["selftest"]:
+        from orchestrator import selftest
+
+        return selftest.main(argv[1:])
     args = _parser().parse_args(argv)
     try:
         config = load(args)

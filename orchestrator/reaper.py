@@ -10,7 +10,9 @@ At start and then every `interval` seconds, on every host:
 - this host's machines that no live job owns are destroyed (`backend.leftovers` /
   `destroy_by_name`): what a crash, a kill -9 or a failed destroy left behind. Machine names
   are `<host prefix>-<12 hex of job id>-<attempt>`; one is live only while its job is active
-  under this host's lease with that attempt.
+  under this host's lease with that attempt, or held by this host for debugging within its
+  `held_until` (orchestrator/holds.py). At start, the holds of this host's previous life end:
+  their runners' tokens died with it, so their machines are destroyed.
 
 Every change is one conditional UPDATE (the attempt is the fence), so reapers of several hosts
 racing over one dead host's jobs hand each back exactly once; the dead host, should it wake,
@@ -69,6 +71,9 @@ class Reaper:
             await self._hand_back(row["id"], row["attempt"], self.host,
                                   f"host {self.host} restarted while running the job",
                                   None, report)
+        await self.db.pool.execute(
+            "UPDATE jobs SET held_until = NULL, held_host = NULL, held_admin = NULL"
+            " WHERE held_host = $1", self.host)
         await self._reap(report, skip_requeue=True)
         return report
 
@@ -128,8 +133,8 @@ class Reaper:
         if not names:
             return
         live = {(r["id"].hex[:12], r["attempt"]) for r in await self.db.pool.fetch(
-            "SELECT id, attempt FROM jobs WHERE lease_host = $1 AND state = ANY($2)",
-            self.host, ACTIVE)}
+            "SELECT id, attempt FROM jobs WHERE (lease_host = $1 AND state = ANY($2))"
+            " OR (held_host = $1 AND held_until > now())", self.host, ACTIVE)}
         for name in names:
             match = self._machine.match(name)
             if match is None or (match.group(1), int(match.group(2))) in live:

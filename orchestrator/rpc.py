@@ -34,6 +34,7 @@ from orchestrator import inputs, tokens, validate
 from orchestrator.artifacts import ArtifactRefused, ArtifactStore, ArtifactTooLarge
 from orchestrator.db import TRANSIENT_ERRORS
 from orchestrator.effects import Effects
+from orchestrator.holds import Holds
 from orchestrator.logstore import LogStore, LogStoreFailed
 from orchestrator.sessions import JobSession, LogQuota, LogQuotaExceeded, Sessions
 from orchestrator.store import Store
@@ -55,6 +56,8 @@ OUTCOMES = {
     runner_pb2.JOB_TIMED_OUT: JobState.TIMED_OUT,
 }
 REFUSED = "invalid job token (wrong, already used, expired, or the job ended)"
+# How long ReportResult waits for the executor to say whether the machine is held.
+HOLD_DECISION_TIMEOUT = 10.0
 
 
 def build_job(session: JobSession) -> runner_pb2.Job:
@@ -103,7 +106,8 @@ def _bearer(context: grpc.aio.ServicerContext) -> str | None:
 class RunnerService(runner_pb2_grpc.RunnerServicer):
     def __init__(self, *, store: Store, sessions: Sessions, logs: LogStore, hub: Hub,
                  effects: Effects, broker: Broker, artifacts: ArtifactStore,
-                 log_drain_timeout: float, log_quota: LogQuota) -> None:
+                 log_drain_timeout: float, log_quota: LogQuota,
+                 holds: Holds | None = None) -> None:
         self.store = store
         self.sessions = sessions
         self.logs = logs
@@ -113,6 +117,7 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
         self.artifacts = artifacts
         self.log_drain_timeout = log_drain_timeout
         self.log_quota = log_quota
+        self.holds = holds if holds is not None else Holds()
 
     async def _session(self, context: grpc.aio.ServicerContext, job_id: str) -> JobSession:
         """The open session the bearer token belongs to; aborts UNAUTHENTICATED otherwise."""
@@ -270,7 +275,12 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
         if session.artifact_refusal:
             state, message = await self._fail_for_artifacts(session, state, message)
         session.set_result(state, message)
-        return runner_pb2.Ack()
+        try:
+            async with asyncio.timeout(HOLD_DECISION_TIMEOUT):
+                hold = await asyncio.shield(session.hold)
+        except TimeoutError:
+            hold = 0
+        return runner_pb2.Ack(hold_seconds=hold)
 
     async def _fail_for_artifacts(self, session: JobSession, state: JobState,
                                   message: str) -> tuple[JobState, str]:
@@ -330,6 +340,16 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
         session = await self._session(context, request.job_id)
         async for chunk in inputs.stream(self.store.db, self.artifacts, session):
             yield chunk
+
+    async def DebugSessions(self, request_iterator: Any,
+                            context: grpc.aio.ServicerContext) -> None:
+        session = await self._session(context, "")
+        held = self.holds.get(session.job_id)
+        if held is None:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                "the job's machine is not held")
+        assert held is not None
+        await held.attach_runner(context)
 
 
 class DatabaseUnavailable(grpc.aio.ServerInterceptor):

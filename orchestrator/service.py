@@ -38,6 +38,7 @@ from orchestrator.effects import Effects
 from orchestrator.executor import Executor, host_prefix
 from orchestrator.forge_approvals import apply_approval
 from orchestrator.grants import GrantSigner
+from orchestrator.holds import Holds
 from orchestrator.hosts import HostRegistry
 from orchestrator.intake import Intake
 from orchestrator.logstore import LogStore
@@ -100,6 +101,7 @@ class Orchestrator:
         self.secret_store = SecretStore(db, load_keyring(config.secret_keys))
         self.secrets: JobSecrets = (StaticSecrets(secrets) if secrets is not None
                                     else self.secret_store)
+        self.holds = Holds(self.logs)
         self.admin_tokens = AdminTokens(db, self.access.token)
         # Signed links to the pages (`web_access = "signed"`): the relay puts them into events.
         self.grants = (GrantSigner(self.access.web_key, config.web_grant_ttl)
@@ -162,7 +164,8 @@ class Orchestrator:
             effects=self.effects, broker=self.broker, artifacts=self.artifacts,
             log_drain_timeout=self.config.log_drain_timeout,
             log_quota=LogQuota(max_bytes=self.config.log_quota_bytes,
-                               window=self.config.log_reorder_window)), self.server)
+                               window=self.config.log_reorder_window),
+            holds=self.holds), self.server)
         port = self.server.add_insecure_port(self.config.grpc_listen)
         await self.server.start()
         self.grpc_url = advertised(self.config.grpc_listen, port, self.config.grpc_advertise)
@@ -192,7 +195,8 @@ class Orchestrator:
                                  backend=self.backend, sessions=self.sessions,
                                  effects=self.effects, secrets=self.secrets,
                                  advertise_url=self.grpc_url, supervisor=self.supervisor,
-                                 credentials=self.credentials)
+                                 credentials=self.credentials, holds=self.holds,
+                                 admin_url=self.admin_url)
         self.executor.drained = self.registry.drained
         await self.executor.start()
         self._runs = await self.broker.consume_runs(self._on_run)
@@ -222,7 +226,8 @@ class Orchestrator:
             secrets=self.secret_store,
             artifacts=self.artifacts, broker=self.broker, blobs=self.blobs,
             retention=self.retention,
-            pages_url=lambda: self.relay.log_url_base, grants=self.grants), self.admin_server)
+            pages_url=lambda: self.relay.log_url_base, grants=self.grants, holds=self.holds,
+            host_name=self.config.host_name), self.admin_server)
         try:
             port = self.admin_server.add_insecure_port(self.config.admin_listen)
         except RuntimeError as exc:  # gRPC's way of saying the address is taken or invalid

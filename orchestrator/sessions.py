@@ -80,6 +80,10 @@ class JobSession:
     # Why an upload went past an artifact cap (empty: none did): the job fails whatever the
     # runner reports (rpc.ReportResult).
     artifact_refusal: str = ""
+    # Seconds the machine is held after the result (0: not held), decided by the executor
+    # once the result is in; the ReportResult ack tells the runner.
+    hold: asyncio.Future[int] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future())
 
     def touch(self) -> None:
         self.last_seen = time.monotonic()

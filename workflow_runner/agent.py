@@ -1,5 +1,9 @@
 """The runner's life: fetch the job, run it with logs and heartbeat alongside, report, exit.
 
+When the orchestrator holds the failed job's machine (the ReportResult ack says for how long),
+the runner does not exit: it keeps the heartbeat and the workspace and serves debug sessions
+(`workflow_runner.debug`) until the orchestrator ends the hold.
+
 The log shipper and the heartbeat run as tasks next to the job; if either meets a final error
 (token refused, orchestrator gone for good) the task group cancels the job, whose process
 groups are killed on the way out.
@@ -25,6 +29,7 @@ from workflow_runner.client import (
     make_channel,
 )
 from workflow_runner.config import RunnerSettings
+from workflow_runner.debug import DebugServer
 from workflow_runner.heartbeat import Heartbeat
 from workflow_runner.job import JobExecution, Outcome
 from workflow_runner.logs import NO_STEP, LogShipper
@@ -75,27 +80,43 @@ async def run_agent(settings: RunnerSettings) -> None:
             shipper.system(NO_STEP, f"{masker.too_short} secret value(s) shorter than "
                                     f"{MIN_SECRET_LENGTH} characters are not masked")
         heartbeat = Heartbeat(client, settings.heartbeat_seconds)
-        async with asyncio.TaskGroup() as tasks:
-            tasks.create_task(shipper.run())
-            tasks.create_task(heartbeat.run())
-            outcome = await _execute(job, settings, client, shipper, heartbeat, masker)
-            name = OUTCOME_NAMES[outcome.outcome]
-            shipper.system(NO_STEP, f"job {name.removeprefix('JOB_').lower()}: {outcome.message}")
-            last_seq = await shipper.close()
-            await client.report_result(runner_pb2.JobResult(
-                job_id=job.job_id, outcome=outcome.outcome, message=outcome.message,
-                last_log_seq=last_seq))
-            heartbeat.stop()
-        log.info("result reported", extra={"outcome": name, "last_log_seq": last_seq})
+        workspace: Path | None = None
+        created = False
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(shipper.run())
+                tasks.create_task(heartbeat.run())
+                try:
+                    workspace, created = make_workspace(settings)
+                except SolsticeError as exc:
+                    outcome = Outcome(runner_pb2.JOB_ERROR, str(exc))
+                else:
+                    outcome = await _execute(job, settings, workspace, client, shipper,
+                                             heartbeat, masker)
+                name = OUTCOME_NAMES[outcome.outcome]
+                shipper.system(NO_STEP,
+                               f"job {name.removeprefix('JOB_').lower()}: {outcome.message}")
+                last_seq = await shipper.close()
+                ack = await client.report_result(runner_pb2.JobResult(
+                    job_id=job.job_id, outcome=outcome.outcome, message=outcome.message,
+                    last_log_seq=last_seq))
+                log.info("result reported", extra={"outcome": name, "last_log_seq": last_seq})
+                if ack.hold_seconds and workspace is not None:
+                    log.info("the machine is held for debugging",
+                             extra={"seconds": ack.hold_seconds})
+                    await DebugServer(client, job, workspace, os.environ).run()
+                heartbeat.stop()
+        finally:
+            if created and workspace is not None:
+                shutil.rmtree(workspace, ignore_errors=True)
 
 
-async def _execute(job: runner_pb2.Job, settings: RunnerSettings, client: RunnerClient,
-                   shipper: LogShipper, heartbeat: Heartbeat, masker: SecretMasker) -> Outcome:
-    """Run the job; a fault of the runner itself (no workspace, a bug) becomes `error`."""
+async def _execute(job: runner_pb2.Job, settings: RunnerSettings, workspace: Path,
+                   client: RunnerClient, shipper: LogShipper, heartbeat: Heartbeat,
+                   masker: SecretMasker) -> Outcome:
+    """Run the job; a fault of the runner itself (a bug) becomes `error`."""
     groups = ProcessGroups(settings.kill_grace_seconds)
-    created = False
     try:
-        workspace, created = make_workspace(settings)
         return await JobExecution(job, workspace=workspace, client=client, shipper=shipper,
                                   heartbeat=heartbeat, masker=masker, groups=groups,
                                   inherited_env=os.environ).run()
@@ -108,5 +129,3 @@ async def _execute(job: runner_pb2.Job, settings: RunnerSettings, client: Runner
         return Outcome(runner_pb2.JOB_ERROR, f"the runner failed: {exc}")
     finally:
         await groups.kill_all()
-        if created:
-            shutil.rmtree(workspace, ignore_errors=True)

@@ -128,6 +128,7 @@ class RunnerClient:
         await self.with_retry(lambda: self.stub.ReportStep(report, metadata=self.metadata),
                               "ReportStep")
 
-    async def report_result(self, result: runner_pb2.JobResult) -> None:
-        await self.with_retry(lambda: self.stub.ReportResult(result, metadata=self.metadata),
-                              "ReportResult")
+    async def report_result(self, result: runner_pb2.JobResult) -> runner_pb2.Ack:
+        """Report the result; the ack says whether the machine is held (`hold_seconds`)."""
+        return await self.with_retry(
+            lambda: self.stub.ReportResult(result, metadata=self.metadata), "ReportResult")

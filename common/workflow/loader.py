@@ -37,7 +37,7 @@ JOB_CHILDREN = ("needs", "if", "resources", "env", "secrets", "matrix", "setup",
 SINGLE_JOB_CHILDREN = ("if", "resources", "matrix", "setup")
 STEP_PROPERTIES = ("name", "run", "timeout", "if")
 _STEP_KEYS = frozenset(STEP_PROPERTIES)
-JOB_PROPERTIES = ("id", "runs_on", "timeout")
+JOB_PROPERTIES = ("id", "runs_on", "timeout", "hold_on_failure")
 _JOB_KEYS = frozenset(JOB_PROPERTIES)
 JOB_ID_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -220,16 +220,17 @@ class _Checker:
                            'quote each value: "..."', arg=index)
         return values
 
-    def duration(self, node: ckdl.Node, path: Path, what: str) -> int | None:
-        value = node.properties.get("timeout", _MISSING)
+    def duration(self, node: ckdl.Node, path: Path, what: str,
+                 key: str = "timeout") -> int | None:
+        value = node.properties.get(key, _MISSING)
         if value is _MISSING:
             return None
         value = _plain(value)
         seconds = parse_duration(value) if isinstance(value, str) else None
         if seconds is None:
-            self.error(path, f"timeout of {what} is not a duration: {_describe(value)}",
+            self.error(path, f"{key} of {what} is not a duration: {_describe(value)}",
                        'write hours, minutes and seconds like "45m", "1h30m" or "90s"',
-                       prop="timeout", value=True)
+                       prop=key, value=True)
         return seconds
 
     def condition(self, text: str, path: Path, axes: tuple[str, ...] | None, *,
@@ -317,12 +318,13 @@ class _Checker:
         return self.workflow(doc.nodes[index], (index,))
 
     def workflow(self, node: ckdl.Node, path: Path) -> Workflow:
-        self.props(node, path, ("name", "fail_fast"), "workflow")
+        self.props(node, path, ("name", "fail_fast", "hold_on_failure"), "workflow")
         if node.args:
             first = _plain(node.args[0])
             self.no_args(node, path, "workflow",
                          f'name the workflow with a property: workflow name="{first}" {{ ... }}')
         name = self.text(node, path, "name", "workflow")
+        hold_on_failure = self.duration(node, path, "workflow", "hold_on_failure")
         fail_fast = _plain(node.properties.get("fail_fast", False))
         if not isinstance(fail_fast, bool):
             self.error(path, f"fail_fast must be a boolean, not {_describe(fail_fast)}",
@@ -369,7 +371,7 @@ class _Checker:
                        self.limits.hint("max_run_steps", "join steps, or move them into scripts"))
         self.dependencies(declared, path)
         return Workflow(name=name, jobs=tuple(jobs), fail_fast=fail_fast,
-                        triggers=tuple(triggers), env=env)
+                        triggers=tuple(triggers), env=env, hold_on_failure=hold_on_failure)
 
     def trigger(self, node: ckdl.Node, path: Path) -> Trigger | None:
         self.props(node, path, ("branches", "tags"), "on")
@@ -454,6 +456,7 @@ class _Checker:
         runs_on = self.text(node, path, "runs_on", "job", required=True,
                             hint='say which machine label runs it: runs_on="illumos-stable"')
         timeout = self.duration(node, path, "job")
+        hold_on_failure = self.duration(node, path, "job", "hold_on_failure")
         children = node.children
 
         # The matrix first: steps, `if` and runs_on may refer to its axes.
@@ -535,7 +538,8 @@ class _Checker:
                    timeout=timeout, needs=tuple(dict.fromkeys(needs)), if_expr=if_expr,
                    resources=resources, env=env, secrets=tuple(dict.fromkeys(secrets)),
                    matrix=matrix, setup=setup, artifacts=tuple(artifacts),
-                   required_artifacts=tuple(dict.fromkeys(required_artifacts)))
+                   required_artifacts=tuple(dict.fromkeys(required_artifacts)),
+                   hold_on_failure=hold_on_failure)
 
     def needs_node(self, node: ckdl.Node, path: Path, job_id: str | None) -> list[str]:
         """The ids a job needs; each is checked against the other jobs once all are known."""

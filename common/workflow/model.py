@@ -75,6 +75,8 @@ class Job:
     artifacts: tuple[str, ...] = ()  # glob patterns collected into the run record
     # Patterns the run's gate requires at least one file for (`artifacts ... required=#true`).
     required_artifacts: tuple[str, ...] = ()
+    # Keep the machine this long after the job failed, to open a shell in it (`ciadm shell`).
+    hold_on_failure: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +88,7 @@ class Workflow:
     fail_fast: bool = False
     triggers: tuple[Trigger, ...] = ()  # empty = every event
     env: dict[str, str] = field(default_factory=dict)
+    hold_on_failure: int | None = None  # every job's, unless the job says otherwise
 
     def job(self, job_id: str) -> Job:
         """The job named `job_id` (KeyError if there is none)."""

@@ -245,6 +245,8 @@ class Pages:
                            for index, lines in sorted(bodies.items())
                            if lines or index != NO_STEP or not log.done)
         base = f"{self.base}/jobs/{job_id}"
+        held = await self.db.pool.fetchrow(
+            "SELECT held_until, held_host FROM jobs WHERE id = $1 AND held_until > now()", job_id)
         head = (f"<h1>{html.escape(job.key)} {t.state(job.state.value, element_id='job-state')}</h1>"
                 f"<dl class='meta'><dt>run</dt><dd><a href='{self.base}/runs/{detail.summary.run_id}'>"
                 f"{html.escape(detail.row.repository)} {html.escape(detail.row.ref)}</a></dd>"
@@ -252,6 +254,9 @@ class Pages:
                 f"<dt>runs on</dt><dd>{html.escape(job.runs_on)}</dd>"
                 f"<dt>attempt</dt><dd>{job.attempt}</dd>"
                 + (f"<dt>message</dt><dd>{html.escape(job.message)}</dd>" if job.message else "")
+                + (f"<dt>machine</dt><dd id='held'>held until {t.timestamp(held['held_until'])}"
+                   f" on {html.escape(held['held_host'])}: <code>ciadm shell {job_id}</code></dd>"
+                   if held else "")
                 + f"<dt>queued</dt><dd>{t.timestamp(job.queued_at)}</dd>"
                 f"<dt>started</dt><dd>{t.timestamp(job.started_at)}</dd>"
                 f"<dt>finished</dt><dd>{t.timestamp(job.finished_at)}</dd>"
