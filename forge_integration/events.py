@@ -19,7 +19,7 @@ import logging
 from typing import Any
 
 from common.forge.errors import WebhookRejected
-from common.forge.events import Ignored, Model, named, parse_model
+from common.forge.events import Ignored, Model, named, parse_model, sender_login
 from common.forge.identity import RepositoryIdentity
 from common.forge.policy import RunCandidate, push_candidate
 from common.messages import EventKind, Repo
@@ -81,7 +81,7 @@ def _push(payload: dict[str, Any], identity: RepositoryIdentity, delivery_id: st
     if push.after == ZERO_SHA:
         return Ignored(f"push deletes {push.ref}; nothing to build")
     repo = _repo(identity, push.repository, forge, api_url)
-    return push_candidate(repo, push.ref, push.after, delivery_id)
+    return push_candidate(repo, push.ref, push.after, delivery_id, sender_login(payload))
 
 
 def _pull_request(payload: dict[str, Any], identity: RepositoryIdentity, delivery_id: str,
@@ -98,7 +98,7 @@ def _pull_request(payload: dict[str, Any], identity: RepositoryIdentity, deliver
     return RunCandidate(_repo(identity, event.repository, forge, api_url), EventKind.PULL_REQUEST,
                         pr.head.sha, f"refs/pull/{event.number}/head", delivery_id,
                         branch=pr.head.ref, pull_request=event.number, base_branch=pr.base.ref,
-                        author=pr.user.login, fork=fork)
+                        author=pr.user.login, fork=fork, sender=sender_login(payload))
 
 
 def classify(event: str, payload: Any, delivery_id: str, *, identity: RepositoryIdentity | None,

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from common.forge.errors import WebhookRejected
-from common.forge.events import Ignored, Model, named, parse_model
+from common.forge.events import Ignored, Model, named, parse_model, sender_login
 from common.forge.identity import RepositoryIdentity
 from common.forge.policy import RunCandidate, push_candidate
 from common.messages import EventKind, Repo
@@ -143,7 +143,7 @@ def _push(payload: dict[str, Any], identity: RepositoryIdentity, api_url: str) -
         return Ignored(f"push deletes {push.ref}; nothing to build")
     repo = _repo(push, identity, api_url)
     request_id = commit_request_id(push, push.ref, push.after)
-    return push_candidate(repo, push.ref, push.after, request_id)
+    return push_candidate(repo, push.ref, push.after, request_id, sender_login(payload))
 
 
 def _pull_request(payload: dict[str, Any], identity: RepositoryIdentity, delivery_id: str,
@@ -157,7 +157,7 @@ def _pull_request(payload: dict[str, Any], identity: RepositoryIdentity, deliver
     return RunCandidate(_repo(event, identity, api_url), EventKind.PULL_REQUEST, pr.head.sha,
                         f"refs/pull/{pr.number}/head", delivery_id, branch=pr.head.ref,
                         pull_request=pr.number, base_branch=pr.base.ref, author=pr.user.login,
-                        fork=fork)
+                        fork=fork, sender=sender_login(payload))
 
 
 def _check_suite(payload: dict[str, Any], identity: RepositoryIdentity, delivery_id: str,

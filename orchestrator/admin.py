@@ -386,15 +386,11 @@ class AdminService(SecretAdmin, admin_pb2_grpc.AdminServicer):
             "SELECT run_id FROM jobs WHERE id = $1", found)
         by = actor()
         try:
-            keys, changes = await steering.rerun(
-                self.db, run_id, job_id=found if kind == "jobs" else None,
-                failed_only=request.failed_only, by=by)
+            keys = await self.api.rerun(run_id, job_id=found if kind == "jobs" else None,
+                                        failed_only=request.failed_only, actor=by)
         except steering.RerunRefused as exc:
             await self._refuse(context, grpc.StatusCode.FAILED_PRECONDITION, str(exc), "rerun",
                                str(run_id))
-        await audit.record(self.db.pool, actor=by, action="rerun", target=str(run_id),
-                           detail=",".join(keys))
-        self.api.effects.apply(changes)
         log.info("run re-run", extra={"run_id": str(run_id), "jobs": ",".join(keys), "by": by})
         return await self._run_message(run_id)
 

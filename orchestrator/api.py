@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from common.messages import JobState, RunRequest
+from orchestrator import audit, steering
 from orchestrator.db import Database
 from orchestrator.effects import Effects
 from orchestrator.intake import Intake, RunOptions
@@ -152,6 +153,18 @@ class OrchestratorAPI:
         approved, changes = await self.store.approve_run(run_id, actor)
         self.effects.apply(changes)
         return approved
+
+    async def rerun(self, run_id: uuid.UUID, *, job_id: uuid.UUID | None = None,
+                    failed_only: bool = False, actor: str) -> list[str]:
+        """A new attempt of an ended run's jobs (all, those that did not succeed, or `job_id`)
+        and of their dependents; the keys re-queued, audited as `actor`'s. `RerunRefused`
+        while the run has not ended."""
+        keys, changes = await steering.rerun(self.db, run_id, job_id=job_id,
+                                             failed_only=failed_only, by=actor)
+        await audit.record(self.db.pool, actor=actor, action="rerun", target=str(run_id),
+                           detail=",".join(keys))
+        self.effects.apply(changes)
+        return keys
 
     async def cancel_job(self, job_id: uuid.UUID, reason: str = "cancelled") -> None:
         self.effects.apply(await self.store.cancel_job(job_id, reason))

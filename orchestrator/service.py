@@ -182,7 +182,9 @@ class Orchestrator:
                 signals=self.live, extra_routes=[metrics_route(metrics.refreshers(
                     self.db, self.config.host_name, self.config.capacity,
                     lambda: self.executor))], blobs=self.blobs,
-                read_artifact=self.artifacts.read if self.artifacts is not None else None),
+                read_artifact=self.artifacts.read if self.artifacts is not None else None,
+                rerun=lambda run_id, failed, actor: self.api.rerun(
+                    run_id, failed_only=failed, actor=actor)),
                 host, int(port))
             self.supervisor.spawn("web-live", self.live.follow(self.hub))
             await self.web.start(self.supervisor)

@@ -41,6 +41,8 @@ GRANT_COOKIE_PREFIX = "solstice_grant_"
 # would otherwise pile up in the browser and in every request's headers.
 GRANT_COOKIE_MAX_AGE = 8 * 3600
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+# Where the middleware leaves the admin token's name (`request.state.admin`, None for a grant).
+ADMIN_STATE = "admin"
 RUN_PATH = re.compile(r"/runs/([0-9a-f-]{36})(?:/.*)?")
 JOB_PATH = re.compile(r"/jobs/([0-9a-f-]{36})(?:/.*)?")
 TOKEN_HELP = ("open it once as {path}?token=TOKEN (a cookie keeps you signed in), or send "
@@ -71,9 +73,11 @@ def session_value(key: bytes, name: str, token_hash: bytes) -> str:
 
 @dataclass(frozen=True)
 class _Pass:
-    """Serve the page, setting these cookies on the answer."""
+    """Serve the page, setting these cookies on the answer; `admin` names the admin token the
+    visitor holds (None for a grant), which the pages offer actions to."""
 
     cookies: list[tuple[str, str, int]] = field(default_factory=list)
+    admin: str | None = None
 
 
 class WebAccess:
@@ -96,6 +100,7 @@ class WebAccess:
         if isinstance(answer, Response):
             await answer(scope, receive, send)
         else:
+            scope.setdefault("state", {})[ADMIN_STATE] = answer.admin
             await self.app(scope, receive, self._with_cookies(send, answer.cookies))
 
     async def _answer(self, request: Request) -> Response | _Pass:
@@ -104,11 +109,11 @@ class WebAccess:
             return await self._login(request, given)
         header = request.headers.get("authorization", "")
         if header.startswith("Bearer "):
-            if await self.policy.tokens.identify(header[len("Bearer "):]) is not None:
-                return _Pass()
+            if (name := await self.policy.tokens.identify(header[len("Bearer "):])) is not None:
+                return _Pass(admin=name)
             return self._unauthorized(request, "wrong token")
-        if await self._session_valid(request.cookies.get(COOKIE)):
-            return _Pass()
+        if (name := await self._session(request.cookies.get(COOKIE))) is not None:
+            return _Pass(admin=name)
         if self.policy.grants is not None:
             return await self._by_grant(request, self.policy.grants)
         return self._unauthorized(request, "no token")
@@ -130,13 +135,15 @@ class WebAccess:
                             secure=self.policy.secure_cookie)
         return redirect
 
-    async def _session_valid(self, cookie: str | None) -> bool:
+    async def _session(self, cookie: str | None) -> str | None:
+        """The admin token name a valid session cookie stands for."""
         if not cookie or "." not in cookie:
-            return False
+            return None
         name = cookie.rpartition(".")[0]
         token_hash = await self.policy.tokens.active_hash(name)
-        return token_hash is not None and hmac.compare_digest(
+        valid = token_hash is not None and hmac.compare_digest(
             cookie, session_value(self.policy.key, name, token_hash))
+        return name if valid else None
 
     async def _by_grant(self, request: Request, signer: GrantSigner) -> Response | _Pass:
         """A grant in the address, else in the run's cookie, for the run this page belongs

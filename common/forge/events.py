@@ -67,3 +67,11 @@ def named(identity: RepositoryIdentity | None, event: str) -> RepositoryIdentity
     if identity is None:
         raise WebhookRejected(400, f"malformed {event} payload: repository: Field required")
     return identity
+
+
+def sender_login(payload: dict[str, Any]) -> str | None:
+    """The login of whoever's action the webhook reports (`sender`, both forges), for the run
+    record; None when the body names none usable."""
+    sender = payload.get("sender")
+    login = sender.get("login") if isinstance(sender, dict) else None
+    return login if isinstance(login, str) and 0 < len(login) <= 100 else None

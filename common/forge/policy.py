@@ -68,16 +68,18 @@ class RunCandidate:
     base_branch: str | None = None
     author: str | None = None
     fork: bool = False
+    sender: str | None = None  # the login whose push or pull request update this is
 
 
-def push_candidate(repo: Repo, ref: str, sha: str, request_id: str) -> RunCandidate | Ignored:
+def push_candidate(repo: Repo, ref: str, sha: str, request_id: str,
+                   sender: str | None = None) -> RunCandidate | Ignored:
     """What a push of `sha` to `ref` asks for: a branch or tag run, else nothing."""
     if ref.startswith("refs/heads/"):
         return RunCandidate(repo, EventKind.PUSH, sha, ref, request_id,
-                            branch=ref.removeprefix("refs/heads/"))
+                            branch=ref.removeprefix("refs/heads/"), sender=sender)
     if ref.startswith("refs/tags/"):
         return RunCandidate(repo, EventKind.TAG, sha, ref, request_id,
-                            tag=ref.removeprefix("refs/tags/"))
+                            tag=ref.removeprefix("refs/tags/"), sender=sender)
     return Ignored(f"push to {ref} is neither a branch nor a tag")
 
 
@@ -139,7 +141,8 @@ def run_request(candidate: RunCandidate, workflow_source: str, trust: Trust, *,
         request_id=candidate.request_id, repo=candidate.repo, commit_sha=candidate.commit_sha,
         ref=candidate.ref, event=candidate.event, branch=candidate.branch, tag=candidate.tag,
         pull_request=candidate.pull_request, base_branch=candidate.base_branch,
-        workflow_path=workflow_path, workflow_source=workflow_source, trusted=trust.trusted,
+        sender=candidate.sender, workflow_path=workflow_path, workflow_source=workflow_source,
+        trusted=trust.trusted,
         needs_approval=approval_for_untrusted and not trust.trusted,
         priority=priority(candidate))
 

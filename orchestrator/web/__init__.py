@@ -29,7 +29,7 @@ from orchestrator.bundle import ArtifactReader
 from orchestrator.db import Database
 from orchestrator.web.badge import badge_endpoint
 from orchestrator.web.live import POLL_SECONDS, LiveStreams
-from orchestrator.web.pages import Pages
+from orchestrator.web.pages import Pages, Rerun
 from orchestrator.web.signals import LiveSignals
 from orchestrator.web_artifacts import artifact_routes, bundle_route
 from orchestrator.webauth import WebAccess, WebPolicy
@@ -41,19 +41,21 @@ def build_app(db: Database, checks: Mapping[str, Check] | None = None, *,
               policy: WebPolicy | None, public_url: str | None = None,
               signals: LiveSignals | None = None, poll: float = POLL_SECONDS,
               extra_routes: Sequence[BaseRoute] = (), blobs: BlobStore | None = None,
-              read_artifact: ArtifactReader | None = None) -> Starlette:
+              read_artifact: ArtifactReader | None = None, rerun: Rerun | None = None
+              ) -> Starlette:
     """The pages' ASGI app over `db`, with `/readyz` running `checks`: behind `policy`
     (`webauth`; None: public); links under the path of `public_url`; live streams woken by
     `signals` (else they poll every `poll` seconds); `extra_routes` (`/metrics`) open, beside
     the badge; artifact downloads from `blobs` and the run's record through `read_artifact`
-    (`web_artifacts`)."""
-    pages = Pages(db, urlsplit(public_url or "").path.rstrip("/"), blobs)
+    (`web_artifacts`); re-run buttons for admin token holders through `rerun`."""
+    pages = Pages(db, urlsplit(public_url or "").path.rstrip("/"), blobs, rerun)
     streams = LiveStreams(db, pages, signals or LiveSignals(), poll=poll)
     gate = [] if policy is None else [Middleware(WebAccess, policy=policy)]
     gated = Starlette(routes=[
         Route("/", pages.run_list),
         Route("/runs", pages.run_list),
         Route("/runs/{run_id}", pages.run_page),
+        Route("/runs/{run_id}/rerun", pages.rerun_run, methods=["POST"]),
         Route("/runs/{run_id}/events", streams.run_events),
         Route("/jobs/{job_id}", pages.job_page),
         Route("/jobs/{job_id}/events", streams.job_events),

@@ -9,7 +9,8 @@ from __future__ import annotations
 import html
 import re
 import uuid
-from urllib.parse import urlencode
+from collections.abc import Awaitable, Callable
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, RedirectResponse, Response
@@ -19,11 +20,13 @@ from orchestrator.blobstore import BlobStore
 from orchestrator.db import Database
 from orchestrator.logarchive import LogGone, LogUnavailable
 from orchestrator.logstore import read_log
+from orchestrator.steering import RerunRefused
 from orchestrator.validate import INT64_MAX, NO_STEP
 from orchestrator.web import templates as t
 from orchestrator.web.ansi import to_html
 from orchestrator.web.data import FILTERS, RunDetail, RunRow, list_runs, run_detail
 from orchestrator.web_artifacts import artifacts_section
+from orchestrator.webauth import ADMIN_STATE
 
 MIN_PREFIX = 8
 # Only what a UUID's text is made of: the prefix goes into a LIKE pattern.
@@ -76,6 +79,14 @@ def _trigger(row: RunRow) -> str:
     return html.escape(row.event)
 
 
+Rerun = Callable[[uuid.UUID, bool, str], Awaitable[object]]
+
+
+def admin_of(request: Request) -> str | None:
+    """The admin token the visitor holds (`webauth`), None for a grant or public pages."""
+    return getattr(request.state, ADMIN_STATE, None)
+
+
 def log_unavailable(exc: LogUnavailable) -> Response:
     """A compacted log that cannot be read: gone (410) or its store unreachable (503)."""
     return PlainTextResponse(f"{exc.message} ({exc.hint})",
@@ -86,9 +97,12 @@ class Pages:
     """The page endpoints over `db` (and `blobs`, where compacted logs are); `base` is the
     path every link starts with."""
 
-    def __init__(self, db: Database, base: str, blobs: BlobStore | None = None) -> None:
+    def __init__(self, db: Database, base: str, blobs: BlobStore | None = None,
+                 rerun: Rerun | None = None) -> None:
         self.db = db
         self.blobs = blobs
+        # (run, failed only, actor) -> a new attempt of its jobs (`OrchestratorAPI.rerun`).
+        self.rerun = rerun
         self.base = html.escape(base)  # escaped once: it goes into attributes as it is
 
     # -- the run list ------------------------------------------------------------------
@@ -146,9 +160,39 @@ class Pages:
         row = detail.row
         title = f"{row.repository} {detail.summary.workflow_name or 'run'}"
         live = "" if detail.summary.final else t.RUN_SCRIPT
-        return t.page(title, f"<h1>{html.escape(title)}</h1>"
+        return t.page(title, f"<h1>{html.escape(title)}</h1>{self._rerun_form(request, detail)}"
                       f"<div id='run' data-events='{self.base}/runs/{run_id}/events'>"
                       f"{self.run_live_part(detail)}</div>", base=self.base, script=live)
+
+    def _rerun_form(self, request: Request, detail: RunDetail) -> str:
+        """Re-run buttons for an ended run, to admin token holders only (a grant reads)."""
+        if self.rerun is None or not detail.summary.final or not admin_of(request):
+            return ""
+        return (f"<form class='rerun' method='post' action='{self.base}/runs/"
+                f"{detail.summary.run_id}/rerun'><button name='failed' value='1'>re-run failed "
+                "jobs</button> <button name='failed' value='0'>re-run all jobs</button></form>")
+
+    async def rerun_run(self, request: Request) -> Response:
+        """`POST /runs/RUN/rerun` (`failed=1`: only the jobs that did not succeed), from the
+        run page's buttons: admin token holders only, same origin only."""
+        run_id = path_uuid(request, "run_id")
+        admin = admin_of(request)
+        if self.rerun is None or admin is None:
+            return PlainTextResponse("re-running a run needs an admin token (open the page with "
+                                     "?token=TOKEN once)\n", status_code=403)
+        origin = request.headers.get("origin")
+        if origin is not None and urlsplit(origin).netloc != request.url.netloc:
+            return PlainTextResponse("cross-site request refused\n", status_code=403)
+        if run_id is None:
+            return not_found("run")
+        form = parse_qs((await request.body()).decode(errors="replace"))
+        try:
+            await self.rerun(run_id, form.get("failed") == ["1"], f"token:{admin}")
+        except RerunRefused as exc:
+            return PlainTextResponse(f"{exc}\n", status_code=409)
+        except LookupError:
+            return not_found("run")
+        return RedirectResponse(f"{self.base}/runs/{run_id}", status_code=303)
 
     def run_live_part(self, detail: RunDetail) -> str:
         """The part of the run page that changes while the run is active (sent again by its

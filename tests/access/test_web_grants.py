@@ -16,7 +16,7 @@ import pytest
 
 from common.broker import Delivery
 from common.errors import ConfigError
-from common.messages import JobEvent, decode
+from common.messages import JobEvent, JobState, decode
 from orchestrator.webauth import COOKIE, GRANT_COOKIE_MAX_AGE, GRANT_COOKIE_PREFIX
 from tests.orchestrator.conftest import ADMIN_TOKEN, Factory, Harness
 
@@ -213,3 +213,33 @@ async def test_the_run_page_says_who_approved_and_who_cancelled(
         page = (await admin.get(f"/runs/{cancelled}")).text
         assert "<dt>cancelled</dt><dd>by forgejo:maintainer at <time" in page
         assert "approved by" not in page
+
+
+async def test_the_run_page_offers_a_rerun_to_admin_token_holders_only(
+        orchestrator_factory: Factory) -> None:
+    harness = await orchestrator_factory(web_listen="127.0.0.1:0")
+    summary = await harness.run('''
+workflow { job id="flaky" runs_on="local" { step name="once" run="exit 3"; }; }''')
+    assert summary.state == "failure"
+    run_id = summary.run_id
+    grant = harness.orchestrator.grants.issue(run_id)
+    base = harness.orchestrator.web.url
+    async with httpx.AsyncClient(base_url=base) as visitor:
+        page = await visitor.get(f"/runs/{run_id}", params={"grant": grant})
+        assert page.status_code == 200 and "re-run" not in page.text  # a grant reads only
+        refused = await visitor.post(f"/runs/{run_id}/rerun", data={"failed": "1"})
+        assert refused.status_code == 403 and "admin token" in refused.text
+    async with httpx.AsyncClient(base_url=base, headers=AUTH) as admin:
+        page = await admin.get(f"/runs/{run_id}")
+        assert f"action='/runs/{run_id}/rerun'" in page.text and "re-run failed jobs" in page.text
+        foreign = await admin.post(f"/runs/{run_id}/rerun", data={"failed": "1"},
+                                   headers={"Origin": "https://evil.example"})
+        assert foreign.status_code == 403
+        again = await admin.post(f"/runs/{run_id}/rerun", data={"failed": "1"})
+        assert again.status_code == 303 and again.headers["location"] == f"/runs/{run_id}"
+        rerun = await harness.api.wait(run_id)
+        [job] = rerun.jobs
+        assert job.attempt == 2 and job.state == JobState.FAILURE
+    entries = await harness.orchestrator.db.pool.fetch(
+        "SELECT actor, action, target FROM audit_log WHERE action = 'rerun'")
+    assert ("token:bootstrap", "rerun", str(run_id)) in [tuple(e) for e in entries]

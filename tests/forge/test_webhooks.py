@@ -52,6 +52,7 @@ async def test_redelivery_is_answered_200_and_publishes_nothing_new(harness: Har
     await harness.wait_for(lambda: len(harness.runs) == 2)
     await harness.settle()
     assert sorted(r.repo.forge for r in harness.runs) == ["forgejo", "gitea"]
+    assert {r.sender for r in harness.runs} == {PUSH["sender"]["login"]}
     assert await harness.pool.fetchval("SELECT count(*) FROM forge_inbox") == 2
 
 

@@ -322,6 +322,7 @@ async def test_fork_pull_request_is_untrusted_with_the_base_workflow(stack: Stac
     [run] = await stack.published(1)
     assert not run.trusted and run.workflow_source == BASE_WORKFLOW
     assert run.commit_sha == FIXTURE_SHAS[1]  # the PR's code is still what gets built
+    assert run.sender == body["sender"]["login"]  # shown on the run page and in the manifest
 
 
 async def test_author_without_write_access_is_untrusted(stack: Stack) -> None:
