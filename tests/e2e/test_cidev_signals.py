@@ -127,8 +127,9 @@ def test_a_killed_cidev_does_not_keep_the_database_running_for_ever(
     for process in processes:
         process.kill()
     psutil.wait_procs(processes, timeout=10)
-    for machines in (state / "solstice").glob("cidev-machines-*"):
-        shutil.rmtree(machines)
+    for left in [*(state / "solstice").glob("cidev-machines-*"),
+                 *(state / "solstice").glob("cidev-blobs-*")]:
+        shutil.rmtree(left)
     assert handles(state) == [run.proc.pid]
     assert any("postgres" in line for line in leftovers(state))
     next_run_stops_its_database(tmp_path, state)
