@@ -396,7 +396,9 @@ class AmqpBroker(Broker):
             await drained.wait()
         finally:
             if not channel.is_closed:
-                await channel.close()
+                # Shielded: `close()` cancels this task, and a Channel.Close cut short leaves
+                # aiormq closing the whole connection with an error.
+                await asyncio.shield(channel.close())
 
     async def consume_runs(self, handler: Handler, *, prefetch: int = 8) -> Subscription:
         name = f"{self.prefix}.runs"
