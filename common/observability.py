@@ -10,6 +10,7 @@ see them anyway). `common.tracing` carries a run's trace across services.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import sys
@@ -102,6 +103,8 @@ def setup_observability(service: str, *, level: str = "info", console_spans: boo
     trace.set_tracer_provider(provider)
 
 
+@functools.cache
 def tracer(name: str) -> trace.Tracer:
-    """The tracer for a module; spans are no-ops until `setup_observability` ran."""
+    """The tracer for a module; spans are no-ops until `setup_observability` ran. Cached:
+    `get_tracer` builds a new tracer each call, and a webhook starts several spans."""
     return trace.get_tracer(name)

@@ -25,14 +25,25 @@ class DatabaseError(SolsticeError):
     """PostgreSQL cannot be reached or refused us."""
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """A pool `reset` that sends nothing: asyncpg still rolls back an open transaction and
+    drops the connection's listeners on release (client side)."""
+
+
 async def create_pool(dsn: str, *, min_size: int, max_size: int, attempts: int = 10,
                       init: Callable[[asyncpg.Connection], Awaitable[None]] | None = None,
-                      server_settings: dict[str, str] | None = None) -> asyncpg.Pool:
+                      server_settings: dict[str, str] | None = None,
+                      reset_sessions: bool = True) -> asyncpg.Pool:
     """A pool on `dsn`, retrying (`attempts` tries with backoff) while the server starts;
-    `DatabaseError` with what to check when it cannot be reached."""
+    `DatabaseError` with what to check when it cannot be reached.
+
+    `reset_sessions=False` skips asyncpg's reset statement (`RESET ALL`, `UNLISTEN *`...) on
+    every release, a round trip per query: only for a pool whose users leave no session state
+    behind (no `SET`, advisory locks released, listeners removed)."""
     async def create() -> asyncpg.Pool:
         return await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, init=init,
-                                         server_settings=server_settings)
+                                         server_settings=server_settings,
+                                         reset=None if reset_sessions else _keep_session)
 
     try:
         return await retry_async(create, retry_on=(OSError, asyncpg.CannotConnectNowError),

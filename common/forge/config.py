@@ -30,6 +30,8 @@ class InboxSettings(BaseModel):
     poll_interval: float = Field(0.5, gt=0)
     workflow_cache_entries: int = Field(1024, ge=0)
     keep_finished_days: float = Field(7.0, gt=0)
+    # In a burst, how long a round may wait for the web edge to have no webhook in flight.
+    yield_to_webhooks: float = Field(1.0, ge=0)
 
     @property
     def backoff(self) -> Backoff:

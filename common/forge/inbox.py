@@ -39,6 +39,8 @@ from typing import Any
 import asyncpg
 from starlette.responses import JSONResponse
 
+from common.batching import Coalescer
+from common.forge.answering import Answering
 from common.forge.config import InboxSettings
 from common.forge.errors import WebhookRejected
 from common.forge.events import ApprovalSent, Ignored, Published
@@ -123,22 +125,53 @@ def _entry(row: asyncpg.Record) -> InboxEntry:
     return InboxEntry(**{**dict(row), "state": InboxState(row["state"])})
 
 
+@dataclass(frozen=True)
+class _Stored:
+    """One delivery to store, as `Inbox.store` was given it."""
+
+    received: Received
+    state: InboxState
+    outcome: str
+    trace_context: str | None
+
+
 class Inbox:
     """The `forge_inbox` table (see `common/forge/migrations/0002_inbox.sql`)."""
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
+        # Webhooks arrive in bursts (a push to many repositories, a redelivery sweep): those
+        # stored while an INSERT is in flight share the next one, one round trip and one commit.
+        self._stores: Coalescer[_Stored, bool] = Coalescer(self._store_many)
+        self._finishes: Coalescer[tuple[int, str, str], None] = Coalescer(self._finish_many)
 
     async def store(self, received: Received, state: InboxState, outcome: str = "") -> bool:
-        """Store a delivery in one statement; False if its id was stored before."""
-        finished = state is not InboxState.PENDING
-        row_id = await self._pool.fetchval(
+        """Store a delivery (one statement, shared with the deliveries stored at the same
+        moment); False if its id was stored before."""
+        return await self._stores.submit(
+            _Stored(received, state, outcome[:ERROR_LIMIT], current_traceparent()))
+
+    async def _store_many(self, batch: Sequence[_Stored]) -> list[bool]:
+        rows = await self._pool.fetch(
             "INSERT INTO forge_inbox (forge, delivery_id, event, body, state, outcome, finished_at,"
-            " trace_context) VALUES ($1, $2, $3, $4, $5, $6, CASE WHEN $7 THEN now() END, $8)"
-            " ON CONFLICT (forge, delivery_id) DO NOTHING RETURNING id",
-            received.forge, received.delivery_id, received.event, received.body, state.value,
-            outcome[:ERROR_LIMIT], finished, current_traceparent())
-        return row_id is not None
+            " trace_context) SELECT forge, delivery_id, event, body, state, outcome,"
+            " CASE WHEN state <> 'pending' THEN now() END, trace_context FROM unnest("
+            " $1::text[], $2::text[], $3::text[], $4::bytea[], $5::text[], $6::text[], $7::text[])"
+            " AS d(forge, delivery_id, event, body, state, outcome, trace_context)"
+            " ON CONFLICT (forge, delivery_id) DO NOTHING RETURNING forge, delivery_id",
+            [s.received.forge for s in batch], [s.received.delivery_id for s in batch],
+            [s.received.event for s in batch], [s.received.body for s in batch],
+            [s.state.value for s in batch], [s.outcome for s in batch],
+            [s.trace_context for s in batch])
+        stored = {(r["forge"], r["delivery_id"]) for r in rows}
+        # A delivery id twice in one batch is stored once: the first call stores it, the
+        # others are its duplicates, as they would be one statement apart.
+        results = []
+        for item in batch:
+            key = (item.received.forge, item.received.delivery_id)
+            results.append(key in stored)
+            stored.discard(key)
+        return results
 
     async def claim(self, forges: Sequence[str], *, limit: int, lease: float) -> list[InboxItem]:
         """Lease up to `limit` due pending deliveries of `forges` for `lease` seconds."""
@@ -154,10 +187,17 @@ class Inbox:
         return [InboxItem(**dict(r)) for r in rows]
 
     async def finish(self, item: InboxItem, state: InboxState, outcome: str) -> None:
-        """Record the outcome of a processed delivery (`done`, `ignored` or `parked`)."""
+        """Record the outcome of a processed delivery (`done` or `ignored`); the deliveries
+        of a round finish together, in one statement."""
+        await self._finishes.submit((item.id, state.value, outcome[:ERROR_LIMIT]))
+
+    async def _finish_many(self, batch: Sequence[tuple[int, str, str]]) -> list[None]:
         await self._pool.execute(
-            "UPDATE forge_inbox SET state = $2, outcome = $3, lease_until = NULL,"
-            " finished_at = now() WHERE id = $1", item.id, state.value, outcome[:ERROR_LIMIT])
+            "UPDATE forge_inbox i SET state = d.state, outcome = d.outcome, lease_until = NULL,"
+            " finished_at = now() FROM unnest($1::bigint[], $2::text[], $3::text[])"
+            " AS d(id, state, outcome) WHERE i.id = d.id",
+            [row[0] for row in batch], [row[1] for row in batch], [row[2] for row in batch])
+        return [None] * len(batch)
 
     async def park(self, item: InboxItem, error: str) -> None:
         await self._pool.execute(
@@ -260,7 +300,8 @@ class InboxWorker(ClaimWorker[InboxItem]):
 
     def __init__(self, inbox: Inbox, forges: Sequence[str], process: Processor, *,
                  settings: InboxSettings = DEFAULT_SETTINGS, lease: float = 120.0,
-                 process_timeout: float = 60.0, batch: int = 16) -> None:
+                 process_timeout: float = 60.0, batch: int = 16,
+                 answering: Answering | None = None) -> None:
         if process_timeout >= lease:
             raise ValueError("process_timeout must be shorter than the lease")
         super().__init__(poll_interval=settings.poll_interval,
@@ -273,10 +314,13 @@ class InboxWorker(ClaimWorker[InboxItem]):
         self._lease = lease
         self._process_timeout = process_timeout
         self._batch = batch
+        self._answering = answering or Answering()
         self._next_prune = 0.0
 
     async def claim(self) -> list[InboxItem]:
-        """The due deliveries (pruning the old finished ones first, once an hour)."""
+        """The due deliveries (pruning the old finished ones first, once an hour), once the
+        web edge has a quiet moment (`common.forge.answering`)."""
+        await self._answering.quiet(self._settings.yield_to_webhooks)
         now = asyncio.get_running_loop().time()
         if now >= self._next_prune:
             pruned = await self.inbox.prune(self.forges, self._settings.keep_finished_days * 86400)

@@ -24,7 +24,10 @@ async def migrate(conn: asyncpg.Connection, directory: Path = MIGRATIONS_DIR, *,
 async def open_pool(dsn: str, *, min_size: int = 2, max_size: int = 20,
                     attempts: int = 10) -> asyncpg.Pool:
     """A pool on `dsn` with the forge tables migrated; retries while the server starts."""
-    pool = await create_pool(dsn, min_size=min_size, max_size=max_size, attempts=attempts)
+    # The integrations' queries leave no session state (the migration lock is released, the
+    # inbox listener removed), and a webhook is a few queries: skip the reset round trips.
+    pool = await create_pool(dsn, min_size=min_size, max_size=max_size, attempts=attempts,
+                             reset_sessions=False)
     try:
         async with pool.acquire() as conn:
             await migrate(conn)

@@ -21,6 +21,7 @@ from starlette.applications import Starlette
 from starlette.routing import BaseRoute
 
 from common.broker import Broker, Delivery, Subscription
+from common.forge.answering import Answering
 from common.forge.config import InboxSettings
 from common.forge.events import ApprovalSent, Ignored, Published
 from common.forge.inbox import Inbox, InboxItem, InboxWorker
@@ -46,7 +47,9 @@ class IntegrationService(abc.ABC):
         self.name = name
         self._events_queue = events_queue
         self.inbox = Inbox(pool)
-        self.inbox_worker = InboxWorker(self.inbox, forges, self.process, settings=inbox)
+        self.answering = Answering()
+        self.inbox_worker = InboxWorker(self.inbox, forges, self.process, settings=inbox,
+                                        answering=self.answering)
         self._tasks: list[asyncio.Task[None]] = []
         self._subscription: Subscription | None = None
 
@@ -102,7 +105,8 @@ class IntegrationService(abc.ABC):
     def app(self) -> Starlette:
         """The web app; its lifespan starts and stops the tasks and the consumer."""
         return webhook_app(self.routes(), lifespan=self._lifespan, checks=self.checks(),
-                           details={"inbox": self.inbox_backlog}, metrics=self.metrics())
+                           details={"inbox": self.inbox_backlog}, metrics=self.metrics(),
+                           answering=self.answering)
 
     def metrics(self) -> list[Refresher]:
         """What `/metrics` refreshes before answering: the inbox backlog (and the

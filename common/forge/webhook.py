@@ -32,6 +32,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute
 
 from common.errors import SolsticeError
+from common.forge.answering import Answering, AnsweringMiddleware
 from common.forge.errors import WebhookRejected
 from common.health import Check, Detail, health_routes
 from common.metrics import Refresher, WebhookOutcomes, metrics_route
@@ -156,10 +157,12 @@ def webhook_app(routes: Sequence[BaseRoute], *,
                 lifespan: Callable[[Starlette], AbstractAsyncContextManager[None]] | None = None,
                 checks: Mapping[str, Check] | None = None,
                 details: Mapping[str, Detail] | None = None,
-                metrics: Sequence[Refresher] = ()) -> Starlette:
+                metrics: Sequence[Refresher] = (),
+                answering: Answering | None = None) -> Starlette:
     """A Starlette app with `routes`, `/healthz`, `/readyz` (running `checks`, showing
     `details`), `/metrics` (after `metrics` refreshed their gauges; every webhook answer
-    counted, `common.metrics`) and the error answers described above."""
+    counted, `common.metrics`) and the error answers described above. Webhooks in flight
+    count in `answering` (the inbox worker steps aside for them)."""
     handlers: dict[type[Exception], Callable[[Request, Exception], Any]] = {
         WebhookRejected: _rejected, SolsticeError: _solstice_error}
     handlers.update({error: _database_unavailable for error in DATABASE_ERRORS})
@@ -167,5 +170,6 @@ def webhook_app(routes: Sequence[BaseRoute], *,
         routes=[*routes, *health_routes(checks or {}, details), metrics_route(metrics)],
         exception_handlers=handlers,
         lifespan=lifespan,
-        middleware=[Middleware(WebhookOutcomes)],
+        middleware=[Middleware(AnsweringMiddleware, answering=answering or Answering()),
+                    Middleware(WebhookOutcomes)],
     )

@@ -10,6 +10,7 @@ from collections import Counter
 import asyncpg
 
 from common.broker import MemoryBroker
+from common.forge.answering import SETTLE, Answering
 from common.forge.config import InboxSettings
 from common.forge.events import Ignored
 from common.forge.inbox import Inbox, InboxItem, InboxState, InboxWorker, Received
@@ -151,3 +152,71 @@ async def test_a_delivery_stored_by_another_process_wakes_the_worker_at_once(
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_a_burst_of_stores_shares_statements_and_keeps_each_answer(
+        pool: asyncpg.Pool) -> None:
+    """64 deliveries stored at once (one id sent twice, one stored before) go out in a few
+    INSERTs; each caller still learns whether its own delivery was new."""
+    class CountingInbox(Inbox):
+        statements = 0
+
+        async def _store_many(self, batch):  # type: ignore[no-untyped-def]
+            CountingInbox.statements += 1
+            return await super()._store_many(batch)
+
+    inbox = CountingInbox(pool)
+    assert await inbox.store(Received("forgejo", "before", "push", b"{}"), InboxState.PENDING)
+    ids = [f"d-{n}" for n in range(62)] + ["d-7", "before"]
+    stored = await asyncio.gather(*(
+        inbox.store(Received("forgejo", delivery, "push", b"{}"), InboxState.PENDING)
+        for delivery in ids))
+    assert stored == [True] * 62 + [False, False]
+    assert CountingInbox.statements <= 3, CountingInbox.statements
+    assert await inbox.counts(["forgejo"]) == {"pending": 63}
+    rows = await pool.fetch("SELECT delivery_id, finished_at FROM forge_inbox WHERE state = 'pending'")
+    assert all(r["finished_at"] is None for r in rows)
+
+
+async def test_a_finished_state_is_stored_with_its_time_in_a_shared_statement(
+        pool: asyncpg.Pool) -> None:
+    inbox = Inbox(pool)
+    await asyncio.gather(
+        inbox.store(Received("gitea", "ignored-1", "issues", b"{}"), InboxState.IGNORED, "no"),
+        inbox.store(Received("gitea", "pending-1", "push", b"{}"), InboxState.PENDING))
+    rows = {r["delivery_id"]: r for r in await pool.fetch(
+        "SELECT delivery_id, state, outcome, finished_at FROM forge_inbox")}
+    assert rows["ignored-1"]["state"] == "ignored" and rows["ignored-1"]["outcome"] == "no"
+    assert rows["ignored-1"]["finished_at"] is not None
+    assert rows["pending-1"]["finished_at"] is None
+
+
+async def test_the_worker_steps_aside_while_webhooks_are_answered(pool: asyncpg.Pool) -> None:
+    """A round waits while a webhook is in flight (and a moment after), but no longer than
+    `yield_to_webhooks`: a flood never stops the runs for good."""
+    inbox = Inbox(pool)
+    await inbox.store(Received("forgejo", "d-1", "push", b"{}"), InboxState.PENDING)
+    answering = Answering()
+    processed: list[float] = []
+    loop = asyncio.get_running_loop()
+
+    async def process(item: InboxItem) -> Ignored:
+        processed.append(loop.time())
+        return Ignored("test")
+
+    worker = InboxWorker(inbox, ["forgejo"], process, answering=answering,
+                         settings=InboxSettings(yield_to_webhooks=0.6))
+    answering.started()  # a webhook is being answered
+    started = loop.time()
+    round_ = asyncio.create_task(worker.run_once())
+    await asyncio.sleep(0.2)
+    assert processed == []
+    answering.ended()
+    assert await round_ == 1
+    assert 0.2 + SETTLE <= processed[0] - started < 0.6
+
+    await inbox.store(Received("forgejo", "d-2", "push", b"{}"), InboxState.PENDING)
+    answering.started()  # and never ends: the round goes ahead after yield_to_webhooks
+    started = loop.time()
+    assert await worker.run_once() == 1
+    assert 0.6 <= processed[1] - started < 1.5

@@ -34,6 +34,7 @@ from common.workflow import (
     load_workflow_async,
     matches_trigger,
 )
+from common.workflow.offload import INLINE_CHARS
 from forge_integration.config import ForgeIntegrationConfig
 from github_integration.config import GitHubIntegrationConfig
 from orchestrator.backends.local import LocalBackend
@@ -412,3 +413,24 @@ async def test_the_orchestrator_intake_validates_off_its_loop_with_its_limits(
     assert len(planned.jobs) == 304  # they need labels this host does not serve: never run
     refused = await orch.api.summary(await orch.api.submit(request(generate(jobs=1100))))
     assert "makes 1104 jobs" in refused.message and "workflow_limits.max_jobs" in refused.message
+
+
+def inline_sized(generate_for: Callable[[int], str]) -> str:
+    """The largest document `generate_for(n)` that is still validated on the loop."""
+    n = 1
+    while len(generate_for(n * 2)) <= INLINE_CHARS:
+        n *= 2
+    return generate_for(n)
+
+
+@pytest.mark.parametrize("hostile", [
+    lambda n: unknown_needs(n),
+    lambda n: f'workflow {{ job id="a" runs_on="x" {{ step name="s" run="{"${{" * n}" }} }}',
+], ids=["unknown-needs", "unclosed-substitutions"])
+def test_a_document_small_enough_for_the_loop_is_refused_well_within_the_lag_bound(
+        hostile: Callable[[int], str]) -> None:
+    """Documents up to `INLINE_CHARS` skip the validation process; the slowest refusals of
+    that size must still keep the loop's stall well below what the lag tests allow."""
+    text = inline_sized(hostile)
+    assert INLINE_CHARS / 2 < len(text) <= INLINE_CHARS
+    assert timed(lambda: rejected(text)) < LOOP_LAG_LIMIT / 2
