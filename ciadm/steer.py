@@ -5,20 +5,26 @@ import argparse
 import sys
 
 from ciadm.client import AddCommand, Client
+from ciadm.debug import ttl
 from ciadm.hosts import print_host
 from ciadm.output import emit, table, wants_json
 from ciadm.runs import print_run
 from ciadm.submit import follow
+from common.workflow.units import format_duration
 from protos import admin_pb2
 
 
 async def cmd_rerun(client: Client, args: argparse.Namespace) -> int:
-    run = await client.stub.Rerun(admin_pb2.RerunRequest(id=args.id, failed_only=args.failed),
-                                  metadata=client.metadata)
+    run = await client.stub.Rerun(admin_pb2.RerunRequest(
+        id=args.id, failed_only=args.failed, hold_seconds=args.hold or 0),
+        metadata=client.metadata)
 
     def human() -> None:
         again = ", ".join(j.key for j in run.jobs if j.state == "queued")
         print(f"re-run: run {run.run_id}: {again} queued again (earlier attempts kept)")
+        if args.hold:
+            print(f"if they fail, their machines are held for {format_duration(args.hold)}: "
+                  "`ciadm shell JOB` opens a terminal")
         print_run(run)
 
     if not args.wait:
@@ -77,6 +83,8 @@ def register(add: AddCommand) -> None:
     rerun.add_argument("id", metavar="RUN_OR_JOB")
     rerun.add_argument("--failed", action="store_true",
                        help="only the run's jobs that did not succeed (and their dependents)")
+    rerun.add_argument("--hold", type=ttl, metavar="TTL",
+                       help="hold the machine of each re-run job that fails for TTL (30m, 1h)")
     rerun.add_argument("--wait", action="store_true",
                        help="follow the run to its end (exit status 0 if it succeeded)")
     add("drain", cmd_drain, "stop a host taking new jobs; its running jobs finish (no signal "

@@ -384,10 +384,15 @@ class AdminService(SecretAdmin, admin_pb2_grpc.AdminServicer):
                                 "--failed applies to a run; give the run's id")
         run_id = found if kind == "runs" else await self.db.pool.fetchval(
             "SELECT run_id FROM jobs WHERE id = $1", found)
+        if request.hold_seconds > MAX_HOLD_SECONDS:
+            await self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT,
+                               f"hold_seconds must be at most {MAX_HOLD_SECONDS}", "rerun",
+                               str(run_id))
         by = actor()
         try:
             keys = await self.api.rerun(run_id, job_id=found if kind == "jobs" else None,
-                                        failed_only=request.failed_only, actor=by)
+                                        failed_only=request.failed_only,
+                                        hold_seconds=request.hold_seconds or None, actor=by)
         except steering.RerunRefused as exc:
             await self._refuse(context, grpc.StatusCode.FAILED_PRECONDITION, str(exc), "rerun",
                                str(run_id))

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from common.messages import JobState, RunRequest
+from common.workflow.units import format_duration
 from orchestrator import audit, steering
 from orchestrator.db import Database
 from orchestrator.effects import Effects
@@ -155,14 +156,17 @@ class OrchestratorAPI:
         return approved
 
     async def rerun(self, run_id: uuid.UUID, *, job_id: uuid.UUID | None = None,
-                    failed_only: bool = False, actor: str) -> list[str]:
+                    failed_only: bool = False, hold_seconds: int | None = None,
+                    actor: str) -> list[str]:
         """A new attempt of an ended run's jobs (all, those that did not succeed, or `job_id`)
-        and of their dependents; the keys re-queued, audited as `actor`'s. `RerunRefused`
-        while the run has not ended."""
+        and of their dependents, each held `hold_seconds` if it fails; the keys re-queued,
+        audited as `actor`'s. `RerunRefused` while the run has not ended."""
         keys, changes = await steering.rerun(self.db, run_id, job_id=job_id,
-                                             failed_only=failed_only, by=actor)
+                                             failed_only=failed_only,
+                                             hold_seconds=hold_seconds, by=actor)
+        held = f"; held {format_duration(hold_seconds)} if failed" if hold_seconds else ""
         await audit.record(self.db.pool, actor=actor, action="rerun", target=str(run_id),
-                           detail=",".join(keys))
+                           detail=",".join(keys) + held)
         self.effects.apply(changes)
         return keys
 

@@ -258,7 +258,8 @@ class Executor:
 
     async def _run_job(self, lease: Lease, token_hash: bytes, token: str) -> None:
         secrets, problem = await self._job_secrets(lease)
-        preloaded = lease.repo.forge == "local" and self.backend.name == "local"
+        preloaded = (lease.repo.forge == "local" and self.backend.name == "local"
+                     and bool(lease.repo.clone_url))  # none: a job with no source (selftest)
         session = JobSession(
             job_id=lease.job_id, run_id=lease.run_id, key=lease.key, attempt=lease.attempt,
             token_hash=token_hash, spec=lease.spec, repo=lease.repo,

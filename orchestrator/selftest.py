@@ -1,7 +1,8 @@
 """`solstice-orchestrator selftest`: prove a host before it takes jobs.
 
-Runs one two-step job (a log line, an artifact) on one machine of a label through the
-configured backend and a private orchestrator embedded in this process (its own host name,
+Runs one two-step job (a log line, an artifact) with no source (nothing to clone: the
+guest proves the machine and the runner channel, not its route to a forge) on one machine of a
+label through the configured backend and a private orchestrator embedded in this process (its own host name,
 database schema, in-process queue and Admin token, the host's `grpc_listen`/`grpc_advertise`
 so the guest dials what real jobs dial). Each stage is timed: provisioning the machine
 (clone, zone config, install), its boot, the runner's call-in, the job, its teardown, and
@@ -12,14 +13,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import shutil
 import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, TypeVar
 
 from common.config import load_config
@@ -124,18 +122,16 @@ async def selftest(config: OrchestratorConfig, backend: VMBackend, label: str,
         "max_held": 0, "web_listen": None, "admin_token_file": None, **private_admin()})
     timed = TimedBackend(backend)
     stages: list[Stage] = []
-    source = Path(config.state_dir) / f"selftest-src-{host}"
     began = time.monotonic()
     ok = False
     try:
-        commit = await _source_repository(source)
         async with running(config, backend=timed, schema=f"selftest_{uuid.uuid4().hex[:12]}"
                            ) as orchestrator:
             stages.append(Stage("orchestrator start", time.monotonic() - began))
             run_id = await orchestrator.api.submit(RunRequest(
-                request_id=str(uuid.uuid4()), commit_sha=commit, ref="refs/heads/main",
-                repo=Repo(forge="local", owner="local", name="selftest",
-                          clone_url=f"file://{source}"),
+                request_id=str(uuid.uuid4()), commit_sha="", ref="refs/heads/main",
+                # No clone URL and no commit: the job has no source to check out.
+                repo=Repo(forge="local", owner="local", name="selftest", clone_url=""),
                 event=EventKind.MANUAL, branch="main", workflow_source=WORKFLOW.replace(
                     "{label}", label)))
             try:
@@ -173,29 +169,7 @@ async def selftest(config: OrchestratorConfig, backend: VMBackend, label: str,
             out(f"{'FAIL' if stage.problem else 'ok  '}  {stage.name:<22} {took}"
                 + (f"\n      {stage.problem}" if stage.problem else ""))
         out(f"selftest {'passed' if ok else 'FAILED'} on backend {backend.name}, label {label}")
-        shutil.rmtree(source, ignore_errors=True)
     return ok
-
-
-async def _source_repository(path: Path) -> str:
-    """A one-commit git repository for the job to check out; its commit id."""
-    path.mkdir(parents=True, exist_ok=True)
-    (path / "README").write_text("solstice selftest\n")
-    env = {"GIT_AUTHOR_NAME": "selftest", "GIT_AUTHOR_EMAIL": "selftest@localhost",
-           "GIT_COMMITTER_NAME": "selftest", "GIT_COMMITTER_EMAIL": "selftest@localhost",
-           "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
-    commit = ""
-    for argv in (["git", "init", "-q", "-b", "main"], ["git", "add", "README"],
-                 ["git", "commit", "-q", "-m", "selftest"], ["git", "rev-parse", "HEAD"]):
-        proc = await asyncio.create_subprocess_exec(
-            *argv, cwd=path, env=env, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE)
-        out, err = await proc.communicate()
-        if proc.returncode != 0:
-            raise SolsticeError(f"{' '.join(argv)} failed: {err.decode().strip()}",
-                                hint="the self-test needs git on the orchestrator host")
-        commit = out.decode().strip()
-    return commit
 
 
 async def _check_outputs(orchestrator: Any, job_id: uuid.UUID, attempt: int) -> Stage:

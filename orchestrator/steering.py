@@ -33,9 +33,13 @@ class RerunRefused(SolsticeError):
 
 
 async def rerun(db: Database, run_id: uuid.UUID, *, job_id: uuid.UUID | None = None,
-                failed_only: bool = False, by: str) -> tuple[list[str], Changes]:
+                failed_only: bool = False, hold_seconds: int | None = None,
+                by: str) -> tuple[list[str], Changes]:
     """Queue a new attempt of the run's jobs (all of them, those that did not succeed, or
-    `job_id`) and of everything that needs them; return the job keys re-queued."""
+    `job_id`) and of everything that needs them; return the job keys re-queued.
+
+    `hold_seconds`: each new attempt's machine is held that long if it fails (the operator's
+    request, as `ciadm hold` makes on a running job). An earlier attempt's request is dropped."""
     changes = Changes()
     async with db.transaction() as conn:
         run = await lock_run(conn, run_id)
@@ -72,6 +76,8 @@ async def rerun(db: Database, run_id: uuid.UUID, *, job_id: uuid.UUID | None = N
             await conn.execute(
                 "UPDATE steps SET state = 'pending', exit_code = NULL, duration_ms = NULL,"
                 " started_at = NULL, finished_at = NULL WHERE job_id = $1", job["id"])
+            await conn.execute("UPDATE jobs SET hold_ttl = $2 WHERE id = $1", job["id"],
+                               hold_seconds)
         await conn.execute("UPDATE runs SET state = 'queued', message = '', finished_at = NULL"
                            " WHERE id = $1", run_id)
         await settle(conn, run_id, changes)

@@ -54,7 +54,8 @@ async def checkout(
     groups: ProcessGroups, shipper: LogShipper, masker: SecretMasker,
     deadline: float | None, cancel: asyncio.Event,
 ) -> CheckoutResult:
-    """Fill `workspace` with the tree at `spec.commit` (nothing to do when preloaded).
+    """Fill `workspace` with the tree at `spec.commit` (nothing to do when preloaded, or for
+    a job with no source).
 
     `masker` must already hold the checkout password, so git's own messages are masked too.
     """
@@ -65,8 +66,12 @@ async def checkout(
                        + (f"commit {spec.commit} plus any uncommitted changes)" if spec.commit
                           else "not a git repository)"))
         return CheckoutResult(Ending.EXITED)
+    if not spec.repo_url and not spec.commit:
+        shipper.system(NO_STEP, "no repository to check out: the workspace starts empty")
+        return CheckoutResult(Ending.EXITED)
     if not spec.repo_url or not spec.commit:
-        return CheckoutResult(Ending.EXITED, "the job names no repository URL or commit to check out")
+        return CheckoutResult(Ending.EXITED, "the job names a repository URL without a commit, "
+                                             "or a commit without a repository URL")
     env = git_env(base_env, spec)
     shipper.system(NO_STEP, f"checking out {redact_url(spec.repo_url)} at {spec.commit}")
 

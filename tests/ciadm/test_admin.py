@@ -23,7 +23,13 @@ workflow name="gate" {
 async def ciadm(harness: Harness, *args: str,
                 token: str | None = ADMIN_TOKEN) -> subprocess.CompletedProcess[str]:
     """Run the real `ciadm` CLI in a subprocess against the harness' Admin listener."""
-    cmd = [sys.executable, "-m", "ciadm.main", "--orchestrator", harness.orchestrator.admin_url]
+    return await ciadm_at(harness.orchestrator.admin_url, *args, token=token)
+
+
+async def ciadm_at(admin_url: str, *args: str,
+                   token: str | None = ADMIN_TOKEN) -> subprocess.CompletedProcess[str]:
+    """Run the real `ciadm` CLI in a subprocess against the Admin listener at `admin_url`."""
+    cmd = [sys.executable, "-m", "ciadm.main", "--orchestrator", admin_url]
     if token:
         cmd += ["--token", token]
     proc = await asyncio.create_subprocess_exec(*cmd, *args, stdout=subprocess.PIPE,

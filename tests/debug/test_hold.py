@@ -274,3 +274,41 @@ async def test_job_page_says_held_and_the_forge_already_saw_failure(orchestrator
 
 async def _reported(events: list[JobEvent]) -> bool:
     return any(e.state == JobState.FAILURE for e in events)
+
+
+async def test_rerun_with_hold_holds_the_new_attempt_and_only_it(harness: Harness):
+    plain = FAILING.replace(' hold_on_failure="{ttl}"', "").format()
+    first = await asyncio.wait_for(harness.run(plain), 60)
+    job_id = first.jobs[0].job_id
+    assert first.state == "failure" and await held_until(harness, job_id) is None
+    assert not machine_dirs(harness)
+    too_long = await ciadm(harness, "rerun", str(job_id), "--hold", "48h")
+    assert too_long.returncode == 1 and "at most 86400" in too_long.stderr
+
+    rerun = await ciadm(harness, "rerun", str(job_id), "--hold", "5m", "--wait")
+    assert rerun.returncode == 1, rerun.stdout + rerun.stderr  # the job failed again
+    assert "held for 5m" in rerun.stdout
+    assert await held_until(harness, job_id) is not None
+    evidence = await ciadm(harness, "exec", str(job_id), "--", "cat", "evidence.txt")
+    assert evidence.returncode == 0, evidence.stderr
+    assert evidence.stdout == "the-evidence\n"
+    assert (await ciadm(harness, "release", str(job_id))).returncode == 0
+    await wait_for(lambda: _gone(harness))
+
+    # On a run: its re-run jobs are held. A later re-run without --hold is not.
+    again = await ciadm(harness, "rerun", str(first.run_id), "--hold", "2m", "--wait")
+    assert again.returncode == 1, again.stdout + again.stderr
+    assert await held_until(harness, job_id) is not None
+    assert (await ciadm(harness, "exec", str(job_id), "--", "true")).returncode == 0
+    assert (await ciadm(harness, "release", str(job_id))).returncode == 0
+    await wait_for(lambda: _gone(harness))
+    last = await ciadm(harness, "rerun", str(first.run_id), "--wait")
+    assert last.returncode == 1, last.stdout + last.stderr
+    assert await held_until(harness, job_id) is None and not machine_dirs(harness)
+
+    audited = await harness.orchestrator.db.pool.fetch(
+        "SELECT outcome, detail FROM audit_log WHERE action = 'rerun' AND target = $1"
+        " ORDER BY id", str(first.run_id))
+    assert [(a["outcome"], a["detail"]) for a in audited][1:] == [
+        ("ok", "build; held 5m if failed"), ("ok", "build; held 2m if failed"), ("ok", "build")]
+    assert audited[0]["outcome"].startswith("refused")

@@ -264,6 +264,29 @@ async def test_checkout_failure_is_an_infrastructure_error(serve, tmp_path):
     assert s.states() == {0: ["STEP_SKIPPED"]}
 
 
+async def test_a_job_with_no_source_runs_in_an_empty_workspace(serve, tmp_path):
+    job = make_job(("look", "ls -A | wc -l"), checkout=runner_pb2.Checkout())
+    harness = await serve(job)
+    code, stderr = await harness.run_runner(tmp_path / "ws")
+    s = harness.servicer
+    assert code == 0, stderr
+    assert s.result.outcome == runner_pb2.JOB_SUCCESS, s.output()
+    assert s.output(0, runner_pb2.STDOUT) == b"0\n"
+    assert b"no repository to check out: the workspace starts empty" in s.output()
+
+
+async def test_a_repository_without_a_commit_is_an_error(serve, tmp_path):
+    job = make_job(("never", "true"),
+                   checkout=runner_pb2.Checkout(repo_url=f"file://{tmp_path}/repo"))
+    harness = await serve(job)
+    code, stderr = await harness.run_runner(tmp_path / "ws")
+    s = harness.servicer
+    assert code == 0, stderr
+    assert s.result.outcome == runner_pb2.JOB_ERROR
+    assert "a repository URL without a commit" in s.result.message
+    assert s.states() == {0: ["STEP_SKIPPED"]}
+
+
 async def test_setup_script_runs_before_steps_and_its_failure_fails_the_job(serve, tmp_path):
     ws = tmp_path / "ws"
     ws.mkdir()
