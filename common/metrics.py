@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Histogram, generate_latest
 from starlette.requests import Request
@@ -58,6 +58,8 @@ OUTBOX_BACKLOG = Gauge("solstice_outbox_backlog", "Outbox rows not yet sent: the
                        "messages to publish, an integration's statuses to deliver", ["outbox"])
 INBOX_BACKLOG = Gauge("solstice_inbox_backlog", "Inbox rows (webhook deliveries stored) not yet "
                       "processed", ["inbox"])
+INBOX_PARKED = Gauge("solstice_inbox_parked", "Inbox rows parked after failing for good or too "
+                     "often: each waits for an operator's `inbox --retry ID`", ["inbox"])
 
 # -- the integrations' webhook edge --------------------------------------------------------
 WEBHOOKS = Counter("solstice_webhooks", "Webhook deliveries answered, by forge, event and "
@@ -76,10 +78,13 @@ KNOWN_EVENTS = frozenset({
 MAX_OUTCOME_BODY = 64 * 1024
 
 
-def inbox_backlog(inbox: str, count: Callable[[], Awaitable[int]]) -> Refresher:
-    """A refresher setting `solstice_inbox_backlog{inbox=...}` to what `count` answers."""
+def inbox_backlog(inbox: str, count: Callable[[], Awaitable[Mapping[str, int]]]) -> Refresher:
+    """A refresher setting `solstice_inbox_backlog{inbox=...}` and `solstice_inbox_parked`
+    to the `pending` and `parked` counts that `count` answers."""
     async def refresh() -> None:
-        INBOX_BACKLOG.labels(inbox).set(await count())
+        counts = await count()
+        INBOX_BACKLOG.labels(inbox).set(counts.get("pending", 0))
+        INBOX_PARKED.labels(inbox).set(counts.get("parked", 0))
     return refresh
 
 

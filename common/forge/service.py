@@ -111,10 +111,7 @@ class IntegrationService(abc.ABC):
     def metrics(self) -> list[Refresher]:
         """What `/metrics` refreshes before answering: the inbox backlog (and the
         integration's own, added by overriding)."""
-        return [inbox_backlog(self.name, self._pending)]
-
-    async def _pending(self) -> int:
-        return (await self.inbox_backlog())["pending"]
+        return [inbox_backlog(self.name, self.inbox_backlog)]
 
     async def inbox_backlog(self) -> dict[str, int]:
         """This service's deliveries still to process and those parked (`/readyz` details)."""

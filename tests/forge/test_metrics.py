@@ -34,15 +34,19 @@ async def test_webhook_outcomes_and_outbox_backlog(harness: Harness) -> None:
     assert value(after, "solstice_outbox_backlog", outbox="forgejo") == 0
 
 
-async def test_an_inbox_feeds_its_backlog_gauge() -> None:
-    """The gauge an integration's inbox feeds: counted when scraped, through the shared edge."""
-    waiting = [3]
+async def test_an_inbox_feeds_its_backlog_and_parked_gauges() -> None:
+    """The gauges an integration's inbox feeds: counted when scraped, through the shared edge."""
+    counts = {"pending": 3, "parked": 1, "done": 40}
 
-    async def count() -> int:
-        return waiting[0]
+    async def count() -> dict[str, int]:
+        return counts
 
     app = webhook_app([], metrics=[inbox_backlog("forgejo", count)])
     async with running(app) as url:
-        assert value(await scrape(url), "solstice_inbox_backlog", inbox="forgejo") == 3
-        waiting[0] = 0
-        assert value(await scrape(url), "solstice_inbox_backlog", inbox="forgejo") == 0
+        scraped = await scrape(url)
+        assert value(scraped, "solstice_inbox_backlog", inbox="forgejo") == 3
+        assert value(scraped, "solstice_inbox_parked", inbox="forgejo") == 1
+        counts.update(pending=0, parked=0)
+        scraped = await scrape(url)
+        assert value(scraped, "solstice_inbox_backlog", inbox="forgejo") == 0
+        assert value(scraped, "solstice_inbox_parked", inbox="forgejo") == 0

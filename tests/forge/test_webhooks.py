@@ -147,6 +147,8 @@ async def test_forge_api_failing_on_parks_the_delivery_with_its_last_error(
         ready = (await h.http.get("/readyz")).json()
         assert ready["details"]["inbox"] == {"pending": 0, "parked": 1}, ready
         assert ready["status"] == "ready"  # a parked delivery is the operator's, not a fault
+        metrics = (await h.http.get("/metrics")).text
+        assert 'solstice_inbox_parked{inbox="forge"} 1.0' in metrics, metrics
 
 
 def pr_body(head_repo_id: int | None, author: str, head_sha: str = "a" * 40) -> dict[str, Any]:
