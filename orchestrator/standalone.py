@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import re
-import secrets
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 
@@ -22,6 +21,7 @@ from orchestrator.config import OrchestratorConfig
 from orchestrator.db import Database, migrate
 from orchestrator.db.embedded import EmbeddedPostgres
 from orchestrator.service import Orchestrator
+from orchestrator.tokens import random_token
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ def private_admin() -> dict[str, str]:
     benchmarks), which no operator administers: the Admin service on any free loopback port,
     behind a random token made for this process and shown to no one. Authentication stays
     on, and two such processes (or one beside a real orchestrator) never share a port."""
-    return {"admin_listen": "127.0.0.1:0", "admin_token": secrets.token_urlsafe(32)}
+    return {"admin_listen": "127.0.0.1:0", "admin_token": random_token()}
 
 
 @asynccontextmanager

@@ -6,9 +6,17 @@ import hmac
 import secrets
 
 
+def random_token() -> str:
+    """256 random bits, URL-safe, never starting with `-`: a token is given on command lines
+    (`ciadm --token TOKEN`), where argparse would take one that does for an option."""
+    while (token := secrets.token_urlsafe(32)).startswith("-"):
+        pass
+    return token
+
+
 def mint() -> tuple[str, bytes]:
     """A new token and the hash to store."""
-    token = secrets.token_urlsafe(32)
+    token = random_token()
     return token, digest(token)
 
 

@@ -10,6 +10,7 @@ import pytest
 from common.messages import JobState
 from orchestrator.backends.base import VM, RunnerBootstrap
 from orchestrator.backends.local import LocalBackend
+from orchestrator.tokens import random_token
 from protos import runner_pb2, runner_pb2_grpc
 from tests.orchestrator.conftest import Factory
 
@@ -111,3 +112,10 @@ async def test_cancel_before_the_runner_called_in(orchestrator_factory: Factory)
         stub = runner_pb2_grpc.RunnerStub(channel)
         await expect_unauthenticated(stub.GetJob(
             runner_pb2.GetJobRequest(job_id=boot.job_id, token=boot.token)))
+
+
+def test_no_token_starts_with_a_dash() -> None:
+    """`ciadm --token TOKEN` must take every token: argparse reads `--token -x...` as a missing
+    value (one token in 64 began with `-` and failed so, seen in CI)."""
+    assert not [t for t in (random_token() for _ in range(2000)) if t.startswith("-")]
+    assert len({random_token() for _ in range(100)}) == 100
