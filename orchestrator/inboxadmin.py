@@ -26,9 +26,11 @@ from protos import admin_pb2
 log = logging.getLogger(__name__)
 
 RETRY_ACTION = "inbox.retry"
+# An integration that does not answer is not UNAVAILABLE: that code says the orchestrator
+# itself did not answer (which is how ciadm reads it); the operator has to start the integration.
 REFUSALS = {NoIntegration: grpc.StatusCode.FAILED_PRECONDITION,
             NotParked: grpc.StatusCode.NOT_FOUND,
-            IntegrationUnavailable: grpc.StatusCode.UNAVAILABLE}
+            IntegrationUnavailable: grpc.StatusCode.FAILED_PRECONDITION}
 
 
 def _ms(when: datetime) -> int:
