@@ -6,8 +6,10 @@ import asyncio
 import json
 
 import asyncpg
+import pytest
 from pydantic import SecretStr
 
+from ciadm.main import build_parser
 from common.broker import MemoryBroker
 from common.forge.inbox import InboxState
 from orchestrator import audit
@@ -39,11 +41,10 @@ async def test_operators_list_and_retry_a_parked_delivery(
             "github": CredentialSource(url=down, token=SecretStr(INTERNAL), timeout=1.0)})
 
         # Independent asks, run side by side: each `ciadm` is a process of its own.
-        listed, as_text, unknown, unreachable, malformed = await asyncio.gather(
+        listed, as_text, unknown, unreachable = await asyncio.gather(
             ciadm(harness, "inbox"), ciadm(harness, "inbox", "--parked", "--json"),
             ciadm(harness, "inbox", "--retry", "forgejo:999999"),
-            ciadm(harness, "inbox", "--retry", "github:1"),
-            ciadm(harness, "inbox", "--retry", "17"))
+            ciadm(harness, "inbox", "--retry", "github:1"))
         assert listed.returncode == 0, listed.stderr
         lines = listed.stdout.splitlines()
         # One integration serving two forges is asked once; the one that is down is reported.
@@ -66,7 +67,6 @@ async def test_operators_list_and_retry_a_parked_delivery(
 
         assert unknown.returncode == 1 and "no parked delivery 999999" in unknown.stderr
         assert unreachable.returncode == 1 and "no answer" in unreachable.stderr
-        assert malformed.returncode == 2 and "FORGE:ID" in malformed.stderr
 
         forge.heal()
         retried = await ciadm(harness, "inbox", "--retry", f"forgejo:{parked.id}")
@@ -91,3 +91,11 @@ async def test_no_integration_configured_says_which_table_to_set(orchestrator_fa
     assert "knows no forge integration" in listed.stderr
     assert "[orchestrator.checkout_credentials.<forge>]" in listed.stderr
     assert retried.returncode == 1 and "checkout_credentials" in retried.stderr
+
+
+def test_retry_takes_forge_and_id(capsys: pytest.CaptureFixture[str]) -> None:
+    assert build_parser().parse_args(["inbox", "--retry", "gitea:17"]).retry == ("gitea", 17)
+    for malformed in ("17", "forgejo:", ":17", "forgejo:0", "forgejo:x"):
+        with pytest.raises(SystemExit) as exited:
+            build_parser().parse_args(["inbox", "--retry", malformed])
+        assert exited.value.code == 2 and "FORGE:ID" in capsys.readouterr().err
