@@ -3,7 +3,8 @@
 `[orchestrator.checkout_credentials.<forge>]` names, per forge kind (`github`, `forgejo`,
 `gitea`), the integration to ask (`url`) and the bearer token it expects (`token` or
 `token_file`, its `internal_token`). A job of a forge without such a table is cloned without
-credentials, as a public repository. The protocol is `common.forge.credentials`.
+credentials, as a public repository. The protocol is `common.forge.credentials`. The same
+tables say which integrations `ciadm inbox` asks (`orchestrator.integration_inbox`).
 
 The executor asks before it provisions the job's machine: a job whose credential cannot be
 obtained ends `error` without a machine. The credential lives in the job's session only (the
