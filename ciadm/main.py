@@ -22,6 +22,7 @@ from ciadm import (
     audit,
     debug,
     hosts,
+    inbox,
     record,
     retention,
     runs,
@@ -36,13 +37,13 @@ from common.cli import quiet_on_closed_stdout
 from common.errors import SolsticeError
 
 COMMAND_MODULES = (runs, hosts, submit, steer, record, artifacts, retention, secrets, tokens,
-                   audit, debug)
+                   audit, debug, inbox)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ciadm", description="Operate Solstice CI: runs, "
-                                     "submits, re-runs, approvals, cancels, logs, artifacts, the queue and "
-                                     "orchestrator hosts.")
+                                     "submits, re-runs, approvals, cancels, logs, artifacts, the queue, "
+                                     "orchestrator hosts and the webhook inboxes.")
     parser.add_argument("--orchestrator", default=os.environ.get("SOLSTICE_ORCHESTRATOR_ADMIN",
                                                                  DEFAULT_ADMIN_ADDRESS), type=address,
                         help="HOST:PORT of any orchestrator's Admin listener (admin_listen; "

@@ -1,4 +1,5 @@
-"""What both command-line tools (`cidev`, `ciadm`) do at their edge, whatever the command."""
+"""What the command-line tools (`cidev`, `ciadm`, the integrations' commands) do at their
+edge, whatever the command."""
 from __future__ import annotations
 
 import os
@@ -7,6 +8,8 @@ from collections.abc import Callable
 
 # 128 + SIGPIPE: what a shell reports for a writer whose reader went away.
 BROKEN_PIPE_STATUS = 141
+# A table's free-text column (an error) is cut to this many characters.
+TEXT_WIDTH = 80
 
 
 def quiet_on_closed_stdout(command: Callable[[], int]) -> int:
@@ -23,3 +26,10 @@ def quiet_on_closed_stdout(command: Callable[[], int]) -> int:
         os.dup2(devnull, sys.stdout.fileno())
         os.close(devnull)
         return BROKEN_PIPE_STATUS
+
+
+def one_line(text: str, width: int = TEXT_WIDTH) -> str:
+    """`text` on one line of at most `width` characters (an ellipsis ends a cut one), for a
+    table."""
+    flat = " ".join(text.split())
+    return flat[:width - 1] + "…" if len(flat) > width else flat

@@ -19,6 +19,7 @@ from common.broker import Broker, Delivery
 from common.forge.credentials import credential_routes
 from common.forge.events import ApprovalSent, Ignored, Published
 from common.forge.inbox import InboxItem
+from common.forge.inbox_api import inbox_routes
 from common.forge.outbox import Outbox, OutboxWorker
 from common.forge.service import IntegrationService, TaskFactory
 from common.metrics import Refresher, outbox_backlog
@@ -72,7 +73,8 @@ class GitHubIntegration(IntegrationService):
     def routes(self) -> list[BaseRoute]:
         tokens = CheckoutTokens(self.api)
         return [*self.webhook.routes(),
-                *credential_routes(self.config.internal_token, tokens.issue, tokens.revoke)]
+                *credential_routes(self.config.internal_token, tokens.issue, tokens.revoke),
+                *inbox_routes(self.config.internal_token, self.inbox, self.inbox_worker.forges)]
 
     def metrics(self) -> list[Refresher]:
         return [*super().metrics(), outbox_backlog(TARGET, self.outbox.backlog)]

@@ -32,6 +32,8 @@ from orchestrator.db import Database
 from orchestrator.grants import GrantSigner, grant_link
 from orchestrator.holds import HeldMachine, Holds
 from orchestrator.hosts import HostInfo, HostRegistry
+from orchestrator.inboxadmin import InboxAdmin
+from orchestrator.integration_inbox import IntegrationInboxes
 from orchestrator.logarchive import LogGone, LogUnavailable
 from orchestrator.logstore import read_log
 from orchestrator.retention import RetentionSweeper
@@ -98,7 +100,7 @@ def _token_message(info: AdminTokenInfo) -> admin_pb2.AdminToken:
 ON_BEHALF_OF = re.compile(r"[a-z][a-z0-9-]{0,31}:[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
 
-class AdminService(SecretAdmin, admin_pb2_grpc.AdminServicer):
+class AdminService(SecretAdmin, InboxAdmin, admin_pb2_grpc.AdminServicer):
     def __init__(self, *, db: Database, api: OrchestratorAPI, registry: HostRegistry,
                  tokens: AdminTokens, secrets: SecretStore, broker: Broker,
                  artifacts: ArtifactStore | None = None,
@@ -106,8 +108,11 @@ class AdminService(SecretAdmin, admin_pb2_grpc.AdminServicer):
                  grants: GrantSigner | None = None,
                  blobs: BlobStore | None = None,
                  retention: RetentionSweeper | None = None, holds: Holds | None = None,
-                 host_name: str = "") -> None:
+                 host_name: str = "",
+                 integrations: IntegrationInboxes | None = None) -> None:
         self.db = db
+        # The forge integrations' webhook inboxes (ListInbox, RetryInbox).
+        self.integrations = integrations if integrations is not None else IntegrationInboxes({})
         self.secrets = secrets
         # The machines this host holds, and its name: shells reach only those.
         self.holds = holds if holds is not None else Holds()

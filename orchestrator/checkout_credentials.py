@@ -3,7 +3,8 @@
 `[orchestrator.checkout_credentials.<forge>]` names, per forge kind (`github`, `forgejo`,
 `gitea`), the integration to ask (`url`) and the bearer token it expects (`token` or
 `token_file`, its `internal_token`). A job of a forge without such a table is cloned without
-credentials, as a public repository. The protocol is `common.forge.credentials`.
+credentials, as a public repository. The protocol is `common.forge.credentials`. The same
+tables say which integrations `ciadm inbox` asks (`orchestrator.integration_inbox`).
 
 The executor asks before it provisions the job's machine: a job whose credential cannot be
 obtained ends `error` without a machine. The credential lives in the job's session only (the
@@ -108,7 +109,7 @@ class CheckoutCredentials:
             except httpx.TransportError as exc:
                 raise _Retry(f"{what}: no answer ({type(exc).__name__}: {exc})") from exc
             if response.status_code >= 500:
-                raise _Retry(f"{what}: HTTP {response.status_code} {_reason(response)}")
+                raise _Retry(f"{what}: HTTP {response.status_code} {error_reason(response)}")
             return response
 
         try:
@@ -121,7 +122,7 @@ class CheckoutCredentials:
             return None
         if response.status_code != 200:
             raise CredentialUnavailable(
-                f"{what}: HTTP {response.status_code} {_reason(response)}",
+                f"{what}: HTTP {response.status_code} {error_reason(response)}",
                 hint="the orchestrator's checkout_credentials token must equal the "
                      "integration's internal_token")
         try:
@@ -146,10 +147,11 @@ class CheckoutCredentials:
         if response.status_code != 204:
             log.warning("checkout credential not handed back", extra={
                 "job_id": str(job_id), "integration": url,
-                "error": f"HTTP {response.status_code} {_reason(response)}"})
+                "error": f"HTTP {response.status_code} {error_reason(response)}"})
 
 
-def _reason(response: httpx.Response) -> str:
+def error_reason(response: httpx.Response) -> str:
+    """The `error` of an integration's JSON error answer, else the start of its text."""
     try:
         body = response.json()
     except ValueError:

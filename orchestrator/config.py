@@ -158,7 +158,8 @@ class OrchestratorConfig(BaseModel):
     bhyve: dict[str, Any] | None = None
     qemu: dict[str, Any] | None = None
     # Per forge kind, the integration that gives jobs their checkout credentials
-    # (orchestrator/checkout_credentials.py); a forge not listed is cloned without any.
+    # (orchestrator/checkout_credentials.py); a forge not listed is cloned without any. Also
+    # the integrations whose webhook inboxes `ciadm inbox` shows (orchestrator/integration_inbox.py).
     checkout_credentials: dict[Literal["github", "forgejo", "gitea"], CredentialSource] = Field(
         default_factory=dict)
 

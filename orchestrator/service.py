@@ -41,6 +41,7 @@ from orchestrator.grants import GrantSigner
 from orchestrator.holds import Holds
 from orchestrator.hosts import HostRegistry
 from orchestrator.intake import Intake
+from orchestrator.integration_inbox import IntegrationInboxes
 from orchestrator.logstore import LogStore
 from orchestrator.outbox import OutboxRelay
 from orchestrator.reaper import Reaper
@@ -229,7 +230,8 @@ class Orchestrator:
             artifacts=self.artifacts, broker=self.broker, blobs=self.blobs,
             retention=self.retention,
             pages_url=lambda: self.relay.log_url_base, grants=self.grants, holds=self.holds,
-            host_name=self.config.host_name), self.admin_server)
+            host_name=self.config.host_name,
+            integrations=IntegrationInboxes(self.config.checkout_credentials)), self.admin_server)
         try:
             port = self.admin_server.add_insecure_port(self.config.admin_listen)
         except RuntimeError as exc:  # gRPC's way of saying the address is taken or invalid

@@ -176,6 +176,15 @@ def list_audit_request(message: admin_pb2.ListAuditRequest) -> None:
     _int("limit", message.limit, 0, MAX_LIST_LIMIT)
 
 
+def list_inbox_request(message: admin_pb2.ListInboxRequest) -> None:
+    _int("limit", message.limit, 0, MAX_LIST_LIMIT)
+
+
+def retry_inbox_request(message: admin_pb2.RetryInboxRequest) -> None:
+    _text("forge", message.forge, 32, required=True)
+    _int("id", message.id, 1, INT64_MAX)
+
+
 def list_artifacts_request(message: admin_pb2.ListArtifactsRequest) -> None:
     _text("job", message.job, MAX_MESSAGE_CHARS)
 

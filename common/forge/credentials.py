@@ -26,7 +26,6 @@ answered 204 either way (a credential already expired or unknown is as good as r
 """
 from __future__ import annotations
 
-import hmac
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
@@ -39,6 +38,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from common.forge.errors import ForgeApiError, WebhookRejected
+from common.forge.internal import authorize, expected_token
 from common.forge.webhook import BodyLimits, parse_json, read_body
 from common.messages import Repo
 
@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 
 PATH = "/internal/checkout-credential"
 REVOKE_PATH = "/internal/checkout-credential/revoke"
+SERVED = "checkout credentials"
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -80,18 +81,6 @@ Issuer = Callable[[CredentialRequest], Awaitable[CheckoutCredential | None]]
 Revoker = Callable[[RevokeRequest], Awaitable[None]]
 
 
-def _authorize(request: Request, expected: bytes) -> None:
-    if not expected:
-        raise WebhookRejected(404, "checkout credentials are not served here",
-                              hint="set internal_token on the integration and the "
-                                   "orchestrators' checkout_credentials")
-    given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-    if not hmac.compare_digest(given.encode(), expected):
-        raise WebhookRejected(401, "missing or wrong bearer token",
-                              hint="the orchestrator's checkout_credentials token must "
-                                   "equal the integration's internal_token")
-
-
 async def _body(request: Request, model: type[M]) -> M:
     payload = parse_json(await read_body(request, BodyLimits(max_bytes=64 * 1024)))
     try:
@@ -110,10 +99,10 @@ def credential_routes(token: SecretStr | None, issue: Issuer, revoke: Revoker) -
     `issue` raises `ForgeApiError` when the forge refuses (400) or cannot be reached (503,
     retryable), or `WebhookRejected` for a request it cannot serve (its status); `revoke`
     does its best and raises nothing it expects."""
-    expected = token.get_secret_value().encode() if token is not None else b""
+    expected = expected_token(token)
 
     async def issue_endpoint(request: Request) -> Response:
-        _authorize(request, expected)
+        authorize(request, expected, SERVED)
         asked = await _body(request, CredentialRequest)
         try:
             credential = await issue(asked)
@@ -129,7 +118,7 @@ def credential_routes(token: SecretStr | None, issue: Issuer, revoke: Revoker) -
                             headers={"Cache-Control": "no-store"})
 
     async def revoke_endpoint(request: Request) -> Response:
-        _authorize(request, expected)
+        authorize(request, expected, SERVED)
         handed_back = await _body(request, RevokeRequest)
         await revoke(handed_back)
         return Response(status_code=204)

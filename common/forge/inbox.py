@@ -232,14 +232,14 @@ class Inbox:
             " ORDER BY id LIMIT $3", list(forges), [s.value for s in states], limit)
         return [_entry(r) for r in rows]
 
-    async def retry(self, forges: Sequence[str], entry_id: int) -> bool:
-        """Put a parked delivery back to pending, due now, its attempts reset; False if
-        there is no parked delivery `entry_id` of `forges`."""
-        status = await self._pool.execute(
+    async def retry(self, forges: Sequence[str], entry_id: int) -> InboxEntry | None:
+        """Put a parked delivery back to pending, due now, its attempts reset; the delivery
+        as it is now, None if there is no parked delivery `entry_id` of `forges`."""
+        row = await self._pool.fetchrow(
             "UPDATE forge_inbox SET state = 'pending', attempts = 0, next_attempt_at = now(),"
-            " finished_at = NULL WHERE id = $1 AND forge = ANY($2) AND state = 'parked'",
-            entry_id, list(forges))
-        return status == "UPDATE 1"
+            " finished_at = NULL WHERE id = $1 AND forge = ANY($2) AND state = 'parked'"
+            f" RETURNING {_ENTRY_COLUMNS}", entry_id, list(forges))
+        return None if row is None else _entry(row)
 
     async def prune(self, forges: Sequence[str], older_than: float) -> int:
         """Delete the finished deliveries of `forges` (done, ignored, rejected) received more

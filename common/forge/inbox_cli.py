@@ -8,9 +8,9 @@ last error) and those `parked`, oldest first, after a line of counts per state; 
 lists only the parked ones. `--retry ID` puts a parked delivery back to pending, due now,
 its attempts reset (exit 1 when there is no parked delivery ID of this integration).
 
-The command reads the integration's own database (`database_url`): the integrations and the
-orchestrator may use separate databases (docs/config.md), so this is not an orchestrator
-(`ciadm`) command.
+The command reads the integration's own database (`database_url`), on the integration's
+machine. Operators see the same from `ciadm inbox`: the orchestrators, whose database may be
+another (docs/config.md), ask the integrations over HTTP (`common.forge.inbox_api`).
 """
 from __future__ import annotations
 
@@ -20,10 +20,10 @@ from collections.abc import Awaitable, Callable, Sequence
 
 import asyncpg
 
+from common.cli import one_line
 from common.forge.inbox import Inbox, InboxEntry, InboxState
 
 BACKLOG = (InboxState.PENDING, InboxState.PARKED)
-ERROR_WIDTH = 80
 
 
 def add_command(subcommands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -41,9 +41,7 @@ def add_command(subcommands: argparse._SubParsersAction) -> None:  # type: ignor
 
 
 def _line(entry: InboxEntry) -> str:
-    error = " ".join(entry.last_error.split())
-    if len(error) > ERROR_WIDTH:
-        error = error[:ERROR_WIDTH - 1] + "…"
+    error = one_line(entry.last_error)
     return (f"{entry.id:>6}  {entry.forge:<8} {entry.delivery_id:<38} {entry.event:<14}"
             f" {entry.state.value:<8} {entry.attempts:>3}  {entry.received_at:%Y-%m-%d %H:%M:%S}"
             f"  {error}").rstrip()
@@ -56,7 +54,7 @@ async def run(args: argparse.Namespace, open_database: Callable[[str], Awaitable
     try:
         inbox = Inbox(pool)
         if args.retry is not None:
-            if not await inbox.retry(forges, args.retry):
+            if await inbox.retry(forges, args.retry) is None:
                 out(f"no parked delivery {args.retry} of {', '.join(forges)} in the inbox")
                 return 1
             out(f"delivery {args.retry} is pending again; the inbox worker processes it next")

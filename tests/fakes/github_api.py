@@ -328,6 +328,10 @@ class FakeGitHub:
         self._faults += [_Fault(status, delay, path_contains, after if i == 0 else 0)
                          for i in range(times)]
 
+    def heal(self) -> None:
+        """Drop the faults not yet triggered."""
+        self._faults.clear()
+
     def hook(self, url: str, secret: str) -> None:
         """Set the App's webhook: where deliveries go and the secret that signs them."""
         self.webhook_url, self.webhook_secret = url, secret

@@ -15,11 +15,14 @@ from pathlib import Path
 
 import httpx
 import pytest
+from pydantic import SecretStr
 
 from common.broker import Broker
 from common.broker.memory import MemoryBroker
 from common.forge.config import InboxSettings
 from common.forge.inbox import InboxEntry, InboxState
+from common.forge.inbox_api import PATH as INBOX_PATH
+from common.forge.inbox_api import retry_path
 from common.forge.signature import verify_github
 from common.messages import EventKind, RunApproval, RunRequest, decode_run_queue
 from common.retry import Backoff
@@ -274,13 +277,25 @@ async def test_github_failing_for_good_parks_the_delivery(pg_dsn: str, fake: Fak
     raw = (FIXTURES / "pull_request/synchronize.payload.json").read_bytes()
     fake.fail(100, status=502, path_contains="/contents/")
     inbox = InboxSettings(max_attempts=3, retry_initial=0.01, retry_max=0.02, poll_interval=0.05)
+    bearer = {"Authorization": "Bearer internal-token-0123456789"}
     async with MemoryBroker(f"gh-{uuid.uuid4().hex[:8]}") as broker, \
-            running_stack(pg_dsn, fake, app_key, broker, inbox=inbox) as built:
+            running_stack(pg_dsn, fake, app_key, broker, inbox=inbox,
+                          internal_token=SecretStr(bearer["Authorization"][7:])) as built:
         assert (await built.post("pull_request", raw, delivery="d-park")).status_code == 202
         entry = await built.settled("d-park")
         assert (entry.state, entry.attempts) == (InboxState.PARKED, 3), entry
         assert "HTTP 502" in entry.last_error
         assert await built.published(0) == []
+        # What `ciadm inbox` reaches through an orchestrator (tests/ciadm/test_inbox.py).
+        listing = (await built.client.get(INBOX_PATH, headers=bearer)).json()
+        assert listing["forges"] == ["github"] and listing["counts"]["parked"] == 1
+        assert [e["delivery_id"] for e in listing["entries"]] == ["d-park"]
+        fake.heal()
+        retried = await built.client.post(retry_path(entry.id), headers=bearer,
+                                          params={"forge": "github"})
+        assert retried.status_code == 200, retried.text
+        assert (await built.settled("d-park")).state is InboxState.DONE
+        assert len(await built.published(1)) == 1
 
 
 async def test_unconfirmed_publish_is_retried_until_the_broker_confirms(
