@@ -9,8 +9,8 @@ from datetime import datetime
 import grpc
 
 from common.errors import SolsticeError
-from common.forge.inbox import InboxState
-from common.forge.inbox_api import BACKLOG, DEFAULT_LIMIT, InboxDelivery
+from common.forge.inbox import InboxEntry, InboxState
+from common.forge.inbox_api import BACKLOG, DEFAULT_LIMIT
 from orchestrator import audit, validate
 from orchestrator.adminauth import actor
 from orchestrator.db import Database
@@ -37,7 +37,7 @@ def _ms(when: datetime) -> int:
     return int(when.timestamp() * 1000)
 
 
-def delivery_message(delivery: InboxDelivery) -> admin_pb2.InboxDelivery:
+def delivery_message(delivery: InboxEntry) -> admin_pb2.InboxDelivery:
     """One integration's stored delivery as the Admin service answers it."""
     return admin_pb2.InboxDelivery(
         id=delivery.id, forge=delivery.forge, delivery_id=delivery.delivery_id,

@@ -15,8 +15,8 @@ import httpx
 from pydantic import ValidationError
 
 from common.errors import SolsticeError
-from common.forge.inbox import InboxState
-from common.forge.inbox_api import PATH, InboxDelivery, InboxListing, retry_path
+from common.forge.inbox import InboxEntry, InboxState
+from common.forge.inbox_api import PATH, InboxListing, retry_path
 from orchestrator.checkout_credentials import CredentialSource, error_reason
 
 CONFIG_HINT = ("set [orchestrator.checkout_credentials.<forge>] (url = the integration's "
@@ -119,7 +119,7 @@ class IntegrationInboxes:
         return list(await asyncio.gather(*(self._listing(i, states, limit)
                                            for i in self._integrations)))
 
-    async def retry(self, forge: str, entry_id: int) -> InboxDelivery:
+    async def retry(self, forge: str, entry_id: int) -> InboxEntry:
         """Put parked delivery `entry_id` of `forge` back to pending, on the integration
         serving `forge`. Raises `NoIntegration`, `NotParked`, `IntegrationUnavailable`."""
         self._require_any()
@@ -131,7 +131,7 @@ class IntegrationInboxes:
         integration = next(i for i in self._integrations if i.url == source.url.rstrip("/"))
         response = await self._ask(integration, "POST", retry_path(entry_id), {"forge": forge})
         try:
-            return InboxDelivery.model_validate_json(response.content)
+            return InboxEntry.model_validate_json(response.content)
         except ValidationError as exc:
             raise IntegrationUnavailable(f"the webhook inbox of {integration.url}: "
                                          "malformed answer") from exc

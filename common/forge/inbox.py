@@ -37,6 +37,7 @@ from enum import StrEnum
 from typing import Any
 
 import asyncpg
+from pydantic import BaseModel, ConfigDict
 from starlette.responses import JSONResponse
 
 from common.batching import Coalescer
@@ -94,10 +95,11 @@ class InboxItem:
     trace_context: str | None = None  # the storing request's `traceparent`
 
 
-@dataclass(frozen=True)
-class InboxEntry:
-    """A stored delivery as an operator sees it."""
+class InboxEntry(BaseModel):
+    """A stored delivery as an operator sees it (the integrations' `inbox` command, and the
+    `/internal/inbox` answers that `ciadm inbox` reads)."""
 
+    model_config = ConfigDict(frozen=True, extra="forbid")
     id: int
     forge: str
     delivery_id: str
@@ -110,11 +112,8 @@ class InboxEntry:
     next_attempt_at: datetime
 
     def as_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "forge": self.forge, "delivery_id": self.delivery_id,
-                "event": self.event, "state": self.state.value, "outcome": self.outcome,
-                "attempts": self.attempts, "last_error": self.last_error,
-                "received_at": self.received_at.isoformat(),
-                "next_attempt_at": self.next_attempt_at.isoformat()}
+        """The entry as JSON values (times in ISO 8601)."""
+        return self.model_dump(mode="json")
 
 
 _ENTRY_COLUMNS = ("id, forge, delivery_id, event, state, outcome, attempts, last_error,"
@@ -122,7 +121,7 @@ _ENTRY_COLUMNS = ("id, forge, delivery_id, event, state, outcome, attempts, last
 
 
 def _entry(row: asyncpg.Record) -> InboxEntry:
-    return InboxEntry(**{**dict(row), "state": InboxState(row["state"])})
+    return InboxEntry.model_validate(dict(row))
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ deliveries in the `state`s asked for (repeatable; default pending and parked, th
     POST /internal/inbox/{id}/retry?forge=forgejo   (same bearer)
 
 puts parked delivery `id` back to pending, due now, its attempts reset (what the
-integration's `inbox --retry ID` does), and answers 200 with the `InboxDelivery` as it is
+integration's `inbox --retry ID` does), and answers 200 with the `InboxEntry` as it is
 now; 404 when the integration has no parked delivery `id` (of `forge`, when given). Both
 answer 401 for a missing or wrong bearer, 404 when the integration has no `internal_token`.
 """
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, SecretStr
 from starlette.requests import Request
@@ -50,33 +49,13 @@ def retry_path(entry_id: int) -> str:
     return f"{PATH}/{entry_id}/retry"
 
 
-class InboxDelivery(BaseModel):
-    """One stored delivery, as `InboxEntry.as_dict()` puts it."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-    id: int
-    forge: str
-    delivery_id: str
-    event: str
-    state: InboxState
-    outcome: str
-    attempts: int
-    last_error: str
-    received_at: datetime
-    next_attempt_at: datetime
-
-    @classmethod
-    def of(cls, entry: InboxEntry) -> InboxDelivery:
-        return cls.model_validate(entry.as_dict())
-
-
 class InboxListing(BaseModel):
     """An integration's inbox: its forges, deliveries per state, and the deliveries asked for."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
     forges: list[str]
     counts: dict[InboxState, int]
-    entries: list[InboxDelivery]
+    entries: list[InboxEntry]
 
 
 def _states(request: Request) -> tuple[InboxState, ...]:
@@ -108,7 +87,7 @@ def inbox_routes(token: SecretStr | None, inbox: Inbox, forges: Sequence[str]) -
         entries = await inbox.entries(served, states, limit=limit)
         listing = InboxListing(forges=list(served),
                                counts={s: counts.get(s.value, 0) for s in InboxState},
-                               entries=[InboxDelivery.of(e) for e in entries])
+                               entries=list(entries))
         return JSONResponse(listing.model_dump(mode="json"))
 
     async def retry_endpoint(request: Request) -> Response:
@@ -123,7 +102,7 @@ def inbox_routes(token: SecretStr | None, inbox: Inbox, forges: Sequence[str]) -
                                   hint="`ciadm inbox --parked` lists the parked deliveries")
         log.info("parked delivery put back by an orchestrator", extra={
             "forge": entry.forge, "delivery": entry.delivery_id, "id": entry.id})
-        return JSONResponse(InboxDelivery.of(entry).model_dump(mode="json"))
+        return JSONResponse(entry.as_dict())
 
     return [Route(PATH, list_endpoint, methods=["GET"]),
             Route(RETRY_PATH, retry_endpoint, methods=["POST"])]
