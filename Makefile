@@ -21,7 +21,8 @@ services:
 
 test: $(STAMP) services
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -q -n 3 --dist loadgroup
+	$(PY) -m pytest -q -n 3 --dist loadgroup -m "not exclusive"
+	$(PY) -m pytest -q -m exclusive
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis
