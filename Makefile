@@ -21,8 +21,7 @@ services:
 
 test: $(STAMP) services
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -q -n 3 --dist loadgroup -m "not exclusive"
-	$(PY) -m pytest -q -m exclusive
+	$(PY) -m pytest -q -n 3 --dist loadgroup
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -81,7 +81,6 @@ def _rabbitmqctl(*args: str) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.exclusive  # stops the RabbitMQ every test uses
 async def test_broker_restart_mid_traffic_loses_nothing(amqp_url: str, broker_prefix: str) -> None:
     """Publish 300 jobs while RabbitMQ stops and starts; every confirmed one is consumed."""
     publisher = AmqpBroker(amqp_url, broker_prefix, publish_timeout=60, reconnect_interval=0.5)
@@ -127,7 +126,6 @@ async def test_broker_restart_mid_traffic_loses_nothing(amqp_url: str, broker_pr
 
 
 @pytest.mark.slow
-@pytest.mark.exclusive  # stops the RabbitMQ every test uses
 async def test_subscribe_and_cancel_while_the_broker_is_down(amqp_url: str, broker_prefix: str) -> None:
     """A consumer paused and resumed during an outage (as a full worker does) works after it."""
     broker = AmqpBroker(amqp_url, broker_prefix, publish_timeout=60, reconnect_interval=0.5)

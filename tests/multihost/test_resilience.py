@@ -74,7 +74,6 @@ async def test_twenty_kills(cluster: Cluster, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.exclusive  # stops the RabbitMQ every test uses
 async def test_rabbitmq_restart_under_load(cluster: Cluster, tmp_path: Path) -> None:
     for name in ("m1", "m2"):
         cluster.start(name, "local=3")
@@ -130,7 +129,6 @@ def _set_rabbit_env(key: str, value: str) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.exclusive  # lowers the consumer_timeout of the RabbitMQ every test uses
 async def test_job_longer_than_consumer_timeout_completes_once(
         cluster: Cluster, tmp_path: Path) -> None:
     """Against a 5 s consumer_timeout, a job runs until RabbitMQ has shown it enforces the

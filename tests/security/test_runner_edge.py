@@ -251,7 +251,6 @@ async def test_web_log_after_outside_bigint_is_400(orchestrator_factory: Factory
         assert answer.status_code == 200 and answer.content == b""
 
 
-@pytest.mark.exclusive  # the quota must trip before the log's reorder window does: timing
 async def test_log_quota_closes_the_log_with_a_marker_and_fails_the_job(
         orchestrator_factory: Factory) -> None:
     harness = await orchestrator_factory(backend_class=PlayerBackend, log_quota_bytes=100,

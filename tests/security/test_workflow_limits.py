@@ -47,9 +47,6 @@ from tests.forge.test_webhooks import PUSH
 from tests.github.conftest import INSTALLATION
 from tests.github.test_webhooks import FIXTURE_SHAS, OWNER, REPO, load, running_stack, until
 
-# Budgets of CPU time and stalls of the event loop: measured with the machine to themselves.
-pytestmark = pytest.mark.exclusive
-
 STEP = 'step name="s" run="true"'
 MINIMAL = f'workflow {{ job id="a" runs_on="x" {{ {STEP} }} }}'
 LOOP_LAG_LIMIT = 0.1  # seconds the event loop may be kept from a 5 ms ticker
