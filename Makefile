@@ -21,7 +21,7 @@ services:
 
 test: $(STAMP) services
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -q -n 3 --dist loadgroup
+	$(PY) -m pytest -q
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -33,12 +33,3 @@ def linux_image() -> QemuLabel:
     if built.returncode != 0:
         pytest.fail(f"images/linux/build.py failed:\n{built.stderr[-4000:]}")
     return QemuLabel(**json.loads(built.stdout))
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The real VMs run one after another on one test worker (`--dist loadgroup`): each keeps
-    a core busy emulating a machine, and two at once would starve the rest of the suite."""
-    here = Path(__file__).parent
-    for item in items:
-        if here in Path(item.path).parents:
-            item.add_marker(pytest.mark.xdist_group("vm"))
