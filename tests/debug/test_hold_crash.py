@@ -25,9 +25,8 @@ async def cluster(pg_dsn: str, amqp_url: str, broker_prefix: str,
         yield running
 
 
-async def test_crash_while_holding_leaves_nothing_after_restart(cluster: Cluster) -> None:
-    host = cluster.start("holder")
-    await cluster.ready("holder")
+async def fail_and_hold(cluster: Cluster) -> None:
+    """Run the `HELD` job on host `holder` until it failed and its machine is held."""
     request = await cluster.submit(HELD)
     assert (await cluster.wait_runs([request], timeout=60))[request] == "failure"
     assert cluster.db is not None
@@ -36,6 +35,12 @@ async def test_crash_while_holding_leaves_nothing_after_restart(cluster: Cluster
                                     " AND held_host = 'holder'") is None:
         assert time.monotonic() < deadline, cluster.tail("holder")
         await asyncio.sleep(0.1)
+
+
+async def test_crash_while_holding_leaves_nothing_after_restart(cluster: Cluster) -> None:
+    host = cluster.start("holder")
+    await cluster.ready("holder")
+    await fail_and_hold(cluster)
     assert [p.name for p in host.machines.iterdir()], "the machine is held"
 
     cluster.kill("holder")
@@ -50,14 +55,7 @@ async def test_crash_while_holding_leaves_nothing_after_restart(cluster: Cluster
 async def test_drain_destroys_held_machines_at_once(cluster: Cluster) -> None:
     host = cluster.start("holder", drain_timeout="300")
     await cluster.ready("holder")
-    request = await cluster.submit(HELD)
-    assert (await cluster.wait_runs([request], timeout=60))[request] == "failure"
-    assert cluster.db is not None
-    deadline = time.monotonic() + 20
-    while await cluster.db.fetchval("SELECT held_until FROM jobs WHERE state = 'failure'"
-                                    " AND held_host = 'holder'") is None:
-        assert time.monotonic() < deadline, cluster.tail("holder")
-        await asyncio.sleep(0.1)
+    await fail_and_hold(cluster)
     began = time.monotonic()
     assert cluster.stop("holder", timeout=60) == 0
     assert time.monotonic() - began < 30  # the hold does not wait out drain_timeout
