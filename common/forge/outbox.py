@@ -8,9 +8,10 @@ the integration resumes where it stopped.
 Ordering, per key (a job):
 - rows are sent one at a time, lowest `sequence` first; a row that keeps failing holds back
   the later rows of its key (not those of other keys);
-- a row that arrives after a higher sequence of its key was already delivered (an event
-  redelivered late by the broker) is marked `superseded` and never sent, so a final status is
-  never overwritten by an earlier one;
+- a row that arrives after a higher sequence of its key was already delivered or tried (an
+  event redelivered late by the broker) is marked `superseded` and never sent, so a final
+  status is never overwritten by an earlier one; "tried" counts because a send that timed out
+  may still have reached the forge;
 - claims take a transaction-scoped advisory lock per target, and a key with a row in flight
   (leased) is skipped, so two integration instances never send one key's rows concurrently.
 
@@ -93,7 +94,9 @@ class Outbox:
                 " lease_until = NULL"
                 " WHERE p.target = $1 AND p.state = 'pending' AND EXISTS ("
                 "  SELECT 1 FROM forge_outbox d WHERE d.target = p.target AND d.key = p.key"
-                "  AND d.state = 'delivered' AND d.sequence > p.sequence)", self.target)
+                "  AND d.sequence > p.sequence"
+                "  AND (d.state = 'delivered' OR (d.state = 'pending' AND d.attempts > 0)))",
+                self.target)
             rows = await conn.fetch(
                 "WITH heads AS ("
                 "  SELECT DISTINCT ON (key) id, key, next_attempt_at FROM forge_outbox"

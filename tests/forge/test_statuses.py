@@ -1,6 +1,7 @@
 """Job events -> commit statuses at the fake forge: mapping, retries, hangs, restarts, order."""
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import asyncpg
@@ -21,6 +22,17 @@ def job_event(forge: FakeForgejo, job_id: uuid.UUID, sequence: int, state: JobSt
     return JobEvent(run_id=uuid.UUID(int=1), job_id=job_id, job_key="build", workflow_name="ci",
                     state=state, sequence=sequence, repo=repo, commit_sha=SHA, request_id="d-1",
                     log_url=f"http://solstice.example/jobs/{job_id}", **fields)
+
+
+async def outbox_reaches(harness: Harness, counts: dict[str, int], timeout: float = 10.0) -> None:
+    """Wait until the outbox's rows per state are `counts`; fail with what they are if not."""
+    try:
+        async with asyncio.timeout(timeout):
+            while await harness.service.outbox.counts() != counts:
+                await harness.settle()
+    except TimeoutError:
+        raise AssertionError(f"outbox rows {await harness.service.outbox.counts()}, "
+                             f"expected {counts}") from None
 
 
 def test_state_mapping() -> None:
@@ -65,8 +77,7 @@ async def test_statuses_in_order_through_500s_and_a_hang(harness: Harness,
     assert all(s.target_url == f"http://solstice.example/jobs/{job}" and s.sha == SHA
                for s in forge.statuses)
     assert forge.rejected == []
-    while await harness.service.outbox.counts() != {"delivered": 3}:
-        await harness.settle()
+    await outbox_reaches(harness, {"delivered": 3})
     # Events of other forges are acked and left to their integration.
     github = job_event(forge, uuid.uuid4(), 1, JobState.QUEUED)
     await broker.publish_event(github.model_copy(update={"repo": github.repo.model_copy(
@@ -84,8 +95,29 @@ async def test_a_late_earlier_event_does_not_reorder_the_final_status(harness: H
     await broker.publish_event(job_event(forge, job, 2, JobState.RUNNING))
     await harness.settle()
     await harness.service.worker.run_once()
+    await outbox_reaches(harness, {"delivered": 1, "superseded": 1})
+    # A send that timed out on a busy machine is sent again: the failure may appear twice.
+    assert {(s.state, s.description) for s in forge.statuses} == {("failure", "failed at step 'make'")}
+
+
+async def test_a_late_earlier_event_is_superseded_by_a_later_one_being_tried(
+        harness: Harness, broker: MemoryBroker) -> None:
+    # The later status is in flight (it may reach the forge even if the answer is lost) when the
+    # earlier one arrives: the earlier one is never sent, not even while the later is retried.
+    forge = harness.forge
+    forge.fail(1, status=500, delay=0.5, path_contains="/statuses/")
+    job = uuid.uuid4()
+    await broker.publish_event(job_event(forge, job, 3, JobState.FAILURE, failing_step="make"))
+
+    async def in_flight() -> bool:
+        return bool(await harness.pool.fetchval(
+            "SELECT count(*) FROM forge_outbox WHERE state = 'pending' AND attempts = 1"
+            " AND lease_until > now()"))
+    while not await in_flight():
+        await harness.settle()
+    await broker.publish_event(job_event(forge, job, 2, JobState.RUNNING))
+    await outbox_reaches(harness, {"delivered": 1, "superseded": 1})
     assert [(s.state, s.description) for s in forge.statuses] == [("failure", "failed at step 'make'")]
-    assert await harness.service.outbox.counts() == {"delivered": 1, "superseded": 1}
 
 
 async def test_pending_statuses_survive_a_restart(forge: FakeForgejo, pool: asyncpg.Pool,

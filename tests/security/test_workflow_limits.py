@@ -267,7 +267,8 @@ async def least_lag(action: Callable[[], Awaitable[object]]) -> float:
 def test_the_loop_tests_can_fail() -> None:
     """On the loop, validating the hostile input would stall it past the bound."""
     assert len(LARGE.encode()) <= DEFAULT_LIMITS.max_bytes >= len(HOSTILE.encode())
-    assert timed(lambda: rejected(HOSTILE)) > LOOP_LAG_LIMIT
+    # Only the lower bound matters here: the cost of unknown needs has its own test (linear).
+    assert timed(lambda: rejected(HOSTILE, budget=float("inf"))) > LOOP_LAG_LIMIT
 
 
 async def test_validation_leaves_the_event_loop_responsive() -> None:
