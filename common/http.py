@@ -15,9 +15,10 @@ from common.supervise import Supervisor
 
 
 def _config(app: Starlette, host: str, port: int) -> uvicorn.Config:
-    # log_config=None keeps the logfmt handlers of setup_observability.
+    # log_config=None keeps the logfmt handlers of setup_observability; httptools is named so
+    # that a missing parser is an error, not a silent fall back to the slower h11.
     return uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False,
-                          lifespan="on", timeout_graceful_shutdown=10)
+                          lifespan="on", timeout_graceful_shutdown=10, http="httptools")
 
 
 class _QuietServer(uvicorn.Server):

@@ -125,6 +125,30 @@ async def test_a_database_refusing_connections_is_a_503_and_the_redelivery_runs(
         await proxy.stop()
 
 
+async def test_cancelling_the_listener_as_its_connection_dies_ends_it(pg_dsn: str) -> None:
+    # The UNLISTEN on a connection that just died used to fail with a database error that
+    # replaced the cancel: the listener took it for a lost connection, went on, and the
+    # integration's stop waited for it for ever (about one run in two of the test above).
+    await (await open_pool(pg_dsn, min_size=1, max_size=1)).close()  # migrates
+    proxy = TcpProxy("127.0.0.1", int(re.search(r":(\d+)/", pg_dsn).group(1)))
+    for _ in range(10):
+        await proxy.start()
+        pool = await open_pool(re.sub(r"@[^/]+/", f"@127.0.0.1:{proxy.port}/", pg_dsn),
+                               min_size=1, max_size=1)
+        worker = InboxWorker(Inbox(pool), ["gitea"], process=lambda item: Ignored("test"))
+        listener = asyncio.create_task(worker.listen(pool))
+        try:
+            await asyncio.sleep(0.1)  # listening
+            await proxy.stop()
+            listener.cancel()
+            done, _ = await asyncio.wait({listener}, timeout=5)
+            assert done, "the cancelled listener is still running"
+            assert listener.cancelled()
+        finally:
+            listener.cancel()
+            pool.terminate()
+
+
 async def test_a_delivery_stored_by_another_process_wakes_the_worker_at_once(
         pool: asyncpg.Pool, pg_dsn: str) -> None:
     """The worker polls only every minute here: NOTIFY is what wakes it."""
