@@ -15,9 +15,10 @@ in detail for the median round:
 - in the same run, the rate of bare aio-pika confirmed publishes (persistent, durable queue,
   same concurrency) of a message the size of the RunRequest, and the ratio accepted/bare
   (goal >= 0.5);
-- the CPU time per webhook of the integration and of this process (load generator, fake
+- the CPU time per webhook of the integration (in all, and while the webhooks were posted:
+  the web edge and what of the worker ran meanwhile) and of this process (load generator, fake
   forge and run consumer), since all share one machine.
-Run: .venv/bin/python bench/ingest.py [--webhooks 2000] [--rounds 3] [--concurrency 32]
+Run: .venv/bin/python bench/ingest.py [--webhooks 2000] [--rounds 5] [--concurrency 32]
 """
 from __future__ import annotations
 
@@ -295,6 +296,7 @@ class Round:
     service_ms: float
     harness_ms: float
     bare_rate: float
+    answering_cpu: float  # the integration's CPU seconds while the webhooks were posted
 
     @property
     def webhook_rate(self) -> float:
@@ -311,6 +313,7 @@ async def one_round(port: int, bodies: list[tuple[str, bytes]], concurrency: int
     service, harness = psutil.Process(proc.pid), psutil.Process()
     before = cpu_seconds(service), cpu_seconds(harness)
     posted = await post_webhooks(port, bodies, concurrency)
+    answering = cpu_seconds(service) - before[0]
     missing = await watcher.wait_for(set(posted.answered), RUNS_TIMEOUT)
     accepted = max(len(posted.answered), 1)
     service_ms = (cpu_seconds(service) - before[0]) * 1000 / accepted
@@ -320,7 +323,8 @@ async def one_round(port: int, bodies: list[tuple[str, bytes]], concurrency: int
     # The integration is idle again (every run request arrived): the baseline gets the
     # machine as the webhooks had it.
     bare_seconds = await bare_publishes(amqp_url, bare_queue, size, len(bodies), concurrency)
-    return Round(posted, queued, len(missing), service_ms, harness_ms, len(bodies) / bare_seconds)
+    return Round(posted, queued, len(missing), service_ms, harness_ms,
+                 len(bodies) / bare_seconds, answering)
 
 
 def report(rounds: list[Round], webhooks: int, concurrency: int, size: int) -> None:
@@ -337,6 +341,9 @@ def report(rounds: list[Round], webhooks: int, concurrency: int, size: int) -> N
           "before the answer)")
     print(f"  CPU per webhook: integration {middle.service_ms:.1f} ms; load generator + fake "
           f"forge + run consumer {middle.harness_ms:.1f} ms")
+    print(f"  while the webhooks were posted, the integration used "
+          f"{middle.answering_cpu * 1000 / max(len(middle.posted.answered), 1):.2f} ms CPU per "
+          f"webhook, {middle.answering_cpu / middle.posted.seconds:.0%} of one core")
     print(f"  bare aio-pika confirmed publishes of {size} bytes: {middle.bare_rate:.0f} msg/s")
     print(f"ratio accepted/bare (median of {len(rounds)} rounds): {middle.ratio:.2f}x "
           f"(goal >= {GOAL}x) {'OK' if middle.ratio >= GOAL else 'BELOW GOAL'}")
@@ -345,7 +352,7 @@ def report(rounds: list[Round], webhooks: int, concurrency: int, size: int) -> N
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--webhooks", type=int, default=2000, help="per round")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--pg", default=os.environ.get(
         "SOLSTICE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres"))

@@ -1,5 +1,5 @@
-"""Serving a Starlette app with uvicorn: as a service until it is signalled to stop or one of
-its supervised tasks fails, or in the background of a running event loop (the orchestrator's
+"""Serving an ASGI app with uvicorn: as a service until it is signalled to stop or one of its
+supervised tasks fails, or in the background of a running event loop (the orchestrator's
 web pages, tests, benchmarks)."""
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ import signal
 from collections.abc import AsyncIterator, Callable, Iterator
 
 import uvicorn
-from starlette.applications import Starlette
+from starlette.types import ASGIApp
 
 from common.supervise import Supervisor
 
 
-def _config(app: Starlette, host: str, port: int) -> uvicorn.Config:
+def _config(app: ASGIApp, host: str, port: int) -> uvicorn.Config:
     # log_config=None keeps the logfmt handlers of setup_observability; httptools is named so
     # that a missing parser is an error, not a silent fall back to the slower h11.
     return uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False,
@@ -31,7 +31,7 @@ class _QuietServer(uvicorn.Server):
 class BackgroundServer:
     """`app` served in a task of the current loop: `await start()` returns the base URL."""
 
-    def __init__(self, app: Starlette, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, app: ASGIApp, host: str = "127.0.0.1", port: int = 0) -> None:
         self.host = host
         self._server = _QuietServer(_config(app, host, port))
         self._task: asyncio.Task[None] | None = None
@@ -67,7 +67,7 @@ class BackgroundServer:
 
 
 @contextlib.asynccontextmanager
-async def running(app: Starlette, host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[str]:
+async def running(app: ASGIApp, host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[str]:
     """Serve `app` in the background; yields `http://host:port` once it listens."""
     server = BackgroundServer(app, host, port)
     try:
@@ -76,7 +76,7 @@ async def running(app: Starlette, host: str = "127.0.0.1", port: int = 0) -> Asy
         await server.stop()
 
 
-async def serve(app: Starlette, host: str, port: int,
+async def serve(app: ASGIApp, host: str, port: int,
                 ready: Callable[[str], None] | None = None, *,
                 supervisor: Supervisor | None = None) -> None:
     """Serve `app` until SIGTERM or SIGINT, finish the requests in flight, then return.

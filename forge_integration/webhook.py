@@ -71,6 +71,9 @@ class ForgeWebhook:
         self.wake = wake
         self.deliveries = deliveries
         self.intake = intake
+        # Read once: the config does not change while the service runs.
+        self._limits = config.body_limits
+        self._secrets = {forge: config.candidate_secrets(forge) for forge in config.sites}
 
     def routes(self) -> list[Route]:
         routes = [Route(f"/webhooks/{forge}", self._endpoint(forge), methods=["POST"])
@@ -86,7 +89,7 @@ class ForgeWebhook:
     def _signers(self, forge: ForgeKind, request: Request, body: bytes) -> set[str]:
         """The configured secrets that sign `body` (each one is tried: no early exit)."""
         signature = _header(request, forge, "signature")
-        return {secret for secret in self.config.candidate_secrets(forge)
+        return {secret for secret in self._secrets[forge]
                 if verify_forgejo(secret, body, signature)}
 
     def _authorize(self, forge: ForgeKind, identity: RepositoryIdentity | None,
@@ -105,7 +108,7 @@ class ForgeWebhook:
 
     async def webhook(self, forge: ForgeKind, request: Request) -> Response:
         """Verify, classify and store one delivery to `/webhooks/<forge>` (module docstring)."""
-        body = await read_body(request, self.config.body_limits)
+        body = await read_body(request, self._limits)
         # The raw bytes are verified before anything is parsed: an unsigned body costs one
         # HMAC per configured secret, never a parse. Which of the signers it must be depends
         # on the repository the body names, checked once it is parsed.
@@ -136,10 +139,9 @@ class ForgeWebhook:
             return classify(event, payload, delivery_id, identity=identity, forge=forge,
                             api_url=api_url)
 
-        with tracer(__name__).start_as_current_span("forge.webhook") as span:
-            span.set_attribute("solstice.forge", forge)
-            span.set_attribute("solstice.webhook.event", event)
-            span.set_attribute("solstice.webhook.delivery", delivery_id)
+        with tracer(__name__).start_as_current_span("forge.webhook", attributes={
+                "solstice.forge": forge, "solstice.webhook.event": event,
+                "solstice.webhook.delivery": delivery_id}):
             return await receive(self.inbox, Received(forge, delivery_id, event, body),
                                  classify_body, self.wake)
 
@@ -157,7 +159,7 @@ class ForgeWebhook:
     async def manual_run(self, request: Request) -> Response:
         """`POST /runs`: run a branch head (or a given commit) on demand."""
         self._authorize_manual(request)
-        body = parse_json(await read_body(request, self.config.body_limits))
+        body = parse_json(await read_body(request, self._limits))
         if not isinstance(body, dict):
             raise WebhookRejected(400, "body must be a JSON object")
         forge, repository, branch = body.get("forge"), body.get("repository"), body.get("branch")

@@ -19,6 +19,7 @@ from typing import Any
 import asyncpg
 from starlette.applications import Starlette
 from starlette.routing import BaseRoute
+from starlette.types import ASGIApp
 
 from common.broker import Broker, Delivery, Subscription
 from common.forge.answering import Answering
@@ -102,7 +103,7 @@ class IntegrationService(abc.ABC):
         finally:
             await self.stop()
 
-    def app(self) -> Starlette:
+    def app(self) -> ASGIApp:
         """The web app; its lifespan starts and stops the tasks and the consumer."""
         return webhook_app(self.routes(), lifespan=self._lifespan, checks=self.checks(),
                            details={"inbox": self.inbox_backlog}, metrics=self.metrics(),

@@ -10,7 +10,8 @@
   (`common.health`), `GET /metrics` (`common.metrics`), and the translation of
   `WebhookRejected` (and any `SolsticeError`) raised by a handler into a JSON answer
   `{"error": ..., "hint": ...}` with the right status, so handlers just raise; a database
-  error that escapes a handler is a 503 the same way;
+  error that escapes a handler is a 503 the same way. A webhook (`POST /webhooks/...`) takes
+  a short way to its handler (`WebhookEdge`): a burst of them is bound by the edge's CPU;
 - `answer` is the JSON body of a handled webhook: `{"outcome": ..., "reason": ...}`;
 - `serve` and `running` (from `common.http`) serve the app in the foreground or background.
 """
@@ -20,22 +21,22 @@ import asyncio
 import json
 import logging
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any
 
 from starlette.applications import Starlette
-from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute
+from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from common.errors import SolsticeError
 from common.forge.answering import Answering, AnsweringMiddleware
 from common.forge.errors import WebhookRejected
 from common.health import Check, Detail, health_routes
-from common.metrics import Refresher, WebhookOutcomes, metrics_route
+from common.metrics import WEBHOOK_PREFIX, Refresher, WebhookOutcomes, metrics_route
 from common.postgres import DATABASE_ERRORS
 
 log = logging.getLogger(__name__)
@@ -153,23 +154,64 @@ async def _database_unavailable(request: Request, exc: Exception) -> Response:
                         status_code=503)
 
 
+Handler = Callable[[Request, Exception], Awaitable[Response]]
+
+
+class WebhookEdge:
+    """ASGI app: a `POST` to a webhook route goes straight to its endpoint, anything else to
+    `app` (the Starlette app holding every route).
+
+    In a burst the edge is bound by its CPU (`bench/ingest.py`), and Starlette's router,
+    exception middlewares and request wrapper cost a sixth of it per webhook. This path keeps
+    what they do for a webhook: an exception with a handler in `handlers` (looked up along its
+    class's MRO, as Starlette does) becomes that handler's answer; any other propagates to
+    uvicorn, which logs it and answers 500."""
+
+    def __init__(self, app: ASGIApp, endpoints: Mapping[str, Callable[[Request], Awaitable[Response]]],
+                 handlers: Mapping[type[Exception], Handler]) -> None:
+        self.app = app
+        self._endpoints = endpoints
+        self._handlers = handlers
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        endpoint = (self._endpoints.get(scope["path"])
+                    if scope["type"] == "http" and scope["method"] == "POST" else None)
+        if endpoint is None:
+            await self.app(scope, receive, send)
+            return
+        scope["app"] = self.app  # what Starlette gives its requests
+        request = Request(scope, receive)
+        try:
+            response = await endpoint(request)
+        except Exception as exc:
+            handler = next((self._handlers[cls] for cls in type(exc).__mro__
+                            if cls in self._handlers), None)
+            if handler is None:
+                raise
+            response = await handler(request, exc)
+        await response(scope, receive, send)
+
+
 def webhook_app(routes: Sequence[BaseRoute], *,
                 lifespan: Callable[[Starlette], AbstractAsyncContextManager[None]] | None = None,
                 checks: Mapping[str, Check] | None = None,
                 details: Mapping[str, Detail] | None = None,
                 metrics: Sequence[Refresher] = (),
-                answering: Answering | None = None) -> Starlette:
-    """A Starlette app with `routes`, `/healthz`, `/readyz` (running `checks`, showing
-    `details`), `/metrics` (after `metrics` refreshed their gauges; every webhook answer
-    counted, `common.metrics`) and the error answers described above. Webhooks in flight
-    count in `answering` (the inbox worker steps aside for them)."""
-    handlers: dict[type[Exception], Callable[[Request, Exception], Any]] = {
+                answering: Answering | None = None) -> ASGIApp:
+    """An app with `routes`, `/healthz`, `/readyz` (running `checks`, showing `details`),
+    `/metrics` (after `metrics` refreshed their gauges; every webhook answer counted,
+    `common.metrics`) and the error answers described above. Webhooks in flight count in
+    `answering` (the inbox worker steps aside for them)."""
+    handlers: dict[type[Exception], Handler] = {
         WebhookRejected: _rejected, SolsticeError: _solstice_error}
     handlers.update({error: _database_unavailable for error in DATABASE_ERRORS})
-    return Starlette(
+    app = Starlette(
         routes=[*routes, *health_routes(checks or {}, details), metrics_route(metrics)],
         exception_handlers=handlers,
         lifespan=lifespan,
-        middleware=[Middleware(AnsweringMiddleware, answering=answering or Answering()),
-                    Middleware(WebhookOutcomes)],
     )
+    webhooks = {route.path: route.endpoint for route in routes
+                if isinstance(route, Route) and route.path.startswith(WEBHOOK_PREFIX)
+                and "POST" in (route.methods or ())}
+    return WebhookOutcomes(AnsweringMiddleware(WebhookEdge(app, webhooks, handlers),
+                                               answering or Answering()))
