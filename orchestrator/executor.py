@@ -67,6 +67,13 @@ class LeaseLost(Exception):
     """Another host owns the job now; this host must stop writing about it."""
 
 
+async def _persisting(call: Callable[[], Awaitable[T]], describe: str) -> T:
+    """`call()`, retried through a database restart (about a minute): a job's own writes and
+    reads must not turn a dropped connection into an errored job."""
+    return await retry_async(call, retry_on=TRANSIENT_ERRORS, attempts=30,
+                             backoff=Backoff(initial=0.2, maximum=5), describe=describe)
+
+
 def host_prefix(host_name: str) -> str:
     """`solstice-<host>`: names this host's machines so its reaper finds only its own."""
     return "solstice-" + (re.sub(r"[^a-z0-9]+", "-", host_name.lower()).strip("-") or "host")
@@ -245,7 +252,9 @@ class Executor:
             return {}, None
         run = RunContext(repo=lease.repo, event=lease.event, branch=lease.branch, trusted=True)
         try:
-            return await self.secrets.for_job(lease.spec.get("secrets", []), run), None
+            return await _persisting(
+                lambda: self.secrets.for_job(lease.spec.get("secrets", []), run),
+                "reading the job's secrets"), None
         except SecretsUnavailable as exc:
             log.warning("job's secrets unavailable", extra={"job_id": str(lease.job_id),
                                                             "reason": exc.message})
@@ -294,8 +303,9 @@ class Executor:
                         began = time.monotonic()
                         vm = await self._keeping_lease(lease, session, self.backend.provision(spec))
                         PROVISION_DURATION.labels(*metric_labels).observe(time.monotonic() - began)
-                    await self.store.record_machine(lease.job_id, lease.attempt, vm.backend,
-                                                    vm.details.get("image", spec.image))
+                    image = vm.details.get("image", spec.image)
+                    await _persisting(lambda: self.store.record_machine(
+                        lease.job_id, lease.attempt, vm.backend, image), "recording the job's machine")
                     # Boot: from starting the machine to the runner's GetJob (or the end).
                     boot, booting = _tracer.start_span("job.boot"), time.time_ns()
                     try:
@@ -379,10 +389,9 @@ class Executor:
             return
         state, message = outcome
         # A database restart must not lose a result the runner delivered.
-        changes = await retry_async(
+        changes = await _persisting(
             lambda: self.store.finish(lease.job_id, lease.attempt, state, message),
-            retry_on=TRANSIENT_ERRORS, attempts=30, backoff=Backoff(initial=0.2, maximum=5),
-            describe="recording the job's result")
+            "recording the job's result")
         if changes is None:
             log.warning("result refused: the attempt is no longer this host's",
                         extra={"job_id": str(lease.job_id), "attempt": lease.attempt})
