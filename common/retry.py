@@ -24,6 +24,17 @@ class Backoff:
         return random.uniform(0, min(self.maximum, self.initial * self.factor**attempt))
 
 
+def raise_if_cancelling(error: BaseException) -> None:
+    """Raise `CancelledError` (from `error`) if the current task is being cancelled.
+
+    Cleanup that runs on a cancel (a dying connection's UNLISTEN, a pool's reset on release)
+    can fail, and its error then replaces the `CancelledError`: a loop that catches that error
+    to retry would go on for ever and keep its service from stopping."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError from error
+
+
 async def retry_async(
     operation: Callable[[], Awaitable[T]],
     *,
@@ -41,6 +52,7 @@ async def retry_async(
         try:
             return await operation()
         except retry_on as exc:
+            raise_if_cancelling(exc)
             attempt += 1
             if attempts is not None and attempt >= attempts:
                 raise

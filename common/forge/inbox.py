@@ -50,6 +50,7 @@ from common.forge.webhook import answer
 from common.forge.worker import ClaimWorker
 from common.observability import tracer
 from common.postgres import DATABASE_ERRORS
+from common.retry import raise_if_cancelling
 from common.tracing import context_from, current_traceparent
 
 log = logging.getLogger(__name__)
@@ -348,13 +349,7 @@ class InboxWorker(ClaimWorker[InboxItem]):
                         if not conn.is_closed():  # back to the pool without its listener
                             await conn.remove_listener(CHANNEL, notified)
             except DATABASE_ERRORS as exc:
-                # Cleanup on a connection that just died (the UNLISTEN, the pool's reset)
-                # fails with a database error that replaces the CancelledError which ended
-                # the wait: taken for a lost connection, the cancel was swallowed and the
-                # service's stop waited for ever.
-                current = asyncio.current_task()
-                if current is not None and current.cancelling():
-                    raise asyncio.CancelledError from exc
+                raise_if_cancelling(exc)  # the UNLISTEN on a dying connection replaced it
                 log.warning("inbox LISTEN connection lost; reconnecting",
                             extra={"error": f"{type(exc).__name__}: {exc}"})
             await asyncio.sleep(LISTEN_CHECK)
